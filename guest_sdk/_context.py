@@ -1,0 +1,186 @@
+"""``ctx``: what a handler can see and do."""
+
+from __future__ import annotations
+
+import random as _pyrandom
+from collections.abc import Callable, Generator
+from typing import Any
+
+import msgpack
+
+
+class CapabilityError(Exception):
+    """A host call failed: not granted, over quota, or refused by the host."""
+
+
+class OpError(Exception):
+    """An async op (sleep, llm, http, ...) completed with an error."""
+
+
+def _imports(name: str) -> Any:
+    """The generated binding module of one capability, or a clear error if not granted."""
+    try:
+        module = __import__(f"wit_world.imports.{name}", fromlist=[name])
+    except ImportError as exc:
+        raise CapabilityError(
+            f"capability {name!r} is not available to this agent: grant it in the manifest "
+            f"([capabilities.{name}]) and rebuild the agent ({exc})"
+        ) from None
+    return module
+
+
+def pack(value: Any) -> bytes:
+    """msgpack-encode ``value`` the way the host decodes it."""
+    try:
+        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(
+            f"cannot encode {type(value).__name__} as msgpack ({exc}); "
+            "use None, bool, int, float, str, bytes, list and dict"
+        ) from None
+
+
+def unpack(data: bytes) -> Any:
+    """Decode msgpack bytes from the host."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+class PendingOp:
+    """Awaited by handlers: yields to the runtime, which resumes it on ``on-complete``."""
+
+    __slots__ = ("op_id",)
+
+    def __init__(self, op_id: int) -> None:
+        self.op_id = op_id
+
+    def __await__(self) -> Generator[PendingOp, Any, Any]:
+        result = yield self
+        return result
+
+
+class Kv:
+    """Per-agent key/value storage. Values are bytes; writes commit with the turn."""
+
+    def get(self, key: str) -> bytes | None:
+        return _imports("kv").get(key)  # type: ignore[no-any-return]
+
+    def set(self, key: str, value: bytes) -> None:
+        if not isinstance(value, bytes | bytearray):
+            raise TypeError(f"kv values are bytes, got {type(value).__name__}")
+        try:
+            _imports("kv").set(key, bytes(value))
+        except Exception as exc:
+            raise CapabilityError(_err_text(exc)) from None
+
+    def delete(self, key: str) -> None:
+        _imports("kv").delete(key)
+
+    def keys(self, prefix: str = "", limit: int = 1000) -> list[str]:
+        return _imports("kv").keys(prefix, limit)  # type: ignore[no-any-return]
+
+
+class Log:
+    """Log lines attributed to this agent."""
+
+    def _write(self, level_name: str, message: str) -> None:
+        types = _imports("types")
+        log = _imports("log")
+        log.write(getattr(types.Level, level_name), str(message))
+
+    def debug(self, message: str) -> None:
+        self._write("DEBUG", message)
+
+    def info(self, message: str) -> None:
+        self._write("INFO", message)
+
+    def warn(self, message: str) -> None:
+        self._write("WARN", message)
+
+    def error(self, message: str) -> None:
+        self._write("ERROR", message)
+
+
+class HostRandom(_pyrandom.Random):
+    """``random.Random`` drawing from the host's CSPRNG: ``ctx.random.randint(1, 6)``."""
+
+    def random(self) -> float:
+        return (int.from_bytes(self.randbytes(7), "big") >> 3) * (2.0**-53)
+
+    def getrandbits(self, k: int) -> int:
+        if k < 0:
+            raise ValueError("number of bits must be non-negative")
+        numbytes = (k + 7) // 8
+        value = int.from_bytes(self.randbytes(numbytes), "big")
+        return value >> (numbytes * 8 - k)
+
+    def randbytes(self, n: int) -> bytes:
+        out = bytearray()
+        rnd = _imports("random")
+        while len(out) < n:
+            out += rnd.bytes(min(n - len(out), 65536))
+        return bytes(out)
+
+    def seed(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def getstate(self) -> Any:
+        raise NotImplementedError("the host random source has no state")
+
+    def setstate(self, state: Any) -> None:
+        raise NotImplementedError("the host random source has no state")
+
+
+def _err_text(exc: BaseException) -> str:
+    value = getattr(exc, "value", None)
+    return value if isinstance(value, str) else str(exc)
+
+
+class Context:
+    """Handed to every handler. ``ctx.state`` is persisted at the end of each turn that
+    changed it; everything else is a host capability."""
+
+    def __init__(
+        self, *, kind: str, agent_id: str, config: dict[str, Any], state: dict[str, Any]
+    ) -> None:
+        self.kind = kind
+        self.agent_id = agent_id
+        self.config = config
+        self._state = state
+        self.kv = Kv()
+        self.log = Log()
+        self.random = HostRandom()
+        self._reply_sink: Callable[[Any], None] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.kind}/{self.agent_id}"
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return self._state
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        if not isinstance(value, dict):
+            raise TypeError(f"ctx.state must be a dict, got {type(value).__name__}")
+        self._state = value
+
+    def now(self) -> float:
+        """Wall-clock seconds since the epoch, as of the start of this turn."""
+        return _imports("clock").now()  # type: ignore[no-any-return]
+
+    def reply(self, message: Any) -> None:
+        """Send ``message`` (anything msgpack can carry) to whoever sent the current event."""
+        if self._reply_sink is None:
+            raise RuntimeError("ctx.reply() may only be called while handling an event")
+        self._reply_sink(message)
+
+    async def sleep(self, seconds: float) -> None:
+        """Suspend this handler for ``seconds``; the agent's turn ends meanwhile."""
+        try:
+            op_id = _imports("timers").sleep(float(seconds))
+        except CapabilityError:
+            raise
+        except Exception as exc:
+            raise CapabilityError(_err_text(exc)) from None
+        await PendingOp(op_id)

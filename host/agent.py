@@ -1,0 +1,315 @@
+"""The per-agent actor: a bounded mailbox, serial turns, pending async ops, an idle timer.
+
+An actor exists while its agent is resident. It handles one event at a time, to the end:
+the event's first turn, then one turn per completion of each async op the handler awaits.
+Each turn's effects are committed before the next turn starts; the caller gets the replies
+once the handler finished. A failed turn commits nothing and discards the instance; the next
+event starts from the last committed state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import trio
+
+from .address import AgentAddress
+from .errors import (
+    AgentBusy,
+    AgentUnavailable,
+    CapabilityError,
+    GuestAbiError,
+    LimitExceeded,
+    RoostError,
+)
+from .sandbox import Sandbox, TurnOutput
+from .store.protocol import TurnCommit
+from .turn import StartedOp, TurnContext
+
+logger = logging.getLogger("roost.agent")
+
+if TYPE_CHECKING:
+    from .kind import Kind
+    from .supervisor import Supervisor
+
+
+@dataclass(eq=False)
+class Envelope:
+    """One event on its way to an agent, and the slot its outcome lands in."""
+
+    kind: str
+    payload: bytes
+    replies: list[Any] = field(default_factory=list)
+    reply_bytes: int = 0
+    error: BaseException | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+    async def outcome(self) -> list[Any]:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.replies
+
+
+@dataclass(frozen=True, slots=True)
+class _Completion:
+    op_id: int
+    ok: bool
+    value: bytes | str
+
+
+class AgentActor:
+    """The resident form of one agent."""
+
+    def __init__(self, address: AgentAddress, kind: Kind, supervisor: Supervisor) -> None:
+        self.address = address
+        self.kind = kind
+        self._supervisor = supervisor
+        limits = kind.manifest.limits
+        self._send, self._receive = trio.open_memory_channel[Envelope](limits.mailbox_size)
+        self._sandbox: Sandbox | None = None
+        self._kv_bytes = 0
+        self._state_loaded = False
+        self._op_ids = itertools.count(1)
+        self._event_ids = itertools.count(1)
+        self._idle_scope: trio.CancelScope | None = None
+        self.closed = False
+        self.activated = False
+        """True once an instance was created; a stopping actor then counts as hibernated."""
+        self.last_active = trio.current_time()
+
+    # -- called from the supervisor (trio loop, synchronous) ----------------------------
+    def post(self, envelope: Envelope) -> None:
+        """Queue an event, or raise AgentBusy when the mailbox is full."""
+        if self.closed:
+            raise AgentUnavailable("agent is hibernating", address=str(self.address))
+        try:
+            self._send.send_nowait(envelope)
+        except trio.WouldBlock:
+            raise AgentBusy(
+                f"agent {self.address} has {self.kind.manifest.limits.mailbox_size} events "
+                "queued (limits.mailbox_size); retry shortly",
+                address=str(self.address),
+            ) from None
+
+    @property
+    def idle(self) -> bool:
+        """Waiting for events with nothing queued: safe to hibernate now."""
+        return self._idle_scope is not None and self._mailbox_empty()
+
+    def hibernate_now(self) -> bool:
+        """Ask an idle actor to hibernate; returns False if it is busy."""
+        if not self.idle or self._idle_scope is None:
+            return False
+        self.closed = True
+        self._idle_scope.cancel()
+        return True
+
+    @property
+    def has_instance(self) -> bool:
+        return self._sandbox is not None
+
+    def _mailbox_empty(self) -> bool:
+        return self._receive.statistics().current_buffer_used == 0
+
+    # -- the actor's task ---------------------------------------------------------------
+    async def run(self) -> None:
+        idle_timeout = self.kind.manifest.limits.idle_timeout_s
+        try:
+            while not self.closed:
+                with trio.CancelScope(deadline=trio.current_time() + idle_timeout) as scope:
+                    self._idle_scope = scope
+                    envelope = await self._receive.receive()
+                self._idle_scope = None
+                if scope.cancelled_caught:
+                    if self._mailbox_empty():
+                        self.closed = True
+                    continue
+                await self._handle(envelope)
+                self.last_active = trio.current_time()
+        finally:
+            self.closed = True
+            self._idle_scope = None
+            self._drop_instance()
+            self._fail_queued(AgentUnavailable("agent stopped", address=str(self.address)))
+            self._supervisor.actor_stopped(self)
+
+    def _fail_queued(self, error: RoostError) -> None:
+        while True:
+            try:
+                envelope = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            envelope.finish(error)
+
+    def _drop_instance(self) -> None:
+        if self._sandbox is not None:
+            self._sandbox.close()
+            self._sandbox = None
+
+    # -- one event ----------------------------------------------------------------------
+    async def _handle(self, envelope: Envelope) -> None:
+        error: RoostError | None = None
+        async with trio.open_nursery() as ops:
+            try:
+                await self._handle_in(envelope, ops)
+            except RoostError as exc:
+                error = exc
+            except Exception as exc:  # a host bug must not take the host down
+                logger.exception("agent %s: internal error handling an event", self.address)
+                error = RoostError(f"internal error handling the event: {exc!r}")
+            if error is not None:
+                self._drop_instance()
+            ops.cancel_scope.cancel()
+        envelope.finish(error)
+
+    async def _handle_in(self, envelope: Envelope, ops: trio.Nursery) -> None:
+        sandbox = await self._ensure_instance()
+        event_id = next(self._event_ids)
+        completions_send, completions = trio.open_memory_channel[_Completion](math.inf)
+        output, started = await self._turn(
+            lambda turn: sandbox.on_event(turn, event_id, envelope.kind, envelope.payload),
+            envelope,
+            event_id,
+            ops,
+            completions_send,
+        )
+        outstanding = started
+        while event_id not in output.done:
+            if outstanding == 0:
+                raise GuestAbiError(
+                    "the handler neither finished nor awaits an async op",
+                    address=str(self.address),
+                )
+            completion = await completions.receive()
+            outstanding -= 1
+            output, started = await self._turn(
+                lambda turn: sandbox.on_complete(
+                    turn, completion.op_id, completion.ok, completion.value
+                ),
+                envelope,
+                event_id,
+                ops,
+                completions_send,
+            )
+            outstanding += started
+
+    async def _ensure_instance(self) -> Sandbox:
+        if self._sandbox is not None:
+            return self._sandbox
+        state: bytes | None = None
+        record = await self._supervisor.store.load_agent(self.address)
+        if record is not None:
+            state = record.state
+            self._kv_bytes = record.kv_bytes
+        config = msgpack.packb(
+            {"kind": self.address.kind, "id": self.address.id, "config": self.kind.config},
+            use_bin_type=True,
+        )
+        turn = self._new_turn()
+        limits = self.kind.manifest.limits
+
+        def activate() -> Sandbox:
+            sandbox = self.kind.factory.instantiate(limits)
+            sandbox.init(turn, config, state)
+            return sandbox
+
+        started = time.perf_counter()
+        self._sandbox = await self._supervisor.run_guest(activate)
+        self.activated = True
+        self._supervisor.record_activation(time.perf_counter() - started)
+        if turn.fault is not None:
+            raise turn.fault
+        return self._sandbox
+
+    def _new_turn(self) -> TurnContext:
+        return TurnContext(
+            address=self.address,
+            limits=self.kind.manifest.limits,
+            store=self._supervisor.store,
+            now=time.time(),
+            kv_bytes=self._kv_bytes,
+            next_op_id=lambda: next(self._op_ids),
+        )
+
+    async def _turn(
+        self,
+        call: Callable[[TurnContext], TurnOutput],
+        envelope: Envelope,
+        event_id: int,
+        ops: trio.Nursery,
+        completions: trio.MemorySendChannel[_Completion],
+    ) -> tuple[TurnOutput, int]:
+        """Run one turn, check its limits, commit it, start its ops.
+        Returns the guest's output and the number of ops started."""
+        turn = self._new_turn()
+        output = await self._supervisor.run_guest(lambda: call(turn))
+        if turn.fault is not None:
+            raise turn.fault
+        limits = self.kind.manifest.limits
+        replies = []
+        for reply in output.replies:
+            if reply.event_id != event_id:
+                raise GuestAbiError(f"reply tagged with unknown event {reply.event_id}")
+            replies.append(reply.payload)
+        reply_bytes = envelope.reply_bytes + sum(len(p) for p in replies)
+        if reply_bytes > limits.max_reply_bytes:
+            raise LimitExceeded(
+                f"replies to one event total {reply_bytes} bytes; the kind allows "
+                f"limits.max_reply_bytes = {limits.max_reply_bytes}",
+                address=str(self.address),
+            )
+        if output.state is not None and len(output.state) > limits.max_state_bytes:
+            raise LimitExceeded(
+                f"state is {len(output.state)} bytes; the kind allows "
+                f"limits.max_state_bytes = {limits.max_state_bytes}",
+                address=str(self.address),
+            )
+        decoded = [_decode_reply(p) for p in replies]
+        if output.state is not None or turn.kv_writes:
+            await self._supervisor.store.commit_turn(
+                TurnCommit(
+                    address=self.address,
+                    state=output.state,
+                    kv_writes=dict(turn.kv_writes),
+                    kv_bytes=turn.kv_bytes,
+                    at=turn.now,
+                )
+            )
+            self._kv_bytes = turn.kv_bytes
+        self._supervisor.record_turn()
+        envelope.replies.extend(decoded)
+        envelope.reply_bytes = reply_bytes
+        for op in turn.ops:
+            ops.start_soon(self._run_op, op, completions)
+        return output, len(turn.ops)
+
+    async def _run_op(self, op: StartedOp, completions: trio.MemorySendChannel[_Completion]) -> None:
+        try:
+            value = await op.run()
+        except CapabilityError as exc:
+            await completions.send(_Completion(op.op_id, False, str(exc)))
+        except Exception as exc:
+            logger.exception("agent %s: %s op failed", self.address, op.capability)
+            await completions.send(_Completion(op.op_id, False, f"{op.capability} failed: {exc}"))
+        else:
+            await completions.send(_Completion(op.op_id, True, value))
+
+
+def _decode_reply(payload: bytes) -> Any:
+    try:
+        return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise GuestAbiError(f"a reply is not valid msgpack: {exc}") from None

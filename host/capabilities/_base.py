@@ -1,0 +1,105 @@
+"""What every capability is: a grant model, host calls, and their wiring into wasm.
+
+A capability class names its WIT interface (``name``, matching its file name), parses its
+grant from the manifest (``Grant``, unknown keys rejected) and offers host calls: methods
+marked with :func:`host_call` that take the current :class:`TurnContext` and the WIT
+arguments. A capability instance is bound to one kind's grant; per-agent scoping comes from
+the turn (its address, limits and buffers).
+
+Host calls must never raise into wasm. :func:`host_call` declares what the call returns
+when it fails: calls whose WIT result is ``result<_, string>`` return the error text to the
+guest; the others return ``fallback`` and fail the turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import CapabilityError, RoostError
+from ..turn import current_turn
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_NO_FALLBACK = object()
+
+
+class Grant(BaseModel):
+    """Base of every capability's grant parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class HostCallSpec:
+    wit_name: str
+    """The function's name in the capability's WIT interface."""
+    returns_error_text: bool
+    """True when the WIT result is ``result<T, string>``: errors go back to the guest."""
+    fallback: Any
+    """What to return when the call fails and the error cannot go back to the guest."""
+
+
+def host_call(wit_name: str, *, fallback: Any = _NO_FALLBACK) -> Callable[[F], F]:
+    """Mark a method as the implementation of WIT function ``wit_name``.
+
+    Without ``fallback`` the WIT result must be ``result<T, string>``: a
+    :class:`CapabilityError` is returned to the guest as its message. With ``fallback``,
+    any error fails the turn and ``fallback`` is returned to the guest meanwhile.
+    """
+
+    def mark(method: F) -> F:
+        method.__roost_host_call__ = HostCallSpec(  # type: ignore[attr-defined]
+            wit_name, fallback is _NO_FALLBACK, None if fallback is _NO_FALLBACK else fallback
+        )
+        return method
+
+    return mark
+
+
+class Capability:
+    """Base class of capabilities. Subclasses set ``name`` and ``Grant``."""
+
+    name: ClassVar[str]
+    Grant: ClassVar[type[Grant]]
+
+    def __init__(self, grant: Grant) -> None:
+        self.grant = grant
+
+    @classmethod
+    def host_calls(cls) -> dict[str, tuple[str, HostCallSpec]]:
+        """WIT function name -> (method name, spec)."""
+        calls = {}
+        for attr in dir(cls):
+            spec = getattr(getattr(cls, attr), "__roost_host_call__", None)
+            if isinstance(spec, HostCallSpec):
+                calls[spec.wit_name] = (attr, spec)
+        return calls
+
+    def guarded(self, method_name: str, spec: HostCallSpec) -> Callable[..., Any]:
+        """The method wrapped so that it never raises: see the module docstring."""
+        method = getattr(self, method_name)
+
+        def call(*args: Any) -> Any:
+            try:
+                turn = current_turn()
+            except RoostError:
+                return spec.fallback
+            try:
+                return method(turn, *args)
+            except CapabilityError as exc:
+                if spec.returns_error_text:
+                    return str(exc)
+                turn.fail(exc)
+            except RoostError as exc:
+                turn.fail(exc)
+            except Exception as exc:  # a bug in a host call must not crash the host
+                turn.fail(
+                    RoostError(f"host call {self.name}.{spec.wit_name} failed: {exc!r}")
+                )
+            return "host call failed" if spec.returns_error_text else spec.fallback
+
+        return call

@@ -1,0 +1,63 @@
+"""Host settings: typed, frozen, validated at load. The only module that reads the environment.
+
+Every setting can come from a ``ROOST_*`` environment variable (``ROOST_DATA_DIR``,
+``ROOST_MAX_RESIDENT_AGENTS``, ...) or be passed to :class:`HostConfig` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+DEFAULT_DATA_DIR = Path(".roost")
+DEFAULT_MAX_RESIDENT_AGENTS = 10_000
+DEFAULT_WORKER_THREADS = 4
+DEFAULT_EPOCH_TICK_MS = 10
+DEFAULT_MAX_IN_FLIGHT = 10_000
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "roost"
+
+
+class HostConfig(BaseSettings):
+    """Settings for one host process."""
+
+    model_config = SettingsConfigDict(env_prefix="ROOST_", extra="forbid", frozen=True)
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    """Where the embedded SQLite store lives (``roost.db``)."""
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    """Compiled components and build outputs, keyed by content hash."""
+    max_resident_agents: int = Field(DEFAULT_MAX_RESIDENT_AGENTS, ge=1)
+    """Instances kept in memory; past it the least recently used idle agent hibernates."""
+    worker_threads: int = Field(DEFAULT_WORKER_THREADS, ge=1)
+    """Threads that run wasm turns concurrently."""
+    epoch_tick_ms: int = Field(DEFAULT_EPOCH_TICK_MS, ge=1)
+    """Granularity of CPU deadlines."""
+    max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1)
+    """Events accepted host-wide before new ones get Overloaded."""
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    """NORMAL survives a process kill; FULL also survives power loss, at a write cost."""
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "roost.db"
+
+
+def load_config(**overrides: object) -> HostConfig:
+    """Settings from the environment, with ``overrides`` taking precedence."""
+    try:
+        return HostConfig(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid host settings: {problems}") from None

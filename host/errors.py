@@ -1,0 +1,141 @@
+"""Every error Roost raises, in one tree.
+
+::
+
+    RoostError
+    ├── ConfigError              bad settings or manifest; fix the input, retrying will not help
+    │   ├── ManifestError        a manifest that does not parse or validate
+    │   └── DeployError          a component that cannot be deployed under its manifest
+    ├── BuildError               an agent that does not compile to a component
+    ├── AgentError               something went wrong for one agent; its neighbours are unaffected
+    │   ├── UnknownKind          no kind of that name is deployed
+    │   ├── InvalidAddress       a kind or id with characters an address may not hold
+    │   ├── GuestError           the guest failed a turn: it raised, trapped, or broke a limit
+    │   │   ├── GuestTrap        the guest raised or trapped (carries the guest traceback)
+    │   │   ├── CpuDeadlineExceeded  the turn ran past the kind's CPU deadline
+    │   │   ├── MemoryLimitExceeded  the guest ran out of its linear-memory cap
+    │   │   ├── LimitExceeded    state, kv or reply bytes over the kind's limit
+    │   │   └── GuestAbiError    the guest broke the roost:agent ABI contract
+    │   ├── AgentBusy            the agent's mailbox is full; retry after a short wait
+    │   └── AgentUnavailable     the agent was stopped (host shutting down); retry elsewhere/later
+    ├── CapabilityError          a host call failed for a reason the guest can see
+    │   ├── CapabilityDenied     the call is outside the kind's grant
+    │   └── QuotaExceeded        the call would pass a per-agent quota
+    ├── StorageError             the state store failed; the turn was not committed; retry helps
+    └── Overloaded               the host is at capacity; retry after ``retry_after_s``
+
+Errors that carry ``retryable = True`` are ones where the same request may succeed later.
+"""
+
+from __future__ import annotations
+
+
+class RoostError(Exception):
+    """Base class of every error Roost raises on purpose."""
+
+    retryable: bool = False
+
+
+class ConfigError(RoostError):
+    """Raised when settings are invalid. Fix the configuration; retrying will not help."""
+
+
+class ManifestError(ConfigError):
+    """Raised when a kind's manifest cannot be read or does not validate."""
+
+
+class DeployError(ConfigError):
+    """Raised when a component cannot be deployed under its manifest (e.g. ungranted imports)."""
+
+
+class BuildError(RoostError):
+    """Raised by ``roost build`` when the agent source does not compile to a component."""
+
+
+class AgentError(RoostError):
+    """An error that concerns one agent only."""
+
+    def __init__(self, message: str, *, address: str | None = None) -> None:
+        super().__init__(message)
+        self.address = address
+
+
+class UnknownKind(AgentError):
+    """Raised when an event names a kind that is not deployed. Deploy it first."""
+
+
+class InvalidAddress(AgentError):
+    """Raised when a kind or agent id is empty, too long or holds characters not allowed."""
+
+
+class GuestError(AgentError):
+    """The guest failed a turn. Nothing from the turn was committed; the agent keeps
+    serving from its last committed state. Retrying the same event usually fails the same way.
+    """
+
+    def __init__(
+        self, message: str, *, address: str | None = None, guest_traceback: str = ""
+    ) -> None:
+        super().__init__(message, address=address)
+        self.guest_traceback = guest_traceback
+
+
+class GuestTrap(GuestError):
+    """Raised when the guest raised an exception or trapped during a turn."""
+
+
+class CpuDeadlineExceeded(GuestError):
+    """Raised when a turn ran longer than the kind's ``cpu_deadline_ms``."""
+
+
+class MemoryLimitExceeded(GuestError):
+    """Raised when the guest tried to grow past the kind's ``max_memory_bytes``."""
+
+
+class LimitExceeded(GuestError):
+    """Raised when a turn's state, kv or reply bytes exceed the kind's limits."""
+
+
+class GuestAbiError(GuestError):
+    """Raised when the guest returns values that break the roost:agent contract."""
+
+
+class AgentBusy(AgentError):
+    """Raised when the agent's mailbox is full. Retry after a short wait."""
+
+    retryable = True
+
+
+class AgentUnavailable(AgentError):
+    """Raised when the agent was stopped before handling the event (host shutting down)."""
+
+    retryable = True
+
+
+class CapabilityError(RoostError):
+    """A host call the guest made failed in a way the guest is told about."""
+
+
+class CapabilityDenied(CapabilityError):
+    """Raised when a call is outside the kind's grant; the message names the grant needed."""
+
+
+class QuotaExceeded(CapabilityError):
+    """Raised when a call would pass a per-agent quota or budget."""
+
+
+class StorageError(RoostError):
+    """Raised when the state store fails. The turn was not committed; a retry may succeed."""
+
+    retryable = True
+
+
+class Overloaded(RoostError):
+    """Raised when the host is at capacity (resident cap with no idle agent to evict,
+    or the global in-flight limit). Retry after ``retry_after_s`` seconds."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

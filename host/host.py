@@ -1,0 +1,181 @@
+"""The embedding API: open a host on a store, deploy kinds, send events to agents."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+
+from .address import AgentAddress
+from .capabilities import bind_capabilities
+from .config import HostConfig, load_config
+from .errors import DeployError, ManifestError, UnknownKind
+from .kind import Kind, KindInfo
+from .manifest import Manifest, load_manifest
+from .runtime import WasmEngine, open_engine
+from .store.protocol import StateStore
+from .store.sqlite import open_sqlite_store
+from .supervisor import Supervisor
+
+
+@dataclass(frozen=True)
+class HostStatistics:
+    """Counts since the host opened (``resident`` and ``hibernated`` are current)."""
+
+    resident: int
+    """Agents with an instance in memory."""
+    hibernated: int
+    """Agents with committed state and no instance in memory."""
+    activations: int
+    """Instances created (first events and wakes from hibernation)."""
+    hibernations: int
+    """Instances dropped after idling or eviction."""
+    turns: int
+    in_flight: int
+    kinds: int
+
+
+@asynccontextmanager
+async def open_host(
+    config: HostConfig | None = None, *, store: StateStore | None = None
+) -> AsyncIterator[Host]:
+    """Open a host. Without ``store``, uses the embedded SQLite store in ``config.data_dir``.
+
+    Leaving the block stops accepting events, lets in-flight events finish, hibernates every
+    agent and closes the store.
+    """
+    config = config or load_config()
+    async with AsyncExitStack() as stack:
+        if store is None:
+            store = await stack.enter_async_context(
+                open_sqlite_store(config.database_path, synchronous=config.sqlite_synchronous)
+            )
+        engine = stack.enter_context(
+            open_engine(cache_dir=config.cache_dir, epoch_tick_ms=config.epoch_tick_ms)
+        )
+        async with trio.open_nursery() as nursery:
+            host = Host(config, store, engine, nursery)
+            try:
+                yield host
+            finally:
+                await host.aclose()
+
+
+class Host:
+    """A running host. Create it with :func:`open_host`."""
+
+    def __init__(
+        self, config: HostConfig, store: StateStore, engine: WasmEngine, nursery: trio.Nursery
+    ) -> None:
+        self.config = config
+        self.store = store
+        self._engine = engine
+        self._kinds: dict[str, Kind] = {}
+        self._supervisor = Supervisor(
+            store=store,
+            nursery=nursery,
+            max_resident=config.max_resident_agents,
+            worker_threads=config.worker_threads,
+            max_in_flight=config.max_in_flight,
+        )
+        self._closed = False
+
+    async def deploy(
+        self, manifest: Manifest | Path | str, *, component: Path | str | None = None
+    ) -> KindInfo:
+        """Deploy (or redeploy) a kind from a manifest; ``component`` overrides its path.
+
+        Fails with DeployError naming every import the manifest does not grant."""
+        if not isinstance(manifest, Manifest):
+            manifest = load_manifest(Path(manifest))
+        if component is not None:
+            manifest = manifest.with_component(Path(component).resolve())
+        if manifest.component is None:
+            raise ManifestError(
+                f"kind {manifest.name!r}: no component; set `component` in the manifest "
+                "or pass one"
+            )
+        try:
+            wasm = manifest.component.read_bytes()
+        except OSError as exc:
+            raise DeployError(
+                f"kind {manifest.name!r}: cannot read component {manifest.component}: "
+                f"{exc.strerror}; build it with `roost build`"
+            ) from None
+        capabilities = bind_capabilities(manifest.capabilities)
+        factory = await trio.to_thread.run_sync(
+            self._engine.load_kind, manifest.name, wasm, capabilities
+        )
+        kind = Kind(manifest, capabilities, factory, hashlib.sha256(wasm).hexdigest())
+        self._kinds[manifest.name] = kind
+        return _info(kind)
+
+    def kinds(self) -> list[KindInfo]:
+        return [_info(kind) for kind in self._kinds.values()]
+
+    async def send(self, address: AgentAddress | str, message: Any) -> list[Any]:
+        """Deliver a user message to ``kind/id`` and return the agent's replies once the
+        handler finished and every turn it took has committed."""
+        return await self.deliver(address, "message", message)
+
+    async def deliver(self, address: AgentAddress | str, event_kind: str, payload: Any) -> list[Any]:
+        """Deliver any event kind (``message``, ``timer``, ``agent``)."""
+        if isinstance(address, str):
+            address = AgentAddress.parse(address)
+        kind = self._kinds.get(address.kind)
+        if kind is None:
+            raise UnknownKind(
+                f"no kind named {address.kind!r} is deployed "
+                f"(deployed: {', '.join(sorted(self._kinds)) or 'none'})",
+                address=str(address),
+            )
+        try:
+            encoded = msgpack.packb(payload, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ManifestError(f"the message cannot be encoded as msgpack: {exc}") from None
+        return await self._supervisor.deliver(address, kind, event_kind, encoded)
+
+    def is_resident(self, address: AgentAddress | str) -> bool:
+        if isinstance(address, str):
+            address = AgentAddress.parse(address)
+        return self._supervisor.is_resident(address)
+
+    def hibernate_idle(self) -> None:
+        """Hibernate every agent that is idle right now."""
+        self._supervisor.hibernate_all()
+
+    async def statistics(self) -> HostStatistics:
+        sup = self._supervisor
+        resident = sup.resident
+        stored = await self.store.count_agents()
+        return HostStatistics(
+            resident=resident,
+            hibernated=max(stored - resident, 0),
+            activations=sup.activations,
+            hibernations=sup.hibernations,
+            turns=sup.turns,
+            in_flight=sup.in_flight,
+            kinds=len(self._kinds),
+        )
+
+    async def aclose(self) -> None:
+        """Stop accepting, let in-flight events finish, hibernate everyone."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._supervisor.drain()
+
+
+def _info(kind: Kind) -> KindInfo:
+    return KindInfo(
+        name=kind.name,
+        version=kind.manifest.version,
+        capabilities=tuple(sorted(kind.capabilities)),
+        wasm_sha256=kind.wasm_sha256,
+    )

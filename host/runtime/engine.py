@@ -1,0 +1,192 @@
+"""The wasmtime engine: compilation with an on-disk cache, deploy-time import checks, linking
+only the granted interfaces, and the epoch ticker that enforces CPU deadlines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import wasmtime
+from wasmtime.component import Component, Linker
+
+from ..abi import TYPES_INTERFACE, capability_of, interface_name
+from ..capabilities import Capability
+from ..errors import DeployError
+from ..manifest import Limits
+from .sandbox import WasmSandbox
+
+_WASI_PREFIX = "wasi:"
+"""WASI imports come with the Python runtime; they are linked sandboxed (no files, no
+environment, no network), so they are not capabilities."""
+
+
+@contextmanager
+def open_engine(*, cache_dir: Path, epoch_tick_ms: int) -> Iterator[WasmEngine]:
+    """A wasmtime engine with its epoch ticker running."""
+    engine = WasmEngine(cache_dir=cache_dir, epoch_tick_ms=epoch_tick_ms)
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+class WasmEngine:
+    """One wasmtime engine for the whole host."""
+
+    def __init__(self, *, cache_dir: Path, epoch_tick_ms: int) -> None:
+        config = wasmtime.Config()
+        config.wasm_component_model = True
+        config.epoch_interruption = True
+        config.cranelift_opt_level = "speed"
+        self._config_key = "component-model,epoch,speed"
+        self.engine = wasmtime.Engine(config)
+        self.cache_dir = cache_dir / "components"
+        self.epoch_tick_ms = epoch_tick_ms
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self.compiled_from_cache = 0
+        self.compiled_fresh = 0
+
+    # -- epoch ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the ticker. It runs on real time (a thread), never on the trio clock,
+        so a mocked clock cannot trap healthy turns."""
+        if self._ticker is not None:
+            return
+        self._ticker = threading.Thread(target=self._tick, name="roost-epoch", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        interval = self.epoch_tick_ms / 1000
+        while not self._stop.wait(interval):
+            self.engine.increment_epoch()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
+
+    def deadline_ticks(self, cpu_deadline_ms: int) -> int:
+        return -(-cpu_deadline_ms // self.epoch_tick_ms) + 1
+
+    # -- compilation ------------------------------------------------------------------
+    def compile(self, wasm: bytes) -> Component:
+        """Compile a component, or load it from the cache when this exact wasm was compiled
+        by this wasmtime version with this configuration before."""
+        key = hashlib.sha256(wasm).hexdigest()
+        version = importlib.metadata.version("wasmtime")
+        path = self.cache_dir / f"{key[:40]}-wasmtime{version}-{self._config_key}.cwasm"
+        if path.is_file():
+            try:
+                component = Component.deserialize_file(self.engine, str(path))
+                self.compiled_from_cache += 1
+                return component
+            except wasmtime.WasmtimeError:
+                path.unlink(missing_ok=True)  # stale or corrupt: recompile below
+        try:
+            component = Component(self.engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise DeployError(f"not a valid WebAssembly component: {_first_line(exc)}") from None
+        self.compiled_fresh += 1
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        partial.write_bytes(bytes(component.serialize()))
+        os.replace(partial, path)
+        return component
+
+    # -- deploy -----------------------------------------------------------------------
+    def load_kind(
+        self, kind: str, wasm: bytes, capabilities: dict[str, Capability]
+    ) -> KindFactory:
+        """Compile, check the component's imports against the grants, and link."""
+        component = self.compile(wasm)
+        imports = list(component.type.imports(self.engine))
+        _check_imports(kind, imports, capabilities)
+        exports = set(component.type.exports(self.engine))
+        missing = sorted({"init", "on-event", "on-complete"} - exports)
+        if missing:
+            raise DeployError(
+                f"kind {kind!r}: the component does not export {', '.join(missing)}; "
+                "build it against the roost:agent world (roost build)"
+            )
+        linker = self._link(capabilities)
+        return KindFactory(self, component, linker)
+
+    def _link(self, capabilities: dict[str, Capability]) -> Linker:
+        linker = Linker(self.engine)
+        linker.add_wasip2()
+        with linker.root() as root:
+            for name, capability in capabilities.items():
+                with root.add_instance(interface_name(name)) as instance:
+                    for wit_name, (method, spec) in capability.host_calls().items():
+                        guarded = capability.guarded(method, spec)
+                        instance.add_func(wit_name, _drop_store_arg(guarded))
+        return linker
+
+
+def _drop_store_arg(call: object) -> object:
+    def host_function(_store: object, *args: object) -> object:
+        return call(*args)  # type: ignore[operator]
+
+    return host_function
+
+
+def _check_imports(kind: str, imports: list[str], capabilities: dict[str, Capability]) -> None:
+    ungranted: list[str] = []
+    foreign: list[str] = []
+    for name in imports:
+        if name.startswith(_WASI_PREFIX):
+            continue
+        capability = capability_of(name)
+        if capability is None:
+            foreign.append(name)
+        elif capability != TYPES_INTERFACE and capability not in capabilities:
+            ungranted.append(name)
+    problems = []
+    if ungranted:
+        grants = ", ".join(f"[capabilities.{capability_of(n)}]" for n in ungranted)
+        problems.append(
+            f"imports not granted by the manifest: {', '.join(ungranted)} "
+            f"(grant them with {grants}, or rebuild the agent without them)"
+        )
+    if foreign:
+        problems.append(
+            f"imports that are not roost:agent capabilities: {', '.join(foreign)}"
+        )
+    if problems:
+        raise DeployError(f"cannot deploy kind {kind!r}: " + "; ".join(problems))
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+class KindFactory:
+    """Makes sandboxes of one deployed kind (implements ``host.sandbox.SandboxFactory``)."""
+
+    def __init__(self, engine: WasmEngine, component: Component, linker: Linker) -> None:
+        self._engine = engine
+        self._component = component
+        self._linker = linker
+        self._exports = {
+            name: component.get_export_index(name)
+            for name in ("init", "on-event", "on-complete")
+        }
+
+    def instantiate(self, limits: Limits) -> WasmSandbox:
+        return WasmSandbox.instantiate(
+            engine=self._engine.engine,
+            component=self._component,
+            linker=self._linker,
+            exports=self._exports,
+            limits=limits,
+            deadline_ticks=self._engine.deadline_ticks(limits.cpu_deadline_ms),
+        )

@@ -1,0 +1,139 @@
+"""One guest instance in its own wasmtime store (implements ``host.sandbox.Sandbox``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import wasmtime
+from wasmtime.component import Component, Func, Linker, Record
+
+from ..errors import (
+    CpuDeadlineExceeded,
+    GuestAbiError,
+    GuestError,
+    GuestTrap,
+    MemoryLimitExceeded,
+)
+from ..manifest import Limits
+from ..sandbox import GuestReply, TurnOutput
+from ..turn import TurnContext, bind_turn
+
+T = TypeVar("T")
+
+_MEMORY_MARKERS = ("MemoryError", "memory allocation", "out of memory", "capacity overflow")
+
+
+class WasmSandbox:
+    """A store, an instance and its three exports. Used by one thread at a time."""
+
+    def __init__(
+        self, store: wasmtime.Store, funcs: dict[str, Func], limits: Limits, deadline_ticks: int
+    ) -> None:
+        self._store: wasmtime.Store | None = store
+        self._funcs = funcs
+        self._limits = limits
+        self._deadline_ticks = deadline_ticks
+
+    @classmethod
+    def instantiate(
+        cls,
+        *,
+        engine: wasmtime.Engine,
+        component: Component,
+        linker: Linker,
+        exports: Mapping[str, Any],
+        limits: Limits,
+        deadline_ticks: int,
+    ) -> WasmSandbox:
+        store = wasmtime.Store(engine)
+        store.set_wasi(wasmtime.WasiConfig())
+        store.set_limits(memory_size=limits.max_memory_bytes)
+        store.set_epoch_deadline(deadline_ticks)
+        try:
+            instance = linker.instantiate(store, component)
+        except wasmtime.WasmtimeError as exc:
+            raise _classify_trap(exc, "instantiation") from None
+        funcs: dict[str, Func] = {}
+        for name, index in exports.items():
+            func = instance.get_func(store, index)
+            if func is None:
+                raise GuestAbiError(f"the component does not export {name!r}")
+            funcs[name] = func
+        return cls(store, funcs, limits, deadline_ticks)
+
+    def init(self, turn: TurnContext, config: bytes, state: bytes | None) -> None:
+        result = self._call(turn, "init", config, state)
+        if isinstance(result, str):
+            raise _guest_failure(result, "init")
+
+    def on_event(self, turn: TurnContext, event_id: int, kind: str, payload: bytes) -> TurnOutput:
+        event = Record()
+        event.id = event_id
+        event.kind = kind
+        event.payload = payload
+        return _turn_output(self._call(turn, "on-event", event), "on-event")
+
+    def on_complete(
+        self, turn: TurnContext, op_id: int, ok: bool, value: bytes | str
+    ) -> TurnOutput:
+        if ok != isinstance(value, bytes):
+            raise GuestAbiError("an ok op result carries bytes, an error carries text")
+        return _turn_output(self._call(turn, "on-complete", op_id, value), "on-complete")
+
+    def close(self) -> None:
+        self._store = None
+        self._funcs = {}
+
+    def _call(self, turn: TurnContext, name: str, *args: Any) -> Any:
+        store = self._store
+        if store is None:
+            raise GuestAbiError("the sandbox was closed")
+        func = self._funcs[name]
+        store.set_epoch_deadline(self._deadline_ticks)
+        with bind_turn(turn):
+            try:
+                result = func(store, *args)
+                func.post_return(store)
+            except wasmtime.WasmtimeError as exc:
+                self.close()
+                raise _classify_trap(exc, name) from None
+        return result
+
+
+def _turn_output(result: Any, export: str) -> TurnOutput:
+    if isinstance(result, str):
+        raise _guest_failure(result, export)
+    try:
+        replies = [GuestReply(int(r.event), bytes(r.payload)) for r in result.replies]
+        done = [int(e) for e in result.done]
+        state = None if result.state is None else bytes(result.state)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise GuestAbiError(f"{export} returned a malformed turn-output: {exc}") from None
+    return TurnOutput(replies, done, state)
+
+
+def _guest_failure(traceback_text: str, export: str) -> GuestError:
+    lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else "guest failed without a message"
+    error_type: Callable[..., GuestError] = GuestTrap
+    if any(marker in last for marker in _MEMORY_MARKERS):
+        error_type = MemoryLimitExceeded
+    return error_type(f"guest {export} failed: {last}", guest_traceback=traceback_text)
+
+
+def _classify_trap(exc: wasmtime.WasmtimeError, export: str) -> GuestError:
+    text = str(exc)
+    if "interrupt" in text:
+        return CpuDeadlineExceeded(
+            f"guest {export} ran past the kind's CPU deadline (limits.cpu_deadline_ms)",
+            guest_traceback=text,
+        )
+    if any(marker in text for marker in _MEMORY_MARKERS) or "abort" in text:
+        return MemoryLimitExceeded(
+            f"guest {export} aborted, most likely out of linear memory "
+            "(limits.max_memory_bytes)",
+            guest_traceback=text,
+        )
+    first = text.strip().splitlines()[0] if text.strip() else "trap"
+    return GuestTrap(f"guest {export} trapped: {first}", guest_traceback=text)

@@ -1,0 +1,55 @@
+"""The seam between an agent actor and the thing that runs its guest code.
+
+The actor depends on these protocols only; ``host.runtime`` implements them with wasmtime.
+Every method runs on a worker thread, with the turn bound (``host.turn.bind_turn``), and one
+sandbox is only ever used by one thread at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from .manifest import Limits
+from .turn import TurnContext
+
+
+@dataclass(frozen=True, slots=True)
+class GuestReply:
+    event_id: int
+    payload: bytes
+    """msgpack"""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnOutput:
+    """What the guest handed back at the end of a turn."""
+
+    replies: list[GuestReply]
+    done: list[int]
+    """Events whose handling finished in this turn."""
+    state: bytes | None
+    """New state (msgpack map), or None when unchanged."""
+
+
+class Sandbox(Protocol):
+    """One live guest instance."""
+
+    def init(self, turn: TurnContext, config: bytes, state: bytes | None) -> None: ...
+
+    def on_event(self, turn: TurnContext, event_id: int, kind: str, payload: bytes) -> TurnOutput:
+        ...
+
+    def on_complete(
+        self, turn: TurnContext, op_id: int, ok: bool, value: bytes | str
+    ) -> TurnOutput: ...
+
+    def close(self) -> None:
+        """Drop the instance and free its memory."""
+        ...
+
+
+class SandboxFactory(Protocol):
+    """Makes instances of one deployed kind."""
+
+    def instantiate(self, limits: Limits) -> Sandbox: ...

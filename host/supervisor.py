@@ -1,0 +1,130 @@
+"""Address -> resident actor: activation, hibernation (idle timeout and LRU past the
+resident cap), the worker-thread pool for guest code, and the counters behind statistics.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TypeVar
+
+import trio
+
+from .address import AgentAddress
+from .agent import AgentActor, Envelope
+from .errors import Overloaded
+from .kind import Kind
+from .store.protocol import StateStore
+
+T = TypeVar("T")
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        store: StateStore,
+        nursery: trio.Nursery,
+        max_resident: int,
+        worker_threads: int,
+        max_in_flight: int,
+    ) -> None:
+        self.store = store
+        self._nursery = nursery
+        self._max_resident = max_resident
+        self._max_in_flight = max_in_flight
+        self._limiter = trio.CapacityLimiter(worker_threads)
+        self._actors: OrderedDict[AgentAddress, AgentActor] = OrderedDict()
+        self.in_flight = 0
+        self.activations = 0
+        self.hibernations = 0
+        self.turns = 0
+        self.activation_seconds_total = 0.0
+        self.accepting = True
+        self._drained = trio.Event()
+
+    # -- delivery -----------------------------------------------------------------------
+    async def deliver(self, address: AgentAddress, kind: Kind, event_kind: str,
+                      payload: bytes) -> list[object]:
+        if not self.accepting:
+            raise Overloaded("the host is shutting down", retry_after_s=1.0)
+        if self.in_flight >= self._max_in_flight:
+            raise Overloaded(
+                f"{self.in_flight} events in flight (max_in_flight); retry shortly",
+                retry_after_s=1.0,
+            )
+        envelope = Envelope(event_kind, payload)
+        actor = self._actor_for(address, kind)
+        actor.post(envelope)
+        self.in_flight += 1
+        try:
+            return await envelope.outcome()
+        finally:
+            self.in_flight -= 1
+            if not self.accepting and self.in_flight == 0:
+                self._drained.set()
+
+    async def drain(self) -> None:
+        """Stop accepting events, wait for in-flight ones, then hibernate every agent."""
+        self.accepting = False
+        if self.in_flight:
+            await self._drained.wait()
+        self.hibernate_all()
+
+    def _actor_for(self, address: AgentAddress, kind: Kind) -> AgentActor:
+        actor = self._actors.get(address)
+        if actor is not None and not actor.closed and actor.kind is kind:
+            self._actors.move_to_end(address)
+            return actor
+        if actor is not None:
+            # Hibernating, or its kind was redeployed: let it finish, start afresh.
+            actor.hibernate_now()
+            del self._actors[address]
+        if len(self._actors) >= self._max_resident:
+            self._evict_one()
+        actor = AgentActor(address, kind, self)
+        self._actors[address] = actor
+        self._nursery.start_soon(actor.run)
+        return actor
+
+    def _evict_one(self) -> None:
+        for address, actor in self._actors.items():
+            if actor.hibernate_now():
+                del self._actors[address]
+                return
+        raise Overloaded(
+            f"all {self._max_resident} resident agents are busy (max_resident_agents); "
+            "retry shortly",
+            retry_after_s=1.0,
+        )
+
+    def actor_stopped(self, actor: AgentActor) -> None:
+        if self._actors.get(actor.address) is actor:
+            del self._actors[actor.address]
+        if actor.activated:
+            self.hibernations += 1
+
+    # -- guest execution ----------------------------------------------------------------
+    async def run_guest(self, call: Callable[[], T]) -> T:
+        """Run guest code on a worker thread; the trio loop stays responsive."""
+        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+
+    def record_activation(self, seconds: float) -> None:
+        self.activations += 1
+        self.activation_seconds_total += seconds
+
+    def record_turn(self) -> None:
+        self.turns += 1
+
+    # -- inspection ---------------------------------------------------------------------
+    @property
+    def resident(self) -> int:
+        return sum(1 for actor in self._actors.values() if actor.has_instance)
+
+    def is_resident(self, address: AgentAddress) -> bool:
+        actor = self._actors.get(address)
+        return actor is not None and actor.has_instance and not actor.closed
+
+    def hibernate_all(self) -> None:
+        for actor in list(self._actors.values()):
+            actor.hibernate_now()
