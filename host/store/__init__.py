@@ -1,0 +1,8 @@
+"""Durable agent state: the :class:`StateStore` protocol and its SQLite implementation."""
+
+from .protocol import AgentRecord as AgentRecord
+from .protocol import StateStore as StateStore
+from .protocol import TurnCommit as TurnCommit
+from .sqlite import SqliteStore as SqliteStore
+from .sqlite import SqliteStoreStatistics as SqliteStoreStatistics
+from .sqlite import open_sqlite_store as open_sqlite_store

@@ -1,0 +1,508 @@
+"""The embedded state store: one SQLite file per host.
+
+Durability
+----------
+The database runs in WAL mode. A turn counts as committed once its transaction is in the
+write-ahead log; readers never block the writer and the writer never blocks readers.
+
+``synchronous`` picks what a committed turn survives:
+
+* ``NORMAL`` (default): the WAL is not fsynced on every commit. A committed turn survives the
+  process being killed (the OS still holds the data), but the last few turns before a power
+  loss or kernel crash may roll back. The database itself is never corrupted.
+* ``FULL``: the WAL is fsynced before every commit returns, so committed turns also survive
+  power loss, at the price of one fsync per write transaction.
+
+Group commit
+------------
+All writes go through one writer task that owns one connection. :meth:`SqliteStore.commit_turn`
+queues its commit and waits; the writer takes everything queued (up to
+``_MAX_BATCH``) and applies it in ONE transaction on a worker thread, so many concurrent turns
+share one commit (and, with ``FULL``, one fsync). If that transaction fails, each commit of the
+batch is retried in its own transaction, so a bad commit fails only its own caller.
+
+Reads
+-----
+``read_kv`` and ``read_kv_keys`` are called from guest worker threads; they borrow a connection
+from a small pool of read connections, which WAL lets read while the writer writes. The async
+reads run the same way on a trio worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import trio
+
+from ..address import AgentAddress
+from ..errors import ConfigError, StorageError
+from . import _schema
+from .protocol import AgentRecord, TurnCommit
+
+__all__ = ["SqliteStore", "SqliteStoreStatistics", "open_sqlite_store"]
+
+_MAX_BATCH = 256
+"""Most commits applied in one group-commit transaction."""
+_QUEUE_SIZE = 1024
+"""Commits that may wait for the writer before ``commit_turn`` itself waits to enqueue."""
+_BUSY_TIMEOUT_MS = 5000
+"""How long a connection waits on a lock held by another process before failing."""
+_MAX_IDLE_READERS = 8
+"""Read connections kept open between reads; more are opened under load and closed after."""
+_MAX_CODE_POINT = 0x10FFFF
+_SURROGATES = range(0xD800, 0xE000)
+
+_CLOSED = "store is closed"
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteStoreStatistics:
+    """Counters of one open :class:`SqliteStore`."""
+
+    commits: int
+    """Turn commits written."""
+    batches: int
+    """Write transactions committed (one group commit holds one or more turn commits)."""
+    path: str
+    """The database file."""
+
+
+class _Pending:
+    """One queued commit and the slot its caller waits on."""
+
+    __slots__ = ("commit", "done", "error")
+
+    def __init__(self, commit: TurnCommit) -> None:
+        self.commit = commit
+        self.done = trio.Event()
+        self.error: StorageError | None = None
+
+
+def _connect(path: str, *, read_only: bool) -> sqlite3.Connection:
+    """A connection in autocommit mode (we issue BEGIN/COMMIT ourselves), usable from any
+    thread (but only one at a time)."""
+    conn = sqlite3.connect(
+        path,
+        timeout=_BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if read_only:
+            conn.execute("PRAGMA query_only = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _open_writer(
+    raw_path: str | os.PathLike[str], synchronous: str
+) -> tuple[str, sqlite3.Connection]:
+    """Open the writer connection: switch to WAL, set durability, apply migrations.
+    Returns the absolute path and the connection."""
+    path = os.path.abspath(os.fspath(raw_path))
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"opening database {path} failed: {exc}") from exc
+    try:
+        conn = _connect(path, read_only=False)
+    except sqlite3.Error as exc:
+        raise StorageError(f"opening database {path} failed: {exc}") from exc
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StorageError(
+                f"opening database {path} failed: could not switch to WAL mode (got {mode!r})"
+            )
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        _schema.migrate(conn, path)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StorageError(f"opening database {path} failed: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return path, conn
+
+
+def _check_bytes(value: object, what: str) -> None:
+    if not isinstance(value, bytes):
+        raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
+
+
+def _apply_commit(conn: sqlite3.Connection, commit: TurnCommit) -> None:
+    """Write one commit's effects inside the caller's transaction."""
+    kind, agent_id = commit.address.kind, commit.address.id
+    puts: list[tuple[str, str, str, bytes]] = []
+    deletes: list[tuple[str, str, str]] = []
+    for key, value in commit.kv_writes.items():
+        if not isinstance(key, str):
+            raise TypeError(f"kv key must be str, not {type(key).__name__}")
+        if value is None:
+            deletes.append((kind, agent_id, key))
+        else:
+            _check_bytes(value, f"kv value of key {key!r}")
+            puts.append((kind, agent_id, key, value))
+    if commit.state is None:
+        conn.execute(
+            "INSERT INTO agents (kind, id, state, state_bytes, kv_bytes, turns,"
+            " created_at, updated_at) VALUES (?, ?, NULL, 0, ?, 1, ?, ?)"
+            " ON CONFLICT (kind, id) DO UPDATE SET"
+            " kv_bytes = excluded.kv_bytes, turns = agents.turns + 1,"
+            " updated_at = excluded.updated_at",
+            (kind, agent_id, commit.kv_bytes, commit.at, commit.at),
+        )
+    else:
+        _check_bytes(commit.state, "state")
+        conn.execute(
+            "INSERT INTO agents (kind, id, state, state_bytes, kv_bytes, turns,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?)"
+            " ON CONFLICT (kind, id) DO UPDATE SET"
+            " state = excluded.state, state_bytes = excluded.state_bytes,"
+            " kv_bytes = excluded.kv_bytes, turns = agents.turns + 1,"
+            " updated_at = excluded.updated_at",
+            (
+                kind,
+                agent_id,
+                commit.state,
+                len(commit.state),
+                commit.kv_bytes,
+                commit.at,
+                commit.at,
+            ),
+        )
+    if deletes:
+        conn.executemany("DELETE FROM kv WHERE kind = ? AND id = ? AND key = ?", deletes)
+    if puts:
+        conn.executemany(
+            "INSERT INTO kv (kind, id, key, value) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (kind, id, key) DO UPDATE SET value = excluded.value",
+            puts,
+        )
+
+
+def _prefix_upper_bound(prefix: str) -> str | None:
+    """The least string greater than every string that starts with ``prefix`` (in SQLite's
+    BINARY collation, i.e. UTF-8 byte order, which is code point order), or None if there is
+    no such bound (empty prefix, or only U+10FFFF characters)."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if code in _SURROGATES:
+            code = _SURROGATES.stop
+        if code <= _MAX_CODE_POINT:
+            return "".join(chars) + chr(code)
+    return None
+
+
+class _ReadPool:
+    """Read connections shared by any number of threads; each read borrows one exclusively."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
+
+    @contextmanager
+    def borrow(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                raise StorageError(_CLOSED)
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = _connect(self._path, read_only=True)
+        try:
+            yield conn
+        finally:
+            with self._lock:
+                keep = not self._closed and len(self._idle) < _MAX_IDLE_READERS
+                if keep:
+                    self._idle.append(conn)
+            if not keep:
+                conn.close()
+
+    def close(self) -> None:
+        """Close idle connections now; borrowed ones are closed when given back."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class SqliteStore:
+    """A :class:`~host.store.protocol.StateStore` on one SQLite file.
+
+    Create it with :func:`open_sqlite_store`, which runs its writer task.
+    """
+
+    def __init__(self, path: str, writer: sqlite3.Connection) -> None:
+        self._path = path
+        self._writer = writer
+        self._readers = _ReadPool(path)
+        self._send, self._receive = trio.open_memory_channel[_Pending](_QUEUE_SIZE)
+        self._closing = False
+        self._writer_started = False
+        self._writer_done = trio.Event()
+        self._closed = trio.Event()
+        self._commits = 0
+        self._batches = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop accepting work, let the writer finish what was queued, close every connection.
+        Idempotent; later calls wait for the first to finish."""
+        with trio.CancelScope(shield=True):
+            if self._closing:
+                await self._closed.wait()
+                return
+            self._closing = True
+            try:
+                self._send.close()
+                if self._writer_started:
+                    await self._writer_done.wait()
+                else:
+                    self._receive.close()
+            finally:
+                self._readers.close()
+                await trio.to_thread.run_sync(self._writer.close)
+                self._closed.set()
+
+    def statistics(self) -> SqliteStoreStatistics:
+        """Counters since the store was opened (still readable after :meth:`aclose`)."""
+        return SqliteStoreStatistics(commits=self._commits, batches=self._batches, path=self._path)
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise StorageError(_CLOSED)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _reading(
+        self, operation: str, address: AgentAddress | None
+    ) -> Iterator[sqlite3.Connection]:
+        self._check_open()
+        try:
+            with self._readers.borrow() as conn:
+                yield conn
+        except sqlite3.Error as exc:
+            subject = f" for {address}" if address is not None else ""
+            raise StorageError(f"{operation} failed{subject} in {self._path}: {exc}") from exc
+
+    def read_kv(self, address: AgentAddress, key: str) -> bytes | None:
+        """The committed value of ``key`` in the agent's own namespace (thread-safe)."""
+        with self._reading("read_kv", address) as conn:
+            rows = conn.execute(
+                "SELECT value FROM kv WHERE kind = ? AND id = ? AND key = ?",
+                (address.kind, address.id, key),
+            ).fetchall()
+        return bytes(rows[0][0]) if rows else None
+
+    def read_kv_keys(self, address: AgentAddress, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` committed keys starting with ``prefix``, sorted (thread-safe).
+
+        ``prefix`` matches literally: it is turned into a key range, not a LIKE pattern."""
+        self._check_open()
+        if limit <= 0:
+            return []
+        upper = _prefix_upper_bound(prefix)
+        with self._reading("read_kv_keys", address) as conn:
+            if upper is None:
+                cursor = conn.execute(
+                    "SELECT key FROM kv WHERE kind = ? AND id = ? AND key >= ?"
+                    " ORDER BY key LIMIT ?",
+                    (address.kind, address.id, prefix, limit),
+                )
+            else:
+                cursor = conn.execute(
+                    "SELECT key FROM kv WHERE kind = ? AND id = ? AND key >= ? AND key < ?"
+                    " ORDER BY key LIMIT ?",
+                    (address.kind, address.id, prefix, upper, limit),
+                )
+            rows = cursor.fetchall()
+        return [str(row[0]) for row in rows]
+
+    def _load_agent_sync(self, address: AgentAddress) -> AgentRecord | None:
+        with self._reading("load_agent", address) as conn:
+            rows = conn.execute(
+                "SELECT state, kv_bytes, turns, created_at, updated_at FROM agents"
+                " WHERE kind = ? AND id = ?",
+                (address.kind, address.id),
+            ).fetchall()
+        if not rows:
+            return None
+        state, kv_bytes, turns, created_at, updated_at = rows[0]
+        return AgentRecord(
+            state=None if state is None else bytes(state),
+            kv_bytes=int(kv_bytes),
+            turns=int(turns),
+            created_at=float(created_at),
+            updated_at=float(updated_at),
+        )
+
+    def _aggregate_sync(self, operation: str, expression: str, kind: str | None) -> int:
+        with self._reading(operation, None) as conn:
+            if kind is None:
+                rows = conn.execute(f"SELECT {expression} FROM agents").fetchall()
+            else:
+                rows = conn.execute(
+                    f"SELECT {expression} FROM agents WHERE kind = ?", (kind,)
+                ).fetchall()
+        return int(rows[0][0])
+
+    async def load_agent(self, address: AgentAddress) -> AgentRecord | None:
+        """The agent's record, or None if it has never committed a turn."""
+        self._check_open()
+        return await trio.to_thread.run_sync(self._load_agent_sync, address)
+
+    async def count_agents(self, kind: str | None = None) -> int:
+        """Number of agents with committed turns (of one kind, or all)."""
+        self._check_open()
+        return await trio.to_thread.run_sync(self._aggregate_sync, "count_agents", "COUNT(*)", kind)
+
+    async def stored_bytes(self, kind: str | None = None) -> int:
+        """Bytes of state and kv held for agents (of one kind, or all)."""
+        self._check_open()
+        return await trio.to_thread.run_sync(
+            self._aggregate_sync,
+            "stored_bytes",
+            "COALESCE(SUM(state_bytes + kv_bytes), 0)",
+            kind,
+        )
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def commit_turn(self, commit: TurnCommit) -> None:
+        """Apply one turn's effects in one transaction (shared with concurrent commits).
+
+        Raises :class:`StorageError` on failure, in which case nothing of the turn was written.
+        If the caller is cancelled while waiting, the commit may still be written."""
+        self._check_open()
+        pending = _Pending(commit)
+        try:
+            await self._send.send(pending)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise StorageError(_CLOSED) from None
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+
+    async def _run_writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The single writer: drain the queue, write each batch in one transaction, wake the
+        waiters. Shielded, so it stops only when :meth:`aclose` closes the queue and every
+        accepted commit gets an answer."""
+        self._writer_started = True
+        task_status.started()
+        try:
+            with trio.CancelScope(shield=True):
+                async with self._receive:
+                    while True:
+                        try:
+                            batch = [await self._receive.receive()]
+                        except trio.EndOfChannel:
+                            break
+                        while len(batch) < _MAX_BATCH:
+                            try:
+                                batch.append(self._receive.receive_nowait())
+                            except (trio.WouldBlock, trio.EndOfChannel):
+                                break
+                        await self._flush(batch)
+        finally:
+            self._writer_done.set()
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        try:
+            errors = await trio.to_thread.run_sync(self._write_sync, [p.commit for p in batch])
+            for pending, error in zip(batch, errors, strict=True):
+                pending.error = error
+        except Exception as exc:  # a bug in the write path: fail the batch, keep the writer
+            for pending in batch:
+                pending.error = StorageError(
+                    f"commit_turn failed for {pending.commit.address} in {self._path}: {exc!r}"
+                )
+        finally:
+            for pending in batch:
+                pending.done.set()
+
+    def _write_sync(self, commits: Sequence[TurnCommit]) -> list[StorageError | None]:
+        """Runs on a worker thread. One transaction for the batch; if it fails, one per commit."""
+        try:
+            self._transaction(commits)
+        except Exception as exc:
+            if len(commits) == 1:
+                return [self._commit_error(commits[0], exc)]
+        else:
+            self._batches += 1
+            self._commits += len(commits)
+            return [None] * len(commits)
+        errors: list[StorageError | None] = []
+        for commit in commits:
+            try:
+                self._transaction([commit])
+            except Exception as exc:
+                errors.append(self._commit_error(commit, exc))
+            else:
+                self._batches += 1
+                self._commits += 1
+                errors.append(None)
+        return errors
+
+    def _transaction(self, commits: Sequence[TurnCommit]) -> None:
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for commit in commits:
+                _apply_commit(conn, commit)
+            conn.execute("COMMIT")
+        except BaseException:
+            _schema.rollback_quietly(conn)
+            raise
+
+    def _commit_error(self, commit: TurnCommit, exc: Exception) -> StorageError:
+        error = StorageError(f"commit_turn failed for {commit.address} in {self._path}: {exc}")
+        error.__cause__ = exc
+        return error
+
+
+@asynccontextmanager
+async def open_sqlite_store(
+    path: str | os.PathLike[str],
+    *,
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+) -> AsyncIterator[SqliteStore]:
+    """Open (creating it and its parent directories if needed) the store at ``path``, run its
+    writer task for the duration of the block, and close it on exit.
+
+    ``synchronous="NORMAL"`` makes committed turns survive a process kill; ``"FULL"`` also
+    makes them survive power loss (one fsync per group commit).
+    """
+    if synchronous not in ("NORMAL", "FULL"):
+        raise ConfigError(f"invalid synchronous mode {synchronous!r}: use 'NORMAL' or 'FULL'")
+    db_path, writer = await trio.to_thread.run_sync(_open_writer, path, synchronous)
+    store = SqliteStore(db_path, writer)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store._run_writer)
+            try:
+                yield store
+            finally:
+                await store.aclose()
+    finally:
+        # A no-op unless starting the writer failed; aclose shields itself.
+        await store.aclose()
