@@ -195,10 +195,12 @@ class AgentActor:
                 )
             completion = await completions.receive()
             outstanding -= 1
+
+            def resume(turn: TurnContext, c: _Completion = completion) -> TurnOutput:
+                return sandbox.on_complete(turn, c.op_id, c.ok, c.value)
+
             output, started = await self._turn(
-                lambda turn: sandbox.on_complete(
-                    turn, completion.op_id, completion.ok, completion.value
-                ),
+                resume,
                 envelope,
                 event_id,
                 ops,
@@ -296,7 +298,9 @@ class AgentActor:
             ops.start_soon(self._run_op, op, completions)
         return output, len(turn.ops)
 
-    async def _run_op(self, op: StartedOp, completions: trio.MemorySendChannel[_Completion]) -> None:
+    async def _run_op(
+        self, op: StartedOp, completions: trio.MemorySendChannel[_Completion]
+    ) -> None:
         try:
             value = await op.run()
         except CapabilityError as exc:

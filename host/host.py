@@ -19,6 +19,7 @@ from .errors import DeployError, ManifestError, UnknownKind
 from .kind import Kind, KindInfo
 from .manifest import Manifest, load_manifest
 from .runtime import WasmEngine, open_engine
+from .sandbox import SandboxFactory
 from .store.protocol import StateStore
 from .store.sqlite import open_sqlite_store
 from .supervisor import Supervisor
@@ -92,26 +93,26 @@ class Host:
         """Deploy (or redeploy) a kind from a manifest; ``component`` overrides its path.
 
         Fails with DeployError naming every import the manifest does not grant."""
-        if not isinstance(manifest, Manifest):
-            manifest = load_manifest(Path(manifest))
-        if component is not None:
-            manifest = manifest.with_component(Path(component).resolve())
+        manifest = await trio.to_thread.run_sync(_resolve_manifest, manifest, component)
         if manifest.component is None:
             raise ManifestError(
-                f"kind {manifest.name!r}: no component; set `component` in the manifest "
-                "or pass one"
+                f"kind {manifest.name!r}: no component; set `component` in the manifest or pass one"
             )
-        try:
-            wasm = manifest.component.read_bytes()
-        except OSError as exc:
-            raise DeployError(
-                f"kind {manifest.name!r}: cannot read component {manifest.component}: "
-                f"{exc.strerror}; build it with `roost build`"
-            ) from None
         capabilities = bind_capabilities(manifest.capabilities)
-        factory = await trio.to_thread.run_sync(
-            self._engine.load_kind, manifest.name, wasm, capabilities
-        )
+        component_path = manifest.component
+        name = manifest.name
+
+        def load() -> tuple[bytes, SandboxFactory]:
+            try:
+                wasm = component_path.read_bytes()
+            except OSError as exc:
+                raise DeployError(
+                    f"kind {name!r}: cannot read component {component_path}: "
+                    f"{exc.strerror}; build it with `roost build`"
+                ) from None
+            return wasm, self._engine.load_kind(name, wasm, capabilities)
+
+        wasm, factory = await trio.to_thread.run_sync(load)
         kind = Kind(manifest, capabilities, factory, hashlib.sha256(wasm).hexdigest())
         self._kinds[manifest.name] = kind
         return _info(kind)
@@ -124,7 +125,9 @@ class Host:
         handler finished and every turn it took has committed."""
         return await self.deliver(address, "message", message)
 
-    async def deliver(self, address: AgentAddress | str, event_kind: str, payload: Any) -> list[Any]:
+    async def deliver(
+        self, address: AgentAddress | str, event_kind: str, payload: Any
+    ) -> list[Any]:
         """Deliver any event kind (``message``, ``timer``, ``agent``)."""
         if isinstance(address, str):
             address = AgentAddress.parse(address)
@@ -170,6 +173,14 @@ class Host:
             return
         self._closed = True
         await self._supervisor.drain()
+
+
+def _resolve_manifest(manifest: Manifest | Path | str, component: Path | str | None) -> Manifest:
+    if not isinstance(manifest, Manifest):
+        manifest = load_manifest(Path(manifest))
+    if component is not None:
+        manifest = manifest.with_component(Path(component).absolute())
+    return manifest
 
 
 def _info(kind: Kind) -> KindInfo:

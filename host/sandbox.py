@@ -37,8 +37,9 @@ class Sandbox(Protocol):
 
     def init(self, turn: TurnContext, config: bytes, state: bytes | None) -> None: ...
 
-    def on_event(self, turn: TurnContext, event_id: int, kind: str, payload: bytes) -> TurnOutput:
-        ...
+    def on_event(
+        self, turn: TurnContext, event_id: int, kind: str, payload: bytes
+    ) -> TurnOutput: ...
 
     def on_complete(
         self, turn: TurnContext, op_id: int, ok: bool, value: bytes | str

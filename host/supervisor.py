@@ -44,8 +44,9 @@ class Supervisor:
         self._drained = trio.Event()
 
     # -- delivery -----------------------------------------------------------------------
-    async def deliver(self, address: AgentAddress, kind: Kind, event_kind: str,
-                      payload: bytes) -> list[object]:
+    async def deliver(
+        self, address: AgentAddress, kind: Kind, event_kind: str, payload: bytes
+    ) -> list[object]:
         if not self.accepting:
             raise Overloaded("the host is shutting down", retry_after_s=1.0)
         if self.in_flight >= self._max_in_flight:

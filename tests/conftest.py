@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 
 from host import Host, HostConfig, Manifest, load_manifest, open_host
 from host.build import build_agent
@@ -76,4 +77,4 @@ async def until(predicate: Callable[[], bool], *, timeout_s: float = 30.0) -> No
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()

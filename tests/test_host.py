@@ -32,9 +32,7 @@ async def test_echo_round_trip(
         info = await host.deploy(echo_manifest)
         assert info.name == "echo"
         assert await host.send("echo/alice", "hello") == [{"echo": "hello", "count": 1}]
-        assert await host.send("echo/alice", {"n": [1, 2]}) == [
-            {"echo": {"n": [1, 2]}, "count": 2}
-        ]
+        assert await host.send("echo/alice", {"n": [1, 2]}) == [{"echo": {"n": [1, 2]}, "count": 2}]
         assert await host.send("echo/bob", "hi") == [{"echo": "hi", "count": 1}]
 
 
@@ -70,8 +68,17 @@ async def test_state_survives_hibernate_and_wake(probe_host: Host) -> None:
 async def test_kv_is_private_to_each_agent(probe_host: Host) -> None:
     await probe_host.send("probe/alice", {"op": "kv_set", "key": "secret", "value": b"A"})
     await probe_host.send("probe/alice", {"op": "kv_set", "key": "x/y", "value": b"B"})
-    for key in ["secret", "x/y", "alice/secret", "probe/alice/secret", "../alice/secret",
-                "%", "_ecret", "secret\x00", " secret"]:
+    for key in [
+        "secret",
+        "x/y",
+        "alice/secret",
+        "probe/alice/secret",
+        "../alice/secret",
+        "%",
+        "_ecret",
+        "secret\x00",
+        " secret",
+    ]:
         assert await probe_host.send("probe/bob", {"op": "kv_get", "key": key}) == [None]
     assert await probe_host.send("probe/bob", {"op": "kv_keys"}) == [[]]
     assert await probe_host.send("probe/alice", {"op": "kv_keys"}) == [["secret", "x/y"]]
@@ -100,9 +107,7 @@ async def test_kv_quota_is_enforced(probe_host: Host) -> None:
 async def test_failed_turn_commits_nothing_and_agent_recovers(probe_host: Host) -> None:
     assert await probe_host.send("probe/a", "count") == [1]
     with pytest.raises(GuestTrap) as info:
-        await probe_host.send(
-            "probe/a", {"op": "kv_set_then_raise", "key": "k", "value": b"lost"}
-        )
+        await probe_host.send("probe/a", {"op": "kv_set_then_raise", "key": "k", "value": b"lost"})
     assert "boom after writing" in str(info.value)
     assert "agent.py" in info.value.guest_traceback
     assert "ValueError" in info.value.guest_traceback

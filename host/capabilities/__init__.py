@@ -14,8 +14,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import ManifestError
+from ._base import BaseGrant as BaseGrant
 from ._base import Capability as Capability
-from ._base import Grant as Grant
 from ._base import HostCallSpec as HostCallSpec
 from ._base import host_call as host_call
 
@@ -42,17 +42,15 @@ def registry() -> dict[str, type[Capability]]:
     return found
 
 
-def validate_grants(grants: dict[str, dict[str, Any]]) -> dict[str, Grant]:
+def validate_grants(grants: dict[str, dict[str, Any]]) -> dict[str, BaseGrant]:
     """Parse each granted capability's parameters; unknown names and keys are errors."""
     known = registry()
-    parsed: dict[str, Grant] = {}
+    parsed: dict[str, BaseGrant] = {}
     problems: list[str] = []
     for name, params in grants.items():
         cls = known.get(name)
         if cls is None:
-            problems.append(
-                f"unknown capability {name!r} (known: {', '.join(sorted(known))})"
-            )
+            problems.append(f"unknown capability {name!r} (known: {', '.join(sorted(known))})")
             continue
         try:
             parsed[name] = cls.Grant.model_validate(params)

@@ -27,7 +27,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _NO_FALLBACK = object()
 
 
-class Grant(BaseModel):
+class BaseGrant(BaseModel):
     """Base of every capability's grant parameters."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -64,9 +64,9 @@ class Capability:
     """Base class of capabilities. Subclasses set ``name`` and ``Grant``."""
 
     name: ClassVar[str]
-    Grant: ClassVar[type[Grant]]
+    Grant: ClassVar[type[BaseGrant]]
 
-    def __init__(self, grant: Grant) -> None:
+    def __init__(self, grant: BaseGrant) -> None:
         self.grant = grant
 
     @classmethod
@@ -97,9 +97,7 @@ class Capability:
             except RoostError as exc:
                 turn.fail(exc)
             except Exception as exc:  # a bug in a host call must not crash the host
-                turn.fail(
-                    RoostError(f"host call {self.name}.{spec.wit_name} failed: {exc!r}")
-                )
+                turn.fail(RoostError(f"host call {self.name}.{spec.wit_name} failed: {exc!r}"))
             return "host call failed" if spec.returns_error_text else spec.fallback
 
         return call

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ..turn import TurnContext
-from ._base import Capability, Grant, host_call
+from ._base import BaseGrant, Capability, host_call
 
 
-class ClockGrant(Grant):
+class ClockGrant(BaseGrant):
     pass
 
 

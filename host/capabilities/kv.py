@@ -10,13 +10,13 @@ from pydantic import Field
 
 from ..errors import QuotaExceeded
 from ..turn import TurnContext
-from ._base import Capability, Grant, host_call
+from ._base import BaseGrant, Capability, host_call
 
 MAX_KEY_BYTES = 512
 MAX_KEYS_LISTED = 10_000
 
 
-class KvGrant(Grant):
+class KvGrant(BaseGrant):
     max_value_bytes: int = Field(1024 * 1024, ge=1)
     """Largest single value."""
 

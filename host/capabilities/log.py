@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from ..turn import TurnContext
-from ._base import Capability, Grant, host_call
+from ._base import BaseGrant, Capability, host_call
 
 logger = logging.getLogger("roost.guest")
 
@@ -20,7 +20,7 @@ _LEVELS = {
 }
 
 
-class LogGrant(Grant):
+class LogGrant(BaseGrant):
     max_line_bytes: int = Field(4096, ge=64)
     """Longer lines are truncated."""
 

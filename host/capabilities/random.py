@@ -6,12 +6,12 @@ import os
 
 from ..errors import QuotaExceeded
 from ..turn import TurnContext
-from ._base import Capability, Grant, host_call
+from ._base import BaseGrant, Capability, host_call
 
 MAX_BYTES_PER_CALL = 65_536
 
 
-class RandomGrant(Grant):
+class RandomGrant(BaseGrant):
     pass
 
 

@@ -13,12 +13,12 @@ from pydantic import Field
 
 from ..errors import CapabilityDenied
 from ..turn import TurnContext
-from ._base import Capability, Grant, host_call
+from ._base import BaseGrant, Capability, host_call
 
 _NIL = b"\xc0"  # msgpack nil
 
 
-class TimersGrant(Grant):
+class TimersGrant(BaseGrant):
     max_sleep_s: float = Field(24 * 3600.0, gt=0)
     """Longest single sleep."""
 
@@ -33,7 +33,9 @@ class Timers(Capability):
     @host_call("sleep")
     def sleep(self, turn: TurnContext, seconds: float) -> int:
         if not math.isfinite(seconds) or seconds < 0:
-            raise CapabilityDenied(f"timers.sleep needs a finite, non-negative delay, got {seconds}")
+            raise CapabilityDenied(
+                f"timers.sleep needs a finite, non-negative delay, got {seconds}"
+            )
         if seconds > self.grant.max_sleep_s:
             raise CapabilityDenied(
                 f"timers.sleep({seconds}) exceeds the timers grant max_sleep_s = "

@@ -103,9 +103,7 @@ class WasmEngine:
         return component
 
     # -- deploy -----------------------------------------------------------------------
-    def load_kind(
-        self, kind: str, wasm: bytes, capabilities: dict[str, Capability]
-    ) -> KindFactory:
+    def load_kind(self, kind: str, wasm: bytes, capabilities: dict[str, Capability]) -> KindFactory:
         """Compile, check the component's imports against the grants, and link."""
         component = self.compile(wasm)
         imports = list(component.type.imports(self.engine))
@@ -158,9 +156,7 @@ def _check_imports(kind: str, imports: list[str], capabilities: dict[str, Capabi
             f"(grant them with {grants}, or rebuild the agent without them)"
         )
     if foreign:
-        problems.append(
-            f"imports that are not roost:agent capabilities: {', '.join(foreign)}"
-        )
+        problems.append(f"imports that are not roost:agent capabilities: {', '.join(foreign)}")
     if problems:
         raise DeployError(f"cannot deploy kind {kind!r}: " + "; ".join(problems))
 
@@ -177,8 +173,7 @@ class KindFactory:
         self._component = component
         self._linker = linker
         self._exports = {
-            name: component.get_export_index(name)
-            for name in ("init", "on-event", "on-complete")
+            name: component.get_export_index(name) for name in ("init", "on-event", "on-complete")
         }
 
     def instantiate(self, limits: Limits) -> WasmSandbox:

@@ -68,10 +68,7 @@ class WasmSandbox:
             raise _guest_failure(result, "init")
 
     def on_event(self, turn: TurnContext, event_id: int, kind: str, payload: bytes) -> TurnOutput:
-        event = Record()
-        event.id = event_id
-        event.kind = kind
-        event.payload = payload
+        event = _record(id=event_id, kind=kind, payload=payload)
         return _turn_output(self._call(turn, "on-event", event), "on-event")
 
     def on_complete(
@@ -99,6 +96,13 @@ class WasmSandbox:
                 self.close()
                 raise _classify_trap(exc, name) from None
         return result
+
+
+def _record(**fields: Any) -> Record:
+    record = Record()
+    for name, value in fields.items():
+        setattr(record, name, value)
+    return record
 
 
 def _turn_output(result: Any, export: str) -> TurnOutput:
@@ -131,8 +135,7 @@ def _classify_trap(exc: wasmtime.WasmtimeError, export: str) -> GuestError:
         )
     if any(marker in text for marker in _MEMORY_MARKERS) or "abort" in text:
         return MemoryLimitExceeded(
-            f"guest {export} aborted, most likely out of linear memory "
-            "(limits.max_memory_bytes)",
+            f"guest {export} aborted, most likely out of linear memory (limits.max_memory_bytes)",
             guest_traceback=text,
         )
     first = text.strip().splitlines()[0] if text.strip() else "trap"

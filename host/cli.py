@@ -1,0 +1,408 @@
+"""The ``roost`` command line: build agents, chat with one, benchmark the host.
+
+::
+
+    roost build AGENT.py -o OUT.wasm [--manifest M] [--capabilities a,b]
+    roost run [COMPONENT] --manifest agent.toml [--message TEXT] [--agent-id ID] [--data-dir D]
+    roost bench footprint|wake --agents N [--manifest M] [--json]
+    roost version
+
+Results go to stdout; progress, logs and errors go to stderr. Every command returns 0 on
+success and 1 when it fails for a reason Roost reports (bad input, a failed build, a guest
+error), with the message on stderr and no Python traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib.metadata
+import json
+import logging
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .address import AgentAddress
+from .build import build_agent, ensure_component
+from .config import HostConfig, load_config
+from .errors import BuildError, GuestError, RoostError
+from .host import Host, open_host
+from .manifest import Manifest, load_manifest
+
+DEFAULT_AGENT_ID = "local"
+_QUIT_COMMANDS = frozenset({"/quit", "/exit"})
+_EXIT_FAILURE = 1
+_EXIT_INTERRUPTED = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``roost`` command line with ``argv`` (default: ``sys.argv[1:]``)."""
+    args = _parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return _EXIT_INTERRUPTED
+    except BaseException as exc:
+        leaf = _single_leaf(exc)
+        if isinstance(leaf, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return _EXIT_INTERRUPTED
+        if isinstance(leaf, RoostError):
+            _report(leaf)
+            return _EXIT_FAILURE
+        raise
+    return code
+
+
+# -- argument parsing --------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log to stderr: -v for info (guest log lines), -vv for debug",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="roost", description="Run AI agents as WebAssembly sandboxes."
+    )
+    parser.add_argument("--version", action="version", version=_version_line())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    build = commands.add_parser(
+        "build",
+        parents=[common],
+        help="compile a Python agent to a WebAssembly component",
+        description="Compile a Python agent (one guest_sdk.Agent subclass) to a component. "
+        "Builds are cached by content hash.",
+    )
+    build.add_argument("source", type=Path, metavar="AGENT.py", help="the agent's source file")
+    build.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="OUT.wasm",
+        help="where to write the component (default: AGENT.wasm beside the source)",
+    )
+    build.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="M",
+        help="the manifest whose capabilities the component imports "
+        "(default: agent.toml beside the source, if any)",
+    )
+    build.add_argument(
+        "--capabilities",
+        type=_capability_list,
+        metavar="a,b",
+        help="comma-separated capabilities to import instead of the manifest's",
+    )
+    build.set_defaults(handler=_cmd_build)
+
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="deploy a kind and chat with one of its agents",
+        description="Deploy a kind (building its source if needed) and send messages to one "
+        "agent: one with --message (prints one JSON line), else an interactive chat. "
+        "A message that parses as JSON is sent as that value, anything else as a string.",
+    )
+    run.add_argument(
+        "component",
+        nargs="?",
+        type=Path,
+        metavar="COMPONENT",
+        help="a built .wasm component; overrides the manifest's `component` (and skips "
+        "building its `source`)",
+    )
+    run.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="agent.toml",
+        help="the kind's manifest (default: agent.toml beside COMPONENT, or in the "
+        "current directory)",
+    )
+    run.add_argument("--message", metavar="TEXT", help="send one message, print the replies")
+    run.add_argument(
+        "--agent-id",
+        default=DEFAULT_AGENT_ID,
+        metavar="ID",
+        help=f"the agent to talk to (default: {DEFAULT_AGENT_ID})",
+    )
+    run.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="D",
+        help="where agent state is stored (default: $ROOST_DATA_DIR or .roost)",
+    )
+    run.set_defaults(handler=_cmd_run)
+
+    bench = commands.add_parser(
+        "bench",
+        parents=[common],
+        help="measure memory per agent and wake/turn latency",
+        description="Benchmark the host on a fresh temporary data dir. Both benchmarks "
+        "report the same numbers; footprint lists memory first, wake lists latency first.",
+    )
+    bench.add_argument("benchmark", choices=("footprint", "wake"))
+    bench.add_argument(
+        "--agents", type=_positive_int, required=True, metavar="N", help="agents to create"
+    )
+    bench.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="M",
+        help="the kind to benchmark (default: the bundled echo example)",
+    )
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(handler=_cmd_bench)
+
+    version = commands.add_parser(
+        "version", parents=[common], help="print the versions of roost and its runtime"
+    )
+    version.set_defaults(handler=_cmd_version)
+    return parser
+
+
+def _capability_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# -- roost build -------------------------------------------------------------------------
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    source: Path = args.source
+    output: Path = args.output or source.with_suffix(".wasm")
+    config = load_config()
+    started = time.perf_counter()
+    try:
+        result = build_agent(
+            source,
+            output,
+            cache_dir=config.cache_dir,
+            manifest=args.manifest,
+            capabilities=args.capabilities,
+        )
+    except BuildError as exc:
+        print(exc, file=sys.stderr)
+        return _EXIT_FAILURE
+    if result.cached:
+        print(f"built {result.output} (cached)")
+    else:
+        print(f"built {result.output} in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+# -- roost run ---------------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    component: Path | None = args.component
+    manifest_path: Path = args.manifest or (
+        component.parent / "agent.toml" if component is not None else Path("agent.toml")
+    )
+    overrides: dict[str, object] = {}
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    config = load_config(**overrides)
+    manifest = load_manifest(manifest_path)
+    address = AgentAddress(manifest.name, args.agent_id)
+
+    async def session() -> int:
+        # With an explicit component there is nothing to build.
+        deployable = manifest if component is not None else await _build_for(manifest, config)
+        async with open_host(config) as host:
+            info = await host.deploy(deployable, component=component)
+            caps = ", ".join(info.capabilities) or "none"
+            _info(f"deployed {info.name} {info.version} (capabilities: {caps})")
+            if args.message is not None:
+                return await _send_once(host, address, _parse_message(args.message))
+            return await _chat(host, address)
+
+    result: int = trio.run(session)
+    return result
+
+
+async def _build_for(manifest: Manifest, config: HostConfig) -> Manifest:
+    if manifest.source is None:
+        return manifest
+    started = time.perf_counter()
+    built = await trio.to_thread.run_sync(
+        lambda: ensure_component(manifest, cache_dir=config.cache_dir)
+    )
+    elapsed = time.perf_counter() - started
+    if elapsed >= 1.0:
+        _info(f"built {built.component} in {elapsed:.1f}s")
+    return built
+
+
+async def _send_once(host: Host, address: AgentAddress, message: Any) -> int:
+    try:
+        replies = await host.send(address, message)
+    except RoostError as exc:
+        _report(exc)
+        return _EXIT_FAILURE
+    print(_to_json({"replies": replies}))
+    return 0
+
+
+async def _chat(host: Host, address: AgentAddress) -> int:
+    _info(f"chatting with {address}; /quit or end of input to leave")
+    while True:
+        line = await trio.to_thread.run_sync(_read_line, "you> ", abandon_on_cancel=True)
+        if line is None:
+            break
+        text = line.strip()
+        if text in _QUIT_COMMANDS:
+            break
+        if not text:
+            continue
+        try:
+            replies = await host.send(address, _parse_message(text))
+        except GuestError as exc:
+            print(f"error: {exc}", flush=True)
+            if exc.guest_traceback:
+                print(exc.guest_traceback.rstrip(), file=sys.stderr, flush=True)
+            continue
+        except RoostError as exc:
+            print(f"error: {exc}", flush=True)
+            continue
+        if not replies:
+            _info("(no replies)")
+        for reply in replies:
+            print(f"agent> {_to_json(reply, ensure_ascii=False)}", flush=True)
+    return 0
+
+
+def _read_line(prompt: str) -> str | None:
+    """One line of the chat, or None at end of input. Runs on a worker thread."""
+    try:
+        return input(prompt)
+    except EOFError:
+        if sys.stdin.isatty():
+            print()
+        return None
+
+
+def _parse_message(text: str) -> Any:
+    """A message as typed: the JSON value it spells, else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _to_json(value: Any, *, ensure_ascii: bool = True) -> str:
+    return json.dumps(value, default=_json_default, ensure_ascii=ensure_ascii)
+
+
+def _json_default(value: object) -> object:
+    """msgpack values JSON has no form for: bytes become base64 text, the rest their repr."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return repr(value)
+
+
+# -- roost bench -------------------------------------------------------------------------
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from loadtests.bench import run_benchmark
+
+    return run_benchmark(
+        args.benchmark, agents=args.agents, manifest=args.manifest, as_json=args.json
+    )
+
+
+# -- roost version -----------------------------------------------------------------------
+
+
+def _cmd_version(args: argparse.Namespace) -> int:
+    print(_version_line())
+    return 0
+
+
+def _version_line() -> str:
+    parts = [
+        f"wasmtime {_package_version('wasmtime')}",
+        f"componentize-py {_package_version('componentize-py')}",
+        f"Python {platform.python_version()}",
+    ]
+    return f"roost {_package_version('roost')} ({', '.join(parts)})"
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def _info(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _report(exc: RoostError) -> None:
+    print(f"roost: {exc}", file=sys.stderr, flush=True)
+    if isinstance(exc, GuestError) and exc.guest_traceback:
+        print(exc.guest_traceback.rstrip(), file=sys.stderr, flush=True)
+
+
+def _single_leaf(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member groups (trio nurseries wrap errors
+    raised in their body); ``exc`` itself if it is not such a group."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _configure_logging(verbosity: int) -> None:
+    if verbosity <= 0:
+        return
+    logger = logging.getLogger("roost")
+    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
