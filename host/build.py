@@ -216,6 +216,7 @@ def _run_componentize(staged: Path, source: Path, output: Path) -> None:
 
 
 _FRAME_RE = re.compile(r'File "([^"]+)", line (\d+)')
+_EXC_LINE_RE = re.compile(r"^\s*[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
 
 
 def _explain_failure(output: str, source: Path) -> str:
@@ -231,7 +232,10 @@ def _explain_failure(output: str, source: Path) -> str:
             match = _FRAME_RE.search(line)
             if match and Path(match.group(1)).name in _names_in(source.parent):
                 location = f"{source.parent / Path(match.group(1)).name}:{match.group(2)}"
-        message = next((line for line in reversed(tb) if line and not line[0].isspace()), "")
+        message = next(
+            (m.group(0).strip() for line in reversed(tb) if (m := _EXC_LINE_RE.match(line))),
+            tb[-1].strip() if tb else "",
+        )
         head = f"{location}: {message}" if location else message
         return f"{head}\n\n" + "\n".join(tb)
     return "componentize-py failed:\n" + "\n".join(lines[-40:])

@@ -1,0 +1,45 @@
+"""``roost build`` reports errors with the guest's file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from host import BuildError
+from host.build import build_agent
+
+HEADER = "from guest_sdk import Agent, Context\n\n"
+
+
+def _write(tmp_path: Path, body: str) -> Path:
+    source = tmp_path / "agent.py"
+    source.write_text(HEADER + body)
+    return source
+
+
+def test_syntax_error_names_file_and_line(tmp_path: Path, cache_dir: Path) -> None:
+    source = _write(tmp_path, "class A(Agent):\n    def on_message(self, ctx, msg)\n        pass\n")
+    with pytest.raises(BuildError) as info:
+        build_agent(source, tmp_path / "out.wasm", cache_dir=cache_dir)
+    assert str(info.value).startswith(f"{source}:4:")
+
+
+def test_error_at_import_names_file_and_line(tmp_path: Path, cache_dir: Path) -> None:
+    source = _write(tmp_path, "x = 1\nundefined_name + x\n")
+    with pytest.raises(BuildError) as info:
+        build_agent(source, tmp_path / "out.wasm", cache_dir=cache_dir)
+    assert str(info.value).startswith(f"{source}:4: NameError")
+
+
+def test_module_without_an_agent_class_is_refused(tmp_path: Path, cache_dir: Path) -> None:
+    source = _write(tmp_path, "x = 1\n")
+    with pytest.raises(BuildError) as info:
+        build_agent(source, tmp_path / "out.wasm", cache_dir=cache_dir)
+    assert "expected exactly one subclass of guest_sdk.Agent" in str(info.value)
+
+
+def test_unknown_capability_is_refused(tmp_path: Path, cache_dir: Path) -> None:
+    source = _write(tmp_path, "class A(Agent):\n    pass\n")
+    with pytest.raises(BuildError, match="unknown capabilities telepathy"):
+        build_agent(source, tmp_path / "out.wasm", cache_dir=cache_dir, capabilities=("telepathy",))

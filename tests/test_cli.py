@@ -1,0 +1,180 @@
+"""End-to-end tests of the ``roost`` command line: real builds, real guests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import host
+from host.build import ensure_component
+from host.cli import main
+from host.manifest import load_manifest
+
+REPO = Path(host.__file__).resolve().parents[1]
+ECHO_MANIFEST = REPO / "examples" / "echo" / "agent.toml"
+
+BENCH_KEYS = (
+    "rss_per_resident_agent_bytes",
+    "store_bytes_per_hibernated_agent",
+    "state_bytes_per_agent",
+    "instantiate_us_p50",
+    "first_turn_us_p50",
+    "wake_us_p50",
+    "wake_us_p99",
+    "turn_us_p50",
+    "cpu_count",
+)
+
+
+@pytest.fixture(scope="session")
+def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One build cache for the session, with the echo example already built in it."""
+    cache_dir = tmp_path_factory.mktemp("roost-cache")
+    ensure_component(load_manifest(ECHO_MANIFEST), cache_dir=cache_dir)
+    return cache_dir
+
+
+@pytest.fixture(autouse=True)
+def _use_shared_cache(shared_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROOST_CACHE_DIR", str(shared_cache_dir))
+
+
+def _run_once(data_dir: Path, message: str, capsys: pytest.CaptureFixture[str]) -> object:
+    code = main(
+        [
+            "run",
+            "--manifest",
+            str(ECHO_MANIFEST),
+            "--message",
+            message,
+            "--data-dir",
+            str(data_dir),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 1, out
+    return json.loads(lines[0])
+
+
+def test_run_message_prints_one_json_line_and_state_survives_restart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run_once(tmp_path, "hello", capsys) == {"replies": [{"echo": "hello", "count": 1}]}
+    assert _run_once(tmp_path, "hello", capsys) == {"replies": [{"echo": "hello", "count": 2}]}
+
+
+def test_run_message_that_is_json_is_sent_as_that_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reply = _run_once(tmp_path, '{"n": [1, 2]}', capsys)
+    assert reply == {"replies": [{"echo": {"n": [1, 2]}, "count": 1}]}
+
+
+def test_run_with_a_missing_manifest_reports_it_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.toml"
+    code = main(["run", "--manifest", str(missing), "--message", "hi"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.out == ""
+    assert captured.err.startswith("roost: ")
+    assert str(missing) in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_build_with_a_syntax_error_names_the_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "agent.py"
+    source.write_text("x = 1\n\ndef broken(:\n    pass\n", encoding="utf-8")
+    code = main(["build", str(source), "-o", str(tmp_path / "agent.wasm")])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert f"{source.resolve()}:3:" in captured.err
+    assert "Traceback" not in captured.err
+    assert not (tmp_path / "agent.wasm").exists()
+
+
+def test_build_reuses_the_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "echo.wasm"
+    code = main(["build", str(ECHO_MANIFEST.with_name("agent.py")), "-o", str(output)])
+    assert code == 0
+    assert capsys.readouterr().out == f"built {output} (cached)\n"
+    assert output.stat().st_size > 0
+
+
+def _chat(data_dir: Path, transcript: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "host.cli",
+            "run",
+            "--manifest",
+            str(ECHO_MANIFEST),
+            "--data-dir",
+            str(data_dir),
+        ],
+        input=transcript,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+
+
+def _agent_lines(stdout: str) -> list[object]:
+    return [
+        json.loads(line.split("agent> ", 1)[1]) for line in stdout.splitlines() if "agent> " in line
+    ]
+
+
+def test_chat_echoes_each_line_until_quit(tmp_path: Path) -> None:
+    proc = _chat(tmp_path, 'hi\n{"n": 1}\n/quit\nnot sent\n')
+    assert proc.returncode == 0, proc.stderr
+    assert "you> " in proc.stdout
+    assert _agent_lines(proc.stdout) == [
+        {"echo": "hi", "count": 1},
+        {"echo": {"n": 1}, "count": 2},
+    ]
+
+
+def test_chat_reports_a_guest_error_and_carries_on(tmp_path: Path) -> None:
+    too_big = "x" * (1024 * 1024 + 1)  # the echo's reply passes limits.max_reply_bytes
+    proc = _chat(tmp_path, f"{too_big}\nhi\n")  # ends with end of input, not /quit
+    assert proc.returncode == 0, proc.stderr
+    errors = [line for line in proc.stdout.splitlines() if "error: " in line]
+    assert len(errors) == 1
+    assert "max_reply_bytes" in errors[0]
+    assert _agent_lines(proc.stdout) == [{"echo": "hi", "count": 1}]
+
+
+def test_bench_wake_prints_every_number(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "wake", "--agents", "20", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 1, out
+    result = json.loads(lines[0])
+    assert result["agents"] == 20
+    assert result["guest_kind"] == "echo (python)"
+    assert isinstance(result["python"], str)
+    assert isinstance(result["wasmtime"], str)
+    for key in BENCH_KEYS:
+        assert result[key] > 0, key
+    assert result["wake_us_p99"] >= result["wake_us_p50"]
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.startswith("roost ")
