@@ -213,3 +213,16 @@ async def test_builds_are_cached(cache_dir: Path, tmp_path: Path) -> None:
     assert second.cached
     assert first.digest == second.digest
     assert (tmp_path / "a.wasm").read_bytes() == (tmp_path / "b.wasm").read_bytes()
+
+
+async def test_restart_loads_compiled_component_from_cache(
+    host_config: Callable[..., HostConfig], echo_manifest: Manifest, tmp_path: Path
+) -> None:
+    config = host_config(cache_dir=tmp_path / "fresh-cache")
+    async with open_host(config) as host:
+        await host.deploy(echo_manifest)
+        assert (host._engine.compiled_fresh, host._engine.compiled_from_cache) == (1, 0)
+    async with open_host(config) as host:
+        await host.deploy(echo_manifest)
+        assert (host._engine.compiled_fresh, host._engine.compiled_from_cache) == (0, 1)
+        assert await host.send("echo/a", "x") == [{"echo": "x", "count": 1}]
