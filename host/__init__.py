@@ -25,6 +25,7 @@ from .errors import GuestAbiError as GuestAbiError
 from .errors import GuestError as GuestError
 from .errors import GuestTrap as GuestTrap
 from .errors import InvalidAddress as InvalidAddress
+from .errors import InvalidMessage as InvalidMessage
 from .errors import LimitExceeded as LimitExceeded
 from .errors import ManifestError as ManifestError
 from .errors import MemoryLimitExceeded as MemoryLimitExceeded

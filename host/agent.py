@@ -121,6 +121,12 @@ class AgentActor:
     def has_instance(self) -> bool:
         return self._sandbox is not None
 
+    def stop(self) -> None:
+        """Hibernate as soon as the current event (if any) is handled; queue nothing more."""
+        self.closed = True
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+
     def _mailbox_empty(self) -> bool:
         return self._receive.statistics().current_buffer_used == 0
 

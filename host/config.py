@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .errors import ConfigError
 
 DEFAULT_DATA_DIR = Path(".roost")
-DEFAULT_MAX_RESIDENT_AGENTS = 10_000
+DEFAULT_MAX_RESIDENT_AGENTS = 4_000
 DEFAULT_WORKER_THREADS = 4
 DEFAULT_EPOCH_TICK_MS = 10
 DEFAULT_MAX_IN_FLIGHT = 10_000
@@ -37,7 +37,8 @@ class HostConfig(BaseSettings):
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     """Compiled components and build outputs, keyed by content hash."""
     max_resident_agents: int = Field(DEFAULT_MAX_RESIDENT_AGENTS, ge=1)
-    """Instances kept in memory; past it the least recently used idle agent hibernates."""
+    """Instances kept in memory; past it the least recently used idle agent hibernates.
+    A resident Python agent costs about 2 MiB of physical memory (see docs/design.md)."""
     worker_threads: int = Field(DEFAULT_WORKER_THREADS, ge=1)
     """Threads that run wasm turns concurrently."""
     epoch_tick_ms: int = Field(DEFAULT_EPOCH_TICK_MS, ge=1)

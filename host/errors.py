@@ -10,6 +10,7 @@
     ├── AgentError               something went wrong for one agent; its neighbours are unaffected
     │   ├── UnknownKind          no kind of that name is deployed
     │   ├── InvalidAddress       a kind or id with characters an address may not hold
+    │   ├── InvalidMessage       an event payload that msgpack cannot carry
     │   ├── GuestError           the guest failed a turn: it raised, trapped, or broke a limit
     │   │   ├── GuestTrap        the guest raised or trapped (carries the guest traceback)
     │   │   ├── CpuDeadlineExceeded  the turn ran past the kind's CPU deadline
@@ -66,6 +67,11 @@ class UnknownKind(AgentError):
 
 class InvalidAddress(AgentError):
     """Raised when a kind or agent id is empty, too long or holds characters not allowed."""
+
+
+class InvalidMessage(AgentError):
+    """Raised when a message cannot be encoded as msgpack (e.g. a set or an object).
+    Send None, bool, int, float, str, bytes, lists and dicts."""
 
 
 class GuestError(AgentError):

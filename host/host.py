@@ -12,10 +12,11 @@ from typing import Any
 import msgpack
 import trio
 
+from ._lifetime import open_service_nursery
 from .address import AgentAddress
 from .capabilities import bind_capabilities
 from .config import HostConfig, load_config
-from .errors import DeployError, ManifestError, UnknownKind
+from .errors import DeployError, InvalidMessage, ManifestError, UnknownKind
 from .kind import Kind, KindInfo
 from .manifest import Manifest, load_manifest
 from .runtime import WasmEngine, open_engine
@@ -60,12 +61,13 @@ async def open_host(
         engine = stack.enter_context(
             open_engine(cache_dir=config.cache_dir, epoch_tick_ms=config.epoch_tick_ms)
         )
-        async with trio.open_nursery() as nursery:
+        async with open_service_nursery() as nursery:
             host = Host(config, store, engine, nursery)
             try:
                 yield host
             finally:
                 await host.aclose()
+                nursery.cancel_scope.cancel()
 
 
 class Host:
@@ -141,7 +143,11 @@ class Host:
         try:
             encoded = msgpack.packb(payload, use_bin_type=True)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise ManifestError(f"the message cannot be encoded as msgpack: {exc}") from None
+            raise InvalidMessage(
+                f"the message cannot be encoded as msgpack ({exc}); send None, bool, int, "
+                "float, str, bytes, lists and dicts",
+                address=str(address),
+            ) from None
         return await self._supervisor.deliver(address, kind, event_kind, encoded)
 
     def is_resident(self, address: AgentAddress | str) -> bool:

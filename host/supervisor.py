@@ -70,7 +70,8 @@ class Supervisor:
         self.accepting = False
         if self.in_flight:
             await self._drained.wait()
-        self.hibernate_all()
+        for actor in list(self._actors.values()):
+            actor.stop()
 
     def _actor_for(self, address: AgentAddress, kind: Kind) -> AgentActor:
         actor = self._actors.get(address)

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from host import ManifestError
+from host import ManifestError, capabilities
 from host.abi import WIT_DIR
-from host import capabilities
 from host.capabilities import registry, validate_grants
 
 

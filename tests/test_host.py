@@ -14,6 +14,7 @@ from host import (
     GuestTrap,
     Host,
     HostConfig,
+    InvalidMessage,
     LimitExceeded,
     Manifest,
     MemoryLimitExceeded,
@@ -226,3 +227,26 @@ async def test_restart_loads_compiled_component_from_cache(
         await host.deploy(echo_manifest)
         assert (host._engine.compiled_fresh, host._engine.compiled_from_cache) == (0, 1)
         assert await host.send("echo/a", "x") == [{"echo": "x", "count": 1}]
+
+
+async def test_errors_in_the_body_of_open_host_are_not_wrapped(
+    host_config: Callable[..., HostConfig], echo_manifest: Manifest
+) -> None:
+    with pytest.raises(InvalidMessage, match="msgpack"):
+        async with open_host(host_config()) as host:
+            await host.deploy(echo_manifest)
+            await host.send("echo/a", {1, 2, 3})
+
+
+async def test_closing_the_host_does_not_wait_for_idle_timeouts(
+    host_config: Callable[..., HostConfig], echo_manifest: Manifest, autojump_clock: object
+) -> None:
+    async with open_host(host_config()) as host:
+        await host.deploy(echo_manifest)
+        await host.send("echo/a", "x")
+        opened_until = trio.current_time()
+    # Leaving the block neither slept through the 30 s idle timeout nor lost state.
+    assert trio.current_time() - opened_until < 30
+    async with open_host(host_config()) as host:
+        await host.deploy(echo_manifest)
+        assert await host.send("echo/a", "y") == [{"echo": "y", "count": 2}]

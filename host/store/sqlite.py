@@ -41,6 +41,7 @@ from typing import Literal
 
 import trio
 
+from .._lifetime import open_service_nursery
 from ..address import AgentAddress
 from ..errors import ConfigError, StorageError
 from . import _schema
@@ -497,7 +498,7 @@ async def open_sqlite_store(
     db_path, writer = await trio.to_thread.run_sync(_open_writer, path, synchronous)
     store = SqliteStore(db_path, writer)
     try:
-        async with trio.open_nursery() as nursery:
+        async with open_service_nursery() as nursery:
             await nursery.start(store._run_writer)
             try:
                 yield store
