@@ -72,6 +72,13 @@ _METRICS: dict[str, _Metric] = {
         "bytes",
         "process RSS growth while N fresh agents became resident (one turn each), divided by N",
     ),
+    "pss_per_resident_agent_bytes": _Metric(
+        "PSS per resident agent",
+        "bytes",
+        "growth of the proportional set size (Pss in /proc/self/smaps_rollup) over the same "
+        "N agents, divided by N: physical memory, counting pages shared by every instance "
+        "of the kind (the component's memory image) once rather than once per instance",
+    ),
     "store_bytes_per_hibernated_agent": _Metric(
         "store per hibernated agent",
         "bytes",
@@ -218,6 +225,7 @@ async def measure(
             addresses = [f"{kind}/bench-{i}" for i in range(agents)]
             gc.collect()
             rss_before = _rss_bytes()
+            pss_before = _pss_bytes()
             db_before = _database_bytes(config.database_path)
             state_before = await roost.store.stored_bytes()
 
@@ -234,6 +242,7 @@ async def measure(
                 )
             gc.collect()
             rss_after = _rss_bytes()
+            pss_after = _pss_bytes()
 
             report("hibernating")
             await _hibernate_all(roost)
@@ -253,6 +262,9 @@ async def measure(
         "rss_per_resident_agent_bytes": round((rss_after - rss_before) / agents),
         "rss_before_bytes": rss_before,
         "rss_after_bytes": rss_after,
+        "pss_per_resident_agent_bytes": (
+            round((pss_after - pss_before) / agents) if pss_after and pss_before else None
+        ),
         "store_bytes_per_hibernated_agent": round(db_after / agents),
         "store_marginal_bytes_per_agent": round((db_after - db_before) / agents),
         "state_bytes_per_agent": round((state_after - state_before) / agents),
@@ -402,6 +414,18 @@ def _rss_bytes() -> int:
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def _pss_bytes() -> int | None:
+    """Proportional set size of this process (Linux 4.14+), or None where unavailable."""
+    try:
+        with open("/proc/self/smaps_rollup", encoding="ascii") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def _database_bytes(path: Path) -> int:
