@@ -87,6 +87,8 @@ class AgentActor:
         self._idle_scope: trio.CancelScope | None = None
         self.closed = False
         self.activated = False
+        self.activation_s: float | None = None
+        """How long the last activation took (instantiate + init), until it is recorded."""
         """True once an instance was created; a stopping actor then counts as hibernated."""
         self.last_active = trio.current_time()
 
@@ -182,17 +184,18 @@ class AgentActor:
         envelope.finish(error)
 
     async def _handle_in(self, envelope: Envelope, ops: trio.Nursery) -> None:
-        sandbox = await self._ensure_instance()
         event_id = next(self._event_ids)
+        activate = None if self._sandbox is not None else await self._prepare_activation()
+
+        def first(turn: TurnContext) -> TurnOutput:
+            # Activation and the first turn share one trip to a worker thread.
+            sandbox = self._sandbox if activate is None else activate()
+            if sandbox is None:
+                raise GuestAbiError("no instance to run the event in")
+            return sandbox.on_event(turn, event_id, envelope.kind, envelope.payload)
+
         completions_send, completions = trio.open_memory_channel[_Completion](math.inf)
-        output, started = await self._turn(
-            lambda turn: sandbox.on_event(turn, event_id, envelope.kind, envelope.payload),
-            envelope,
-            event_id,
-            ops,
-            completions_send,
-        )
-        outstanding = started
+        output, outstanding = await self._turn(first, envelope, event_id, ops, completions_send)
         while event_id not in output.done:
             if outstanding == 0:
                 raise GuestAbiError(
@@ -201,46 +204,47 @@ class AgentActor:
                 )
             completion = await completions.receive()
             outstanding -= 1
+            sandbox = self._sandbox
+            if sandbox is None:
+                raise GuestAbiError("the instance went away while an op was pending")
 
-            def resume(turn: TurnContext, c: _Completion = completion) -> TurnOutput:
+            def resume(
+                turn: TurnContext, c: _Completion = completion, sandbox: Sandbox = sandbox
+            ) -> TurnOutput:
                 return sandbox.on_complete(turn, c.op_id, c.ok, c.value)
 
-            output, started = await self._turn(
-                resume,
-                envelope,
-                event_id,
-                ops,
-                completions_send,
-            )
+            output, started = await self._turn(resume, envelope, event_id, ops, completions_send)
             outstanding += started
 
-    async def _ensure_instance(self) -> Sandbox:
-        if self._sandbox is not None:
-            return self._sandbox
-        state: bytes | None = None
+    async def _prepare_activation(self) -> Callable[[], Sandbox]:
+        """Load the committed state; return the function that instantiates the guest and
+        runs its ``init`` (on a worker thread)."""
         record = await self._supervisor.store.load_agent(self.address)
-        if record is not None:
-            state = record.state
-            self._kv_bytes = record.kv_bytes
+        state = None if record is None else record.state
+        self._kv_bytes = 0 if record is None else record.kv_bytes
         config = msgpack.packb(
             {"kind": self.address.kind, "id": self.address.id, "config": self.kind.config},
             use_bin_type=True,
         )
-        turn = self._new_turn()
+        init_turn = self._new_turn()
         limits = self.kind.manifest.limits
 
         def activate() -> Sandbox:
+            started = time.perf_counter()
             sandbox = self.kind.factory.instantiate(limits)
-            sandbox.init(turn, config, state)
+            try:
+                sandbox.init(init_turn, config, state)
+                if init_turn.fault is not None:
+                    raise init_turn.fault
+            except BaseException:
+                sandbox.close()
+                raise
+            self._sandbox = sandbox
+            self.activated = True
+            self.activation_s = time.perf_counter() - started
             return sandbox
 
-        started = time.perf_counter()
-        self._sandbox = await self._supervisor.run_guest(activate)
-        self.activated = True
-        self._supervisor.record_activation(time.perf_counter() - started)
-        if turn.fault is not None:
-            raise turn.fault
-        return self._sandbox
+        return activate
 
     def _new_turn(self) -> TurnContext:
         return TurnContext(
@@ -263,7 +267,12 @@ class AgentActor:
         """Run one turn, check its limits, commit it, start its ops.
         Returns the guest's output and the number of ops started."""
         turn = self._new_turn()
-        output = await self._supervisor.run_guest(lambda: call(turn))
+        try:
+            output = await self._supervisor.run_guest(lambda: call(turn))
+        finally:
+            if self.activation_s is not None:
+                self._supervisor.record_activation(self.activation_s)
+                self.activation_s = None
         if turn.fault is not None:
             raise turn.fault
         limits = self.kind.manifest.limits
