@@ -185,11 +185,14 @@ class AgentActor:
 
     async def _handle_in(self, envelope: Envelope, ops: trio.Nursery) -> None:
         event_id = next(self._event_ids)
-        activate = None if self._sandbox is not None else await self._prepare_activation()
+        activate = None if self._sandbox is not None else self._prepare_activation()
 
         def first(turn: TurnContext) -> TurnOutput:
-            # Activation and the first turn share one trip to a worker thread.
-            sandbox = self._sandbox if activate is None else activate()
+            # Loading the state, activation and the first turn share one worker-thread trip.
+            if activate is not None:
+                activate()
+                turn.kv_bytes = self._kv_bytes
+            sandbox = self._sandbox
             if sandbox is None:
                 raise GuestAbiError("no instance to run the event in")
             return sandbox.on_event(turn, event_id, envelope.kind, envelope.payload)
@@ -216,12 +219,9 @@ class AgentActor:
             output, started = await self._turn(resume, envelope, event_id, ops, completions_send)
             outstanding += started
 
-    async def _prepare_activation(self) -> Callable[[], Sandbox]:
-        """Load the committed state; return the function that instantiates the guest and
-        runs its ``init`` (on a worker thread)."""
-        record = await self._supervisor.store.load_agent(self.address)
-        state = None if record is None else record.state
-        self._kv_bytes = 0 if record is None else record.kv_bytes
+    def _prepare_activation(self) -> Callable[[], Sandbox]:
+        """The function that loads the committed state, instantiates the guest and runs its
+        ``init``, on a worker thread."""
         config = msgpack.packb(
             {"kind": self.address.kind, "id": self.address.id, "config": self.kind.config},
             use_bin_type=True,
@@ -231,6 +231,9 @@ class AgentActor:
 
         def activate() -> Sandbox:
             started = time.perf_counter()
+            record = self._supervisor.store.read_agent(self.address)
+            state = None if record is None else record.state
+            self._kv_bytes = init_turn.kv_bytes = 0 if record is None else record.kv_bytes
             sandbox = self.kind.factory.instantiate(limits)
             try:
                 sandbox.init(init_turn, config, state)

@@ -180,8 +180,9 @@ def _entry_source(source: Path, caps: tuple[str, ...]) -> str:
     bindings = "".join(f"import wit_world.imports.{cap}\n" for cap in caps)
     return (
         bindings + f"import {source.stem} as _agent_module\n"
-        "from guest_sdk._exports import make_world\n"
+        "from guest_sdk._exports import make_world, warm_up\n"
         "WitWorld = make_world(_agent_module)\n"
+        "warm_up()\n"
     )
 
 

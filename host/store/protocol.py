@@ -53,6 +53,10 @@ class StateStore(Protocol):
         """The agent's record, or None if it has never committed a turn."""
         ...
 
+    def read_agent(self, address: AgentAddress) -> AgentRecord | None:
+        """Same as :meth:`load_agent`, for a worker thread that activates the agent."""
+        ...
+
     def read_kv(self, address: AgentAddress, key: str) -> bytes | None:
         """The committed value of ``key`` in the agent's own namespace (thread-safe)."""
         ...

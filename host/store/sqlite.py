@@ -304,6 +304,11 @@ class SqliteStore:
             subject = f" for {address}" if address is not None else ""
             raise StorageError(f"{operation} failed{subject} in {self._path}: {exc}") from exc
 
+    def read_agent(self, address: AgentAddress) -> AgentRecord | None:
+        """The agent's record, or None if it has never committed a turn (thread-safe)."""
+        self._check_open()
+        return self._load_agent_sync(address)
+
     def read_kv(self, address: AgentAddress, key: str) -> bytes | None:
         """The committed value of ``key`` in the agent's own namespace (thread-safe)."""
         with self._reading("read_kv", address) as conn:
