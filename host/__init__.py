@@ -14,6 +14,7 @@ from .config import HostConfig as HostConfig
 from .config import load_config as load_config
 from .errors import AgentBusy as AgentBusy
 from .errors import AgentError as AgentError
+from .errors import AgentExists as AgentExists
 from .errors import AgentUnavailable as AgentUnavailable
 from .errors import BuildError as BuildError
 from .errors import CapabilityDenied as CapabilityDenied
@@ -29,11 +30,14 @@ from .errors import InvalidMessage as InvalidMessage
 from .errors import LimitExceeded as LimitExceeded
 from .errors import ManifestError as ManifestError
 from .errors import MemoryLimitExceeded as MemoryLimitExceeded
+from .errors import MessageTooLarge as MessageTooLarge
 from .errors import Overloaded as Overloaded
 from .errors import QuotaExceeded as QuotaExceeded
 from .errors import RoostError as RoostError
 from .errors import StorageError as StorageError
+from .errors import UnknownAgent as UnknownAgent
 from .errors import UnknownKind as UnknownKind
+from .host import AgentStatus as AgentStatus
 from .host import Host as Host
 from .host import HostStatistics as HostStatistics
 from .host import open_host as open_host

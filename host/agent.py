@@ -46,6 +46,10 @@ class Envelope:
 
     kind: str
     payload: bytes
+    idempotency_key: str | None = None
+    """When set, the final turn records the replies under this key in the same commit."""
+    on_reply: Callable[[Any], None] | None = None
+    """Called with each reply once the turn that produced it has committed."""
     replies: list[Any] = field(default_factory=list)
     reply_bytes: int = 0
     error: BaseException | None = None
@@ -86,6 +90,8 @@ class AgentActor:
         self._event_ids = itertools.count(1)
         self._idle_scope: trio.CancelScope | None = None
         self.closed = False
+        self.finished = trio.Event()
+        """Set once the actor's task has ended and its instance is gone."""
         self.activated = False
         self.activation_s: float | None = None
         """How long the last activation took (instantiate + init), until it is recorded."""
@@ -153,6 +159,7 @@ class AgentActor:
             self._drop_instance()
             self._fail_queued(AgentUnavailable("agent stopped", address=str(self.address)))
             self._supervisor.actor_stopped(self)
+            self.finished.set()
 
     def _fail_queued(self, error: RoostError) -> None:
         while True:
@@ -298,7 +305,12 @@ class AgentActor:
                 address=str(self.address),
             )
         decoded = [_decode_reply(p) for p in replies]
-        if output.state is not None or turn.kv_writes:
+        final = event_id in output.done
+        record_response = final and envelope.idempotency_key is not None
+        if output.state is not None or turn.kv_writes or record_response:
+            response = None
+            if record_response:
+                response = msgpack.packb(envelope.replies + decoded, use_bin_type=True)
             await self._supervisor.store.commit_turn(
                 TurnCommit(
                     address=self.address,
@@ -306,12 +318,17 @@ class AgentActor:
                     kv_writes=dict(turn.kv_writes),
                     kv_bytes=turn.kv_bytes,
                     at=turn.now,
+                    idempotency_key=envelope.idempotency_key if record_response else None,
+                    response=response,
                 )
             )
             self._kv_bytes = turn.kv_bytes
         self._supervisor.record_turn()
         envelope.replies.extend(decoded)
         envelope.reply_bytes = reply_bytes
+        if envelope.on_reply is not None:
+            for reply in decoded:
+                envelope.on_reply(reply)
         for op in turn.ops:
             ops.start_soon(self._run_op, op, completions)
         return output, len(turn.ops)

@@ -15,7 +15,6 @@ error), with the message on stderr and no Python traceback.
 from __future__ import annotations
 
 import argparse
-import base64
 import importlib.metadata
 import json
 import logging
@@ -23,6 +22,7 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,11 @@ import trio
 
 from .address import AgentAddress
 from .build import build_agent, ensure_component
-from .config import HostConfig, load_config
+from .config import HostConfig, load_config, load_server_config
 from .errors import BuildError, GuestError, RoostError
 from .host import Host, open_host
 from .manifest import Manifest, load_manifest
+from .payload_json import to_json
 
 DEFAULT_AGENT_ID = "local"
 _QUIT_COMMANDS = frozenset({"/quit", "/exit"})
@@ -169,6 +170,44 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=_cmd_bench)
 
+    serve = commands.add_parser(
+        "serve",
+        parents=[common],
+        help="serve the HTTP API",
+        description="Open a host on the embedded defaults (SQLite under the data dir) and "
+        "serve the HTTP API. Settings also come from ROOST_* variables (docs/http.md).",
+    )
+    serve.add_argument(
+        "--deploy",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="MANIFEST",
+        help="a manifest (or a directory of them) to deploy; may be repeated",
+    )
+    serve.add_argument("--host", dest="bind_host", metavar="H", help="address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, metavar="P", help="port (default 8470; 0 = any free)")
+    serve.add_argument("--data-dir", type=Path, metavar="D", help="state directory")
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        default=None,
+        help="disable auth for local development (loopback only)",
+    )
+    serve.set_defaults(handler=_cmd_serve)
+
+    token = commands.add_parser(
+        "token",
+        parents=[common],
+        help="mint a bearer token for one agent",
+        description="Print a signed token that lets its holder talk to KIND/ID only.",
+    )
+    token.add_argument("kind")
+    token.add_argument("agent_id", metavar="ID")
+    token.add_argument("--ttl", type=_positive_int, metavar="S", help="lifetime in seconds")
+    token.add_argument("--data-dir", type=Path, metavar="D", help="state directory")
+    token.set_defaults(handler=_cmd_token)
+
     version = commands.add_parser(
         "version", parents=[common], help="print the versions of roost and its runtime"
     )
@@ -188,6 +227,57 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+# -- roost serve / roost token -----------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    host_config = load_config(**({"data_dir": args.data_dir} if args.data_dir else {}))
+    settings = load_server_config(bind_host=args.bind_host, port=args.port, dev=args.dev)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(partial(serve, host_config, settings, deploy=args.deploy))
+            for url in urls:
+                print(f"roost: listening on {url}", file=sys.stderr, flush=True)
+            if settings.dev:
+                print(
+                    "roost: DEV MODE - AUTHENTICATION IS OFF. Anyone who can reach "
+                    f"{', '.join(urls)} can talk to every agent and deploy code.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            else:
+                print(
+                    f"roost: admin token in {host_config.data_dir / 'admin_token'} (or "
+                    "ROOST_ADMIN_TOKEN); mint agent tokens with `roost token KIND ID`",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            print(
+                f"roost: try  curl -X POST {urls[0]}/v1/agents/KIND/ID/messages "
+                "-H 'Authorization: Bearer TOKEN' -d '{\"message\": \"hi\"}'",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    trio.run(run)
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from .api import load_credentials, mint_agent_token
+
+    host_config = load_config(**({"data_dir": args.data_dir} if args.data_dir else {}))
+    settings = load_server_config()
+    credentials = load_credentials(settings, host_config.data_dir)
+    address = AgentAddress(args.kind, args.agent_id)
+    ttl = args.ttl or settings.default_token_ttl_s
+    print(mint_agent_token(credentials.secret, address, ttl_s=ttl))
+    return 0
 
 
 # -- roost build -------------------------------------------------------------------------
@@ -316,14 +406,7 @@ def _parse_message(text: str) -> Any:
 
 
 def _to_json(value: Any, *, ensure_ascii: bool = True) -> str:
-    return json.dumps(value, default=_json_default, ensure_ascii=ensure_ascii)
-
-
-def _json_default(value: object) -> object:
-    """msgpack values JSON has no form for: bytes become base64 text, the rest their repr."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    return repr(value)
+    return to_json(value, ensure_ascii=ensure_ascii)
 
 
 # -- roost bench -------------------------------------------------------------------------

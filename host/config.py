@@ -62,3 +62,42 @@ def load_config(**overrides: object) -> HostConfig:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(f"invalid host settings: {problems}") from None
+
+
+DEFAULT_PORT = 8470
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_TOKEN_TTL_S = 24 * 3600
+DEFAULT_GRACEFUL_TIMEOUT_S = 30.0
+
+
+class ServerConfig(BaseSettings):
+    """Settings of ``roost serve`` (the HTTP API), from flags or ``ROOST_*`` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="ROOST_", extra="ignore", frozen=True)
+
+    bind_host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    """Port to listen on (0 picks a free one)."""
+    secret: str | None = None
+    """Key that signs per-agent tokens; generated and kept in the data dir when unset."""
+    admin_token: str | None = None
+    """Bearer token for admin calls; generated and kept in the data dir when unset."""
+    dev: bool = False
+    """Disable auth for local development; only allowed on a loopback address."""
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)
+    """Largest request body accepted (413 past it); deploy uploads may be 64x larger."""
+    graceful_timeout_s: float = Field(DEFAULT_GRACEFUL_TIMEOUT_S, ge=0)
+    """How long shutdown waits for in-flight requests after the first signal."""
+    default_token_ttl_s: int = Field(DEFAULT_TOKEN_TTL_S, ge=1)
+
+
+def load_server_config(**overrides: object) -> ServerConfig:
+    """Server settings from the environment, with ``overrides`` (flags) taking precedence."""
+    try:
+        return ServerConfig(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid server settings: {problems}") from None

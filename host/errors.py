@@ -11,6 +11,9 @@
     │   ├── UnknownKind          no kind of that name is deployed
     │   ├── InvalidAddress       a kind or id with characters an address may not hold
     │   ├── InvalidMessage       an event payload that msgpack cannot carry
+    │   │   └── MessageTooLarge  a request body over the size limit
+    │   ├── UnknownAgent         an operation needs an agent's committed state and it has none
+    │   ├── AgentExists          a fork target that already has state
     │   ├── GuestError           the guest failed a turn: it raised, trapped, or broke a limit
     │   │   ├── GuestTrap        the guest raised or trapped (carries the guest traceback)
     │   │   ├── CpuDeadlineExceeded  the turn ran past the kind's CPU deadline
@@ -72,6 +75,18 @@ class InvalidAddress(AgentError):
 class InvalidMessage(AgentError):
     """Raised when a message cannot be encoded as msgpack (e.g. a set or an object).
     Send None, bool, int, float, str, bytes, lists and dicts."""
+
+
+class MessageTooLarge(InvalidMessage):
+    """Raised when a request body is larger than ``max_body_bytes``. Send less."""
+
+
+class UnknownAgent(AgentError):
+    """Raised when an operation (fork) needs an agent's committed state and there is none."""
+
+
+class AgentExists(AgentError):
+    """Raised when forking onto an agent id that already has state. Pick a new id."""
 
 
 class GuestError(AgentError):

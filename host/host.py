@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,17 +13,37 @@ import msgpack
 import trio
 
 from ._lifetime import open_service_nursery
-from .address import AgentAddress
+from .address import AgentAddress, validate_kind_name
 from .capabilities import bind_capabilities
 from .config import HostConfig, load_config
-from .errors import DeployError, InvalidMessage, ManifestError, UnknownKind
+from .errors import (
+    AgentExists,
+    DeployError,
+    InvalidMessage,
+    ManifestError,
+    UnknownAgent,
+    UnknownKind,
+)
 from .kind import Kind, KindInfo
 from .manifest import Manifest, load_manifest
 from .runtime import WasmEngine, open_engine
 from .sandbox import SandboxFactory
-from .store.protocol import StateStore
+from .store.protocol import AgentExport, AgentSummary, StateStore
 from .store.sqlite import open_sqlite_store
 from .supervisor import Supervisor
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    address: str
+    resident: bool
+    """True while an instance is in memory; False when hibernated (or never woken)."""
+    turns: int
+    state_bytes: int
+    kv_bytes: int
+    created_at: float | None
+    last_active_at: float | None
+    """Unix time of the last committed turn."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +108,7 @@ class Host:
             max_in_flight=config.max_in_flight,
         )
         self._closed = False
+        self._idempotent_in_flight: dict[tuple[AgentAddress, str], trio.Event] = {}
 
     async def deploy(
         self, manifest: Manifest | Path | str, *, component: Path | str | None = None
@@ -122,24 +143,36 @@ class Host:
     def kinds(self) -> list[KindInfo]:
         return [_info(kind) for kind in self._kinds.values()]
 
-    async def send(self, address: AgentAddress | str, message: Any) -> list[Any]:
+    async def send(
+        self,
+        address: AgentAddress | str,
+        message: Any,
+        *,
+        idempotency_key: str | None = None,
+        on_reply: Callable[[Any], None] | None = None,
+    ) -> list[Any]:
         """Deliver a user message to ``kind/id`` and return the agent's replies once the
-        handler finished and every turn it took has committed."""
-        return await self.deliver(address, "message", message)
+        handler finished and every turn it took has committed.
+
+        ``on_reply`` sees each reply as soon as the turn that produced it committed (for
+        streaming). With ``idempotency_key``, a retry of a handled message returns the first
+        result without running the handler again, across restarts."""
+        return await self.deliver(
+            address, "message", message, idempotency_key=idempotency_key, on_reply=on_reply
+        )
 
     async def deliver(
-        self, address: AgentAddress | str, event_kind: str, payload: Any
+        self,
+        address: AgentAddress | str,
+        event_kind: str,
+        payload: Any,
+        *,
+        idempotency_key: str | None = None,
+        on_reply: Callable[[Any], None] | None = None,
     ) -> list[Any]:
         """Deliver any event kind (``message``, ``timer``, ``agent``)."""
-        if isinstance(address, str):
-            address = AgentAddress.parse(address)
-        kind = self._kinds.get(address.kind)
-        if kind is None:
-            raise UnknownKind(
-                f"no kind named {address.kind!r} is deployed "
-                f"(deployed: {', '.join(sorted(self._kinds)) or 'none'})",
-                address=str(address),
-            )
+        address = _address(address)
+        kind = self._kind(address)
         try:
             encoded = msgpack.packb(payload, use_bin_type=True)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -148,12 +181,97 @@ class Host:
                 "float, str, bytes, lists and dicts",
                 address=str(address),
             ) from None
-        return await self._supervisor.deliver(address, kind, event_kind, encoded)
+        if idempotency_key is None:
+            return await self._supervisor.deliver(
+                address, kind, event_kind, encoded, on_reply=on_reply
+            )
+        _check_idempotency_key(idempotency_key)
+        slot = (address, idempotency_key)
+        while (running := self._idempotent_in_flight.get(slot)) is not None:
+            await running.wait()
+        # No checkpoint between the check above and taking the slot: one runner per key.
+        self._idempotent_in_flight[slot] = done = trio.Event()
+        try:
+            cached = await self.store.load_response(address, idempotency_key)
+            if cached is not None:
+                replies: list[Any] = msgpack.unpackb(cached, raw=False, strict_map_key=False)
+                if on_reply is not None:
+                    for reply in replies:
+                        on_reply(reply)
+                return replies
+            return await self._supervisor.deliver(
+                address,
+                kind,
+                event_kind,
+                encoded,
+                idempotency_key=idempotency_key,
+                on_reply=on_reply,
+            )
+        finally:
+            del self._idempotent_in_flight[slot]
+            done.set()
+
+    async def agent_status(self, address: AgentAddress | str) -> AgentStatus:
+        """What the host keeps about one agent. Agents are virtual: one that never handled
+        an event has zero turns."""
+        address = _address(address)
+        record = await self.store.load_agent(address)
+        return AgentStatus(
+            address=str(address),
+            resident=self._supervisor.is_resident(address),
+            turns=record.turns if record else 0,
+            state_bytes=len(record.state or b"") if record else 0,
+            kv_bytes=record.kv_bytes if record else 0,
+            created_at=record.created_at if record else None,
+            last_active_at=record.updated_at if record else None,
+        )
+
+    async def erase(self, address: AgentAddress | str) -> bool:
+        """Drop the agent's instance and erase its state, kv and recorded responses.
+        Returns whether there was anything to erase."""
+        address = _address(address)
+        async with self._supervisor.fenced(address):
+            return await self.store.delete_agent(address)
+
+    async def fork(self, address: AgentAddress | str, new_id: str) -> AgentAddress:
+        """Copy the agent's committed state and kv into a new agent of the same kind."""
+        source = _address(address)
+        target = AgentAddress(source.kind, new_id)
+        async with self._supervisor.fenced(target):
+            outcome = await self.store.fork_agent(source, target)
+        if outcome == "source_missing":
+            raise UnknownAgent(
+                f"agent {source} has no committed state to fork", address=str(source)
+            )
+        if outcome == "target_exists":
+            raise AgentExists(
+                f"agent {target} already exists; fork to a new id", address=str(target)
+            )
+        return target
+
+    async def export(self, address: AgentAddress | str) -> AgentExport | None:
+        """Everything the host keeps for one agent (state, kv, counters)."""
+        return await self.store.export_agent(_address(address))
+
+    async def list_agents(
+        self, kind: str, *, after: str | None = None, limit: int = 100
+    ) -> list[AgentSummary]:
+        """One page of the agents of ``kind`` that have committed state, ordered by id."""
+        validate_kind_name(kind)
+        return await self.store.list_agents(kind, after=after, limit=limit)
+
+    def _kind(self, address: AgentAddress) -> Kind:
+        kind = self._kinds.get(address.kind)
+        if kind is None:
+            raise UnknownKind(
+                f"no kind named {address.kind!r} is deployed "
+                f"(deployed: {', '.join(sorted(self._kinds)) or 'none'})",
+                address=str(address),
+            )
+        return kind
 
     def is_resident(self, address: AgentAddress | str) -> bool:
-        if isinstance(address, str):
-            address = AgentAddress.parse(address)
-        return self._supervisor.is_resident(address)
+        return self._supervisor.is_resident(_address(address))
 
     def hibernate_idle(self) -> None:
         """Hibernate every agent that is idle right now."""
@@ -179,6 +297,18 @@ class Host:
             return
         self._closed = True
         await self._supervisor.drain()
+
+
+_IDEMPOTENCY_KEY_MAX = 255
+
+
+def _check_idempotency_key(key: str) -> None:
+    if not 0 < len(key) <= _IDEMPOTENCY_KEY_MAX or not key.isprintable():
+        raise InvalidMessage(f"idempotency keys are 1-{_IDEMPOTENCY_KEY_MAX} printable characters")
+
+
+def _address(address: AgentAddress | str) -> AgentAddress:
+    return address if isinstance(address, AgentAddress) else AgentAddress.parse(address)
 
 
 def _resolve_manifest(manifest: Manifest | Path | str, component: Path | str | None) -> Manifest:

@@ -5,14 +5,15 @@ resident cap), the worker-thread pool for guest code, and the counters behind st
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import trio
 
 from .address import AgentAddress
 from .agent import AgentActor, Envelope
-from .errors import Overloaded
+from .errors import AgentUnavailable, Overloaded
 from .kind import Kind
 from .store.protocol import StateStore
 
@@ -42,11 +43,19 @@ class Supervisor:
         self.activation_seconds_total = 0.0
         self.accepting = True
         self._drained = trio.Event()
+        self._fenced: set[AgentAddress] = set()
 
     # -- delivery -----------------------------------------------------------------------
     async def deliver(
-        self, address: AgentAddress, kind: Kind, event_kind: str, payload: bytes
-    ) -> list[object]:
+        self,
+        address: AgentAddress,
+        kind: Kind,
+        event_kind: str,
+        payload: bytes,
+        *,
+        idempotency_key: str | None = None,
+        on_reply: Callable[[Any], None] | None = None,
+    ) -> list[Any]:
         if not self.accepting:
             raise Overloaded("the host is shutting down", retry_after_s=1.0)
         if self.in_flight >= self._max_in_flight:
@@ -54,7 +63,12 @@ class Supervisor:
                 f"{self.in_flight} events in flight (max_in_flight); retry shortly",
                 retry_after_s=1.0,
             )
-        envelope = Envelope(event_kind, payload)
+        if address in self._fenced:
+            raise AgentUnavailable(
+                f"agent {address} is being erased or forked; retry shortly",
+                address=str(address),
+            )
+        envelope = Envelope(event_kind, payload, idempotency_key, on_reply)
         actor = self._actor_for(address, kind)
         actor.post(envelope)
         self.in_flight += 1
@@ -105,6 +119,24 @@ class Supervisor:
             del self._actors[actor.address]
         if actor.activated:
             self.hibernations += 1
+
+    @asynccontextmanager
+    async def fenced(self, address: AgentAddress) -> AsyncIterator[None]:
+        """Hold off events for ``address`` and make sure it has no instance, so its stored
+        data can be changed underneath it (erase, fork)."""
+        if address in self._fenced:
+            raise AgentUnavailable(
+                f"agent {address} is already being erased or forked", address=str(address)
+            )
+        self._fenced.add(address)
+        try:
+            actor = self._actors.get(address)
+            if actor is not None:
+                actor.stop()
+                await actor.finished.wait()
+            yield
+        finally:
+            self._fenced.discard(address)
 
     # -- guest execution ----------------------------------------------------------------
     async def run_guest(self, call: Callable[[], T]) -> T:

@@ -11,6 +11,7 @@ from host import errors
 
 EXPECTED = {
     "AgentAddress",
+    "AgentStatus",
     "Host",
     "HostConfig",
     "HostStatistics",

@@ -1,6 +1,9 @@
 """Durable agent state: the :class:`StateStore` protocol and its SQLite implementation."""
 
+from .protocol import AgentExport as AgentExport
 from .protocol import AgentRecord as AgentRecord
+from .protocol import AgentSummary as AgentSummary
+from .protocol import ForkResult as ForkResult
 from .protocol import StateStore as StateStore
 from .protocol import TurnCommit as TurnCommit
 from .sqlite import SqliteStore as SqliteStore

@@ -37,6 +37,18 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (kind, id, key)
     ) WITHOUT ROWID;
     """,
+    # 2: idempotency records (a turn's response under its idempotency key), pruned by age.
+    """
+    CREATE TABLE idempotency (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        response BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (kind, id, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX idempotency_created_at ON idempotency (created_at);
+    """,
 ]
 """Migration scripts, applied in order. Append only."""
 

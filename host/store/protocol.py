@@ -6,13 +6,16 @@ default; a PostgreSQL store implements the same protocol for several hosts.
 Reads that a guest makes during a turn (``kv.get``) happen on the worker thread that runs the
 guest, so the ``read_*`` methods are synchronous and must be thread-safe. Everything else is
 async and is called from the trio loop.
+
+Writes (turn commits, deletes, forks, pruning) are applied in the order they were called: a
+delete called after a commit sees that commit applied.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol, TypeAlias
 
 from ..address import AgentAddress
 
@@ -44,6 +47,44 @@ class TurnCommit:
     """The agent's total kv bytes after this commit (the actor tracks it)."""
     at: float = 0.0
     """Wall-clock time of the turn (unix seconds)."""
+    idempotency_key: str | None = None
+    """When set, the commit also records ``response`` under this key (see
+    :meth:`StateStore.load_response`), in the same transaction as the turn's effects. A turn
+    that changes neither state nor kv may be committed just to record its response: it still
+    counts as a turn and sets ``updated_at``. If the agent already holds a record under this
+    key, the whole commit fails (StorageError) and nothing of the turn is written."""
+    response: bytes | None = None
+    """The turn's final response (opaque bytes); required when ``idempotency_key`` is set,
+    ignored otherwise."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSummary:
+    """One row of :meth:`StateStore.list_agents`."""
+
+    id: str
+    state_bytes: int
+    """Size of the last committed state, in bytes (0 if none)."""
+    kv_bytes: int
+    """Total size of the agent's kv keys and values, in bytes."""
+    turns: int
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AgentExport:
+    """Everything the store holds for one agent (see :meth:`StateStore.export_agent`)."""
+
+    record: AgentRecord
+    kv: dict[str, bytes]
+    """Every kv entry, in key order."""
+    responses: int
+    """Number of idempotency records held for the agent."""
+
+
+ForkResult: TypeAlias = Literal["forked", "source_missing", "target_exists"]
+"""Outcome of :meth:`StateStore.fork_agent`; nothing is written unless ``"forked"``."""
 
 
 class StateStore(Protocol):
@@ -68,6 +109,42 @@ class StateStore(Protocol):
     async def commit_turn(self, commit: TurnCommit) -> None:
         """Apply one turn's effects in one transaction. Raises StorageError on failure,
         in which case nothing of the turn was written."""
+        ...
+
+    async def load_response(self, address: AgentAddress, key: str) -> bytes | None:
+        """The response committed with idempotency key ``key`` for the agent, or None if no
+        turn of the agent committed that key (or its record was pruned)."""
+        ...
+
+    async def prune_responses(self, older_than: float) -> int:
+        """Delete every idempotency record created before ``older_than`` (unix seconds, the
+        ``at`` of the turn that recorded it). Returns how many were deleted."""
+        ...
+
+    async def delete_agent(self, address: AgentAddress) -> bool:
+        """Delete the agent's record, kv entries and idempotency records in one transaction,
+        ordered with the writes called before it. Returns whether there was anything to
+        delete."""
+        ...
+
+    async def fork_agent(self, source: AgentAddress, target: AgentAddress) -> ForkResult:
+        """Copy ``source``'s state and kv entries to ``target`` (of the same kind or another) in
+        one transaction, ordered with the writes called before it. The copy starts with 0 turns,
+        no idempotency records and ``created_at``/``updated_at`` set to now.
+
+        Returns ``"source_missing"`` if ``source`` has no record, ``"target_exists"`` if
+        ``target`` already has any rows (record, kv entries or idempotency records); nothing is
+        written in either case."""
+        ...
+
+    async def list_agents(self, kind: str, *, after: str | None, limit: int) -> list[AgentSummary]:
+        """Up to ``limit`` agents of ``kind`` whose ids sort strictly after ``after`` (all when
+        None), ordered by id. Page by passing the last id of one page as ``after``."""
+        ...
+
+    async def export_agent(self, address: AgentAddress) -> AgentExport | None:
+        """A consistent snapshot of everything held for the agent, or None if it has neither
+        a record nor kv entries."""
         ...
 
     async def count_agents(self, kind: str | None = None) -> int:

@@ -13,6 +13,9 @@ write-ahead log; readers never block the writer and the writer never blocks read
 * ``FULL``: the WAL is fsynced before every commit returns, so committed turns also survive
   power loss, at the price of one fsync per write transaction.
 
+The writer connection sets ``journal_size_limit``, so after a checkpoint the WAL file is
+truncated back to at most that size instead of keeping the high-water mark of a burst of writes.
+
 Group commit
 ------------
 All writes go through one writer task that owns one connection. :meth:`SqliteStore.commit_turn`
@@ -20,6 +23,11 @@ queues its commit and waits; the writer takes everything queued (up to
 ``_MAX_BATCH``) and applies it in ONE transaction on a worker thread, so many concurrent turns
 share one commit (and, with ``FULL``, one fsync). If that transaction fails, each commit of the
 batch is retried in its own transaction, so a bad commit fails only its own caller.
+
+The other writes (:meth:`~SqliteStore.delete_agent`, :meth:`~SqliteStore.fork_agent`,
+:meth:`~SqliteStore.prune_responses`) go through the same queue and are applied in the same
+batch transactions, in queue order, with the same retry: a delete called after a commit sees
+that commit applied, and a failing operation fails only its own caller.
 
 Reads
 -----
@@ -33,11 +41,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import trio
 
@@ -45,22 +54,26 @@ from .._lifetime import open_service_nursery
 from ..address import AgentAddress
 from ..errors import ConfigError, StorageError
 from . import _schema
-from .protocol import AgentRecord, TurnCommit
+from .protocol import AgentExport, AgentRecord, AgentSummary, ForkResult, TurnCommit
 
 __all__ = ["SqliteStore", "SqliteStoreStatistics", "open_sqlite_store"]
 
 _MAX_BATCH = 256
-"""Most commits applied in one group-commit transaction."""
+"""Most writes (commits and other operations) applied in one group-commit transaction."""
 _QUEUE_SIZE = 1024
-"""Commits that may wait for the writer before ``commit_turn`` itself waits to enqueue."""
+"""Writes that may wait for the writer before the caller itself waits to enqueue."""
 _BUSY_TIMEOUT_MS = 5000
 """How long a connection waits on a lock held by another process before failing."""
+_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""Most bytes the WAL file keeps on disk after a checkpoint (it is truncated to this)."""
 _MAX_IDLE_READERS = 8
 """Read connections kept open between reads; more are opened under load and closed after."""
 _MAX_CODE_POINT = 0x10FFFF
 _SURROGATES = range(0xD800, 0xE000)
 
 _CLOSED = "store is closed"
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,15 +88,96 @@ class SqliteStoreStatistics:
     """The database file."""
 
 
-class _Pending:
-    """One queued commit and the slot its caller waits on."""
+class _WriteOp(Generic[_T]):
+    """One write the writer applies inside a (possibly shared) transaction."""
 
-    __slots__ = ("commit", "done", "error")
+    __slots__ = ()
+
+    name: ClassVar[str]
+    """The public method, for error messages."""
+    turn_commits: ClassVar[int] = 0
+    """How many turn commits this is (for the statistics)."""
+
+    def apply(self, conn: sqlite3.Connection) -> _T:
+        """Write inside the caller's transaction and return the caller's result."""
+        raise NotImplementedError
+
+    def subject(self) -> str:
+        """What the operation is about, for error messages (``" for chat/alice"``)."""
+        raise NotImplementedError
+
+
+class _CommitOp(_WriteOp[None]):
+    __slots__ = ("commit",)
+    name = "commit_turn"
+    turn_commits = 1
 
     def __init__(self, commit: TurnCommit) -> None:
         self.commit = commit
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        _apply_commit(conn, self.commit)
+
+    def subject(self) -> str:
+        return f" for {self.commit.address}"
+
+
+class _DeleteOp(_WriteOp[bool]):
+    __slots__ = ("address",)
+    name = "delete_agent"
+
+    def __init__(self, address: AgentAddress) -> None:
+        self.address = address
+
+    def apply(self, conn: sqlite3.Connection) -> bool:
+        return _apply_delete(conn, self.address)
+
+    def subject(self) -> str:
+        return f" for {self.address}"
+
+
+class _ForkOp(_WriteOp[ForkResult]):
+    __slots__ = ("source", "target")
+    name = "fork_agent"
+
+    def __init__(self, source: AgentAddress, target: AgentAddress) -> None:
+        self.source = source
+        self.target = target
+
+    def apply(self, conn: sqlite3.Connection) -> ForkResult:
+        return _apply_fork(conn, self.source, self.target)
+
+    def subject(self) -> str:
+        return f" from {self.source} to {self.target}"
+
+
+class _PruneOp(_WriteOp[int]):
+    __slots__ = ("older_than",)
+    name = "prune_responses"
+
+    def __init__(self, older_than: float) -> None:
+        self.older_than = older_than
+
+    def apply(self, conn: sqlite3.Connection) -> int:
+        cursor = conn.execute(
+            "DELETE FROM idempotency WHERE created_at < ?", (float(self.older_than),)
+        )
+        return int(cursor.rowcount)
+
+    def subject(self) -> str:
+        return ""
+
+
+class _Pending(Generic[_T]):
+    """One queued write and the slot its caller waits on."""
+
+    __slots__ = ("done", "error", "op", "result")
+
+    def __init__(self, op: _WriteOp[_T]) -> None:
+        self.op = op
         self.done = trio.Event()
         self.error: StorageError | None = None
+        self.result: _T | None = None
 
 
 def _connect(path: str, *, read_only: bool) -> sqlite3.Connection:
@@ -127,6 +221,7 @@ def _open_writer(
                 f"opening database {path} failed: could not switch to WAL mode (got {mode!r})"
             )
         conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
         _schema.migrate(conn, path)
     except sqlite3.Error as exc:
         conn.close()
@@ -191,6 +286,66 @@ def _apply_commit(conn: sqlite3.Connection, commit: TurnCommit) -> None:
             " ON CONFLICT (kind, id, key) DO UPDATE SET value = excluded.value",
             puts,
         )
+    idempotency_key = commit.idempotency_key
+    if idempotency_key is not None:
+        if not isinstance(idempotency_key, str):
+            raise TypeError(f"idempotency key must be str, not {type(idempotency_key).__name__}")
+        _check_bytes(commit.response, "response")
+        cursor = conn.execute(
+            "INSERT INTO idempotency (kind, id, key, response, created_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, id, key) DO NOTHING",
+            (kind, agent_id, idempotency_key, commit.response, commit.at),
+        )
+        if cursor.rowcount != 1:
+            raise ValueError(f"idempotency key {idempotency_key!r} is already recorded")
+
+
+_TABLES = ("agents", "kv", "idempotency")
+"""Every table that holds rows of one agent, keyed by (kind, id)."""
+
+
+def _holds_rows(conn: sqlite3.Connection, address: AgentAddress) -> bool:
+    """Whether any table holds a row of the agent."""
+    params = (address.kind, address.id)
+    return any(
+        conn.execute(f"SELECT 1 FROM {table} WHERE kind = ? AND id = ? LIMIT 1", params).fetchone()
+        is not None
+        for table in _TABLES
+    )
+
+
+def _apply_delete(conn: sqlite3.Connection, address: AgentAddress) -> bool:
+    """Delete every row of the agent inside the caller's transaction; True if there were any."""
+    params = (address.kind, address.id)
+    deleted = 0
+    for table in _TABLES:
+        deleted += conn.execute(f"DELETE FROM {table} WHERE kind = ? AND id = ?", params).rowcount
+    return deleted > 0
+
+
+def _apply_fork(conn: sqlite3.Connection, source: AgentAddress, target: AgentAddress) -> ForkResult:
+    """Copy the source's record and kv to the target inside the caller's transaction."""
+    found = conn.execute(
+        "SELECT 1 FROM agents WHERE kind = ? AND id = ?", (source.kind, source.id)
+    ).fetchone()
+    if found is None:
+        return "source_missing"
+    if _holds_rows(conn, target):
+        return "target_exists"
+    now = time.time()
+    conn.execute(
+        "INSERT INTO agents (kind, id, state, state_bytes, kv_bytes, turns,"
+        " created_at, updated_at)"
+        " SELECT ?, ?, state, state_bytes, kv_bytes, 0, ?, ? FROM agents"
+        " WHERE kind = ? AND id = ?",
+        (target.kind, target.id, now, now, source.kind, source.id),
+    )
+    conn.execute(
+        "INSERT INTO kv (kind, id, key, value)"
+        " SELECT ?, ?, key, value FROM kv WHERE kind = ? AND id = ?",
+        (target.kind, target.id, source.kind, source.id),
+    )
+    return "forked"
 
 
 def _prefix_upper_bound(prefix: str) -> str | None:
@@ -253,7 +408,7 @@ class SqliteStore:
         self._path = path
         self._writer = writer
         self._readers = _ReadPool(path)
-        self._send, self._receive = trio.open_memory_channel[_Pending](_QUEUE_SIZE)
+        self._send, self._receive = trio.open_memory_channel[_Pending[Any]](_QUEUE_SIZE)
         self._closing = False
         self._writer_started = False
         self._writer_done = trio.Event()
@@ -370,10 +525,101 @@ class SqliteStore:
                 ).fetchall()
         return int(rows[0][0])
 
+    def _load_response_sync(self, address: AgentAddress, key: str) -> bytes | None:
+        with self._reading("load_response", address) as conn:
+            rows = conn.execute(
+                "SELECT response FROM idempotency WHERE kind = ? AND id = ? AND key = ?",
+                (address.kind, address.id, key),
+            ).fetchall()
+        return bytes(rows[0][0]) if rows else None
+
+    def _list_agents_sync(self, kind: str, after: str | None, limit: int) -> list[AgentSummary]:
+        query = (
+            "SELECT id, state_bytes, kv_bytes, turns, created_at, updated_at FROM agents"
+            " WHERE kind = ?"
+        )
+        params: tuple[object, ...] = (kind,)
+        if after is not None:
+            query += " AND id > ?"
+            params += (after,)
+        query += " ORDER BY id LIMIT ?"
+        params += (limit,)
+        with self._reading("list_agents", None) as conn:
+            rows = conn.execute(query, params).fetchall()
+        return [
+            AgentSummary(
+                id=str(agent_id),
+                state_bytes=int(state_bytes),
+                kv_bytes=int(kv_bytes),
+                turns=int(turns),
+                created_at=float(created_at),
+                updated_at=float(updated_at),
+            )
+            for agent_id, state_bytes, kv_bytes, turns, created_at, updated_at in rows
+        ]
+
+    def _export_agent_sync(self, address: AgentAddress) -> AgentExport | None:
+        params = (address.kind, address.id)
+        with self._reading("export_agent", address) as conn:
+            conn.execute("BEGIN")  # one snapshot for all three reads
+            try:
+                agent_rows = conn.execute(
+                    "SELECT state, kv_bytes, turns, created_at, updated_at FROM agents"
+                    " WHERE kind = ? AND id = ?",
+                    params,
+                ).fetchall()
+                kv_rows = conn.execute(
+                    "SELECT key, value FROM kv WHERE kind = ? AND id = ? ORDER BY key", params
+                ).fetchall()
+                responses = int(
+                    conn.execute(
+                        "SELECT COUNT(*) FROM idempotency WHERE kind = ? AND id = ?", params
+                    ).fetchone()[0]
+                )
+            finally:
+                _schema.rollback_quietly(conn)
+        if not agent_rows and not kv_rows:
+            return None
+        kv = {str(key): bytes(value) for key, value in kv_rows}
+        if agent_rows:
+            state, kv_bytes, turns, created_at, updated_at = agent_rows[0]
+            record = AgentRecord(
+                state=None if state is None else bytes(state),
+                kv_bytes=int(kv_bytes),
+                turns=int(turns),
+                created_at=float(created_at),
+                updated_at=float(updated_at),
+            )
+        else:  # kv without a record: not written by this store, but report it faithfully
+            size = sum(len(key.encode()) + len(value) for key, value in kv.items())
+            record = AgentRecord(state=None, kv_bytes=size, turns=0, created_at=0.0, updated_at=0.0)
+        return AgentExport(record=record, kv=kv, responses=responses)
+
     async def load_agent(self, address: AgentAddress) -> AgentRecord | None:
         """The agent's record, or None if it has never committed a turn."""
         self._check_open()
         return await trio.to_thread.run_sync(self._load_agent_sync, address)
+
+    async def load_response(self, address: AgentAddress, key: str) -> bytes | None:
+        """The response committed with idempotency key ``key`` for the agent, or None if no
+        turn of the agent committed that key (or its record was pruned)."""
+        self._check_open()
+        return await trio.to_thread.run_sync(self._load_response_sync, address, key)
+
+    async def list_agents(self, kind: str, *, after: str | None, limit: int) -> list[AgentSummary]:
+        """Up to ``limit`` agents of ``kind`` whose ids sort strictly after ``after`` (all when
+        None), ordered by id. Page by passing the last id of one page as ``after``."""
+        self._check_open()
+        if limit <= 0:
+            return []
+        return await trio.to_thread.run_sync(self._list_agents_sync, kind, after, limit)
+
+    async def export_agent(self, address: AgentAddress) -> AgentExport | None:
+        """A consistent snapshot of everything held for the agent, or None if it has neither
+        a record nor kv entries. (kv entries without a record, which this store never writes,
+        are reported with a record of no state, 0 turns and timestamps 0.)"""
+        self._check_open()
+        return await trio.to_thread.run_sync(self._export_agent_sync, address)
 
     async def count_agents(self, kind: str | None = None) -> int:
         """Number of agents with committed turns (of one kind, or all)."""
@@ -395,10 +641,38 @@ class SqliteStore:
     async def commit_turn(self, commit: TurnCommit) -> None:
         """Apply one turn's effects in one transaction (shared with concurrent commits).
 
+        With ``commit.idempotency_key`` set, the response is recorded in the same transaction;
+        if the agent already has a record under that key, the commit fails and writes nothing.
+
         Raises :class:`StorageError` on failure, in which case nothing of the turn was written.
         If the caller is cancelled while waiting, the commit may still be written."""
+        await self._submit(_CommitOp(commit))
+
+    async def delete_agent(self, address: AgentAddress) -> bool:
+        """Delete the agent's record, kv entries and idempotency records in one transaction,
+        after every write queued before it. Returns whether there was anything to delete.
+
+        If the caller is cancelled while waiting, the delete may still happen."""
+        return await self._submit(_DeleteOp(address))
+
+    async def fork_agent(self, source: AgentAddress, target: AgentAddress) -> ForkResult:
+        """Copy ``source``'s state and kv entries to ``target`` in one transaction, after every
+        write queued before it. The copy has 0 turns, no idempotency records and
+        ``created_at``/``updated_at`` set to now.
+
+        Returns ``"source_missing"`` if ``source`` has no record, ``"target_exists"`` if
+        ``target`` already has rows; nothing is written in either case."""
+        return await self._submit(_ForkOp(source, target))
+
+    async def prune_responses(self, older_than: float) -> int:
+        """Delete every idempotency record created (turn ``at``) before ``older_than``.
+        Returns how many were deleted."""
+        return await self._submit(_PruneOp(older_than))
+
+    async def _submit(self, op: _WriteOp[_T]) -> _T:
+        """Queue one write for the writer and wait for its result."""
         self._check_open()
-        pending = _Pending(commit)
+        pending = _Pending(op)
         try:
             await self._send.send(pending)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -406,13 +680,14 @@ class SqliteStore:
         await pending.done.wait()
         if pending.error is not None:
             raise pending.error
+        return cast(_T, pending.result)
 
     async def _run_writer(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """The single writer: drain the queue, write each batch in one transaction, wake the
         waiters. Shielded, so it stops only when :meth:`aclose` closes the queue and every
-        accepted commit gets an answer."""
+        accepted write gets an answer."""
         self._writer_started = True
         task_status.started()
         try:
@@ -432,56 +707,52 @@ class SqliteStore:
         finally:
             self._writer_done.set()
 
-    async def _flush(self, batch: list[_Pending]) -> None:
+    async def _flush(self, batch: list[_Pending[Any]]) -> None:
         try:
-            errors = await trio.to_thread.run_sync(self._write_sync, [p.commit for p in batch])
-            for pending, error in zip(batch, errors, strict=True):
-                pending.error = error
+            await trio.to_thread.run_sync(self._write_sync, batch)
         except Exception as exc:  # a bug in the write path: fail the batch, keep the writer
             for pending in batch:
                 pending.error = StorageError(
-                    f"commit_turn failed for {pending.commit.address} in {self._path}: {exc!r}"
+                    f"{pending.op.name} failed{pending.op.subject()} in {self._path}: {exc!r}"
                 )
         finally:
             for pending in batch:
                 pending.done.set()
 
-    def _write_sync(self, commits: Sequence[TurnCommit]) -> list[StorageError | None]:
-        """Runs on a worker thread. One transaction for the batch; if it fails, one per commit."""
+    def _write_sync(self, batch: Sequence[_Pending[Any]]) -> None:
+        """Runs on a worker thread. One transaction for the batch; if it fails, one per write.
+        Fills in each write's result or error."""
         try:
-            self._transaction(commits)
+            results = self._transaction([pending.op for pending in batch])
         except Exception as exc:
-            if len(commits) == 1:
-                return [self._commit_error(commits[0], exc)]
+            if len(batch) == 1:
+                batch[0].error = self._op_error(batch[0].op, exc)
+                return
         else:
-            self._batches += 1
-            self._commits += len(commits)
-            return [None] * len(commits)
-        errors: list[StorageError | None] = []
-        for commit in commits:
+            for pending, result in zip(batch, results, strict=True):
+                pending.result = result
+            return
+        for pending in batch:
             try:
-                self._transaction([commit])
+                [pending.result] = self._transaction([pending.op])
             except Exception as exc:
-                errors.append(self._commit_error(commit, exc))
-            else:
-                self._batches += 1
-                self._commits += 1
-                errors.append(None)
-        return errors
+                pending.error = self._op_error(pending.op, exc)
 
-    def _transaction(self, commits: Sequence[TurnCommit]) -> None:
+    def _transaction(self, ops: Sequence[_WriteOp[Any]]) -> list[Any]:
         conn = self._writer
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for commit in commits:
-                _apply_commit(conn, commit)
+            results = [op.apply(conn) for op in ops]
             conn.execute("COMMIT")
         except BaseException:
             _schema.rollback_quietly(conn)
             raise
+        self._batches += 1
+        self._commits += sum(op.turn_commits for op in ops)
+        return results
 
-    def _commit_error(self, commit: TurnCommit, exc: Exception) -> StorageError:
-        error = StorageError(f"commit_turn failed for {commit.address} in {self._path}: {exc}")
+    def _op_error(self, op: _WriteOp[Any], exc: Exception) -> StorageError:
+        error = StorageError(f"{op.name} failed{op.subject()} in {self._path}: {exc}")
         error.__cause__ = exc
         return error
 

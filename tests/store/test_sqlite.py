@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -17,7 +18,16 @@ from hypothesis import strategies as st
 
 from host.address import AgentAddress
 from host.errors import ConfigError, StorageError
-from host.store import AgentRecord, SqliteStore, StateStore, TurnCommit, _schema, open_sqlite_store
+from host.store import (
+    AgentExport,
+    AgentRecord,
+    AgentSummary,
+    SqliteStore,
+    StateStore,
+    TurnCommit,
+    _schema,
+    open_sqlite_store,
+)
 from host.store import sqlite as sqlite_mod
 
 ALICE = AgentAddress("chat", "alice")
@@ -56,8 +66,18 @@ def _commit(
     *,
     kv_bytes: int = 0,
     at: float = 0.0,
+    key: str | None = None,
+    response: bytes | None = None,
 ) -> TurnCommit:
-    return TurnCommit(address, state, dict(kv or {}), kv_bytes=kv_bytes, at=at)
+    return TurnCommit(
+        address,
+        state,
+        dict(kv or {}),
+        kv_bytes=kv_bytes,
+        at=at,
+        idempotency_key=key,
+        response=response,
+    )
 
 
 def _user_version(path: Path) -> int:
@@ -282,6 +302,18 @@ async def test_closed_store_raises(db_path: Path) -> None:
         await store.count_agents()
     with pytest.raises(StorageError, match="store is closed"):
         await store.stored_bytes("chat")
+    with pytest.raises(StorageError, match="store is closed"):
+        await store.load_response(ALICE, "k")
+    with pytest.raises(StorageError, match="store is closed"):
+        await store.prune_responses(1.0)
+    with pytest.raises(StorageError, match="store is closed"):
+        await store.delete_agent(ALICE)
+    with pytest.raises(StorageError, match="store is closed"):
+        await store.fork_agent(ALICE, BOB)
+    with pytest.raises(StorageError, match="store is closed"):
+        await store.list_agents("chat", after=None, limit=10)
+    with pytest.raises(StorageError, match="store is closed"):
+        await store.export_agent(ALICE)
     await store.aclose()  # idempotent
 
 
@@ -588,6 +620,425 @@ async def test_reads_see_whole_commits_from_many_threads(db_path: Path) -> None:
             assert len(keys) == 2, keys
             assert keys[0][:4] == keys[1][:4], keys
         assert store.read_kv_keys(ALICE, "x", 10) == [f"x{rounds - 1:03}a", f"x{rounds - 1:03}b"]
+
+
+# -- idempotency records -----------------------------------------------------------------------
+
+
+async def test_idempotency_record_commits_with_the_turn(db_path: Path) -> None:
+    async with open_sqlite_store(db_path) as store:
+        await store.commit_turn(_commit(ALICE, b"s1", {"k": b"v"}, kv_bytes=2, at=1.0))
+        assert await store.load_response(ALICE, "req-1") is None
+        # A turn that changes neither state nor kv, committed only for its response.
+        await store.commit_turn(
+            _commit(ALICE, None, kv_bytes=2, at=2.0, key="req-1", response=b"r1")
+        )
+        assert await store.load_response(ALICE, "req-1") == b"r1"
+        assert await store.load_agent(ALICE) == AgentRecord(
+            state=b"s1", kv_bytes=2, turns=2, created_at=1.0, updated_at=2.0
+        )
+        assert store.read_kv(ALICE, "k") == b"v"
+        # With effects, the record lands with them.
+        await store.commit_turn(
+            _commit(ALICE, b"s3", {"j": b"w"}, kv_bytes=4, at=3.0, key="req-2", response=b"")
+        )
+        assert await store.load_response(ALICE, "req-2") == b""
+        # Keys belong to one agent; a response without a key records nothing.
+        await store.commit_turn(_commit(BOB, b"b", at=4.0, response=b"ignored"))
+        assert await store.load_response(BOB, "req-1") is None
+        assert await store.load_response(OTHER_ALICE, "req-1") is None
+        assert await store.load_response(ALICE, "req-3") is None
+        # An agent's first turn may be a response-only one.
+        await store.commit_turn(_commit(OTHER_ALICE, None, at=5.0, key="req-1", response=b"o"))
+        assert await store.load_agent(OTHER_ALICE) == AgentRecord(
+            state=None, kv_bytes=0, turns=1, created_at=5.0, updated_at=5.0
+        )
+    async with open_sqlite_store(db_path) as store:
+        assert await store.load_response(ALICE, "req-1") == b"r1"
+        assert await store.load_response(ALICE, "req-2") == b""
+        assert await store.load_response(OTHER_ALICE, "req-1") == b"o"
+
+
+async def test_failing_commit_records_no_response(db_path: Path) -> None:
+    async with open_sqlite_store(db_path) as store:
+        await store.commit_turn(_commit(ALICE, b"s", {"k": b"v"}, at=1.0, key="a", response=b"1"))
+        before = await store.load_agent(ALICE)
+
+        bad_value = _commit(ALICE, b"t", {"k": cast(bytes, 5)}, at=2.0, key="b", response=b"2")
+        with pytest.raises(StorageError, match="commit_turn"):
+            await store.commit_turn(bad_value)
+        assert await store.load_response(ALICE, "b") is None
+
+        missing_response = _commit(ALICE, b"t", {"k": b"w"}, at=2.0, key="c")
+        with pytest.raises(StorageError, match="response must be bytes"):
+            await store.commit_turn(missing_response)
+        assert await store.load_response(ALICE, "c") is None
+
+        # A key already recorded fails the whole commit: the turn's effects are not applied.
+        duplicate = _commit(ALICE, b"t", {"k": b"w"}, at=2.0, key="a", response=b"other")
+        with pytest.raises(StorageError, match="already recorded"):
+            await store.commit_turn(duplicate)
+        assert await store.load_response(ALICE, "a") == b"1"
+
+        assert await store.load_agent(ALICE) == before
+        assert store.read_kv(ALICE, "k") == b"v"
+
+
+async def test_failing_commit_in_batch_records_no_response(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = _Gate(AgentAddress("chat", "gate"))
+    monkeypatch.setattr(sqlite_mod, "_apply_commit", gate.wrap(sqlite_mod._apply_commit))
+    failures: list[int] = []
+    async with open_sqlite_store(db_path) as store:
+
+        async def commit(i: int) -> None:
+            value = cast(bytes, 5) if i == 3 else b"v"
+            address = AgentAddress("chat", f"u{i}")
+            try:
+                await store.commit_turn(
+                    _commit(address, None, {"k": value}, key=f"r{i}", response=f"{i}".encode())
+                )
+            except StorageError:
+                failures.append(i)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.commit_turn, _commit(gate.address, b"g"))
+            await trio.to_thread.run_sync(gate.entered.wait)
+            for i in range(6):
+                nursery.start_soon(commit, i)
+            await trio.testing.wait_all_tasks_blocked()
+            gate.release.set()
+
+        assert failures == [3]
+        for i in range(6):
+            response = await store.load_response(AgentAddress("chat", f"u{i}"), f"r{i}")
+            assert response == (None if i == 3 else f"{i}".encode())
+        assert await store.load_agent(AgentAddress("chat", "u3")) is None
+
+
+async def test_prune_responses_by_age(db_path: Path) -> None:
+    async with open_sqlite_store(db_path) as store:
+        for i, address in enumerate([ALICE, BOB, OTHER_ALICE, ALICE], start=1):
+            await store.commit_turn(
+                _commit(address, b"s", at=float(i), key=f"r{i}", response=f"{i}".encode())
+            )
+        assert await store.prune_responses(1.0) == 0  # strictly older only
+        assert await store.prune_responses(2.5) == 2
+        assert await store.load_response(ALICE, "r1") is None
+        assert await store.load_response(BOB, "r2") is None
+        assert await store.load_response(OTHER_ALICE, "r3") == b"3"
+        assert await store.load_response(ALICE, "r4") == b"4"
+        assert await store.prune_responses(2.5) == 0
+        # Pruning touches only idempotency records.
+        record = await store.load_agent(ALICE)
+        assert record is not None
+        assert (record.state, record.turns) == (b"s", 2)
+        assert await store.count_agents() == 3
+        # A pruned key may be recorded again.
+        await store.commit_turn(_commit(ALICE, None, at=5.0, key="r1", response=b"again"))
+        assert await store.load_response(ALICE, "r1") == b"again"
+        assert await store.prune_responses(100.0) == 3
+    async with open_sqlite_store(db_path) as store:
+        assert await store.load_response(ALICE, "r4") is None
+
+
+# -- delete, fork, list, export ----------------------------------------------------------------
+
+
+async def test_delete_agent_removes_everything(db_path: Path) -> None:
+    async with open_sqlite_store(db_path) as store:
+        for address in (ALICE, BOB, OTHER_ALICE):
+            await store.commit_turn(
+                _commit(address, b"s", {"a": b"1", "b": b"2"}, kv_bytes=4, key="r", response=b"x")
+            )
+        assert await store.delete_agent(ALICE) is True
+        assert await store.load_agent(ALICE) is None
+        assert store.read_kv_keys(ALICE, "", 10) == []
+        assert store.read_kv(ALICE, "a") is None
+        assert await store.load_response(ALICE, "r") is None
+        assert await store.export_agent(ALICE) is None
+        assert await store.count_agents() == 2
+        assert await store.stored_bytes() == 2 * (1 + 4)
+        # Neighbours (same id in another kind, another id in the same kind) are untouched.
+        for address in (BOB, OTHER_ALICE):
+            assert store.read_kv_keys(address, "", 10) == ["a", "b"]
+            assert await store.load_response(address, "r") == b"x"
+        assert await store.delete_agent(ALICE) is False
+        assert await store.delete_agent(AgentAddress("chat", "nobody")) is False
+        # The id can be used afresh.
+        await store.commit_turn(_commit(ALICE, b"new", at=9.0))
+        assert await store.load_agent(ALICE) == AgentRecord(
+            state=b"new", kv_bytes=0, turns=1, created_at=9.0, updated_at=9.0
+        )
+    async with open_sqlite_store(db_path) as store:
+        assert store.read_kv_keys(ALICE, "", 10) == []
+        assert await store.load_response(ALICE, "r") is None
+
+
+async def test_writes_apply_in_queue_order(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = _Gate(AgentAddress("chat", "gate"))
+    monkeypatch.setattr(sqlite_mod, "_apply_commit", gate.wrap(sqlite_mod._apply_commit))
+    results: dict[str, object] = {}
+    async with open_sqlite_store(db_path) as store:
+        await store.commit_turn(_commit(ALICE, b"s0", {"old": b"o"}, at=1.0))
+
+        async def run(name: str, call: Callable[[], Any]) -> None:
+            results[name] = await call()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.commit_turn, _commit(gate.address, b"g"))
+            await trio.to_thread.run_sync(gate.entered.wait)
+            # Queued behind the gate in this order; each must see the ones before it.
+            steps: list[tuple[str, Callable[[], Any]]] = [
+                ("commit1", lambda: store.commit_turn(_commit(BOB, b"b1", {"k": b"1"}, at=2.0))),
+                ("fork", lambda: store.fork_agent(BOB, OTHER_ALICE)),
+                ("commit2", lambda: store.commit_turn(_commit(ALICE, b"s1", {"late": b"l"}))),
+                ("delete", lambda: store.delete_agent(ALICE)),
+                ("commit3", lambda: store.commit_turn(_commit(ALICE, b"s2", {"new": b"n"}))),
+                ("delete-bob", lambda: store.delete_agent(BOB)),
+            ]
+            for name, call in steps:
+                nursery.start_soon(run, name, call)
+                await trio.testing.wait_all_tasks_blocked()
+            gate.release.set()
+
+        assert results == {
+            "commit1": None,
+            "fork": "forked",
+            "commit2": None,
+            "delete": True,
+            "commit3": None,
+            "delete-bob": True,
+        }
+        # The delete saw commit2 (no "late" survives) and commit3 came after it.
+        record = await store.load_agent(ALICE)
+        assert record is not None
+        assert (record.state, record.turns) == (b"s2", 1)
+        assert store.read_kv_keys(ALICE, "", 10) == ["new"]
+        # The fork saw commit1; deleting the source afterwards leaves the copy alone.
+        assert await store.load_agent(BOB) is None
+        fork = await store.export_agent(OTHER_ALICE)
+        assert fork is not None
+        assert (fork.record.state, fork.kv) == (b"b1", {"k": b"1"})
+        # The six queued writes shared one transaction.
+        assert store.statistics().batches == 3
+
+
+async def test_failing_delete_in_batch_fails_only_its_caller(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = _Gate(AgentAddress("chat", "gate"))
+    monkeypatch.setattr(sqlite_mod, "_apply_commit", gate.wrap(sqlite_mod._apply_commit))
+    real_delete = sqlite_mod._apply_delete
+
+    def failing_delete(conn: sqlite3.Connection, address: AgentAddress) -> bool:
+        real_delete(conn, address)  # the rows go, then the transaction fails
+        if address == BOB:
+            raise sqlite3.OperationalError("simulated delete failure")
+        return True
+
+    monkeypatch.setattr(sqlite_mod, "_apply_delete", failing_delete)
+    outcomes: dict[str, object] = {}
+    async with open_sqlite_store(db_path) as store:
+        for address in (ALICE, BOB):
+            await store.commit_turn(_commit(address, b"s", {"k": b"v"}, key="r", response=b"x"))
+
+        async def run(name: str, call: Callable[[], Any]) -> None:
+            try:
+                outcomes[name] = await call()
+            except StorageError as exc:
+                outcomes[name] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.commit_turn, _commit(gate.address, b"g"))
+            await trio.to_thread.run_sync(gate.entered.wait)
+            steps: list[tuple[str, Callable[[], Any]]] = [
+                ("commit", lambda: store.commit_turn(_commit(ALICE, b"t"))),
+                ("bad", lambda: store.delete_agent(BOB)),
+                ("good", lambda: store.delete_agent(ALICE)),
+            ]
+            for name, call in steps:
+                nursery.start_soon(run, name, call)
+                await trio.testing.wait_all_tasks_blocked()
+            gate.release.set()
+
+        error = outcomes.pop("bad")
+        assert isinstance(error, StorageError)
+        assert "delete_agent failed for chat/bob" in str(error)
+        assert "simulated delete failure" in str(error)
+        assert outcomes == {"commit": None, "good": True}
+        assert await store.load_agent(ALICE) is None
+        bob = await store.export_agent(BOB)
+        assert bob is not None
+        assert (bob.record.state, bob.kv, bob.responses) == (b"s", {"k": b"v"}, 1)
+
+
+async def test_fork_copies_state_and_kv(db_path: Path) -> None:
+    target = AgentAddress("chat", "alice-copy")
+    other_kind = AgentAddress("notes", "copy")
+    async with open_sqlite_store(db_path) as store:
+        await store.commit_turn(_commit(ALICE, b"s1", {"a": b"1", "b": b"2"}, kv_bytes=4, at=1.0))
+        await store.commit_turn(_commit(ALICE, b"s2", at=2.0, kv_bytes=4, key="r", response=b"x"))
+        before = time.time()
+        assert await store.fork_agent(ALICE, target) == "forked"
+        assert await store.fork_agent(ALICE, other_kind) == "forked"
+        after = time.time()
+        for address in (target, other_kind):
+            record = await store.load_agent(address)
+            assert record is not None
+            assert (record.state, record.kv_bytes, record.turns) == (b"s2", 4, 0)
+            assert before <= record.created_at == record.updated_at <= after
+            assert store.read_kv_keys(address, "", 10) == ["a", "b"]
+            assert store.read_kv(address, "a") == b"1"
+            # Responses belong to the source's turns; the copy has none.
+            assert await store.load_response(address, "r") is None
+        assert await store.stored_bytes() == 3 * (2 + 4)
+        assert await store.count_agents() == 3
+
+        # Later writes on either side do not reach the other.
+        await store.commit_turn(_commit(ALICE, b"s3", {"a": None, "c": b"3"}, kv_bytes=4, at=3.0))
+        await store.commit_turn(_commit(target, b"t1", {"b": b"22"}, kv_bytes=5, at=4.0))
+        assert store.read_kv_keys(ALICE, "", 10) == ["b", "c"]
+        assert store.read_kv(ALICE, "b") == b"2"
+        assert store.read_kv_keys(target, "", 10) == ["a", "b"]
+        assert store.read_kv(target, "b") == b"22"
+        assert store.read_kv_keys(other_kind, "", 10) == ["a", "b"]
+        target_record = await store.load_agent(target)
+        assert target_record is not None
+        assert (target_record.state, target_record.turns) == (b"t1", 1)
+        alice = await store.load_agent(ALICE)
+        assert alice is not None
+        assert (alice.state, alice.turns) == (b"s3", 3)
+        other = await store.load_agent(other_kind)
+        assert other is not None
+        assert other.state == b"s2"
+    async with open_sqlite_store(db_path) as store:
+        assert store.read_kv(other_kind, "b") == b"2"
+
+
+async def test_fork_writes_nothing_unless_forked(db_path: Path) -> None:
+    async with open_sqlite_store(db_path) as store:
+        await store.commit_turn(_commit(ALICE, b"alice", {"a": b"1"}, kv_bytes=2, at=1.0))
+        await store.commit_turn(_commit(BOB, b"bob", {"b": b"2"}, kv_bytes=2, at=2.0))
+        bob_before = await store.export_agent(BOB)
+        batches = store.statistics().batches
+
+        assert await store.fork_agent(ALICE, BOB) == "target_exists"
+        assert await store.fork_agent(ALICE, ALICE) == "target_exists"
+        assert await store.export_agent(BOB) == bob_before
+        missing = AgentAddress("chat", "missing")
+        fresh = AgentAddress("chat", "fresh")
+        assert await store.fork_agent(missing, fresh) == "source_missing"
+        assert await store.fork_agent(missing, BOB) == "source_missing"
+        assert await store.export_agent(fresh) is None
+        assert await store.export_agent(BOB) == bob_before
+        assert await store.count_agents() == 2
+        # The refusals went through the writer but changed nothing.
+        assert store.statistics().batches == batches + 4
+        assert store.statistics().commits == 2
+
+
+async def test_list_agents_pages_by_id(db_path: Path) -> None:
+    ids = ["a0", "a1", "a2", "b0", "b1", "b2", "c0", "c1"]
+    async with open_sqlite_store(db_path) as store:
+        for i, agent_id in enumerate(reversed(ids)):
+            address = AgentAddress("chat", agent_id)
+            await store.commit_turn(
+                _commit(address, b"x" * i, {"k": b"v"}, kv_bytes=2, at=float(i))
+            )
+        await store.commit_turn(_commit(AgentAddress("notes", "a5"), b"n"))
+        await store.commit_turn(_commit(AgentAddress("chats", "a5"), b"n"))
+
+        pages: list[list[AgentSummary]] = []
+        after: str | None = None
+        while True:
+            page = await store.list_agents("chat", after=after, limit=3)
+            if not page:
+                break
+            pages.append(page)
+            after = page[-1].id
+        assert [[s.id for s in page] for page in pages] == [ids[0:3], ids[3:6], ids[6:8]]
+        assert pages[0][0] == AgentSummary(
+            id="a0", state_bytes=7, kv_bytes=2, turns=1, created_at=7.0, updated_at=7.0
+        )
+        assert pages[2][-1] == AgentSummary(
+            id="c1", state_bytes=0, kv_bytes=2, turns=1, created_at=0.0, updated_at=0.0
+        )
+        # ``after`` need not be an existing id; the bound is strict.
+        summaries = await store.list_agents("chat", after="b", limit=10)
+        assert [s.id for s in summaries] == ids[3:]
+        summaries = await store.list_agents("chat", after="b1", limit=2)
+        assert [s.id for s in summaries] == ["b2", "c0"]
+        assert await store.list_agents("chat", after="c1", limit=10) == []
+        assert await store.list_agents("chat", after=None, limit=0) == []
+        assert [s.id for s in await store.list_agents("notes", after=None, limit=10)] == ["a5"]
+        assert await store.list_agents("nothing", after=None, limit=10) == []
+
+
+async def test_export_agent_contents(db_path: Path) -> None:
+    async with open_sqlite_store(db_path) as store:
+        assert await store.export_agent(ALICE) is None
+        await store.commit_turn(
+            _commit(ALICE, b"s1", {"z": b"26", "a": b"1", "m": b""}, kv_bytes=6, at=1.0)
+        )
+        await store.commit_turn(
+            _commit(
+                ALICE, b"s2", {"m": None, "é": b"e"}, kv_bytes=8, at=2.0, key="r1", response=b""
+            )
+        )
+        await store.commit_turn(_commit(ALICE, None, kv_bytes=8, at=3.0, key="r2", response=b"x"))
+        await store.commit_turn(_commit(BOB, b"bob", {"b": b"b"}, key="r9", response=b"y"))
+        export = await store.export_agent(ALICE)
+        assert export == AgentExport(
+            record=AgentRecord(state=b"s2", kv_bytes=8, turns=3, created_at=1.0, updated_at=3.0),
+            kv={"a": b"1", "z": b"26", "é": b"e"},
+            responses=2,
+        )
+        assert export is not None
+        assert list(export.kv) == ["a", "z", "é"]
+        await store.commit_turn(_commit(OTHER_ALICE, None, at=4.0))
+        assert await store.export_agent(OTHER_ALICE) == AgentExport(
+            record=AgentRecord(state=None, kv_bytes=0, turns=1, created_at=4.0, updated_at=4.0),
+            kv={},
+            responses=0,
+        )
+    # kv rows without a record (not something the store writes) are still exported.
+    conn = sqlite3.connect(db_path)
+    try:
+        conn.execute("DELETE FROM agents WHERE kind = 'chat' AND id = 'bob'")
+        conn.commit()
+    finally:
+        conn.close()
+    async with open_sqlite_store(db_path) as store:
+        assert await store.export_agent(BOB) == AgentExport(
+            record=AgentRecord(state=None, kv_bytes=2, turns=0, created_at=0.0, updated_at=0.0),
+            kv={"b": b"b"},
+            responses=1,
+        )
+
+
+async def test_writer_limits_the_wal_size(db_path: Path) -> None:
+    async with open_sqlite_store(db_path) as store:
+        limit = store._writer.execute("PRAGMA journal_size_limit").fetchone()[0]
+    assert limit == 64 * 1024 * 1024
+
+
+async def test_version_1_database_is_migrated_with_its_data(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patch:
+        patch.setattr(_schema, "MIGRATIONS", _schema.MIGRATIONS[:1])
+        async with open_sqlite_store(db_path) as store:
+            await store.commit_turn(_commit(ALICE, b"v1", {"k": b"v"}, kv_bytes=2, at=1.0))
+        assert _user_version(db_path) == 1
+    async with open_sqlite_store(db_path) as store:
+        assert _user_version(db_path) == 2
+        assert await store.load_agent(ALICE) == AgentRecord(
+            state=b"v1", kv_bytes=2, turns=1, created_at=1.0, updated_at=1.0
+        )
+        await store.commit_turn(_commit(ALICE, None, kv_bytes=2, at=2.0, key="r", response=b"x"))
+        assert await store.load_response(ALICE, "r") == b"x"
 
 
 # -- property test against a dict model --------------------------------------------------------

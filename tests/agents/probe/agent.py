@@ -14,7 +14,8 @@ class Probe(Agent):
             ctx.state["count"] = ctx.state.get("count", 0) + 1
             ctx.reply(ctx.state["count"])
         elif op == "kv_set":
-            ctx.kv.set(msg["key"], msg["value"])
+            value = msg["value"]
+            ctx.kv.set(msg["key"], value.encode() if isinstance(value, str) else value)
             ctx.reply("ok")
         elif op == "kv_try_set":
             try:

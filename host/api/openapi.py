@@ -1,0 +1,228 @@
+"""``/openapi.json``: the API described as OpenAPI 3.1, schemas from pydantic models."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_package = "roost"
+
+
+class MessageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    message: Any = Field(description="Any JSON value; the agent receives it as msgpack.")
+
+
+class ForkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    new_id: str = Field(description="Id of the new agent (same kind).")
+
+
+class AgentInfo(BaseModel):
+    address: str
+    resident: bool
+    turns: int
+    state_bytes: int
+    kv_bytes: int
+    created_at: float | None
+    last_active_at: float | None
+
+
+class MessageResponse(BaseModel):
+    replies: list[Any]
+    agent: AgentInfo
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    retryable: bool
+    guest_traceback: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+_MODELS: list[type[BaseModel]] = [
+    MessageRequest,
+    ForkRequest,
+    AgentInfo,
+    MessageResponse,
+    ErrorDetail,
+    ErrorResponse,
+]
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _ok(description: str, model: type[BaseModel] | None = None) -> dict[str, Any]:
+    schema = _ref(model) if model else {"type": "object"}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "4XX": {
+        "description": "Bad input, auth, or backpressure (429 with Retry-After)",
+        "content": {"application/json": {"schema": _ref(ErrorResponse)}},
+    },
+    "5XX": {
+        "description": "Guest failure, or overload (503 with Retry-After)",
+        "content": {"application/json": {"schema": _ref(ErrorResponse)}},
+    },
+}
+_AGENT = [
+    {"name": "kind", "in": "path", "required": True, "schema": {"type": "string"}},
+    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+]
+_ADMIN: list[dict[str, list[str]]] = [{"admin": []}]
+_AGENT_OR_ADMIN: list[dict[str, list[str]]] = [{"agent": []}, {"admin": []}]
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    schemas = {}
+    for model in _MODELS:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    paths: dict[str, Any] = {
+        "/v1/agents/{kind}/{id}/messages": {
+            "post": {
+                "summary": "Send a message; replies once the turn committed (SSE with "
+                "Accept: text/event-stream)",
+                "parameters": [
+                    *_AGENT,
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "requestBody": _json_body(MessageRequest),
+                "responses": {"200": _ok("Replies", MessageResponse), **_ERRORS},
+                "security": _AGENT_OR_ADMIN,
+            }
+        },
+        "/v1/agents/{kind}/{id}": {
+            "get": {
+                "summary": "Agent status",
+                "parameters": _AGENT,
+                "responses": {"200": _ok("Status"), **_ERRORS},
+                "security": _AGENT_OR_ADMIN,
+            },
+            "delete": {
+                "summary": "Erase the agent's state, kv and timers",
+                "parameters": _AGENT,
+                "responses": {"200": _ok("Erased"), **_ERRORS},
+                "security": _ADMIN,
+            },
+        },
+        "/v1/agents/{kind}/{id}/fork": {
+            "post": {
+                "summary": "Copy the agent's committed state and kv into a new agent",
+                "parameters": _AGENT,
+                "requestBody": _json_body(ForkRequest),
+                "responses": {"201": _ok("The new agent"), **_ERRORS},
+                "security": _ADMIN,
+            }
+        },
+        "/v1/agents/{kind}/{id}/export": {
+            "get": {
+                "summary": "Everything the host keeps for the agent",
+                "parameters": _AGENT,
+                "responses": {"200": _ok("Export"), **_ERRORS},
+                "security": _ADMIN,
+            }
+        },
+        "/v1/agents/{kind}/{id}/ws": {
+            "get": {
+                "summary": 'WebSocket: send {"message": ...} frames, receive reply/done/error '
+                "frames; the agent may hibernate while the socket stays open",
+                "parameters": _AGENT,
+                "responses": {"101": {"description": "Switching protocols"}},
+                "security": _AGENT_OR_ADMIN,
+            }
+        },
+        "/v1/agents/{kind}": {
+            "get": {
+                "summary": "List agents of a kind (paged by id)",
+                "parameters": [
+                    {"name": "kind", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "after", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "maximum": 1000},
+                    },
+                ],
+                "responses": {"200": _ok("A page of agents"), **_ERRORS},
+                "security": _ADMIN,
+            }
+        },
+        "/v1/kinds": {
+            "get": {
+                "summary": "Deployed kinds",
+                "responses": {"200": _ok("Kinds")},
+                "security": _ADMIN,
+            },
+            "post": {
+                "summary": "Deploy a kind: multipart manifest (TOML) + component (.wasm)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "manifest": {"type": "string"},
+                                    "component": {"type": "string", "format": "binary"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {"201": _ok("Deployed"), **_ERRORS},
+                "security": _ADMIN,
+            },
+        },
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _ok("Alive")}}},
+        "/readyz": {
+            "get": {
+                "summary": "Readiness (503 while shutting down)",
+                "responses": {"200": _ok("Ready")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "Prometheus text"}},
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Roost", "version": "v1", "description": f"{_package} HTTP API"},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "admin": {"type": "http", "scheme": "bearer", "description": "ROOST_ADMIN_TOKEN"},
+                "agent": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "Per-agent token from `roost token KIND ID`",
+                },
+            },
+        },
+    }
