@@ -1,0 +1,39 @@
+"""``roost token`` and the credential files kept in the data directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from host.address import AgentAddress
+from host.api.auth import AuthError, load_credentials, require_agent
+from host.cli import main
+from host.config import ServerConfig
+from host.errors import ConfigError
+from host.server import check_dev_mode
+
+
+def test_roost_token_mints_a_token_for_exactly_one_agent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ROOST_SECRET", raising=False)
+    monkeypatch.delenv("ROOST_ADMIN_TOKEN", raising=False)
+    assert main(["token", "echo", "alice", "--ttl", "60", "--data-dir", str(tmp_path)]) == 0
+    token = capsys.readouterr().out.strip()
+    # The generated secret was kept, owner-only, and the server will use the same one.
+    secret_file = tmp_path / "secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    credentials = load_credentials(ServerConfig(), tmp_path)
+    require_agent(credentials, token, AgentAddress("echo", "alice"))
+    with pytest.raises(AuthError) as info:
+        require_agent(credentials, token, AgentAddress("echo", "bob"))
+    assert info.value.status == 403
+    assert load_credentials(ServerConfig(), tmp_path) == credentials
+
+
+def test_dev_mode_only_binds_to_loopback() -> None:
+    check_dev_mode(ServerConfig(dev=True, bind_host="127.0.0.1"))
+    check_dev_mode(ServerConfig(dev=True, bind_host="::1"))
+    with pytest.raises(ConfigError, match="loopback"):
+        check_dev_mode(ServerConfig(dev=True, bind_host="0.0.0.0"))
