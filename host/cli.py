@@ -240,9 +240,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            serving = await nursery.start(
-                partial(serve, host_config, settings, deploy=args.deploy)
-            )
+            serving = await nursery.start(partial(serve, host_config, settings, deploy=args.deploy))
             urls = serving.urls
             for url in urls:
                 print(f"roost: listening on {url}", file=sys.stderr, flush=True)
