@@ -60,9 +60,14 @@ Serve = Callable[..., Any]
 def serve_host(tmp_path: Path, cache_dir: Path) -> Serve:
     @asynccontextmanager
     async def start(
-        *manifests: Manifest, data_dir: Path | None = None, **settings: Any
+        *manifests: Manifest,
+        data_dir: Path | None = None,
+        host_settings: dict[str, Any] | None = None,
+        **settings: Any,
     ) -> AsyncIterator[Served]:
-        host_config = HostConfig(data_dir=data_dir or tmp_path / "data", cache_dir=cache_dir)
+        host_config = HostConfig(
+            data_dir=data_dir or tmp_path / "data", cache_dir=cache_dir, **(host_settings or {})
+        )
         server_config = ServerConfig(
             bind_host="127.0.0.1",
             port=0,

@@ -13,7 +13,7 @@ from trio_websocket import open_websocket_url
 
 from host import Manifest
 
-from ..conftest import with_limits
+from ..conftest import until, with_limits
 from .conftest import ADMIN_TOKEN, Serve
 
 
@@ -217,6 +217,25 @@ async def test_flood_gets_429_with_retry_after(serve_host: Serve, probe_manifest
         assert busy.json()["error"]["type"] == "AgentBusy"
         metrics = (await served.client.get("/metrics")).text
         assert f'roost_requests_rejected_total{{status="429"}} {codes.count(429)}.0' in metrics
+
+
+async def test_global_in_flight_limit_gets_503_with_retry_after(
+    serve_host: Serve, probe_manifest: Manifest
+) -> None:
+    async with serve_host(probe_manifest, host_settings={"max_in_flight": 1}) as served:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(served.message, "probe/slow", {"op": "sleep", "seconds": 0.5})
+            await until(lambda: served.host._supervisor.in_flight == 1)
+            refused = await served.message("probe/other", "count")
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"] == {
+            "type": "Overloaded",
+            "message": refused.json()["error"]["message"],
+            "retryable": True,
+        }
+        assert "max_in_flight" in refused.json()["error"]["message"]
+        assert (await served.message("probe/other", "count")).status_code == 200
 
 
 async def test_fork_isolation_and_erase(serve_host: Serve, probe_manifest: Manifest) -> None:
