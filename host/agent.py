@@ -27,10 +27,11 @@ from .errors import (
     CapabilityError,
     GuestAbiError,
     LimitExceeded,
+    QuotaExceeded,
     RoostError,
 )
 from .sandbox import Sandbox, TurnOutput
-from .store.protocol import TurnCommit
+from .store.protocol import TurnCommit, Usage
 from .turn import StartedOp, TurnContext
 
 logger = logging.getLogger("roost.agent")
@@ -50,6 +51,12 @@ class Envelope:
     """When set, the final turn records the replies under this key in the same commit."""
     on_reply: Callable[[Any], None] | None = None
     """Called with each reply once the turn that produced it has committed."""
+    on_token: Callable[[str], None] | None = None
+    """Called with LLM tokens streamed while the event is handled."""
+    chain: tuple[str, ...] = ()
+    """The chain of asks that led to this event."""
+    handled: tuple[str, float | None] | None = None
+    """The stored delivery this event comes from: removed (or re-armed) by its final turn."""
     replies: list[Any] = field(default_factory=list)
     reply_bytes: int = 0
     error: BaseException | None = None
@@ -256,14 +263,20 @@ class AgentActor:
 
         return activate
 
-    def _new_turn(self) -> TurnContext:
+    def _new_turn(self, envelope: Envelope | None = None) -> TurnContext:
+        now = self._supervisor.clock.now()
         return TurnContext(
             address=self.address,
             limits=self.kind.manifest.limits,
+            budgets=self.kind.manifest.budgets,
+            day=utc_day(now),
             store=self._supervisor.store,
-            now=time.time(),
+            now=now,
             kv_bytes=self._kv_bytes,
             next_op_id=lambda: next(self._op_ids),
+            services=self._supervisor.services,
+            chain=envelope.chain if envelope is not None else (),
+            on_token=envelope.on_token if envelope is not None else None,
         )
 
     async def _turn(
@@ -276,9 +289,21 @@ class AgentActor:
     ) -> tuple[TurnOutput, int]:
         """Run one turn, check its limits, commit it, start its ops.
         Returns the guest's output and the number of ops started."""
-        turn = self._new_turn()
+        turn = self._new_turn(envelope)
+        budgets = self.kind.manifest.budgets
+
+        def guarded() -> TurnOutput:
+            if budgets.cpu_ms_per_day is not None:
+                used = self._supervisor.store.read_usage(self.address, turn.day).cpu_ms
+                turn.check_budget("cpu_ms_per_day", used, 0, budgets.cpu_ms_per_day)
+            started = time.thread_time()
+            try:
+                return call(turn)
+            finally:
+                turn.cpu_ms = (time.thread_time() - started) * 1000
+
         try:
-            output = await self._supervisor.run_guest(lambda: call(turn))
+            output = await self._supervisor.run_guest(guarded)
         finally:
             if self.activation_s is not None:
                 self._supervisor.record_activation(self.activation_s)
@@ -304,34 +329,54 @@ class AgentActor:
                 f"limits.max_state_bytes = {limits.max_state_bytes}",
                 address=str(self.address),
             )
+        if budgets.storage_bytes is not None and output.state is not None:
+            stored = len(output.state) + turn.kv_bytes
+            if stored > budgets.storage_bytes:
+                raise QuotaExceeded(
+                    f"agent {self.address} would store {stored} bytes of state and kv; "
+                    f"budgets.storage_bytes = {budgets.storage_bytes}",
+                )
         decoded = [_decode_reply(p) for p in replies]
         final = event_id in output.done
         record_response = final and envelope.idempotency_key is not None
-        if output.state is not None or turn.kv_writes or record_response:
-            response = None
-            if record_response:
-                response = msgpack.packb(envelope.replies + decoded, use_bin_type=True)
-            await self._supervisor.store.commit_turn(
-                TurnCommit(
-                    address=self.address,
-                    state=output.state,
-                    kv_writes=dict(turn.kv_writes),
-                    kv_bytes=turn.kv_bytes,
-                    at=turn.now,
-                    idempotency_key=envelope.idempotency_key if record_response else None,
-                    response=response,
-                )
+        handled = envelope.handled if final else None
+        # Every turn commits, if only its usage.
+        response = None
+        if record_response:
+            response = msgpack.packb(envelope.replies + decoded, use_bin_type=True)
+        await self._supervisor.store.commit_turn(
+            TurnCommit(
+                address=self.address,
+                state=output.state,
+                kv_writes=dict(turn.kv_writes),
+                kv_bytes=turn.kv_bytes,
+                at=turn.now,
+                idempotency_key=envelope.idempotency_key if record_response else None,
+                response=response,
+                deliveries=list(turn.deliveries),
+                cancelled=sorted(turn.cancelled),
+                handled=handled,
+                usage=Usage(turns=1, cpu_ms=turn.cpu_ms),
+                usage_day=turn.day,
             )
-            self._kv_bytes = turn.kv_bytes
+        )
+        if turn.deliveries:
+            self._supervisor.deliveries_changed()
+        self._kv_bytes = turn.kv_bytes
         self._supervisor.record_turn()
         envelope.replies.extend(decoded)
         envelope.reply_bytes = reply_bytes
         if envelope.on_reply is not None:
             for reply in decoded:
                 envelope.on_reply(reply)
+        waiting = 0
         for op in turn.ops:
-            ops.start_soon(self._run_op, op, completions)
-        return output, len(turn.ops)
+            if op.continuation is None:
+                ops.start_soon(self._run_op, op, completions)
+                waiting += 1
+            else:
+                self._supervisor.start_continuation(self.address, op)
+        return output, waiting
 
     async def _run_op(
         self, op: StartedOp, completions: trio.MemorySendChannel[_Completion]
@@ -345,6 +390,11 @@ class AgentActor:
             await completions.send(_Completion(op.op_id, False, f"{op.capability} failed: {exc}"))
         else:
             await completions.send(_Completion(op.op_id, True, value))
+
+
+def utc_day(unix_time: float) -> str:
+    """The UTC day of ``unix_time``, the unit of daily budgets."""
+    return time.strftime("%Y-%m-%d", time.gmtime(unix_time))
 
 
 def _decode_reply(payload: bytes) -> Any:

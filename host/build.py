@@ -31,7 +31,16 @@ from .abi import WIT_DIR
 from .errors import BuildError
 from .manifest import Manifest, load_manifest
 
-CORE_CAPABILITIES: tuple[str, ...] = ("kv", "clock", "random", "log", "timers")
+CORE_CAPABILITIES: tuple[str, ...] = (
+    "kv",
+    "clock",
+    "random",
+    "log",
+    "timers",
+    "agents",
+    "llm",
+    "http",
+)
 """Capabilities the full ``agent`` world imports, in WIT order."""
 
 _ENTRY_MODULE = "_roost_entry"

@@ -45,6 +45,13 @@ class HostConfig(BaseSettings):
     """Granularity of CPU deadlines."""
     max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1)
     """Events accepted host-wide before new ones get Overloaded."""
+    llm_base_url: str | None = None
+    """OpenAI-compatible endpoint for the llm capability (e.g. ``https://api.openai.com/v1``
+    or a local vLLM/Ollama/llama.cpp server)."""
+    llm_api_key: str | None = None
+    """Sent as the bearer token to ``llm_base_url``; guests never see it."""
+    http_allow_private: bool = False
+    """Let the http capability reach loopback/private addresses (development only)."""
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     """NORMAL survives a process kill; FULL also survives power loss, at a write cost."""
 

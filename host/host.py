@@ -9,13 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgpack
 import trio
 
 from ._lifetime import open_service_nursery
 from .address import AgentAddress, validate_kind_name
 from .capabilities import bind_capabilities
+from .clock import HostClock
 from .config import HostConfig, load_config
+from .deliveries import DeliveryLoop
 from .errors import (
     AgentExists,
     DeployError,
@@ -81,8 +84,12 @@ async def open_host(
         engine = stack.enter_context(
             open_engine(cache_dir=config.cache_dir, epoch_tick_ms=config.epoch_tick_ms)
         )
+        http_client = await stack.enter_async_context(
+            httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=False)
+        )
         async with open_service_nursery() as nursery:
-            host = Host(config, store, engine, nursery)
+            host = Host(config, store, engine, nursery, http_client)
+            await nursery.start(DeliveryLoop(host).run)
             try:
                 yield host
             finally:
@@ -94,13 +101,21 @@ class Host:
     """A running host. Create it with :func:`open_host`."""
 
     def __init__(
-        self, config: HostConfig, store: StateStore, engine: WasmEngine, nursery: trio.Nursery
+        self,
+        config: HostConfig,
+        store: StateStore,
+        engine: WasmEngine,
+        nursery: trio.Nursery,
+        http_client: httpx.AsyncClient,
     ) -> None:
         self.config = config
         self.store = store
         self._engine = engine
+        self._http_client = http_client
         self._kinds: dict[str, Kind] = {}
         self._supervisor = Supervisor(
+            clock=HostClock(),
+            services=self,
             store=store,
             nursery=nursery,
             max_resident=config.max_resident_agents,
@@ -150,6 +165,7 @@ class Host:
         *,
         idempotency_key: str | None = None,
         on_reply: Callable[[Any], None] | None = None,
+        on_token: Callable[[str], None] | None = None,
     ) -> list[Any]:
         """Deliver a user message to ``kind/id`` and return the agent's replies once the
         handler finished and every turn it took has committed.
@@ -158,7 +174,12 @@ class Host:
         streaming). With ``idempotency_key``, a retry of a handled message returns the first
         result without running the handler again, across restarts."""
         return await self.deliver(
-            address, "message", message, idempotency_key=idempotency_key, on_reply=on_reply
+            address,
+            "message",
+            message,
+            idempotency_key=idempotency_key,
+            on_reply=on_reply,
+            on_token=on_token,
         )
 
     async def deliver(
@@ -169,8 +190,11 @@ class Host:
         *,
         idempotency_key: str | None = None,
         on_reply: Callable[[Any], None] | None = None,
+        on_token: Callable[[str], None] | None = None,
+        chain: tuple[str, ...] = (),
+        handled: tuple[str, float | None] | None = None,
     ) -> list[Any]:
-        """Deliver any event kind (``message``, ``timer``, ``agent``)."""
+        """Deliver any event kind (``message``, ``timer``, ``agent``, ``continuation``)."""
         address = _address(address)
         kind = self._kind(address)
         try:
@@ -183,7 +207,14 @@ class Host:
             ) from None
         if idempotency_key is None:
             return await self._supervisor.deliver(
-                address, kind, event_kind, encoded, on_reply=on_reply
+                address,
+                kind,
+                event_kind,
+                encoded,
+                on_reply=on_reply,
+                on_token=on_token,
+                chain=chain,
+                handled=handled,
             )
         _check_idempotency_key(idempotency_key)
         slot = (address, idempotency_key)
@@ -206,6 +237,7 @@ class Host:
                 encoded,
                 idempotency_key=idempotency_key,
                 on_reply=on_reply,
+                on_token=on_token,
             )
         finally:
             del self._idempotent_in_flight[slot]
@@ -259,6 +291,27 @@ class Host:
         """One page of the agents of ``kind`` that have committed state, ordered by id."""
         validate_kind_name(kind)
         return await self.store.list_agents(kind, after=after, limit=limit)
+
+    # -- services for capabilities (host.turn.HostServices) -----------------------------
+    async def ask(
+        self,
+        sender: AgentAddress,
+        target: AgentAddress,
+        message: Any,
+        *,
+        timeout_s: float,
+        chain: tuple[str, ...],
+    ) -> list[Any]:
+        with trio.fail_after(timeout_s):
+            return await self.deliver(
+                target, "agent", {"sender": str(sender), "message": message}, chain=chain
+            )
+
+    def settings(self) -> HostConfig:
+        return self.config
+
+    def http_client(self) -> httpx.AsyncClient:
+        return self._http_client
 
     def _kind(self, address: AgentAddress) -> Kind:
         kind = self._kinds.get(address.kind)

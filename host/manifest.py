@@ -59,6 +59,19 @@ class Limits(BaseModel):
     """Events queued for one agent before senders get AgentBusy."""
 
 
+class Budgets(BaseModel):
+    """Per-agent budgets per UTC day (storage: at any time). None means unlimited.
+    Passing one fails that agent's call or event with QuotaExceeded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    llm_tokens_per_day: int | None = Field(None, ge=0)
+    http_calls_per_day: int | None = Field(None, ge=0)
+    cpu_ms_per_day: float | None = Field(None, ge=0)
+    storage_bytes: int | None = Field(None, ge=0)
+    """State plus kv bytes."""
+
+
 class Manifest(BaseModel):
     """A kind: a compiled component plus what it is granted."""
 
@@ -75,6 +88,7 @@ class Manifest(BaseModel):
     capabilities: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Granted capability name -> its grant parameters."""
     limits: Limits = Field(default_factory=Limits)  # type: ignore[arg-type]
+    budgets: Budgets = Field(default_factory=Budgets)  # type: ignore[arg-type]
     config: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")

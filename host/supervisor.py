@@ -4,26 +4,34 @@ resident cap), the worker-thread pool for guest code, and the counters behind st
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import msgpack
 import trio
 
 from .address import AgentAddress
 from .agent import AgentActor, Envelope
-from .errors import AgentUnavailable, Overloaded
+from .clock import HostClock
+from .errors import AgentUnavailable, CapabilityError, Overloaded
 from .kind import Kind
-from .store.protocol import StateStore
+from .store.protocol import Delivery, StateStore
+from .turn import HostServices, StartedOp
 
 T = TypeVar("T")
+logger = logging.getLogger("roost.supervisor")
 
 
 class Supervisor:
     def __init__(
         self,
         *,
+        clock: HostClock,
+        services: HostServices | None,
         store: StateStore,
         nursery: trio.Nursery,
         max_resident: int,
@@ -31,6 +39,10 @@ class Supervisor:
         max_in_flight: int,
     ) -> None:
         self.store = store
+        self.clock = clock
+        self.services = services
+        self.deliveries_poked = trio.Event()
+        """Set when a commit added deliveries; the delivery loop then looks again."""
         self._nursery = nursery
         self._max_resident = max_resident
         self._max_in_flight = max_in_flight
@@ -55,6 +67,9 @@ class Supervisor:
         *,
         idempotency_key: str | None = None,
         on_reply: Callable[[Any], None] | None = None,
+        on_token: Callable[[str], None] | None = None,
+        chain: tuple[str, ...] = (),
+        handled: tuple[str, float | None] | None = None,
     ) -> list[Any]:
         if not self.accepting:
             raise Overloaded("the host is shutting down", retry_after_s=1.0)
@@ -68,7 +83,15 @@ class Supervisor:
                 f"agent {address} is being erased or forked; retry shortly",
                 address=str(address),
             )
-        envelope = Envelope(event_kind, payload, idempotency_key, on_reply)
+        envelope = Envelope(
+            event_kind,
+            payload,
+            idempotency_key,
+            on_reply,
+            on_token=on_token,
+            chain=chain,
+            handled=handled,
+        )
         actor = self._actor_for(address, kind)
         actor.post(envelope)
         self.in_flight += 1
@@ -137,6 +160,43 @@ class Supervisor:
             yield
         finally:
             self._fenced.discard(address)
+
+    def deliveries_changed(self) -> None:
+        self.deliveries_poked.set()
+
+    def start_continuation(self, address: AgentAddress, op: StartedOp) -> None:
+        """Run an op whose result comes back as a new event (continuation form), detached
+        from the agent's instance so the agent may hibernate meanwhile."""
+        self._nursery.start_soon(self._continue, address, op)
+
+    async def _continue(self, address: AgentAddress, op: StartedOp) -> None:
+        assert op.continuation is not None
+        try:
+            value = msgpack.unpackb(await op.run(), raw=False, strict_map_key=False)
+            ok = True
+        except CapabilityError as exc:
+            value, ok = str(exc), False
+        except Exception as exc:
+            logger.exception("agent %s: %s op failed", address, op.capability)
+            value, ok = f"{op.capability} failed: {exc}", False
+        payload = msgpack.packb(
+            {
+                "handler": op.continuation.handler,
+                "tag": op.continuation.tag,
+                "ok": ok,
+                "value": value,
+            },
+            use_bin_type=True,
+        )
+        delivery = Delivery(
+            address=address,
+            delivery_id=f"c-{uuid.uuid4().hex}",
+            due_at=self.clock.now(),
+            event_kind="continuation",
+            payload=payload,
+        )
+        await self.store.add_delivery(delivery)
+        self.deliveries_changed()
 
     # -- guest execution ----------------------------------------------------------------
     async def run_guest(self, call: Callable[[], T]) -> T:

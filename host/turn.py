@@ -12,14 +12,24 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from .address import AgentAddress
-from .errors import GuestAbiError, RoostError
-from .manifest import Limits
-from .store.protocol import StateStore
+from .errors import GuestAbiError, QuotaExceeded, RoostError
+from .manifest import Budgets, Limits
+from .store.protocol import Delivery, StateStore
 
 OpRunner = Callable[[], Awaitable[bytes]]
 """Runs an async op on the trio loop; returns the msgpack payload of its result."""
+
+
+@dataclass(frozen=True, slots=True)
+class Continuation:
+    """Deliver an op's result as a new event calling ``handler`` (the agent may hibernate
+    meanwhile) instead of resuming the turn that started it."""
+
+    handler: str
+    tag: Any
 
 
 @dataclass(slots=True)
@@ -29,6 +39,31 @@ class StartedOp:
     op_id: int
     capability: str
     run: OpRunner
+    continuation: Continuation | None = None
+
+
+class HostServices(Protocol):
+    """What capabilities need from the host beyond the turn itself."""
+
+    async def ask(
+        self,
+        sender: AgentAddress,
+        target: AgentAddress,
+        message: Any,
+        *,
+        timeout_s: float,
+        chain: tuple[str, ...],
+    ) -> list[Any]:
+        """Deliver an ``agent`` event and return the target's replies."""
+        ...
+
+    def settings(self) -> Any:
+        """The host's settings (``HostConfig``)."""
+        ...
+
+    def http_client(self) -> Any:
+        """The host's shared ``httpx.AsyncClient`` for outbound calls."""
+        ...
 
 
 @dataclass(slots=True)
@@ -43,8 +78,20 @@ class TurnContext:
     kv_bytes: int
     """The agent's kv bytes including this turn's buffered writes."""
     next_op_id: Callable[[], int]
+    budgets: Budgets = field(default_factory=lambda: Budgets.model_validate({}))
+    day: str = ""
+    """UTC day of ``now`` (``YYYY-MM-DD``), the unit of daily budgets."""
+    cpu_ms: float = 0.0
+    """CPU time the guest used in this turn (set by the worker thread)."""
+    services: HostServices | None = None
+    chain: tuple[str, ...] = ()
+    """Addresses of the agents whose asks led to this event (to refuse cycles)."""
+    on_token: Callable[[str], None] | None = None
+    """Streams LLM tokens to whoever sent the event being handled."""
     kv_writes: dict[str, bytes | None] = field(default_factory=dict)
     ops: list[StartedOp] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    cancelled: set[str] = field(default_factory=set)
     fault: RoostError | None = None
 
     def fail(self, error: RoostError) -> None:
@@ -52,10 +99,25 @@ class TurnContext:
         if self.fault is None:
             self.fault = error
 
-    def start_op(self, capability: str, run: OpRunner) -> int:
+    def start_op(
+        self, capability: str, run: OpRunner, continuation: Continuation | None = None
+    ) -> int:
         op_id = self.next_op_id()
-        self.ops.append(StartedOp(op_id, capability, run))
+        self.ops.append(StartedOp(op_id, capability, run, continuation))
         return op_id
+
+    def check_budget(self, what: str, used: float, adding: float, budget: float | None) -> None:
+        """Refuse with QuotaExceeded when ``used + adding`` passes ``budget``."""
+        if budget is not None and used + adding > budget:
+            raise QuotaExceeded(
+                f"agent {self.address} is over its {what} budget ({used:g} used of {budget:g} "
+                f"today; budgets.{what})"
+            )
+
+    def require_services(self) -> HostServices:
+        if self.services is None:
+            raise GuestAbiError("this host call needs host services the turn was not given")
+        return self.services
 
 
 _bound = threading.local()

@@ -1,30 +1,41 @@
-"""``timers``: ``sleep`` as an async op completed by re-entering the guest.
+"""``timers``: ``sleep`` (an async op) and durable timers (``schedule``/``cancel``).
 
-No host thread waits: the sleep is a trio task started once the turn commits, so it
-follows the trio clock (and ``MockClock`` in tests).
+No host thread waits: a sleep is a trio task started once the turn commits, so it follows
+the trio clock (and ``MockClock`` in tests). A scheduled timer is a row committed with the
+turn; the host's delivery loop fires it as a ``timer`` event, waking a hibernated agent,
+and the turn that handles it deletes (or re-arms) it in the same transaction.
 """
 
 from __future__ import annotations
 
 import math
+import uuid
+from typing import Any
 
 import trio
 from pydantic import Field
 
-from ..errors import CapabilityDenied
+from ..errors import CapabilityDenied, QuotaExceeded
+from ..store.protocol import Delivery
 from ..turn import TurnContext
 from ._base import BaseGrant, Capability, host_call
 
 _NIL = b"\xc0"  # msgpack nil
+_CATCH_UP = ("once", "all", "skip")
+_MAX_ID = 128
 
 
 class TimersGrant(BaseGrant):
     max_sleep_s: float = Field(24 * 3600.0, gt=0)
     """Longest single sleep."""
+    max_timers: int = Field(100, ge=1)
+    """Timers one agent may set in one turn."""
+    min_every_s: float = Field(1.0, gt=0)
+    """Shortest repeat period."""
 
 
 class Timers(Capability):
-    """Sleeps (durable timers come with the scheduling API)."""
+    """Sleeps and durable timers."""
 
     name = "timers"
     Grant = TimersGrant
@@ -47,3 +58,60 @@ class Timers(Capability):
             return _NIL
 
         return turn.start_op(self.name, run)
+
+    @host_call("schedule")
+    def schedule(self, turn: TurnContext, spec: Any) -> str:
+        if (spec.after_s is None) == (spec.at is None):
+            raise CapabilityDenied("timers.schedule needs exactly one of `after` and `at`")
+        due_at = turn.now + spec.after_s if spec.at is None else spec.at
+        if not math.isfinite(due_at):
+            raise CapabilityDenied(f"timers.schedule: invalid time {due_at}")
+        every = spec.every_s
+        if every is not None and (not math.isfinite(every) or every < self.grant.min_every_s):
+            raise CapabilityDenied(
+                f"timers.schedule: every={every} is below the timers grant min_every_s = "
+                f"{self.grant.min_every_s}"
+            )
+        if spec.catch_up not in _CATCH_UP:
+            raise CapabilityDenied(
+                f"timers.schedule: catch_up must be one of {', '.join(_CATCH_UP)}, "
+                f"not {spec.catch_up!r}"
+            )
+        if len(turn.deliveries) >= self.grant.max_timers:
+            raise QuotaExceeded(
+                f"more than {self.grant.max_timers} timers in one turn (timers grant max_timers)"
+            )
+        timer_id = spec.id or f"t-{uuid.uuid4().hex[:16]}"
+        if not 0 < len(timer_id) <= _MAX_ID:
+            raise CapabilityDenied(f"timer ids are 1-{_MAX_ID} characters")
+        turn.cancelled.discard(timer_id)
+        turn.deliveries = [
+            d
+            for d in turn.deliveries
+            if not (d.address == turn.address and d.delivery_id == timer_id)
+        ]
+        turn.deliveries.append(
+            Delivery(
+                address=turn.address,
+                delivery_id=timer_id,
+                due_at=due_at,
+                event_kind="timer",
+                payload=bytes(spec.payload),
+                every_s=every,
+                catch_up=spec.catch_up,
+            )
+        )
+        return timer_id
+
+    @host_call("cancel", fallback=False)
+    def cancel(self, turn: TurnContext, timer_id: str) -> bool:
+        before = len(turn.deliveries)
+        turn.deliveries = [
+            d
+            for d in turn.deliveries
+            if not (d.address == turn.address and d.delivery_id == timer_id)
+        ]
+        turn.cancelled.add(timer_id)
+        return len(turn.deliveries) < before or timer_id in {
+            d.delivery_id for d in turn.store.read_deliveries(turn.address)
+        }

@@ -3,9 +3,11 @@
 from .protocol import AgentExport as AgentExport
 from .protocol import AgentRecord as AgentRecord
 from .protocol import AgentSummary as AgentSummary
+from .protocol import Delivery as Delivery
 from .protocol import ForkResult as ForkResult
 from .protocol import StateStore as StateStore
 from .protocol import TurnCommit as TurnCommit
+from .protocol import Usage as Usage
 from .sqlite import SqliteStore as SqliteStore
 from .sqlite import SqliteStoreStatistics as SqliteStoreStatistics
 from .sqlite import open_sqlite_store as open_sqlite_store

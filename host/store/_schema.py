@@ -49,6 +49,37 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX idempotency_created_at ON idempotency (created_at);
     """,
+    # 3: deliveries: durable timers and messages between agents, due at a time.
+    """
+    CREATE TABLE deliveries (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        delivery_id TEXT NOT NULL,
+        due_at REAL NOT NULL,
+        event_kind TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        every_s REAL,
+        catch_up TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (kind, id, delivery_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_due_at ON deliveries (due_at);
+    """,
+    # 4: per-agent usage per UTC day, for budgets and status.
+    """
+    CREATE TABLE usage (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        day TEXT NOT NULL,
+        llm_input_tokens INTEGER NOT NULL DEFAULT 0,
+        llm_output_tokens INTEGER NOT NULL DEFAULT 0,
+        http_calls INTEGER NOT NULL DEFAULT 0,
+        cpu_ms REAL NOT NULL DEFAULT 0,
+        turns INTEGER NOT NULL DEFAULT 0,
+        errors INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (kind, id, day)
+    ) WITHOUT ROWID;
+    """,
 ]
 """Migration scripts, applied in order. Append only."""
 

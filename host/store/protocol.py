@@ -13,7 +13,7 @@ delete called after a commit sees that commit applied.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeAlias
 
@@ -32,6 +32,57 @@ class AgentRecord:
     """Number of committed turns."""
     created_at: float
     updated_at: float
+
+
+CatchUp = Literal["once", "all", "skip"]
+"""What a recurring timer does about occurrences missed while the host was down: fire once,
+fire every missed occurrence, or skip them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """An event due for an agent at a time: a durable timer, or a message from another
+    agent (an outbox entry, due at once). It stays in the store until a turn of the
+    receiving agent that handled it commits (at-least-once)."""
+
+    address: AgentAddress
+    """The agent that receives it."""
+    delivery_id: str
+    due_at: float
+    """Unix time."""
+    event_kind: str
+    """``timer`` or ``agent``."""
+    payload: bytes
+    """msgpack."""
+    every_s: float | None = None
+    """Repeat period for recurring timers."""
+    catch_up: CatchUp = "once"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one agent used on one UTC day."""
+
+    llm_input_tokens: int = 0
+    llm_output_tokens: int = 0
+    http_calls: int = 0
+    cpu_ms: float = 0.0
+    turns: int = 0
+    errors: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.llm_input_tokens + other.llm_input_tokens,
+            self.llm_output_tokens + other.llm_output_tokens,
+            self.http_calls + other.http_calls,
+            self.cpu_ms + other.cpu_ms,
+            self.turns + other.turns,
+            self.errors + other.errors,
+        )
+
+    @property
+    def llm_tokens(self) -> int:
+        return self.llm_input_tokens + self.llm_output_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +107,17 @@ class TurnCommit:
     response: bytes | None = None
     """The turn's final response (opaque bytes); required when ``idempotency_key`` is set,
     ignored otherwise."""
+    deliveries: Sequence[Delivery] = ()
+    """Timers the turn set (for itself) and messages it sent (to others); a delivery with
+    the id of an existing one of the same agent replaces it."""
+    cancelled: Sequence[str] = ()
+    """Ids of the agent's own timers the turn cancelled."""
+    handled: tuple[str, float | None] | None = None
+    """The delivery this turn handled: (id, next due time for a recurring timer, or None to
+    delete it)."""
+    usage: Usage | None = None
+    """Usage to add for ``usage_day`` (the turn itself, its CPU time)."""
+    usage_day: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +143,8 @@ class AgentExport:
     """Every kv entry, in key order."""
     responses: int
     """Number of idempotency records held for the agent."""
+    deliveries: list[Delivery] = field(default_factory=list)
+    """Its pending timers and the messages waiting for it, earliest first."""
 
 
 ForkResult: TypeAlias = Literal["forked", "source_missing", "target_exists"]
@@ -96,6 +160,10 @@ class StateStore(Protocol):
 
     def read_agent(self, address: AgentAddress) -> AgentRecord | None:
         """Same as :meth:`load_agent`, for a worker thread that activates the agent."""
+        ...
+
+    def read_deliveries(self, address: AgentAddress) -> list[Delivery]:
+        """The agent's pending timers and incoming messages, earliest first (thread-safe)."""
         ...
 
     def read_kv(self, address: AgentAddress, key: str) -> bytes | None:
@@ -114,6 +182,33 @@ class StateStore(Protocol):
     async def load_response(self, address: AgentAddress, key: str) -> bytes | None:
         """The response committed with idempotency key ``key`` for the agent, or None if no
         turn of the agent committed that key (or its record was pruned)."""
+        ...
+
+    async def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
+        """Deliveries due at or before ``now``, earliest first."""
+        ...
+
+    async def next_due_at(self) -> float | None:
+        """When the earliest delivery is due, or None if there are none."""
+        ...
+
+    def read_usage(self, address: AgentAddress, day: str) -> Usage:
+        """The agent's usage on ``day`` (``YYYY-MM-DD``, UTC) (thread-safe)."""
+        ...
+
+    async def add_usage(self, address: AgentAddress, day: str, usage: Usage) -> None:
+        """Add to the agent's usage on ``day``."""
+        ...
+
+    async def add_delivery(self, delivery: Delivery) -> None:
+        """Store a delivery outside any turn (the result of a continuation-form op)."""
+        ...
+
+    async def reschedule_delivery(
+        self, address: AgentAddress, delivery_id: str, due_at: float | None
+    ) -> None:
+        """Move a delivery to ``due_at``, or delete it when None (skipped occurrences,
+        messages to kinds that no longer exist)."""
         ...
 
     async def prune_responses(self, older_than: float) -> int:

@@ -54,7 +54,15 @@ from .._lifetime import open_service_nursery
 from ..address import AgentAddress
 from ..errors import ConfigError, StorageError
 from . import _schema
-from .protocol import AgentExport, AgentRecord, AgentSummary, ForkResult, TurnCommit
+from .protocol import (
+    AgentExport,
+    AgentRecord,
+    AgentSummary,
+    Delivery,
+    ForkResult,
+    TurnCommit,
+    Usage,
+)
 
 __all__ = ["SqliteStore", "SqliteStoreStatistics", "open_sqlite_store"]
 
@@ -166,6 +174,82 @@ class _PruneOp(_WriteOp[int]):
 
     def subject(self) -> str:
         return ""
+
+
+class _RescheduleOp(_WriteOp[None]):
+    __slots__ = ("address", "delivery_id", "due_at")
+    name = "reschedule_delivery"
+
+    def __init__(self, address: AgentAddress, delivery_id: str, due_at: float | None) -> None:
+        self.address = address
+        self.delivery_id = delivery_id
+        self.due_at = due_at
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        params = (self.address.kind, self.address.id, self.delivery_id)
+        if self.due_at is None:
+            conn.execute(
+                "DELETE FROM deliveries WHERE kind = ? AND id = ? AND delivery_id = ?", params
+            )
+        else:
+            conn.execute(
+                "UPDATE deliveries SET due_at = ? WHERE kind = ? AND id = ? AND delivery_id = ?",
+                (float(self.due_at), *params),
+            )
+
+    def subject(self) -> str:
+        return f" for {self.address}"
+
+
+class _AddDeliveryOp(_WriteOp[None]):
+    __slots__ = ("delivery",)
+    name = "add_delivery"
+
+    def __init__(self, delivery: Delivery) -> None:
+        self.delivery = delivery
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        _insert_delivery(conn, self.delivery, self.delivery.due_at)
+
+    def subject(self) -> str:
+        return f" for {self.delivery.address}"
+
+
+class _UsageOp(_WriteOp[None]):
+    __slots__ = ("address", "day", "usage")
+    name = "add_usage"
+
+    def __init__(self, address: AgentAddress, day: str, usage: Usage) -> None:
+        self.address = address
+        self.day = day
+        self.usage = usage
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        u = self.usage
+        conn.execute(
+            "INSERT INTO usage (kind, id, day, llm_input_tokens, llm_output_tokens, http_calls,"
+            " cpu_ms, turns, errors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (kind, id, day) DO UPDATE SET"
+            " llm_input_tokens = usage.llm_input_tokens + excluded.llm_input_tokens,"
+            " llm_output_tokens = usage.llm_output_tokens + excluded.llm_output_tokens,"
+            " http_calls = usage.http_calls + excluded.http_calls,"
+            " cpu_ms = usage.cpu_ms + excluded.cpu_ms,"
+            " turns = usage.turns + excluded.turns, errors = usage.errors + excluded.errors",
+            (
+                self.address.kind,
+                self.address.id,
+                self.day,
+                u.llm_input_tokens,
+                u.llm_output_tokens,
+                u.http_calls,
+                u.cpu_ms,
+                u.turns,
+                u.errors,
+            ),
+        )
+
+    def subject(self) -> str:
+        return f" for {self.address}"
 
 
 class _Pending(Generic[_T]):
@@ -298,9 +382,53 @@ def _apply_commit(conn: sqlite3.Connection, commit: TurnCommit) -> None:
         )
         if cursor.rowcount != 1:
             raise ValueError(f"idempotency key {idempotency_key!r} is already recorded")
+    if commit.handled is not None:
+        handled_id, next_due = commit.handled
+        if next_due is None:
+            conn.execute(
+                "DELETE FROM deliveries WHERE kind = ? AND id = ? AND delivery_id = ?",
+                (kind, agent_id, handled_id),
+            )
+        else:
+            conn.execute(
+                "UPDATE deliveries SET due_at = ? WHERE kind = ? AND id = ? AND delivery_id = ?",
+                (float(next_due), kind, agent_id, handled_id),
+            )
+    if commit.cancelled:
+        conn.executemany(
+            "DELETE FROM deliveries WHERE kind = ? AND id = ? AND delivery_id = ?",
+            [(kind, agent_id, delivery_id) for delivery_id in commit.cancelled],
+        )
+    for delivery in commit.deliveries:
+        _insert_delivery(conn, delivery, commit.at)
+    if commit.usage is not None:
+        _UsageOp(commit.address, commit.usage_day, commit.usage).apply(conn)
 
 
-_TABLES = ("agents", "kv", "idempotency")
+def _insert_delivery(conn: sqlite3.Connection, delivery: Delivery, created_at: float) -> None:
+    """Insert a delivery, replacing one with the same agent and id."""
+    _check_bytes(delivery.payload, "delivery payload")
+    conn.execute(
+        "INSERT INTO deliveries (kind, id, delivery_id, due_at, event_kind, payload,"
+        " every_s, catch_up, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (kind, id, delivery_id) DO UPDATE SET due_at = excluded.due_at,"
+        " event_kind = excluded.event_kind, payload = excluded.payload,"
+        " every_s = excluded.every_s, catch_up = excluded.catch_up",
+        (
+            delivery.address.kind,
+            delivery.address.id,
+            delivery.delivery_id,
+            float(delivery.due_at),
+            delivery.event_kind,
+            delivery.payload,
+            delivery.every_s,
+            delivery.catch_up,
+            created_at,
+        ),
+    )
+
+
+_TABLES = ("agents", "kv", "idempotency", "deliveries", "usage")
 """Every table that holds rows of one agent, keyed by (kind, id)."""
 
 
@@ -346,6 +474,22 @@ def _apply_fork(conn: sqlite3.Connection, source: AgentAddress, target: AgentAdd
         (target.kind, target.id, source.kind, source.id),
     )
     return "forked"
+
+
+_DELIVERY_COLUMNS = "kind, id, delivery_id, due_at, event_kind, payload, every_s, catch_up"
+
+
+def _delivery(row: tuple[Any, ...]) -> Delivery:
+    kind, agent_id, delivery_id, due_at, event_kind, payload, every_s, catch_up = row
+    return Delivery(
+        address=AgentAddress(kind, agent_id),
+        delivery_id=delivery_id,
+        due_at=float(due_at),
+        event_kind=event_kind,
+        payload=bytes(payload),
+        every_s=None if every_s is None else float(every_s),
+        catch_up=catch_up,
+    )
 
 
 def _prefix_upper_bound(prefix: str) -> str | None:
@@ -576,6 +720,11 @@ class SqliteStore:
                         "SELECT COUNT(*) FROM idempotency WHERE kind = ? AND id = ?", params
                     ).fetchone()[0]
                 )
+                delivery_rows = conn.execute(
+                    f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE kind = ? AND id = ?"
+                    " ORDER BY due_at",
+                    params,
+                ).fetchall()
             finally:
                 _schema.rollback_quietly(conn)
         if not agent_rows and not kv_rows:
@@ -593,7 +742,8 @@ class SqliteStore:
         else:  # kv without a record: not written by this store, but report it faithfully
             size = sum(len(key.encode()) + len(value) for key, value in kv.items())
             record = AgentRecord(state=None, kv_bytes=size, turns=0, created_at=0.0, updated_at=0.0)
-        return AgentExport(record=record, kv=kv, responses=responses)
+        deliveries = [_delivery(row) for row in delivery_rows]
+        return AgentExport(record=record, kv=kv, responses=responses, deliveries=deliveries)
 
     async def load_agent(self, address: AgentAddress) -> AgentRecord | None:
         """The agent's record, or None if it has never committed a turn."""
@@ -663,6 +813,69 @@ class SqliteStore:
         Returns ``"source_missing"`` if ``source`` has no record, ``"target_exists"`` if
         ``target`` already has rows; nothing is written in either case."""
         return await self._submit(_ForkOp(source, target))
+
+    def read_usage(self, address: AgentAddress, day: str) -> Usage:
+        """The agent's usage on ``day`` (thread-safe)."""
+        with self._reading("read_usage", address) as conn:
+            row = conn.execute(
+                "SELECT llm_input_tokens, llm_output_tokens, http_calls, cpu_ms, turns, errors"
+                " FROM usage WHERE kind = ? AND id = ? AND day = ?",
+                (address.kind, address.id, day),
+            ).fetchone()
+        if row is None:
+            return Usage()
+        return Usage(int(row[0]), int(row[1]), int(row[2]), float(row[3]), int(row[4]), int(row[5]))
+
+    async def add_usage(self, address: AgentAddress, day: str, usage: Usage) -> None:
+        """Add to the agent's usage on ``day``."""
+        self._check_open()
+        await self._submit(_UsageOp(address, day, usage))
+
+    async def add_delivery(self, delivery: Delivery) -> None:
+        """Store a delivery outside any turn (the result of a continuation-form op)."""
+        self._check_open()
+        await self._submit(_AddDeliveryOp(delivery))
+
+    async def reschedule_delivery(
+        self, address: AgentAddress, delivery_id: str, due_at: float | None
+    ) -> None:
+        """Move a delivery to ``due_at``, or delete it when None."""
+        self._check_open()
+        await self._submit(_RescheduleOp(address, delivery_id, due_at))
+
+    async def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
+        """Deliveries due at or before ``now``, earliest first."""
+        self._check_open()
+        return await trio.to_thread.run_sync(self._due_deliveries_sync, now, limit)
+
+    async def next_due_at(self) -> float | None:
+        """When the earliest delivery is due, or None if there are none."""
+        self._check_open()
+        return await trio.to_thread.run_sync(self._next_due_at_sync)
+
+    def read_deliveries(self, address: AgentAddress) -> list[Delivery]:
+        """The agent's pending deliveries, earliest first (thread-safe)."""
+        with self._reading("read_deliveries", address) as conn:
+            rows = conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE kind = ? AND id = ?"
+                " ORDER BY due_at",
+                (address.kind, address.id),
+            ).fetchall()
+        return [_delivery(row) for row in rows]
+
+    def _due_deliveries_sync(self, now: float, limit: int) -> list[Delivery]:
+        with self._reading("due_deliveries", None) as conn:
+            rows = conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE due_at <= ?"
+                " ORDER BY due_at LIMIT ?",
+                (float(now), int(limit)),
+            ).fetchall()
+        return [_delivery(row) for row in rows]
+
+    def _next_due_at_sync(self) -> float | None:
+        with self._reading("next_due_at", None) as conn:
+            row = conn.execute("SELECT MIN(due_at) FROM deliveries").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     async def prune_responses(self, older_than: float) -> int:
         """Delete every idempotency record created (turn ``at``) before ``older_than``.

@@ -1033,7 +1033,7 @@ async def test_version_1_database_is_migrated_with_its_data(
             await store.commit_turn(_commit(ALICE, b"v1", {"k": b"v"}, kv_bytes=2, at=1.0))
         assert _user_version(db_path) == 1
     async with open_sqlite_store(db_path) as store:
-        assert _user_version(db_path) == 2
+        assert _user_version(db_path) == _schema.schema_version()
         assert await store.load_agent(ALICE) == AgentRecord(
             state=b"v1", kv_bytes=2, turns=1, created_at=1.0, updated_at=1.0
         )

@@ -1,0 +1,26 @@
+"""Wall-clock time that follows trio's clock.
+
+Timers are stored as unix times, and a turn sees ``ctx.now()`` in unix time. The host reads
+both from one :class:`HostClock`: the wall time when the host opened plus the trio time
+elapsed since, so a test's ``MockClock`` moves timers and ``ctx.now()`` together.
+"""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+
+class HostClock:
+    def __init__(self) -> None:
+        self._wall_base = time.time()
+        self._trio_base = trio.current_time()
+
+    def now(self) -> float:
+        """Unix time."""
+        return self._wall_base + (trio.current_time() - self._trio_base)
+
+    def trio_time(self, unix_time: float) -> float:
+        """The trio clock reading at which ``unix_time`` arrives."""
+        return self._trio_base + (unix_time - self._wall_base)
