@@ -130,6 +130,73 @@ class HostRandom(_pyrandom.Random):
         raise NotImplementedError("the host random source has no state")
 
 
+class Llm:
+    """Chat completions through the host's model provider."""
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stream: bool = False,
+        then: str | None = None,
+        tag: Any = None,
+    ) -> PendingOp | None:
+        """``await ctx.llm.chat(messages)`` returns ``{"content", "model", "usage"}``.
+        With ``stream=True`` tokens also reach the user as they arrive. With
+        ``then="handler"`` the call returns at once and ``handler(ctx, result, tag)`` is
+        called later as a new turn (the agent may hibernate meanwhile)."""
+        request = {
+            "messages": messages,
+            "model": model,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stream": stream,
+            "then": then,
+            "tag": tag,
+        }
+        return _start("llm", "chat", request, then)
+
+
+class Http:
+    """Outbound HTTP to the hosts the kind's grant allows."""
+
+    def fetch(
+        self,
+        url: str,
+        *,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        then: str | None = None,
+        tag: Any = None,
+    ) -> PendingOp | None:
+        """``await ctx.http.fetch(url)`` returns ``{"status", "headers", "body"}``."""
+        request = {
+            "url": url,
+            "method": method,
+            "headers": headers or {},
+            "body": body,
+            "then": then,
+            "tag": tag,
+        }
+        return _start("http", "fetch", request, then)
+
+
+def _start(
+    capability: str, call: str, request: dict[str, Any], then: str | None
+) -> PendingOp | None:
+    try:
+        op_id = getattr(_imports(capability), call)(pack(request))
+    except CapabilityError:
+        raise
+    except Exception as exc:
+        raise CapabilityError(_err_text(exc)) from None
+    return None if then is not None else PendingOp(op_id)
+
+
 def _err_text(exc: BaseException) -> str:
     value = getattr(exc, "value", None)
     return value if isinstance(value, str) else str(exc)
@@ -149,6 +216,8 @@ class Context:
         self.kv = Kv()
         self.log = Log()
         self.random = HostRandom()
+        self.llm = Llm()
+        self.http = Http()
         self._reply_sink: Callable[[Any], None] | None = None
 
     @property
@@ -174,6 +243,59 @@ class Context:
         if self._reply_sink is None:
             raise RuntimeError("ctx.reply() may only be called while handling an event")
         self._reply_sink(message)
+
+    def schedule(
+        self,
+        payload: Any = None,
+        *,
+        after: float | None = None,
+        at: float | None = None,
+        every: float | None = None,
+        catch_up: str = "once",
+        timer_id: str | None = None,
+    ) -> str:
+        """Set a durable timer (committed with this turn); ``on_timer(ctx, payload)`` runs
+        when it fires, waking the agent if it hibernated. ``every`` repeats it; ``catch_up``
+        ("once", "all" or "skip") says what happens to occurrences missed while the host
+        was down. Returns the timer's id (reuse ``timer_id`` to replace a timer)."""
+        timers = _imports("timers")
+        spec = timers.TimerSpec(timer_id, after, at, every, catch_up, pack(payload))
+        try:
+            return timers.schedule(spec)  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise CapabilityError(_err_text(exc)) from None
+
+    def cancel_timer(self, timer_id: str) -> bool:
+        """Cancel one of this agent's timers (with this turn); False if there was none."""
+        return _imports("timers").cancel(timer_id)  # type: ignore[no-any-return]
+
+    def send(self, kind: str, agent_id: str, message: Any) -> None:
+        """Send ``message`` to another agent once this turn commits (never if it fails)."""
+        try:
+            _imports("agents").send(kind, agent_id, pack(message))
+        except Exception as exc:
+            raise CapabilityError(_err_text(exc)) from None
+
+    def ask(
+        self,
+        kind: str,
+        agent_id: str,
+        message: Any,
+        *,
+        timeout: float = 30.0,
+        then: str | None = None,
+        tag: Any = None,
+    ) -> PendingOp | None:
+        """``await ctx.ask(kind, id, message)`` returns the other agent's replies."""
+        request = {
+            "kind": kind,
+            "id": agent_id,
+            "message": message,
+            "timeout_s": timeout,
+            "then": then,
+            "tag": tag,
+        }
+        return _start("agents", "ask", request, then)
 
     async def sleep(self, seconds: float) -> None:
         """Suspend this handler for ``seconds``; the agent's turn ends meanwhile."""

@@ -68,6 +68,8 @@ class _Runtime:
                 coro = agent.on_timer(ctx, payload)
             elif event.kind == "agent":
                 coro = agent.on_agent_message(ctx, payload["sender"], payload["message"])
+            elif event.kind == "continuation":
+                coro = _continue(agent, ctx, payload)
             else:
                 raise ValueError(f"unknown event kind {event.kind!r}")
             self._step(_Handler(event.id, _as_coroutine(coro)), None, None)
@@ -133,6 +135,16 @@ class _Runtime:
         self.replies = []
         self.done = []
         return out
+
+
+def _continue(agent: Agent, ctx: Context, payload: dict[str, Any]) -> Any:
+    """Call the handler an op named with ``then=``: ``handler(ctx, result, tag)``, where
+    ``result`` is an OpError when the op failed."""
+    handler = getattr(agent, payload["handler"], None)
+    if handler is None or payload["handler"].startswith("_"):
+        raise AttributeError(f"{type(agent).__name__} has no handler {payload['handler']!r}")
+    result = payload["value"] if payload["ok"] else OpError(payload["value"])
+    return handler(ctx, result, payload["tag"])
 
 
 def _as_coroutine(value: Any) -> Coroutine[Any, Any, Any]:

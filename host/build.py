@@ -1,4 +1,7 @@
-"""``roost build``: compile a Python agent to a WebAssembly component.
+"""``roost build``: compile an agent to a WebAssembly component.
+
+Python agents (``.py``) are built here; C and Zig agents (``.c``, ``.zig``) by
+:mod:`host.build_native`, under the same capability rule and the same cache.
 
 The build runs componentize-py on a small staging tree: a generated entry module, the
 agent's own directory, and copies of ``guest_sdk`` and ``msgpack`` (its pure-Python
@@ -28,6 +31,7 @@ import msgpack
 import guest_sdk
 
 from .abi import WIT_DIR
+from .build_native import NATIVE_SUFFIXES, build_native
 from .errors import BuildError
 from .manifest import Manifest, load_manifest
 
@@ -63,12 +67,19 @@ def build_agent(
     manifest: Path | None = None,
     capabilities: tuple[str, ...] | None = None,
 ) -> BuildResult:
-    """Compile ``source`` (a Python module defining one ``guest_sdk.Agent`` subclass)."""
+    """Compile ``source``: a Python module defining one ``guest_sdk.Agent`` subclass, or a
+    C or Zig agent written against ``guest_sdk/c/roost.h`` or ``guest_sdk/zig/roost.zig``."""
     source = source.resolve()
     if not source.is_file():
-        raise BuildError(f"{source}: no such file; pass the path of the agent's .py file")
+        raise BuildError(f"{source}: no such file; pass the path of the agent's source file")
+    if source.suffix in NATIVE_SUFFIXES:
+        caps = _resolve_capabilities(source, manifest, capabilities)
+        native = build_native(source, output, cache_dir=cache_dir, capabilities=caps)
+        return BuildResult(output, native.cached, native.digest, caps)
     if source.suffix != ".py":
-        raise BuildError(f"{source}: roost build compiles Python agents (.py files)")
+        raise BuildError(
+            f"{source}: roost build compiles Python (.py), C (.c) and Zig (.zig) agents"
+        )
     caps = _resolve_capabilities(source, manifest, capabilities)
     agent_files = _agent_files(source.parent)
     for path in agent_files:
@@ -123,7 +134,7 @@ def _resolve_capabilities(
     if unknown:
         raise BuildError(
             f"unknown capabilities {', '.join(unknown)}; "
-            f"Python agents can use {', '.join(CORE_CAPABILITIES)}"
+            f"agents can use {', '.join(CORE_CAPABILITIES)}"
         )
     return tuple(c for c in CORE_CAPABILITIES if c in chosen)
 

@@ -39,6 +39,14 @@ class DeliveryLoop:
         self._host = host
         self._in_flight: set[tuple[AgentAddress, str]] = set()
         self._retry_at: dict[tuple[AgentAddress, str], tuple[float, int]] = {}
+        self._kind_missing: set[tuple[AgentAddress, str]] = set()
+        """Deliveries for kinds not deployed (yet): retried when a kind is deployed."""
+
+    def kind_deployed(self, kind: str) -> None:
+        for key in [k for k in self._kind_missing if k[0].kind == kind]:
+            self._kind_missing.discard(key)
+            self._retry_at.pop(key, None)
+        self._host._supervisor.deliveries_changed()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sup = self._host._supervisor
@@ -71,7 +79,11 @@ class DeliveryLoop:
         key = (delivery.address, delivery.delivery_id)
         try:
             await self._deliver_one(delivery, now)
-        except (UnknownKind, Overloaded, GuestError, AgentError, RoostError) as exc:
+        except UnknownKind:
+            # Waits for the kind's deployment (see kind_deployed) rather than retrying.
+            self._kind_missing.add(key)
+            self._retry_at[key] = (math.inf, 0)
+        except (Overloaded, GuestError, AgentError, RoostError) as exc:
             self._back_off(key, delivery, exc)
         else:
             self._retry_at.pop(key, None)

@@ -15,6 +15,7 @@ import trio
 
 from ._lifetime import open_service_nursery
 from .address import AgentAddress, validate_kind_name
+from .agent import utc_day
 from .capabilities import bind_capabilities
 from .clock import HostClock
 from .config import HostConfig, load_config
@@ -31,7 +32,7 @@ from .kind import Kind, KindInfo
 from .manifest import Manifest, load_manifest
 from .runtime import WasmEngine, open_engine
 from .sandbox import SandboxFactory
-from .store.protocol import AgentExport, AgentSummary, StateStore
+from .store.protocol import AgentExport, AgentSummary, StateStore, Usage
 from .store.sqlite import open_sqlite_store
 from .supervisor import Supervisor
 
@@ -47,6 +48,8 @@ class AgentStatus:
     created_at: float | None
     last_active_at: float | None
     """Unix time of the last committed turn."""
+    usage_today: Usage
+    """Turns, CPU time, LLM tokens and HTTP calls so far this UTC day."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ async def open_host(
         )
         async with open_service_nursery() as nursery:
             host = Host(config, store, engine, nursery, http_client)
-            await nursery.start(DeliveryLoop(host).run)
+            await nursery.start(host._deliveries.run)
             try:
                 yield host
             finally:
@@ -113,6 +116,7 @@ class Host:
         self._engine = engine
         self._http_client = http_client
         self._kinds: dict[str, Kind] = {}
+        self._deliveries = DeliveryLoop(self)
         self._supervisor = Supervisor(
             clock=HostClock(),
             services=self,
@@ -153,6 +157,7 @@ class Host:
         wasm, factory = await trio.to_thread.run_sync(load)
         kind = Kind(manifest, capabilities, factory, hashlib.sha256(wasm).hexdigest())
         self._kinds[manifest.name] = kind
+        self._deliveries.kind_deployed(manifest.name)
         return _info(kind)
 
     def kinds(self) -> list[KindInfo]:
@@ -248,6 +253,8 @@ class Host:
         an event has zero turns."""
         address = _address(address)
         record = await self.store.load_agent(address)
+        day = utc_day(self._supervisor.clock.now())
+        usage = await trio.to_thread.run_sync(self.store.read_usage, address, day)
         return AgentStatus(
             address=str(address),
             resident=self._supervisor.is_resident(address),
@@ -256,6 +263,7 @@ class Host:
             kv_bytes=record.kv_bytes if record else 0,
             created_at=record.created_at if record else None,
             last_active_at=record.updated_at if record else None,
+            usage_today=usage,
         )
 
     async def erase(self, address: AgentAddress | str) -> bool:

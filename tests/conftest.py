@@ -78,3 +78,12 @@ async def until(predicate: Callable[[], bool], *, timeout_s: float = 30.0) -> No
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await trio.lowlevel.checkpoint()
+
+
+CALLER_DIR = ROOT / "tests" / "agents" / "caller"
+
+
+@pytest.fixture(scope="session")
+def caller_manifest(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    wasm = _built(CALLER_DIR / "agent.py", tmp_path_factory.mktemp("caller"), cache_dir)
+    return load_manifest(CALLER_DIR / "agent.toml").with_component(wasm)

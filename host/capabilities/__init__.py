@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from ..errors import ManifestError
 from ._base import BaseGrant as BaseGrant
 from ._base import Capability as Capability
+from ._base import HostCallError as HostCallError
 from ._base import HostCallSpec as HostCallSpec
 from ._base import host_call as host_call
 

@@ -41,9 +41,20 @@ class HostCallSpec:
     """True when the WIT result is ``result<T, string>``: errors go back to the guest."""
     fallback: Any
     """What to return when the call fails and the error cannot go back to the guest."""
+    ok_is_text: bool = False
+    """The WIT result is ``result<string, string>``: the runtime must tag its cases."""
 
 
-def host_call(wit_name: str, *, fallback: Any = _NO_FALLBACK) -> Callable[[F], F]:
+@dataclass(frozen=True, slots=True)
+class HostCallError:
+    """A failed call whose error goes back to the guest as ``err(message)``."""
+
+    message: str
+
+
+def host_call(
+    wit_name: str, *, fallback: Any = _NO_FALLBACK, ok_is_text: bool = False
+) -> Callable[[F], F]:
     """Mark a method as the implementation of WIT function ``wit_name``.
 
     Without ``fallback`` the WIT result must be ``result<T, string>``: a
@@ -53,7 +64,10 @@ def host_call(wit_name: str, *, fallback: Any = _NO_FALLBACK) -> Callable[[F], F
 
     def mark(method: F) -> F:
         method.__roost_host_call__ = HostCallSpec(  # type: ignore[attr-defined]
-            wit_name, fallback is _NO_FALLBACK, None if fallback is _NO_FALLBACK else fallback
+            wit_name,
+            fallback is _NO_FALLBACK,
+            None if fallback is _NO_FALLBACK else fallback,
+            ok_is_text,
         )
         return method
 
@@ -87,17 +101,17 @@ class Capability:
             try:
                 turn = current_turn()
             except RoostError:
-                return spec.fallback
+                return HostCallError("no turn") if spec.returns_error_text else spec.fallback
             try:
                 return method(turn, *args)
             except CapabilityError as exc:
                 if spec.returns_error_text:
-                    return str(exc)
+                    return HostCallError(str(exc))
                 turn.fail(exc)
             except RoostError as exc:
                 turn.fail(exc)
             except Exception as exc:  # a bug in a host call must not crash the host
                 turn.fail(RoostError(f"host call {self.name}.{spec.wit_name} failed: {exc!r}"))
-            return "host call failed" if spec.returns_error_text else spec.fallback
+            return HostCallError("host call failed") if spec.returns_error_text else spec.fallback
 
         return call

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import math
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 from pydantic import Field
 
 from ..errors import CapabilityDenied, QuotaExceeded
-from ..store.protocol import Delivery
+from ..store.protocol import CatchUp, Delivery
 from ..turn import TurnContext
 from ._base import BaseGrant, Capability, host_call
 
 _NIL = b"\xc0"  # msgpack nil
-_CATCH_UP = ("once", "all", "skip")
+_CATCH_UP: dict[str, CatchUp] = {"once": "once", "all": "all", "skip": "skip"}
 _MAX_ID = 128
 
 
@@ -59,11 +60,12 @@ class Timers(Capability):
 
         return turn.start_op(self.name, run)
 
-    @host_call("schedule")
-    def schedule(self, turn: TurnContext, spec: Any) -> str:
+    @host_call("schedule", ok_is_text=True)
+    def schedule(self, turn: TurnContext, record: Any) -> str:
+        spec = _TimerSpec.of(record)
         if (spec.after_s is None) == (spec.at is None):
             raise CapabilityDenied("timers.schedule needs exactly one of `after` and `at`")
-        due_at = turn.now + spec.after_s if spec.at is None else spec.at
+        due_at = spec.at if spec.at is not None else turn.now + (spec.after_s or 0.0)
         if not math.isfinite(due_at):
             raise CapabilityDenied(f"timers.schedule: invalid time {due_at}")
         every = spec.every_s
@@ -72,7 +74,8 @@ class Timers(Capability):
                 f"timers.schedule: every={every} is below the timers grant min_every_s = "
                 f"{self.grant.min_every_s}"
             )
-        if spec.catch_up not in _CATCH_UP:
+        catch_up = _CATCH_UP.get(spec.catch_up)
+        if catch_up is None:
             raise CapabilityDenied(
                 f"timers.schedule: catch_up must be one of {', '.join(_CATCH_UP)}, "
                 f"not {spec.catch_up!r}"
@@ -85,11 +88,7 @@ class Timers(Capability):
         if not 0 < len(timer_id) <= _MAX_ID:
             raise CapabilityDenied(f"timer ids are 1-{_MAX_ID} characters")
         turn.cancelled.discard(timer_id)
-        turn.deliveries = [
-            d
-            for d in turn.deliveries
-            if not (d.address == turn.address and d.delivery_id == timer_id)
-        ]
+        _drop_buffered(turn, timer_id)
         turn.deliveries.append(
             Delivery(
                 address=turn.address,
@@ -98,20 +97,47 @@ class Timers(Capability):
                 event_kind="timer",
                 payload=bytes(spec.payload),
                 every_s=every,
-                catch_up=spec.catch_up,
+                catch_up=catch_up,
             )
         )
         return timer_id
 
     @host_call("cancel", fallback=False)
     def cancel(self, turn: TurnContext, timer_id: str) -> bool:
-        before = len(turn.deliveries)
-        turn.deliveries = [
-            d
-            for d in turn.deliveries
-            if not (d.address == turn.address and d.delivery_id == timer_id)
-        ]
+        dropped = _drop_buffered(turn, timer_id)
         turn.cancelled.add(timer_id)
-        return len(turn.deliveries) < before or timer_id in {
+        return dropped or timer_id in {
             d.delivery_id for d in turn.store.read_deliveries(turn.address)
         }
+
+
+@dataclass(frozen=True)
+class _TimerSpec:
+    """The WIT ``timer-spec`` record (its fields arrive under their WIT names)."""
+
+    id: str | None
+    after_s: float | None
+    at: float | None
+    every_s: float | None
+    catch_up: str
+    payload: bytes
+
+    @classmethod
+    def of(cls, record: Any) -> _TimerSpec:
+        return cls(
+            id=record.id,
+            after_s=getattr(record, "after-s"),
+            at=record.at,
+            every_s=getattr(record, "every-s"),
+            catch_up=str(getattr(record, "catch-up")),
+            payload=bytes(record.payload),
+        )
+
+
+def _drop_buffered(turn: TurnContext, timer_id: str) -> bool:
+    """Forget a timer this turn set; True if there was one."""
+    before = len(turn.deliveries)
+    turn.deliveries = [
+        d for d in turn.deliveries if not (d.address == turn.address and d.delivery_id == timer_id)
+    ]
+    return len(turn.deliveries) < before

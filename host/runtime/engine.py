@@ -8,15 +8,16 @@ import hashlib
 import importlib.metadata
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import wasmtime
-from wasmtime.component import Component, Linker
+from wasmtime.component import Component, Linker, Variant
 
 from ..abi import TYPES_INTERFACE, capability_of, interface_name
-from ..capabilities import Capability
+from ..capabilities import Capability, HostCallError, HostCallSpec
 from ..errors import DeployError
 from ..manifest import Limits
 from .sandbox import WasmSandbox
@@ -126,15 +127,28 @@ class WasmEngine:
                 with root.add_instance(interface_name(name)) as instance:
                     for wit_name, (method, spec) in capability.host_calls().items():
                         guarded = capability.guarded(method, spec)
-                        instance.add_func(wit_name, _drop_store_arg(guarded))
+                        instance.add_func(wit_name, _host_function(guarded, spec))
         return linker
 
 
-def _drop_store_arg(call: object) -> object:
-    def host_function(_store: object, *args: object) -> object:
-        return call(*args)  # type: ignore[operator]
+def _host_function(call: Callable[..., Any], spec: HostCallSpec) -> Callable[..., Any]:
+    """Adapt a guarded host call to wasmtime: drop the store argument and lower errors
+    to ``err`` (tagging both cases when ``ok`` is text too, as wasmtime-py needs)."""
+    if spec.ok_is_text:
 
-    return host_function
+        def tagged(_store: object, *args: Any) -> Any:
+            result = call(*args)
+            if isinstance(result, HostCallError):
+                return Variant("err", result.message)
+            return Variant("ok", result)
+
+        return tagged
+
+    def plain(_store: object, *args: Any) -> Any:
+        result = call(*args)
+        return result.message if isinstance(result, HostCallError) else result
+
+    return plain
 
 
 def _check_imports(kind: str, imports: list[str], capabilities: dict[str, Capability]) -> None:

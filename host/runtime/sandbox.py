@@ -22,6 +22,15 @@ from ..turn import TurnContext, bind_turn
 T = TypeVar("T")
 
 _MEMORY_MARKERS = ("MemoryError", "memory allocation", "out of memory", "capacity overflow")
+_ABI_MARKERS = (
+    "out of bounds of memory",
+    "invalid utf-8",
+    "discriminant",
+    "beyond end of memory",
+    "unaligned pointer",
+)
+"""What wasmtime says when it cannot lift a value the guest handed over (a return value or
+an import's arguments): a broken canonical ABI, not a guest bug the guest could report."""
 
 
 class WasmSandbox:
@@ -128,6 +137,11 @@ def _guest_failure(traceback_text: str, export: str) -> GuestError:
 
 def _classify_trap(exc: wasmtime.WasmtimeError, export: str) -> GuestError:
     text = str(exc)
+    cause = _cause(text)
+    if any(marker in cause for marker in _ABI_MARKERS):
+        return GuestAbiError(
+            f"guest {export} handed the host a malformed value: {cause}", guest_traceback=text
+        )
     if "interrupt" in text:
         return CpuDeadlineExceeded(
             f"guest {export} ran past the kind's CPU deadline (limits.cpu_deadline_ms)",
@@ -138,5 +152,15 @@ def _classify_trap(exc: wasmtime.WasmtimeError, export: str) -> GuestError:
             f"guest {export} aborted, most likely out of linear memory (limits.max_memory_bytes)",
             guest_traceback=text,
         )
-    first = text.strip().splitlines()[0] if text.strip() else "trap"
-    return GuestTrap(f"guest {export} trapped: {first}", guest_traceback=text)
+    return GuestTrap(f"guest {export} trapped: {cause}", guest_traceback=text)
+
+
+def _cause(text: str) -> str:
+    """The line that says what went wrong: wasmtime puts the backtrace first and the
+    reason after ``Caused by:``."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if "Caused by:" in lines:
+        after = lines[lines.index("Caused by:") + 1 :]
+        if after:
+            return after[0]
+    return lines[0] if lines else "trap"

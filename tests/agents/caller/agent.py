@@ -1,0 +1,83 @@
+"""A test agent for timers, agent messages, the llm and http: {"op": ..., ...}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from guest_sdk import Agent, CapabilityError, Context, OpError
+
+
+class Caller(Agent):
+    async def on_message(self, ctx: Context, msg: Any) -> None:
+        op = msg["op"] if isinstance(msg, dict) else msg
+        try:
+            await self._handle(ctx, op, msg)
+        except (CapabilityError, OpError) as exc:
+            ctx.reply({"error": str(exc)})
+
+    async def _handle(self, ctx: Context, op: str, msg: Any) -> None:
+        if op == "schedule":
+            ctx.reply(
+                ctx.schedule(
+                    msg.get("payload"),
+                    after=msg.get("after"),
+                    at=msg.get("at"),
+                    every=msg.get("every"),
+                    catch_up=msg.get("catch_up", "once"),
+                    timer_id=msg.get("id"),
+                )
+            )
+        elif op == "cancel":
+            ctx.reply(ctx.cancel_timer(msg["id"]))
+        elif op == "state":
+            ctx.reply(ctx.state)
+        elif op == "send":
+            ctx.send(msg["kind"], msg["id"], msg["message"])
+            ctx.reply("sent")
+        elif op == "send_then_raise":
+            ctx.send(msg["kind"], msg["id"], msg["message"])
+            raise ValueError("failing after send")
+        elif op == "ask":
+            ctx.reply(
+                await ctx.ask(
+                    msg["kind"], msg["id"], msg["message"], timeout=msg.get("timeout", 30.0)
+                )
+            )
+        elif op == "chat":
+            result = await ctx.llm.chat(
+                [{"role": "user", "content": msg["text"]}],
+                max_tokens=msg.get("max_tokens"),
+                stream=msg.get("stream", False),
+            )
+            ctx.state["tokens"] = ctx.state.get("tokens", 0) + result["usage"]["output_tokens"]
+            ctx.reply(result["content"])
+        elif op == "chat_then":
+            ctx.llm.chat(
+                [{"role": "user", "content": msg["text"]}], then="on_answer", tag=msg.get("tag")
+            )
+            ctx.reply("started")
+        elif op == "fetch":
+            result = await ctx.http.fetch(msg["url"])
+            ctx.reply({"status": result["status"], "body": result["body"]})
+        else:
+            raise ValueError(f"unknown op {op!r}")
+
+    async def on_timer(self, ctx: Context, payload: Any) -> None:
+        ctx.state["fired"] = ctx.state.get("fired", 0) + 1
+        ctx.state.setdefault("timer_payloads", []).append(payload)
+
+    async def on_agent_message(self, ctx: Context, sender: str, msg: Any) -> None:
+        ctx.state["received"] = ctx.state.get("received", [])
+        ctx.state["received"].append([sender, msg])
+        if isinstance(msg, dict) and msg.get("ask_back"):
+            kind, agent_id = sender.split("/")
+            try:
+                ctx.reply(await ctx.ask(kind, agent_id, "back"))
+            except (CapabilityError, OpError) as exc:
+                ctx.reply({"error": str(exc)})
+        else:
+            ctx.reply({"from": sender, "got": msg})
+
+    async def on_answer(self, ctx: Context, result: Any, tag: Any) -> None:
+        ctx.state["answer"] = str(result) if isinstance(result, OpError) else result["content"]
+        ctx.state["tag"] = tag

@@ -1,0 +1,421 @@
+"""Native (C and Zig) agents: the same behaviour as Python agents, built by the real
+toolchain (ziglang + wasm-tools, cached for the session), plus what only native guests can
+do wrong: hand the host malformed canonical-ABI values."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import trio
+from trio.testing import MockClock, wait_all_tasks_blocked
+
+from host import (
+    BuildError,
+    CpuDeadlineExceeded,
+    DeployError,
+    GuestTrap,
+    Host,
+    HostConfig,
+    LimitExceeded,
+    Manifest,
+    MemoryLimitExceeded,
+    load_manifest,
+    open_host,
+)
+from host.build import build_agent
+from host.build_native import STACK_BYTES, wasm_tools_executable
+from host.errors import GuestAbiError, GuestError
+
+from .conftest import ROOT, until, with_limits
+
+NATIVE_PROBE_DIR = ROOT / "tests" / "agents" / "native_probe"
+ZIG_PROBE_DIR = ROOT / "tests" / "agents" / "zig_probe"
+BROKEN_SOURCE = ROOT / "tests" / "agents" / "broken" / "agent.c"
+ECHO_EXAMPLES = {"c": ROOT / "examples" / "echo_c", "zig": ROOT / "examples" / "echo_zig"}
+BROKEN_WORLD = """world broken {
+  include agent-core;
+  import log;
+}
+"""
+
+
+def _built(manifest_path: Path, out_dir: Path, cache_dir: Path) -> Manifest:
+    manifest = load_manifest(manifest_path)
+    assert manifest.source is not None
+    out = out_dir / f"{manifest.name}.wasm"
+    build_agent(manifest.source, out, cache_dir=cache_dir)
+    return manifest.with_component(out)
+
+
+@pytest.fixture(scope="session")
+def native_probe(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    return _built(NATIVE_PROBE_DIR / "agent.toml", tmp_path_factory.mktemp("nprobe"), cache_dir)
+
+
+@pytest.fixture(scope="session")
+def zig_probe(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    return _built(ZIG_PROBE_DIR / "agent.toml", tmp_path_factory.mktemp("zprobe"), cache_dir)
+
+
+@pytest.fixture(scope="session", params=sorted(ECHO_EXAMPLES))
+def native_echo(
+    request: pytest.FixtureRequest, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Manifest:
+    directory = ECHO_EXAMPLES[request.param]
+    return _built(directory / "agent.toml", tmp_path_factory.mktemp("echo"), cache_dir)
+
+
+@pytest.fixture(scope="session")
+def broken(native_probe: Manifest, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    """A guest that implements the ABI by hand, without the SDK, and breaks it on request."""
+    work = tmp_path_factory.mktemp("broken")
+    core = work / "core.wasm"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ziglang",
+            "cc",
+            "-target",
+            "wasm32-freestanding",
+            "-O2",
+            "-nostdlib",
+            "-Wl,--no-entry",
+            f"-Wl,-z,stack-size={STACK_BYTES}",
+            str(BROKEN_SOURCE),
+            "-o",
+            str(core),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    wit = work / "wit"
+    wit.mkdir()
+    for path in (ROOT / "guest_sdk" / "wit").glob("*.wit"):
+        (wit / path.name).write_bytes(path.read_bytes())
+    (wit / "broken.wit").write_text(BROKEN_WORLD)
+    tool = str(wasm_tools_executable())
+    embedded, component = work / "embedded.wasm", work / "broken.wasm"
+    subprocess.run(
+        [tool, "component", "embed", str(wit), "-w", "broken", str(core), "-o", str(embedded)],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [tool, "component", "new", str(embedded), "-o", str(component)],
+        check=True,
+        capture_output=True,
+    )
+    return native_probe.model_copy(
+        update={"name": "broken", "source": None, "capabilities": {"log": {}}}
+    ).with_component(component)
+
+
+@pytest.fixture
+async def nprobe_host(
+    host_config: Callable[..., HostConfig], native_probe: Manifest
+) -> AsyncIterator[Host]:
+    async with open_host(host_config()) as host:
+        await host.deploy(native_probe)
+        yield host
+
+
+# -- the examples ------------------------------------------------------------------------------
+
+
+async def test_native_echo_round_trip(
+    host_config: Callable[..., HostConfig], native_echo: Manifest
+) -> None:
+    kind = native_echo.name
+    async with open_host(host_config()) as host:
+        await host.deploy(native_echo)
+        assert await host.send(f"{kind}/alice", "hello") == [{"echo": "hello", "count": 1}]
+        assert await host.send(f"{kind}/alice", {"n": [1, 2], "b": b"\x00"}) == [
+            {"echo": {"n": [1, 2], "b": b"\x00"}, "count": 2}
+        ]
+        assert await host.send(f"{kind}/bob", "hi") == [{"echo": "hi", "count": 1}]
+
+
+async def test_native_echo_state_survives_hibernation(
+    host_config: Callable[..., HostConfig], native_echo: Manifest
+) -> None:
+    kind = native_echo.name
+    async with open_host(host_config()) as host:
+        await host.deploy(native_echo)
+        await host.send(f"{kind}/a", "one")
+        host.hibernate_idle()
+        await wait_all_tasks_blocked()
+        assert not host.is_resident(f"{kind}/a")
+        assert await host.send(f"{kind}/a", "two") == [{"echo": "two", "count": 2}]
+
+
+async def test_zig_sdk_state_kv_sleep_and_errors(
+    host_config: Callable[..., HostConfig], zig_probe: Manifest, autojump_clock: MockClock
+) -> None:
+    async with open_host(host_config()) as host:
+        await host.deploy(zig_probe)
+        assert await host.send("zprobe/a", "count") == [1]
+        assert await host.send("zprobe/a", {"op": "kv_set", "key": "k", "value": b"v"}) == ["ok"]
+        assert await host.send("zprobe/a", {"op": "kv_get", "key": "k"}) == [b"v"]
+        assert await host.send("zprobe/b", {"op": "kv_get", "key": "k"}) == [None]
+        start = trio.current_time()
+        assert await host.send("zprobe/a", "sleep") == ["before", {"after": 1}]
+        assert trio.current_time() - start >= 5
+        with pytest.raises(GuestTrap, match="ProbeAskedToFail"):
+            await host.send("zprobe/a", "raise")
+        assert await host.send("zprobe/a", "count") == [2]
+
+
+# -- the behavioural suite, natively -------------------------------------------------------------
+
+
+async def test_state_survives_host_restart(
+    host_config: Callable[..., HostConfig], native_probe: Manifest
+) -> None:
+    config = host_config()
+    async with open_host(config) as host:
+        await host.deploy(native_probe)
+        assert await host.send("nprobe/a", "count") == [1]
+        assert await host.send("nprobe/a", {"op": "kv_set", "key": "k", "value": b"v"}) == ["ok"]
+        assert await host.send("nprobe/a", "count") == [2]
+    async with open_host(config) as host:
+        await host.deploy(native_probe)
+        assert await host.send("nprobe/a", "count") == [3]
+        assert await host.send("nprobe/a", {"op": "kv_get", "key": "k"}) == [b"v"]
+        assert (await host.statistics()).activations == 1
+
+
+async def test_state_survives_hibernate_and_wake(nprobe_host: Host) -> None:
+    assert await nprobe_host.send("nprobe/a", "count") == [1]
+    nprobe_host.hibernate_idle()
+    await wait_all_tasks_blocked()
+    assert not nprobe_host.is_resident("nprobe/a")
+    assert await nprobe_host.send("nprobe/a", "count") == [2]
+    stats = await nprobe_host.statistics()
+    assert (stats.resident, stats.activations, stats.hibernations) == (1, 2, 1)
+
+
+async def test_kv_is_private_to_each_agent(nprobe_host: Host) -> None:
+    await nprobe_host.send("nprobe/alice", {"op": "kv_set", "key": "secret", "value": b"A"})
+    await nprobe_host.send("nprobe/alice", {"op": "kv_set", "key": "x/y", "value": b"B"})
+    for key in ["secret", "x/y", "alice/secret", "nprobe/alice/secret", "../alice/secret", "%"]:
+        assert await nprobe_host.send("nprobe/bob", {"op": "kv_get", "key": key}) == [None]
+    assert await nprobe_host.send("nprobe/bob", {"op": "kv_keys"}) == [[]]
+    assert await nprobe_host.send("nprobe/alice", {"op": "kv_keys"}) == [["secret", "x/y"]]
+    await nprobe_host.send("nprobe/bob", {"op": "kv_delete", "key": "secret"})
+    assert await nprobe_host.send("nprobe/alice", {"op": "kv_get", "key": "secret"}) == [b"A"]
+
+
+async def test_kv_quota_is_enforced(nprobe_host: Host) -> None:
+    [reply] = await nprobe_host.send(
+        "nprobe/a", {"op": "kv_try_set", "key": "k", "value": b"v" * 5000}
+    )
+    assert "max_value_bytes" in reply["error"]
+    for i in range(4):
+        chunk = {"op": "kv_try_set", "key": f"k{i}", "value": b"v" * 4000}
+        assert await nprobe_host.send("nprobe/a", chunk) == ["ok"]
+    [reply] = await nprobe_host.send(
+        "nprobe/a", {"op": "kv_try_set", "key": "k9", "value": b"v" * 4000}
+    )
+    assert "max_kv_bytes" in reply["error"]
+
+
+async def test_failed_turn_commits_nothing_and_agent_recovers(nprobe_host: Host) -> None:
+    assert await nprobe_host.send("nprobe/a", "count") == [1]
+    with pytest.raises(GuestTrap, match="boom after writing"):
+        await nprobe_host.send(
+            "nprobe/a", {"op": "kv_set_then_raise", "key": "k", "value": b"lost"}
+        )
+    assert await nprobe_host.send("nprobe/a", {"op": "kv_get", "key": "k"}) == [None]
+    assert await nprobe_host.send("nprobe/a", "count") == [2]
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ({"op": "loop"}, CpuDeadlineExceeded),
+        ({"op": "bomb"}, MemoryLimitExceeded),
+        ({"op": "big_state", "size": 100_000}, LimitExceeded),
+        ({"op": "big_reply", "size": 100_000}, LimitExceeded),
+    ],
+)
+async def test_runaway_guest_fails_only_its_own_turn(
+    nprobe_host: Host, message: dict[str, object], error: type[Exception]
+) -> None:
+    assert await nprobe_host.send("nprobe/bad", "count") == [1]
+    assert await nprobe_host.send("nprobe/good", "count") == [1]
+    neighbour: list[object] = []
+
+    async def runaway() -> None:
+        with pytest.raises(error):
+            await nprobe_host.send("nprobe/bad", message)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runaway)
+        for _ in range(5):
+            neighbour.extend(await nprobe_host.send("nprobe/good", "count"))
+    assert neighbour == [2, 3, 4, 5, 6]
+    assert await nprobe_host.send("nprobe/bad", "count") == [2]
+
+
+async def test_memory_cannot_grow_past_the_cap(nprobe_host: Host, native_probe: Manifest) -> None:
+    cap = native_probe.limits.max_memory_bytes
+    [reached] = await nprobe_host.send("nprobe/a", {"op": "grow"})
+    assert cap - 1024 * 1024 < reached <= cap
+    # A message the guest has no room for fails that agent's turn only.
+    with pytest.raises(GuestError):
+        await nprobe_host.send("nprobe/a", {"op": "count", "pad": b"x" * cap})
+    assert await nprobe_host.send("nprobe/b", "count") == [1]
+    assert await nprobe_host.send("nprobe/a", "count") == [1]
+
+
+async def test_guest_sees_host_clock_random_and_config(nprobe_host: Host) -> None:
+    [first] = await nprobe_host.send("nprobe/a", "env")
+    [second] = await nprobe_host.send("nprobe/a", "env")
+    assert first["address"] == "nprobe/a"
+    assert first["config"] == {"greeting": "hello"}
+    assert first["now"] > 1.7e9
+    assert first["random"] != second["random"] or first["now"] != second["now"]
+
+
+async def test_deploy_rejects_ungranted_imports(
+    host_config: Callable[..., HostConfig], native_probe: Manifest
+) -> None:
+    narrow = native_probe.model_copy(update={"capabilities": {"log": {}, "clock": {}}})
+    async with open_host(host_config()) as host:
+        with pytest.raises(DeployError) as info:
+            await host.deploy(narrow)
+    for name in ("kv", "random", "timers"):
+        assert f"roost:agent/{name}@0.1.0" in str(info.value)
+
+
+# -- async op re-entry ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clock() -> MockClock:
+    return MockClock()  # no autojump: time moves only when the test jumps it
+
+
+async def test_sleep_completes_by_reentry_while_others_run(
+    clock: MockClock, host_config: Callable[..., HostConfig], native_probe: Manifest
+) -> None:
+    async with open_host(host_config()) as host:
+        await host.deploy(with_limits(native_probe, idle_timeout_s=5))
+        replies: list[object] = []
+        started_at = trio.current_time()
+
+        async def sleeper() -> None:
+            replies.extend(await host.send("nprobe/sleepy", {"op": "sleep", "seconds": 60}))
+            replies.append(trio.current_time() - started_at)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sleeper)
+            await until(lambda: host._supervisor.turns >= 1)
+            for expected in (1, 2, 3):
+                assert await host.send("nprobe/busy", "count") == [expected]
+            assert replies == []
+            await until(lambda: host._supervisor.in_flight == 1)
+            await wait_all_tasks_blocked()
+            clock.jump(59)
+            await wait_all_tasks_blocked()
+            assert replies == []
+            assert host.is_resident("nprobe/sleepy")
+            clock.jump(1)
+        assert replies == ["before", {"after": 1}, 60]
+        assert await host.send("nprobe/sleepy", {"op": "sleep", "seconds": 0}) == [
+            "before",
+            {"after": 2},
+        ]
+
+
+async def test_two_sleeps_in_one_handler_and_a_refused_sleep(
+    host_config: Callable[..., HostConfig], native_probe: Manifest, autojump_clock: MockClock
+) -> None:
+    async with open_host(host_config()) as host:
+        await host.deploy(native_probe)
+        start = trio.current_time()
+        assert await host.send("nprobe/a", {"op": "sleep_twice", "seconds": 30}) == ["twice"]
+        assert trio.current_time() - start >= 60
+        [reply] = await host.send("nprobe/a", {"op": "sleep_bad"})
+        assert "non-negative" in reply["error"]
+
+
+# -- malformed canonical-ABI values --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "says"),
+    [
+        ("oob-list", "out of bounds"),
+        ("oob-payload", "out of bounds"),
+        ("huge-len", "out of bounds"),
+        ("huge-string", "out of bounds"),
+        ("bad-utf8", "utf-8"),
+        ("bad-tag", "discriminant"),
+        ("bad-option", "discriminant"),
+        ("bad-utf8-import", "utf-8"),
+        ("oob-import", "out of bounds"),
+    ],
+)
+async def test_malformed_abi_values_fail_only_that_agent(
+    host_config: Callable[..., HostConfig],
+    broken: Manifest,
+    native_echo: Manifest,
+    fault: str,
+    says: str,
+) -> None:
+    echo = native_echo.name
+    async with open_host(host_config()) as host:
+        await host.deploy(broken)
+        await host.deploy(native_echo)
+        assert await host.send("broken/a", "fine") == ["ok"]
+        assert await host.send(f"{echo}/n", "x") == [{"echo": "x", "count": 1}]
+        with pytest.raises(GuestAbiError, match=says):
+            await host.send("broken/a", fault)
+        # The neighbour is untouched; the broken agent gets a fresh instance.
+        assert await host.send(f"{echo}/n", "y") == [{"echo": "y", "count": 2}]
+        assert await host.send("broken/a", "fine") == ["ok"]
+
+
+# -- building ----------------------------------------------------------------------------------
+
+
+def test_native_builds_are_cached(cache_dir: Path, tmp_path: Path) -> None:
+    source = ECHO_EXAMPLES["c"] / "agent.c"
+    first = build_agent(source, tmp_path / "a.wasm", cache_dir=cache_dir)
+    second = build_agent(source, tmp_path / "b.wasm", cache_dir=cache_dir)
+    assert second.cached
+    assert first.digest == second.digest
+    assert (tmp_path / "a.wasm").read_bytes() == (tmp_path / "b.wasm").read_bytes()
+    assert first.capabilities == ("log",)
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "line"),
+    [
+        ("agent.c", '#include "roost.h"\n\nint roost_on_message(x) {\n  return y;\n}\n', 3),
+        ("agent.zig", 'const roost = @import("roost");\n\npub fn f() void {\n    x;\n}\n', 4),
+    ],
+)
+def test_compiler_errors_name_file_and_line(
+    tmp_path: Path, cache_dir: Path, name: str, body: str, line: int
+) -> None:
+    source = tmp_path / name
+    source.write_text(body)
+    with pytest.raises(BuildError) as info:
+        build_agent(source, tmp_path / "out.wasm", cache_dir=cache_dir, capabilities=())
+    assert str(info.value).startswith(f"{source}:{line}:")
+    assert "error:" in str(info.value).splitlines()[0]
+
+
+def test_calling_an_ungranted_capability_is_a_build_error(tmp_path: Path, cache_dir: Path) -> None:
+    source = ECHO_EXAMPLES["c"] / "agent.c"
+    with pytest.raises(BuildError) as info:
+        build_agent(source, tmp_path / "out.wasm", cache_dir=cache_dir, capabilities=("kv",))
+    assert "roost:agent/log@0.1.0" in str(info.value)
+    assert "[capabilities.log]" in str(info.value)
