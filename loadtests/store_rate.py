@@ -1,0 +1,93 @@
+"""How many turn commits per second the embedded SQLite store sustains on this machine.
+
+The capacity model's store bound is ``write IOPS / writes per second per session``, where a
+"write" is one committed turn. This measures that rate with the store alone (no guests): a
+number of concurrent writers each commit turns for its own agents as fast as the store's
+group commit lets them, for a fixed number of commits, on a fresh temporary database::
+
+    python -m loadtests.store_rate --commits 20000 --writers 256 --json
+
+It prints ``turn_commits_per_s`` (the figure ``roost capacity --store-write-iops`` takes)
+and ``commits_per_batch`` (how many turns share one transaction at that concurrency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import trio
+
+from host.address import AgentAddress
+from host.store.protocol import TurnCommit
+from host.store.sqlite import open_sqlite_store
+
+STATE = b"\x82\xa4echo\xa4ping\xa5count\x01"
+"""A small msgpack state, like the echo example's."""
+AGENTS_PER_WRITER = 8
+
+
+async def measure(
+    commits: int, writers: int, synchronous: Literal["NORMAL", "FULL"]
+) -> dict[str, object]:
+    """Commit ``commits`` turns from ``writers`` concurrent tasks; the rates observed."""
+    per_writer, extra = divmod(commits, writers)
+    with tempfile.TemporaryDirectory(prefix="roost-store-rate-") as tmp:
+        async with open_sqlite_store(Path(tmp) / "state.db", synchronous=synchronous) as store:
+
+            async def writer(index: int, count: int) -> None:
+                for turn in range(count):
+                    address = AgentAddress("bench", f"w{index}-{turn % AGENTS_PER_WRITER}")
+                    await store.commit_turn(
+                        TurnCommit(address=address, state=STATE, at=time.time())
+                    )
+
+            started = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for index in range(writers):
+                    nursery.start_soon(writer, index, per_writer + (1 if index < extra else 0))
+            elapsed = time.perf_counter() - started
+            stats = store.statistics()
+    return {
+        "turn_commits_per_s": round(stats.commits / elapsed, 1),
+        "commits": stats.commits,
+        "batches": stats.batches,
+        "commits_per_batch": round(stats.commits / max(stats.batches, 1), 1),
+        "writers": writers,
+        "synchronous": synchronous,
+        "elapsed_s": round(elapsed, 3),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.store_rate",
+        description="Measure turn commits per second of the SQLite store.",
+    )
+    parser.add_argument("--commits", type=int, default=20_000, metavar="N")
+    parser.add_argument("--writers", type=int, default=256, metavar="W")
+    parser.add_argument("--synchronous", choices=("NORMAL", "FULL"), default="NORMAL")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.commits < 1 or args.writers < 1:
+        parser.error("--commits and --writers must be at least 1")
+    result = trio.run(measure, args.commits, args.writers, args.synchronous)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>20}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
