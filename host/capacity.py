@@ -41,6 +41,7 @@ __all__ = [
     "MIB",
     "OS_RESERVED_BYTES",
     "PUBLISHED",
+    "UNBOUNDED",
     "Bottleneck",
     "Bound",
     "BoundName",
@@ -60,7 +61,6 @@ __all__ = [
     "apply_density",
     "bottleneck",
     "cpus_against_concurrency",
-    "format_report",
     "model_capacity",
     "parse_bytes",
     "parse_count",
@@ -446,22 +446,19 @@ def bottleneck(inputs: CapacityInputs) -> Bottleneck:
     """Sessions per host from its memory, CPU and store bounds; the smallest binds."""
     machine = inputs.machine
     a = inputs.resident_share
-    ram = (
-        f"({_bytes(machine.memory_bytes)} - {_bytes(machine.reserved_bytes)} reserved) RAM"
-        if machine.reserved_bytes
-        else f"{_bytes(machine.memory_bytes)} RAM"
-    )
+    total, reserved = format_bytes(machine.memory_bytes), format_bytes(machine.reserved_bytes)
+    ram = f"({total} - {reserved} reserved) RAM" if machine.reserved_bytes else f"{total} RAM"
     if inputs.memory_per_session_bytes is not None:
         per_session = float(inputs.memory_per_session_bytes)
-        memory_formula = f"{ram} / {_bytes(per_session)} measured per session"
+        memory_formula = f"{ram} / {format_bytes(per_session)} measured per session"
     else:
         per_session = (
             a * inputs.resident_bytes_per_session + (1 - a) * inputs.hibernated_bytes_per_session
         )
         memory_formula = (
             f"{ram} / ({a:g} x "
-            f"{_bytes(inputs.resident_bytes_per_session)} resident + {1 - a:g} x "
-            f"{_bytes(inputs.hibernated_bytes_per_session)} hibernated)"
+            f"{format_bytes(inputs.resident_bytes_per_session)} resident + {1 - a:g} x "
+            f"{format_bytes(inputs.hibernated_bytes_per_session)} hibernated)"
         )
     memory = Bound(
         name="memory",
@@ -501,9 +498,7 @@ def bottleneck(inputs: CapacityInputs) -> Bottleneck:
     writes = inputs.events_per_session_per_s * inputs.writes_per_event
     store = Bound(
         name="store",
-        sessions_per_host=math.floor(inputs.store_write_iops / writes)
-        if writes > 0
-        else _UNBOUNDED,
+        sessions_per_host=math.floor(inputs.store_write_iops / writes) if writes > 0 else UNBOUNDED,
         formula=f"{inputs.store_write_iops:,.0f} writes/s / "
         f"({inputs.events_per_session_per_s:g} events/s x {inputs.writes_per_event:g} "
         "writes per event)",
@@ -514,7 +509,7 @@ def bottleneck(inputs: CapacityInputs) -> Bottleneck:
     binding = min(bounds, key=lambda b: b.sessions_per_host)
     if binding.sessions_per_host < 1:
         raise ConfigError(
-            f"a {machine.cores}-core machine with {_bytes(machine.memory_bytes)} holds no "
+            f"a {machine.cores}-core machine with {format_bytes(machine.memory_bytes)} holds no "
             f"session ({binding.name} bound: {binding.formula})"
         )
     return Bottleneck(
@@ -527,7 +522,7 @@ def bottleneck(inputs: CapacityInputs) -> Bottleneck:
     )
 
 
-_UNBOUNDED = 10**15
+UNBOUNDED = 10**15
 """Sessions per host of a bound that does not apply (no store writes)."""
 
 
@@ -616,14 +611,15 @@ def model_capacity(inputs: CapacityInputs | None = None) -> CapacityReport:
                 neck,
             )
         )
+        share = f"{inputs.concurrency:.0%}"
         notes.append(
-            f"{_count(inputs.stated_sessions)} sessions at {inputs.concurrency:.0%} concurrency "
-            f"imply {_count(implied)} people; {_count(inputs.population)} at "
-            f"{inputs.concurrency:.0%} is {_count(computed)} sessions. Both readings are shown."
+            f"{format_count(inputs.stated_sessions)} sessions at {share} concurrency imply "
+            f"{format_count(implied)} people; {format_count(inputs.population)} at {share} is "
+            f"{format_count(computed)} sessions. Both readings are shown."
         )
     readings.append(
         _reading(
-            f"as computed ({_count(inputs.population)} x {inputs.concurrency:.0%}"
+            f"as computed ({format_count(inputs.population)} x {inputs.concurrency:.0%}"
             + (f" x {inputs.agents_per_person:g}" if inputs.agents_per_person != 1 else "")
             + ")",
             inputs.population,
@@ -635,7 +631,8 @@ def model_capacity(inputs: CapacityInputs | None = None) -> CapacityReport:
     if published is not None:
         first = readings[0]
         notes.append(
-            f"The published {_count(published.cpus_low)}-{_count(published.cpus_high)} CPUs "
+            f"The published {format_count(published.cpus_low)}-"
+            f"{format_count(published.cpus_high)} CPUs "
             f"are {first.sessions:,} / {published.sessions_per_cpu_high:g} = "
             f"{first.container_best.cpus:,} and {first.sessions:,} / "
             f"{published.sessions_per_cpu_low:g} = {first.container_worst.cpus:,}, rounded."
@@ -749,121 +746,10 @@ def parse_range(text: str) -> tuple[float, float]:
     return low, high
 
 
-# -- the readable table ----------------------------------------------------------------------
-
-
-def format_report(report: CapacityReport) -> str:
-    """The report as a table for people (``roost capacity`` without ``--json``)."""
-    inputs, neck, machine = report.inputs, report.bottleneck, report.inputs.machine
-    lines: list[str] = []
-    scenario = "published: " + report.published.source if report.published else "given"
-    lines.append(f"Scenario ({scenario})")
-    stated = (
-        f"; {_count(inputs.stated_sessions)} simultaneous sessions stated"
-        if inputs.stated_sessions is not None
-        else ""
-    )
-    lines.append(
-        f"  {_count(inputs.population)} people, {inputs.concurrency:.0%} concurrency, "
-        f"{inputs.agents_per_person:g} agent{'' if inputs.agents_per_person == 1 else 's'} "
-        f"each{stated}"
-    )
-    lines.append(
-        f"  containers: {inputs.container_sessions_per_cpu_low:g}-"
-        f"{inputs.container_sessions_per_cpu_high:g} sessions per CPU, "
-        f"{_bytes(inputs.container_memory_per_session_bytes)} per session"
-    )
-    lines += [f"  note: {note}" for note in report.notes]
-    lines.append("")
-    lines.append(
-        f"Roost sessions per host on a {machine.cores}-core, {_bytes(machine.memory_bytes)} machine"
-    )
-    lines.append(f"  figures: {inputs.roost_figures}")
-    for bound in neck.bounds:
-        mark = "  <- binds" if bound.name == neck.binding else ""
-        shown = (
-            "unbounded" if bound.sessions_per_host >= _UNBOUNDED else f"{bound.sessions_per_host:,}"
-        )
-        lines.append(f"  {bound.name:<7}{shown:>14}  = {bound.formula}{mark}")
-    lines.append(
-        f"  => {neck.sessions_per_host:,} sessions per host, {neck.sessions_per_cpu:,.0f} per "
-        f"CPU: the {neck.binding} bound binds"
-    )
-    for reading in report.readings:
-        best, worst, roost, ratio = (
-            reading.container_best,
-            reading.container_worst,
-            reading.roost,
-            reading.ratio,
-        )
-        lines.append("")
-        lines.append(
-            f"Reading {reading.name}: {reading.sessions:,} sessions"
-            + (
-                f" (implies {_count(reading.population)} people)"
-                if reading.population != round(inputs.population)
-                else ""
-            )
-        )
-        header = (
-            f"containers {best.sessions_per_cpu:g}/CPU",
-            f"containers {worst.sessions_per_cpu:g}/CPU",
-            "Roost",
-            "ratio",
-        )
-        rows = [
-            (
-                "CPUs",
-                f"{best.cpus:,}",
-                f"{worst.cpus:,}",
-                f"{roost.cpus:,}",
-                _span(ratio.cpus_low, ratio.cpus_high),
-            ),
-            (
-                "memory",
-                _bytes(best.memory_bytes),
-                _bytes(worst.memory_bytes),
-                _bytes(roost.memory_bytes),
-                "",
-            ),
-            (
-                "machines",
-                f"{best.machines:,}",
-                f"{worst.machines:,}",
-                f"{roost.machines:,}",
-                _span(ratio.machines_low, ratio.machines_high),
-            ),
-            (
-                "USD/month",
-                f"{best.usd_per_month:,.0f}",
-                f"{worst.usd_per_month:,.0f}",
-                f"{roost.usd_per_month:,.0f}",
-                _span(ratio.cost_low, ratio.cost_high),
-            ),
-        ]
-        lines.append(f"  {'':<11}" + "".join(f"{h:>22}" for h in header))
-        for label, *cells in rows:
-            lines.append(f"  {label:<11}" + "".join(f"{c:>22}" for c in cells))
-    lines.append("")
-    lines.append(
-        f"machine price: {machine.cores} x ${machine.cpu_usd_per_month:g} per CPU + "
-        f"{machine.memory_bytes / GIB:g} GiB x ${machine.memory_usd_per_gib_month:g} per GiB "
-        f"= ${machine.usd_per_month:,.0f} per month"
-    )
-    return "\n".join(lines)
-
-
-def _span(low: float, high: float) -> str:
-    def times(value: float) -> str:
-        return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
-
-    return f"{times(low)}x" if times(low) == times(high) else f"{times(low)}-{times(high)}x"
-
-
 # -- formatting ----------------------------------------------------------------------------
 
 
-def _count(value: float) -> str:
+def format_count(value: float) -> str:
     """A count as people say it: 24 M, 480 K, 160 M."""
     for scale, suffix in ((1e9, " B"), (1e6, " M"), (1e3, " K")):
         if abs(value) >= scale:
@@ -871,7 +757,7 @@ def _count(value: float) -> str:
     return f"{value:.3g}"
 
 
-def _bytes(value: float) -> str:
+def format_bytes(value: float) -> str:
     for scale, unit in ((1024**5, "PiB"), (1024**4, "TiB"), (GIB, "GiB"), (MIB, "MiB")):
         if value >= scale:
             return f"{value / scale:.3g} {unit}"

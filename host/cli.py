@@ -30,12 +30,12 @@ from typing import Any
 import trio
 from pydantic import ValidationError
 
+from ._capacity_table import format_report
 from .address import AgentAddress
 from .build import build_agent, ensure_component
 from .capacity import (
     CapacityInputs,
     apply_density,
-    format_report,
     model_capacity,
     parse_bytes,
     parse_count,
