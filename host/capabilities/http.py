@@ -137,11 +137,11 @@ def refused_address(address: str) -> str | None:
             return refused_address(str(mapped))
     for label, test in (
         ("loopback", ip.is_loopback),
-        ("private", ip.is_private),
         ("link-local (cloud metadata)", ip.is_link_local),
+        ("unspecified", ip.is_unspecified),
         ("multicast", ip.is_multicast),
         ("reserved", ip.is_reserved),
-        ("unspecified", ip.is_unspecified),
+        ("private", ip.is_private),
     ):
         if test:
             return label
