@@ -108,11 +108,13 @@ class DeliveryLoop:
             await store.reschedule_delivery(delivery.address, delivery.delivery_id, None)
             return
         payload = msgpack.unpackb(delivery.payload, raw=False, strict_map_key=False)
+        address = delivery.address
         await self._host.deliver(
-            delivery.address,
+            address,
             delivery.event_kind,
             payload,
             handled=(delivery.delivery_id, next_due),
+            on_reply=lambda reply: self._host.publish(address, reply),
         )
 
     def _back_off(self, key: tuple[AgentAddress, str], delivery: Delivery, exc: Exception) -> None:

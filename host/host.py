@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -128,6 +129,7 @@ class Host:
         )
         self._closed = False
         self._idempotent_in_flight: dict[tuple[AgentAddress, str], trio.Event] = {}
+        self._subscribers: dict[AgentAddress, set[trio.MemorySendChannel[Any]]] = {}
 
     async def deploy(
         self, manifest: Manifest | Path | str, *, component: Path | str | None = None
@@ -300,6 +302,35 @@ class Host:
         validate_kind_name(kind)
         return await self.store.list_agents(kind, after=after, limit=limit)
 
+    @asynccontextmanager
+    async def subscribe(
+        self, address: AgentAddress | str
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[Any]]:
+        """Replies the agent produces for events nobody is waiting on (timers, messages
+        from other agents, continuations), while the block is open. Used by WebSockets."""
+        address = _address(address)
+        send, receive = trio.open_memory_channel[Any](_PUSH_BUFFER)
+        self._subscribers.setdefault(address, set()).add(send)
+        try:
+            yield receive
+        finally:
+            subscribers = self._subscribers.get(address, set())
+            subscribers.discard(send)
+            if not subscribers:
+                self._subscribers.pop(address, None)
+            send.close()
+
+    def publish(self, address: AgentAddress, reply: Any) -> None:
+        """Hand a reply to the agent's subscribers; a subscriber that fell too far behind
+        loses it rather than holding up the agent."""
+        for channel in list(self._subscribers.get(address, ())):
+            try:
+                channel.send_nowait(reply)
+            except trio.WouldBlock:
+                logger.warning("push to a slow subscriber of %s dropped", address)
+            except trio.ClosedResourceError:
+                pass
+
     # -- services for capabilities (host.turn.HostServices) -----------------------------
     async def ask(
         self,
@@ -361,6 +392,8 @@ class Host:
 
 
 _IDEMPOTENCY_KEY_MAX = 255
+_PUSH_BUFFER = 256
+logger = logging.getLogger("roost.host")
 
 
 def _check_idempotency_key(key: str) -> None:

@@ -263,6 +263,9 @@ class _SseResponse(Response):
         def on_reply(reply: Any) -> None:
             sender.send_nowait(_sse("reply", reply))
 
+        def on_token(token: str) -> None:
+            sender.send_nowait(_sse("token", token))
+
         async def run() -> None:
             async with sender:
                 try:
@@ -271,6 +274,7 @@ class _SseResponse(Response):
                         self._message,
                         idempotency_key=self._key,
                         on_reply=on_reply,
+                        on_token=on_token,
                     )
                 except (RoostError, AuthError) as exc:
                     status = error_status(exc)
@@ -383,6 +387,11 @@ async def _agent_socket(state: ApiState, websocket: WebSocket) -> None:
             async for frame in outgoing:
                 await websocket.send_text(frame)
 
+    async def forward_pushes() -> None:
+        async with state.host.subscribe(address) as pushes:
+            async for message in pushes:
+                sender.send_nowait(to_json({"type": "push", "message": message}))
+
     async def close_on_shutdown(cancel: trio.CancelScope) -> None:
         await state.shutting_down.wait()
         cancel.cancel()
@@ -390,6 +399,7 @@ async def _agent_socket(state: ApiState, websocket: WebSocket) -> None:
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(write)
+            nursery.start_soon(forward_pushes)
             nursery.start_soon(close_on_shutdown, nursery.cancel_scope)
             while True:
                 try:
@@ -411,12 +421,15 @@ async def _socket_message(
     def on_reply(reply: Any) -> None:
         out.send_nowait(to_json({"type": "reply", "message": reply}))
 
+    def on_token(token: str) -> None:
+        out.send_nowait(to_json({"type": "token", "text": token}))
+
     try:
         try:
             body = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InvalidMessage(f"frame is not valid JSON: {exc}") from None
-        await state.host.send(address, _message_of(body), on_reply=on_reply)
+        await state.host.send(address, _message_of(body), on_reply=on_reply, on_token=on_token)
     except (RoostError, AuthError) as exc:
         out.send_nowait(to_json({"type": "error", **error_body(exc), "status": error_status(exc)}))
     else:

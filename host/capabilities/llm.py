@@ -7,7 +7,6 @@ day and checked against the kind's ``budgets.llm_tokens_per_day``.
 from __future__ import annotations
 
 import json
-from contextlib import aclosing
 from typing import Any
 
 import httpx
@@ -135,25 +134,24 @@ async def _stream(
         if response.status_code >= 400:
             await response.aread()
             _raise_for(response)
-        async with aclosing(response.aiter_lines()) as lines:
-            async for line in lines:
-                if not line.startswith("data:"):
-                    continue
-                data = line[len("data:") :].strip()
-                if data == "[DONE]":
-                    continue  # read to the end: httpx's nested generators must finish
-                try:
-                    chunk = json.loads(data)
-                except json.JSONDecodeError:
-                    raise CapabilityError(f"llm: malformed stream chunk {data[:80]!r}") from None
-                model = chunk.get("model", model)
-                usage = chunk.get("usage") or usage
-                for choice in chunk.get("choices") or []:
-                    token = (choice.get("delta") or {}).get("content")
-                    if token:
-                        parts.append(token)
-                        if on_token is not None:
-                            on_token(token)
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[len("data:") :].strip()
+            if data == "[DONE]":
+                continue  # read to the end: httpx's nested generators must finish
+            try:
+                chunk = json.loads(data)
+            except json.JSONDecodeError:
+                raise CapabilityError(f"llm: malformed stream chunk {data[:80]!r}") from None
+            model = chunk.get("model", model)
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices") or []:
+                token = (choice.get("delta") or {}).get("content")
+                if token:
+                    parts.append(token)
+                    if on_token is not None:
+                        on_token(token)
     return {
         "content": "".join(parts),
         "model": model,

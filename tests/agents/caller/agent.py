@@ -65,6 +65,7 @@ class Caller(Agent):
     async def on_timer(self, ctx: Context, payload: Any) -> None:
         ctx.state["fired"] = ctx.state.get("fired", 0) + 1
         ctx.state.setdefault("timer_payloads", []).append(payload)
+        ctx.reply({"timer": payload})  # nobody waits on a timer: pushed to open sockets
 
     async def on_agent_message(self, ctx: Context, sender: str, msg: Any) -> None:
         ctx.state["received"] = ctx.state.get("received", [])
