@@ -6,7 +6,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,9 @@ class HostStatistics:
     turns: int
     in_flight: int
     kinds: int
+    denied: dict[str, int] = field(default_factory=dict)
+    """Capability calls refused (outside the grant, over a quota or budget), by
+    ``kind/capability``."""
 
 
 @asynccontextmanager
@@ -381,6 +384,11 @@ class Host:
             turns=sup.turns,
             in_flight=sup.in_flight,
             kinds=len(self._kinds),
+            denied={
+                f"{kind.name}/{name}": capability.denied
+                for kind in self._kinds.values()
+                for name, capability in sorted(kind.capabilities.items())
+            },
         )
 
     async def aclose(self) -> None:

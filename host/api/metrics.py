@@ -51,6 +51,15 @@ class MetricsRecorder:
         for status, count in sorted(self._rejected.items()):
             rejected.add_metric([str(status)], count)
         families.append(rejected)
+        denied = CounterMetricFamily(
+            "roost_capability_denials",
+            "Capability calls refused: outside the grant, over a quota or a budget.",
+            labels=["kind", "capability"],
+        )
+        for name, count in sorted(stats.denied.items()):
+            kind, _, capability = name.partition("/")
+            denied.add_metric([kind, capability], count)
+        families.append(denied)
         return families
 
 

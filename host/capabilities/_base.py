@@ -13,6 +13,8 @@ guest; the others return ``fallback`` and fail the turn.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -20,7 +22,9 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import CapabilityError, RoostError
-from ..turn import current_turn
+from ..turn import TurnContext, current_turn
+
+logger = logging.getLogger("roost.capabilities")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,6 +86,25 @@ class Capability:
 
     def __init__(self, grant: BaseGrant) -> None:
         self.grant = grant
+        self._denied = 0
+        self._denied_lock = threading.Lock()
+
+    @property
+    def denied(self) -> int:
+        """Calls refused so far (outside the grant, over a quota or budget)."""
+        return self._denied
+
+    def _record_denial(self, turn: TurnContext, call: str, exc: CapabilityError) -> None:
+        with self._denied_lock:
+            self._denied += 1
+        logger.warning(
+            "agent %s: %s.%s refused: %s",
+            turn.address,
+            self.name,
+            call,
+            exc,
+            extra={"agent_kind": turn.address.kind, "agent_id": turn.address.id},
+        )
 
     @classmethod
     def host_calls(cls) -> dict[str, tuple[str, HostCallSpec]]:
@@ -105,6 +128,7 @@ class Capability:
             try:
                 return method(turn, *args)
             except CapabilityError as exc:
+                self._record_denial(turn, spec.wit_name, exc)
                 if spec.returns_error_text:
                     return HostCallError(str(exc))
                 turn.fail(exc)

@@ -31,6 +31,9 @@ class Caller(Agent):
             ctx.reply(ctx.cancel_timer(msg["id"]))
         elif op == "state":
             ctx.reply(ctx.state)
+        elif op == "remember":
+            ctx.state["notes"] = msg["text"]
+            ctx.reply("ok")
         elif op == "send":
             ctx.send(msg["kind"], msg["id"], msg["message"])
             ctx.reply("sent")
