@@ -58,6 +58,10 @@ MESSAGE = "ping"
 
 BENCHMARKS = ("footprint", "wake")
 
+_LANGUAGES = {".py": "python", ".c": "native, C", ".zig": "native, Zig"}
+_TIERS = {".py": "python", ".c": "native", ".zig": "native"}
+"""By the manifest's source: Python agents carry an interpreter, native ones do not."""
+
 
 @dataclass(frozen=True)
 class _Metric:
@@ -255,10 +259,12 @@ async def measure(
             wake_ns = await _timed_sends(roost, addresses[:sampled], report)
             wake_instantiate_s = activations.stop()
 
+    suffix = manifest.source.suffix if manifest.source is not None else ""
     return {
         "benchmark": benchmark,
         "agents": agents,
-        "guest_kind": f"{manifest.name} (python)",
+        "guest_kind": f"{manifest.name} ({_LANGUAGES.get(suffix, 'prebuilt component')})",
+        "guest_tier": _TIERS.get(suffix, "unknown"),
         "rss_per_resident_agent_bytes": round((rss_after - rss_before) / agents),
         "rss_before_bytes": rss_before,
         "rss_after_bytes": rss_after,

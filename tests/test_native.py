@@ -170,6 +170,28 @@ async def test_zig_sdk_state_kv_sleep_and_errors(
         assert await host.send("zprobe/a", "count") == [2]
 
 
+def _mappings() -> int:
+    with open("/proc/self/maps", encoding="ascii") as maps:
+        return sum(1 for _ in maps)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps")
+async def test_native_instances_do_not_take_a_mapping_each(
+    host_config: Callable[..., HostConfig], native_echo: Manifest
+) -> None:
+    """The dense memory profile: 100,000 instances must fit under vm.max_map_count
+    (65,530 by default), so resident native agents may not add a mapping each."""
+    agents = 1_000
+    async with open_host(host_config(max_resident_agents=agents + 1)) as host:
+        await host.deploy(native_echo)
+        await host.send(f"{native_echo.name}/warm", "x")
+        before = _mappings()
+        for i in range(agents):
+            await host.send(f"{native_echo.name}/a{i}", "x")
+        assert (await host.statistics()).resident == agents + 1
+        assert _mappings() - before < agents // 10
+
+
 # -- the behavioural suite, natively -------------------------------------------------------------
 
 

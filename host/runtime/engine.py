@@ -1,5 +1,14 @@
 """The wasmtime engine: compilation with an on-disk cache, deploy-time import checks, linking
 only the granted interfaces, and the epoch ticker that enforces CPU deadlines.
+
+Two memory profiles share the ticker. Large components (Python agents: an interpreter and
+its heap) keep wasmtime's defaults: each linear memory reserves 4 GiB of address space
+plus guards (bounds checks are free) and starts as a copy-on-write view of the component's
+memory image, so every instance shares those pages. Small components (native C/Zig agents,
+tens of KiB) use the dense profile: a linear memory is one anonymous mapping of exactly
+its current size, with explicit bounds checks and no image. Adjacent mappings merge, so
+100,000 instances need neither 400 TiB of address space nor 400,000 of the kernel's
+memory mappings (``vm.max_map_count`` is 65,530 by default).
 """
 
 from __future__ import annotations
@@ -22,6 +31,9 @@ from ..errors import DeployError
 from ..manifest import Limits
 from .sandbox import WasmSandbox
 
+DENSE_MAX_COMPONENT_BYTES = 1024 * 1024
+"""Components up to this size run on the dense memory profile."""
+
 _WASI_PREFIX = "wasi:"
 """WASI imports come with the Python runtime; they are linked sandboxed (no files, no
 environment, no network), so they are not capabilities."""
@@ -42,12 +54,10 @@ class WasmEngine:
     """One wasmtime engine for the whole host."""
 
     def __init__(self, *, cache_dir: Path, epoch_tick_ms: int) -> None:
-        config = wasmtime.Config()
-        config.wasm_component_model = True
-        config.epoch_interruption = True
-        config.cranelift_opt_level = "speed"
         self._config_key = "component-model,epoch,speed"
-        self.engine = wasmtime.Engine(config)
+        self.engine = wasmtime.Engine(_config(dense=False))
+        self.dense_engine = wasmtime.Engine(_config(dense=True))
+        """For components of at most ``DENSE_MAX_COMPONENT_BYTES``."""
         self.cache_dir = cache_dir / "components"
         self.epoch_tick_ms = epoch_tick_ms
         self._stop = threading.Event()
@@ -68,6 +78,7 @@ class WasmEngine:
         interval = self.epoch_tick_ms / 1000
         while not self._stop.wait(interval):
             self.engine.increment_epoch()
+            self.dense_engine.increment_epoch()
 
     def close(self) -> None:
         self._stop.set()
@@ -79,21 +90,27 @@ class WasmEngine:
         return -(-cpu_deadline_ms // self.epoch_tick_ms) + 1
 
     # -- compilation ------------------------------------------------------------------
+    def engine_for(self, wasm: bytes) -> wasmtime.Engine:
+        """The engine (memory profile) a component runs on: see the module docstring."""
+        return self.dense_engine if len(wasm) <= DENSE_MAX_COMPONENT_BYTES else self.engine
+
     def compile(self, wasm: bytes) -> Component:
         """Compile a component, or load it from the cache when this exact wasm was compiled
         by this wasmtime version with this configuration before."""
+        engine = self.engine_for(wasm)
         key = hashlib.sha256(wasm).hexdigest()
         version = importlib.metadata.version("wasmtime")
-        path = self.cache_dir / f"{key[:40]}-wasmtime{version}-{self._config_key}.cwasm"
+        config_key = self._config_key + (",dense" if engine is self.dense_engine else "")
+        path = self.cache_dir / f"{key[:40]}-wasmtime{version}-{config_key}.cwasm"
         if path.is_file():
             try:
-                component = Component.deserialize_file(self.engine, str(path))
+                component = Component.deserialize_file(engine, str(path))
                 self.compiled_from_cache += 1
                 return component
             except wasmtime.WasmtimeError:
                 path.unlink(missing_ok=True)  # stale or corrupt: recompile below
         try:
-            component = Component(self.engine, wasm)
+            component = Component(engine, wasm)
         except wasmtime.WasmtimeError as exc:
             raise DeployError(f"not a valid WebAssembly component: {_first_line(exc)}") from None
         self.compiled_fresh += 1
@@ -107,20 +124,21 @@ class WasmEngine:
     def load_kind(self, kind: str, wasm: bytes, capabilities: dict[str, Capability]) -> KindFactory:
         """Compile, check the component's imports against the grants, and link."""
         component = self.compile(wasm)
-        imports = list(component.type.imports(self.engine))
+        engine = self.engine_for(wasm)
+        imports = list(component.type.imports(engine))
         _check_imports(kind, imports, capabilities)
-        exports = set(component.type.exports(self.engine))
+        exports = set(component.type.exports(engine))
         missing = sorted({"init", "on-event", "on-complete"} - exports)
         if missing:
             raise DeployError(
                 f"kind {kind!r}: the component does not export {', '.join(missing)}; "
                 "build it against the roost:agent world (roost build)"
             )
-        linker = self._link(capabilities)
-        return KindFactory(self, component, linker)
+        linker = self._link(engine, capabilities)
+        return KindFactory(self, engine, component, linker)
 
-    def _link(self, capabilities: dict[str, Capability]) -> Linker:
-        linker = Linker(self.engine)
+    def _link(self, engine: wasmtime.Engine, capabilities: dict[str, Capability]) -> Linker:
+        linker = Linker(engine)
         linker.add_wasip2()
         with linker.root() as root:
             for name, capability in capabilities.items():
@@ -182,8 +200,11 @@ def _first_line(exc: BaseException) -> str:
 class KindFactory:
     """Makes sandboxes of one deployed kind (implements ``host.sandbox.SandboxFactory``)."""
 
-    def __init__(self, engine: WasmEngine, component: Component, linker: Linker) -> None:
+    def __init__(
+        self, engine: WasmEngine, wasm_engine: wasmtime.Engine, component: Component, linker: Linker
+    ) -> None:
         self._engine = engine
+        self._wasm_engine = wasm_engine
         self._component = component
         self._linker = linker
         self._exports = {
@@ -192,10 +213,23 @@ class KindFactory:
 
     def instantiate(self, limits: Limits) -> WasmSandbox:
         return WasmSandbox.instantiate(
-            engine=self._engine.engine,
+            engine=self._wasm_engine,
             component=self._component,
             linker=self._linker,
             exports=self._exports,
             limits=limits,
             deadline_ticks=self._engine.deadline_ticks(limits.cpu_deadline_ms),
         )
+
+
+def _config(*, dense: bool) -> wasmtime.Config:
+    config = wasmtime.Config()
+    config.wasm_component_model = True
+    config.epoch_interruption = True
+    config.cranelift_opt_level = "speed"
+    if dense:
+        config.memory_reservation = 0
+        config.memory_guard_size = 0
+        config.memory_reservation_for_growth = 0
+        config.memory_init_cow = False
+    return config
