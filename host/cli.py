@@ -170,9 +170,24 @@ def _parser() -> argparse.ArgumentParser:
         description="Benchmark the host on a fresh temporary data dir. Both benchmarks "
         "report the same numbers; footprint lists memory first, wake lists latency first.",
     )
-    bench.add_argument("benchmark", choices=("footprint", "wake"))
+    bench.add_argument("benchmark", choices=("footprint", "wake", "density"))
     bench.add_argument(
-        "--agents", type=_positive_int, required=True, metavar="N", help="agents to create"
+        "--agents", type=_positive_int, metavar="N", help="agents to create (footprint, wake)"
+    )
+    bench.add_argument(
+        "--steps",
+        type=_step_list,
+        metavar="N,N,...",
+        help="density: sessions per step (default 500,1000,1500,2000,2500,3000,4000)",
+    )
+    bench.add_argument(
+        "--step-s", type=float, metavar="S", help="density: seconds measured per step"
+    )
+    bench.add_argument(
+        "--smoke", action="store_true", help="density: a short run (small steps, under 2 minutes)"
+    )
+    bench.add_argument(
+        "--out", type=Path, metavar="DIR", help="density: report directory (default density-report)"
     )
     bench.add_argument(
         "--manifest",
@@ -525,12 +540,53 @@ def _to_json(value: Any, *, ensure_ascii: bool = True) -> str:
 # -- roost bench -------------------------------------------------------------------------
 
 
+def _step_list(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not steps or any(n < 1 for n in steps):
+        raise argparse.ArgumentTypeError("steps must be positive numbers of sessions")
+    return steps
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.benchmark == "density":
+        return _cmd_density(args)
+    if args.agents is None:
+        print(f"roost: bench {args.benchmark} needs --agents N", file=sys.stderr)
+        return _EXIT_FAILURE
     from loadtests.bench import run_benchmark
 
     return run_benchmark(
         args.benchmark, agents=args.agents, manifest=args.manifest, as_json=args.json
     )
+
+
+def _cmd_density(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from loadtests.density import SMOKE, DensitySettings, run_density
+
+    settings = SMOKE if args.smoke else DensitySettings()
+    overrides: dict[str, Any] = {}
+    if args.steps:
+        overrides["steps"] = args.steps
+    if args.step_s:
+        overrides["step_s"] = args.step_s
+    if args.manifest:
+        overrides["manifest"] = args.manifest
+    if args.out:
+        overrides["out_dir"] = args.out
+    settings = dataclasses.replace(settings, **overrides)
+    report = run_density(
+        settings, lambda line: print(f"density: {line}", file=sys.stderr, flush=True)
+    )
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"sessions per core at the SLO: {report['sessions_per_core']} ({report['limit']})")
+    return 0
 
 
 # -- roost capacity ----------------------------------------------------------------------

@@ -1,0 +1,538 @@
+"""``roost bench density``: sessions per core at the latency SLO, measured.
+
+The harness starts the *simulated* LLM and a ``roost serve`` host pinned to one core, then
+ramps chat sessions in steps with locust (headless) pinned to the other core. Each session
+owns one agent, sends a message, waits for the reply and thinks at human pace. At each step
+it records throughput, host-added latency (reply time minus the simulated LLM's time),
+errors, the host's CPU share and memory, and resident/hibernated agents. It stops at the
+first step that breaks the SLO (p99 host-added latency over 100 ms, or any error) and
+reports the last good step as sessions per core.
+
+In the same run it measures the baseline: the same agent logic as one OS process per
+session, for memory per session and start time, so the report gives ratios.
+
+Outputs: ``density.json`` (the report ``roost capacity --density`` reads), ``density.md``
+and ``density.png`` in the output directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import psutil
+
+from host.build import ensure_component
+from host.config import load_config
+from host.manifest import load_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MANIFEST = ROOT / "loadtests" / "agents" / "chat" / "agent.toml"
+LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
+SLO_P99_MS = 100.0
+FULL_STEPS = (500, 1000, 1500, 2000, 2500, 3000, 4000)
+SMOKE_STEPS = (10, 20)
+HOST_CORE = 0
+LOAD_CORE = 1
+
+
+@dataclass(frozen=True)
+class DensitySettings:
+    steps: tuple[int, ...] = FULL_STEPS
+    step_s: float = 90.0
+    """Measured time per step, after the ramp."""
+    ramp_s: float = 30.0
+    think_min_s: float = 10.0
+    think_max_s: float = 30.0
+    llm_latency_ms: float = 200.0
+    baseline_sessions: int = 50
+    manifest: Path = DEFAULT_MANIFEST
+    out_dir: Path = Path("density-report")
+
+
+SMOKE = DensitySettings(
+    steps=SMOKE_STEPS,
+    step_s=8.0,
+    ramp_s=3.0,
+    think_min_s=0.5,
+    think_max_s=1.5,
+    llm_latency_ms=50.0,
+    baseline_sessions=5,
+)
+
+
+@dataclass
+class Step:
+    sessions: int
+    requests: int
+    errors: int
+    throughput_rps: float
+    p50_ms: float
+    p99_ms: float
+    host_added_p50_ms: float
+    host_added_p99_ms: float
+    host_cpu_share: float
+    host_rss_bytes: int
+    host_pss_bytes: int
+    resident_agents: int
+    hibernated_agents: int
+    slo_met: bool
+    notes: list[str] = field(default_factory=list)
+
+
+Progress = Callable[[str], None]
+
+
+def run_density(settings: DensitySettings, progress: Progress) -> dict[str, Any]:
+    """Run the whole measurement; returns the report (also written to ``out_dir``)."""
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    config = load_config()
+    manifest = ensure_component(load_manifest(settings.manifest), cache_dir=config.cache_dir)
+    progress(f"built {manifest.name}; starting the simulated LLM and the host")
+    with tempfile.TemporaryDirectory(prefix="roost-density-") as tmp:
+        work = Path(tmp)
+        llm_proc, llm_url = _start(
+            [
+                sys.executable,
+                "-m",
+                "loadtests.sim_llm",
+                "--port",
+                "0",
+                "--latency-ms",
+                str(settings.llm_latency_ms),
+            ],
+            "simulated LLM listening on ",
+            core=LOAD_CORE,
+            log=work / "llm.log",
+        )
+        try:
+            env = {
+                "ROOST_LLM_BASE_URL": f"{llm_url}/v1",
+                "ROOST_MAX_RESIDENT_AGENTS": str(max(settings.steps) * 2),
+                "ROOST_MAX_IN_FLIGHT": "100000",
+                "ROOST_CACHE_DIR": str(config.cache_dir),
+            }
+            host_proc, host_url = _start(
+                [
+                    sys.executable,
+                    "-m",
+                    "host.cli",
+                    "serve",
+                    "--dev",
+                    "--port",
+                    "0",
+                    "--data-dir",
+                    str(work / "data"),
+                    "--deploy",
+                    str(settings.manifest),
+                ],
+                "listening on ",
+                core=HOST_CORE,
+                env=env,
+                log=work / "host.log",
+            )
+            try:
+                steps = _ramp(settings, manifest.name, host_proc, host_url, work, progress)
+            finally:
+                _stop(host_proc)
+        finally:
+            _stop(llm_proc)
+    progress("measuring the process-per-session baseline")
+    baseline = measure_baseline(settings.baseline_sessions)
+    report = _report(settings, steps, baseline)
+    _write_outputs(settings.out_dir, report)
+    progress(f"wrote {settings.out_dir / 'density.json'}, density.md and density.png")
+    return report
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+def _pin(core: int) -> Callable[[], None]:
+    def pin() -> None:
+        if hasattr(os, "sched_setaffinity") and core < (os.cpu_count() or 1):
+            os.sched_setaffinity(0, {core})
+
+    return pin
+
+
+def _start(
+    cmd: Sequence[str], banner: str, *, core: int, log: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a server process pinned to ``core`` and return it with the URL it prints."""
+    out = log.open("wb")
+    proc = subprocess.Popen(
+        cmd,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        preexec_fn=_pin(core),
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if banner in text:
+            url = text.split(banner, 1)[1].split()[0]
+            return proc, url
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[2:4]} exited early:\n{text[-2000:]}")
+        time.sleep(0.1)
+    _stop(proc)
+    raise RuntimeError(f"{cmd[2:4]} did not start in time:\n{log.read_text()[-2000:]}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- the ramp -------------------------------------------------------------------------------
+
+
+def _ramp(
+    settings: DensitySettings,
+    kind: str,
+    host_proc: subprocess.Popen[bytes],
+    url: str,
+    work: Path,
+    progress: Progress,
+) -> list[Step]:
+    host = psutil.Process(host_proc.pid)
+    steps: list[Step] = []
+    offset = 0
+    for sessions in settings.steps:
+        progress(
+            f"step: {sessions} sessions (ramp {settings.ramp_s:.0f}s, "
+            f"measure {settings.step_s:.0f}s)"
+        )
+        step = _run_step(settings, kind, sessions, offset, host, url, work)
+        offset += sessions  # fresh agents each step: every step pays its activations
+        steps.append(step)
+        progress(
+            f"  {step.throughput_rps:.1f} req/s, host-added p50 {step.host_added_p50_ms:.0f} ms "
+            f"p99 {step.host_added_p99_ms:.0f} ms, errors {step.errors}, host CPU "
+            f"{step.host_cpu_share:.0%}, PSS {step.host_pss_bytes / 2**20:.0f} MiB"
+            + ("" if step.slo_met else "  <- breaks the SLO")
+        )
+        if not step.slo_met:
+            break
+    return steps
+
+
+def _run_step(
+    settings: DensitySettings,
+    kind: str,
+    sessions: int,
+    offset: int,
+    host: psutil.Process,
+    url: str,
+    work: Path,
+) -> Step:
+    prefix = work / f"step-{sessions}"
+    env = {
+        **os.environ,
+        "ROOST_LOAD_KIND": kind,
+        "ROOST_LOAD_THINK_MIN_S": str(settings.think_min_s),
+        "ROOST_LOAD_THINK_MAX_S": str(settings.think_max_s),
+        "ROOST_LOAD_USER_OFFSET": str(offset),
+    }
+    run_time = settings.ramp_s + settings.think_max_s + settings.step_s
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "-u",
+        str(sessions),
+        "-r",
+        str(max(1.0, sessions / settings.ramp_s)),
+        "--run-time",
+        f"{int(run_time)}s",
+        "--host",
+        url,
+        "--csv",
+        str(prefix),
+        "--reset-stats",
+        "--only-summary",
+        "--stop-timeout",
+        "30",
+        "--loglevel",
+        "WARNING",
+    ]
+    with (work / f"locust-{sessions}.log").open("wb") as log:
+        locust = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_pin(LOAD_CORE), cwd=ROOT
+        )
+        time.sleep(settings.ramp_s + settings.think_max_s)  # everyone has sent a message
+        cpu_before, wall_before = _cpu_seconds(host), time.monotonic()
+        locust.wait(timeout=run_time + 120)
+        cpu_after, wall_after = _cpu_seconds(host), time.monotonic()
+    stats = _locust_totals(prefix)
+    memory = host.memory_full_info()
+    metrics = _scrape(url)
+    sim_ms = settings.llm_latency_ms
+    p50, p99 = stats["p50_ms"], stats["p99_ms"]
+    host_p50, host_p99 = max(0.0, p50 - sim_ms), max(0.0, p99 - sim_ms)
+    notes = _failure_samples(prefix)
+    if locust.returncode not in (0, 1):
+        notes.append(f"locust exited with {locust.returncode}")
+    return Step(
+        sessions=sessions,
+        requests=stats["requests"],
+        errors=stats["failures"],
+        throughput_rps=stats["rps"],
+        p50_ms=p50,
+        p99_ms=p99,
+        host_added_p50_ms=host_p50,
+        host_added_p99_ms=host_p99,
+        host_cpu_share=(cpu_after - cpu_before) / max(wall_after - wall_before, 1e-9),
+        host_rss_bytes=int(memory.rss),
+        host_pss_bytes=int(getattr(memory, "pss", memory.rss)),
+        resident_agents=int(metrics.get("roost_agents_resident", 0)),
+        hibernated_agents=int(metrics.get("roost_agents_hibernated", 0)),
+        slo_met=stats["failures"] == 0 and stats["requests"] > 0 and host_p99 <= SLO_P99_MS,
+        notes=notes,
+    )
+
+
+def _failure_samples(prefix: Path, limit: int = 3) -> list[str]:
+    path = Path(f"{prefix}_failures.csv")
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [f"{r.get('Occurrences')}x {r.get('Error', '')[:200]}" for r in rows[:limit]]
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
+def _locust_totals(prefix: Path) -> dict[str, Any]:
+    path = Path(f"{prefix}_stats.csv")
+    if not path.is_file():
+        return {"requests": 0, "failures": 1, "rps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0}
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    total = next((r for r in rows if r.get("Name") == "Aggregated"), rows[-1] if rows else {})
+
+    def number(key: str) -> float:
+        value = total.get(key) or "0"
+        return 0.0 if value in ("N/A", "") else float(value)
+
+    return {
+        "requests": int(number("Request Count")),
+        "failures": int(number("Failure Count")),
+        "rps": number("Requests/s"),
+        "p50_ms": number("50%"),
+        "p99_ms": number("99%"),
+    }
+
+
+_METRIC = re.compile(r"^(roost_agents_(?:resident|hibernated)) ([0-9.e+]+)$", re.M)
+
+
+def _scrape(url: str) -> dict[str, float]:
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return {}
+    return {name: float(value) for name, value in _METRIC.findall(text)}
+
+
+# -- baseline -------------------------------------------------------------------------------
+
+
+def measure_baseline(sessions: int) -> dict[str, Any]:
+    """Start ``sessions`` one-process-per-session agents; memory per session and start time."""
+    procs: list[subprocess.Popen[str]] = []
+    starts: list[float] = []
+    try:
+        for _ in range(sessions):
+            started = time.perf_counter()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "loadtests.baseline_agent"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+            )
+            _read_line(proc.stdout)
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps("hello") + "\n")
+            proc.stdin.flush()
+            _read_line(proc.stdout)  # one turn done, like the host's footprint figure
+            starts.append((time.perf_counter() - started) * 1000)
+            procs.append(proc)
+        pss = [psutil.Process(p.pid).memory_full_info().pss for p in procs]
+        rss = [psutil.Process(p.pid).memory_info().rss for p in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    return {
+        "model": "one OS process per session (CPython running the same agent logic)",
+        "sessions": sessions,
+        "pss_per_session_bytes": int(statistics.median(pss)),
+        "rss_per_session_bytes": int(statistics.median(rss)),
+        "start_ms": round(statistics.median(starts), 1),
+    }
+
+
+def _read_line(stream: IO[str] | None) -> str:
+    assert stream is not None
+    line = stream.readline()
+    if not line:
+        raise RuntimeError("baseline agent process exited")
+    return line
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def _report(
+    settings: DensitySettings, steps: list[Step], baseline: dict[str, Any]
+) -> dict[str, Any]:
+    good = [s for s in steps if s.slo_met]
+    last_good = good[-1] if good else None
+    sessions_per_core = last_good.sessions if last_good else 0
+    pss_per_session = round(last_good.host_pss_bytes / last_good.sessions) if last_good else None
+    rss_per_session = round(last_good.host_rss_bytes / last_good.sessions) if last_good else None
+    broken = next((s for s in steps if not s.slo_met), None)
+    return {
+        "sessions_per_core": sessions_per_core,
+        "rss_per_session_bytes": rss_per_session,
+        "pss_per_session_bytes": pss_per_session,
+        "events_per_session_per_s": (
+            round(last_good.throughput_rps / last_good.sessions, 4) if last_good else None
+        ),
+        "slo": {"host_added_p99_ms": SLO_P99_MS, "errors": 0},
+        "limit": _limit_reason(broken, steps),
+        "steps": [asdict(s) for s in steps],
+        "baseline": baseline,
+        "ratios": {
+            "memory_per_session": (
+                round(baseline["pss_per_session_bytes"] / pss_per_session, 1)
+                if pss_per_session
+                else None
+            ),
+        },
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()
+        },
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "memory_bytes": psutil.virtual_memory().total,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "host_core": HOST_CORE,
+            "load_core": LOAD_CORE,
+        },
+        "measured_on": time.strftime("%Y-%m-%d"),
+    }
+
+
+def _limit_reason(broken: Step | None, steps: list[Step]) -> str:
+    if broken is None:
+        return (
+            f"no step broke the SLO up to {steps[-1].sessions} sessions; "
+            "the limit is above the largest step"
+            if steps
+            else "no steps ran"
+        )
+    if broken.errors:
+        return f"{broken.errors} errors at {broken.sessions} sessions"
+    if broken.host_cpu_share > 0.9:
+        return (
+            f"host CPU saturated ({broken.host_cpu_share:.0%} of its core) at "
+            f"{broken.sessions} sessions: p99 host-added {broken.host_added_p99_ms:.0f} ms"
+        )
+    return (
+        f"p99 host-added latency {broken.host_added_p99_ms:.0f} ms at {broken.sessions} "
+        f"sessions with host CPU at {broken.host_cpu_share:.0%} (queueing, GIL or load "
+        "generator; see the step's notes)"
+    )
+
+
+def _write_outputs(out_dir: Path, report: dict[str, Any]) -> None:
+    (out_dir / "density.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        "# Density report",
+        "",
+        f"Sessions per core at the SLO (p99 host-added <= {SLO_P99_MS:.0f} ms, no errors): "
+        f"**{report['sessions_per_core']}**",
+        f"Limit: {report['limit']}",
+        "",
+        "| sessions | req/s | p50 host-added ms | p99 host-added ms | errors | host CPU | "
+        "host PSS MiB | resident | within SLO |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in report["steps"]:
+        lines.append(
+            f"| {s['sessions']} | {s['throughput_rps']:.1f} | {s['host_added_p50_ms']:.0f} | "
+            f"{s['host_added_p99_ms']:.0f} | {s['errors']} | {s['host_cpu_share']:.0%} | "
+            f"{s['host_pss_bytes'] / 2**20:.0f} | {s['resident_agents']} | "
+            f"{'yes' if s['slo_met'] else 'no'} |"
+        )
+    b = report["baseline"]
+    lines += [
+        "",
+        f"Baseline ({b['model']}, {b['sessions']} sessions): "
+        f"{b['pss_per_session_bytes'] / 2**20:.1f} MiB PSS per session, "
+        f"start {b['start_ms']} ms.",
+        f"Memory ratio (baseline / host, per session): {report['ratios']['memory_per_session']}",
+    ]
+    (out_dir / "density.md").write_text("\n".join(lines) + "\n")
+    _plot(out_dir / "density.png", report)
+
+
+def _plot(path: Path, report: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = report["steps"]
+    sessions = [s["sessions"] for s in steps]
+    fig, left = plt.subplots(figsize=(7, 4))
+    left.plot(sessions, [s["host_added_p99_ms"] for s in steps], "o-", label="p99 host-added ms")
+    left.plot(sessions, [s["host_added_p50_ms"] for s in steps], "o--", label="p50 host-added ms")
+    left.axhline(SLO_P99_MS, color="red", linewidth=0.8, label="SLO")
+    left.set_xlabel("sessions (one core)")
+    left.set_ylabel("latency added by the host (ms)")
+    right = left.twinx()
+    right.plot(
+        sessions,
+        [s["host_pss_bytes"] / 2**20 for s in steps],
+        "s:",
+        color="gray",
+        label="host PSS MiB",
+    )
+    right.set_ylabel("host memory (MiB, PSS)")
+    left.legend(loc="upper left")
+    left.set_title("Roost density: latency and memory against sessions")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

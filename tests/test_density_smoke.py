@@ -1,0 +1,31 @@
+"""The short form of the density run, to keep the harness working (the full run is
+documented in docs/capacity.md and is not part of CI)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from host.capacity import parse_density_report
+from loadtests.density import SMOKE, run_density
+
+
+def test_density_smoke_run_produces_a_report_capacity_reads(tmp_path: Path) -> None:
+    lines: list[str] = []
+    report = run_density(dataclasses.replace(SMOKE, out_dir=tmp_path), lines.append)
+    assert [s["sessions"] for s in report["steps"]] == list(SMOKE.steps)
+    for step in report["steps"]:
+        assert step["requests"] > 0
+        assert step["errors"] == 0, step["notes"]
+        assert step["resident_agents"] >= step["sessions"]
+    assert report["sessions_per_core"] == SMOKE.steps[-1]
+    assert report["pss_per_session_bytes"] > 0
+    assert report["baseline"]["pss_per_session_bytes"] > 0
+    assert any(line.startswith("step: 10 sessions") for line in lines)  # progress shown
+    saved = json.loads((tmp_path / "density.json").read_text())
+    assert saved["sessions_per_core"] == report["sessions_per_core"]
+    assert (tmp_path / "density.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Sessions per core" in (tmp_path / "density.md").read_text()
+    density = parse_density_report((tmp_path / "density.json").read_text())
+    assert density.sessions_per_core == SMOKE.steps[-1]
