@@ -173,15 +173,15 @@ def _start(
     cmd: Sequence[str], banner: str, *, core: int, log: Path, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start a server process pinned to ``core`` and return it with the URL it prints."""
-    out = log.open("wb")
-    proc = subprocess.Popen(
-        cmd,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-        preexec_fn=_pin(core),
-        cwd=ROOT,
-    )
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            preexec_fn=_pin(core),
+            cwd=ROOT,
+        )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace")
@@ -392,6 +392,9 @@ def measure_baseline(sessions: int) -> dict[str, Any]:
         for proc in procs:
             proc.kill()
             proc.wait()
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    stream.close()
     return {
         "model": "one OS process per session (CPython running the same agent logic)",
         "sessions": sessions,
