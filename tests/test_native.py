@@ -9,8 +9,11 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import msgpack
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from trio.testing import MockClock, wait_all_tasks_blocked
 
 from host import (
@@ -26,9 +29,14 @@ from host import (
     load_manifest,
     open_host,
 )
+from host.address import AgentAddress
 from host.build import build_agent
 from host.build_native import STACK_BYTES, wasm_tools_executable
+from host.capabilities import bind_capabilities
 from host.errors import GuestAbiError, GuestError
+from host.runtime import WasmEngine
+from host.sandbox import Sandbox
+from host.turn import TurnContext
 
 from .conftest import ROOT, until, with_limits
 
@@ -402,6 +410,54 @@ async def test_malformed_abi_values_fail_only_that_agent(
         # The neighbour is untouched; the broken agent gets a fresh instance.
         assert await host.send(f"{echo}/n", "y") == [{"echo": "y", "count": 2}]
         assert await host.send("broken/a", "fine") == ["ok"]
+
+
+# -- values crossing the ABI --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def echo_sandbox(
+    cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Sandbox, TurnContext]:
+    manifest = _built(ECHO_EXAMPLES["c"] / "agent.toml", tmp_path_factory.mktemp("e"), cache_dir)
+    assert manifest.component is not None
+    engine = WasmEngine(cache_dir=cache_dir, epoch_tick_ms=10)
+    factory = engine.load_kind(
+        manifest.name, manifest.component.read_bytes(), bind_capabilities({"log": {}})
+    )
+    sandbox = factory.instantiate(manifest.limits)
+    turn = TurnContext(
+        address=AgentAddress(manifest.name, "a"),
+        limits=manifest.limits,
+        store=None,  # type: ignore[arg-type]  # the echo agent only logs
+        now=0.0,
+        kv_bytes=0,
+        next_op_id=lambda: 1,
+    )
+    sandbox.init(turn, msgpack.packb({"kind": manifest.name, "id": "a", "config": {}}), None)
+    return sandbox, turn
+
+
+@settings(max_examples=60, deadline=None)
+@given(payload=st.binary(max_size=20_000), event_id=st.integers(1, 2**64 - 1))
+def test_bytes_cross_the_abi_intact(
+    echo_sandbox: tuple[Sandbox, TurnContext], payload: bytes, event_id: int
+) -> None:
+    """Lowering and lifting by hand: any bytes, any event id, both ways."""
+    sandbox, turn = echo_sandbox
+    output = sandbox.on_event(turn, event_id, "message", payload)
+    [reply] = output.replies
+    assert reply.event_id == event_id
+    assert output.done == [event_id]
+    assert output.state is not None
+    count = msgpack.unpackb(output.state)["count"]
+    assert reply.payload == b"\x82\xa4echo" + payload + b"\xa5count" + msgpack.packb(count)
+
+
+def test_unknown_event_kind_is_the_guests_error(echo_sandbox: tuple[Sandbox, TurnContext]) -> None:
+    sandbox, turn = echo_sandbox
+    with pytest.raises(GuestTrap, match="unknown event kind"):
+        sandbox.on_event(turn, 1, "gossip", b"\xc0")
 
 
 # -- building ----------------------------------------------------------------------------------

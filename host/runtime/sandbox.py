@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import wasmtime
-from wasmtime.component import Component, Func, Linker, Record
+from wasmtime.component import Component, Func, Linker
 
 from ..errors import (
     CpuDeadlineExceeded,
@@ -16,8 +16,9 @@ from ..errors import (
     MemoryLimitExceeded,
 )
 from ..manifest import Limits
-from ..sandbox import GuestReply, TurnOutput
+from ..sandbox import TurnOutput
 from ..turn import TurnContext, bind_turn
+from ._values import call_init, call_on_complete, call_on_event
 
 T = TypeVar("T")
 
@@ -72,26 +73,31 @@ class WasmSandbox:
         return cls(store, funcs, limits, deadline_ticks)
 
     def init(self, turn: TurnContext, config: bytes, state: bytes | None) -> None:
-        result = self._call(turn, "init", config, state)
-        if isinstance(result, str):
-            raise _guest_failure(result, "init")
+        error = self._call(turn, "init", lambda f, s: call_init(f, s, config, state))
+        if error is not None:
+            raise _guest_failure(error, "init")
 
     def on_event(self, turn: TurnContext, event_id: int, kind: str, payload: bytes) -> TurnOutput:
-        event = _record(id=event_id, kind=kind, payload=payload)
-        return _turn_output(self._call(turn, "on-event", event), "on-event")
+        result = self._call(
+            turn, "on-event", lambda f, s: call_on_event(f, s, event_id, kind, payload)
+        )
+        return _turn_output(result, "on-event")
 
     def on_complete(
         self, turn: TurnContext, op_id: int, ok: bool, value: bytes | str
     ) -> TurnOutput:
         if ok != isinstance(value, bytes):
             raise GuestAbiError("an ok op result carries bytes, an error carries text")
-        return _turn_output(self._call(turn, "on-complete", op_id, value), "on-complete")
+        result = self._call(
+            turn, "on-complete", lambda f, s: call_on_complete(f, s, op_id, ok, value)
+        )
+        return _turn_output(result, "on-complete")
 
     def close(self) -> None:
         self._store = None
         self._funcs = {}
 
-    def _call(self, turn: TurnContext, name: str, *args: Any) -> Any:
+    def _call(self, turn: TurnContext, name: str, call: Callable[[Func, Any], T]) -> T:
         store = self._store
         if store is None:
             raise GuestAbiError("the sandbox was closed")
@@ -99,7 +105,7 @@ class WasmSandbox:
         store.set_epoch_deadline(self._deadline_ticks)
         with bind_turn(turn):
             try:
-                result = func(store, *args)
+                result = call(func, store)
                 func.post_return(store)
             except wasmtime.WasmtimeError as exc:
                 self.close()
@@ -107,23 +113,10 @@ class WasmSandbox:
         return result
 
 
-def _record(**fields: Any) -> Record:
-    record = Record()
-    for name, value in fields.items():
-        setattr(record, name, value)
-    return record
-
-
-def _turn_output(result: Any, export: str) -> TurnOutput:
+def _turn_output(result: TurnOutput | str, export: str) -> TurnOutput:
     if isinstance(result, str):
         raise _guest_failure(result, export)
-    try:
-        replies = [GuestReply(int(r.event), bytes(r.payload)) for r in result.replies]
-        done = [int(e) for e in result.done]
-        state = None if result.state is None else bytes(result.state)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise GuestAbiError(f"{export} returned a malformed turn-output: {exc}") from None
-    return TurnOutput(replies, done, state)
+    return result
 
 
 def _guest_failure(traceback_text: str, export: str) -> GuestError:
