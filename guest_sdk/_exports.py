@@ -36,6 +36,8 @@ class _Runtime:
         self.ctx: Context | None = None
         self.committed_state = b""
         self.waiting: dict[int, _Handler] = {}
+        self.finished: dict[int, Any] = {}
+        """Results of ops that completed before their handler awaited them."""
         self.replies: list[wit.Reply] = []
         self.done: list[int] = []
 
@@ -81,16 +83,22 @@ class _Runtime:
         try:
             handler = self.waiting.pop(op, None)
             if handler is None:
-                raise ValueError(f"on-complete for unknown op {op}")
-            if isinstance(outcome, wit.OpResult_Ok):
-                self._step(handler, unpack(outcome.value), None)
-            else:
-                self._step(handler, None, OpError(outcome.value))
+                # Started but not awaited yet (a handler awaits several ops in turn):
+                # keep the result until the handler gets to it.
+                self.finished[op] = outcome
+                return self._output()
+            self._resume(handler, outcome)
             return self._output()
         except BaseException:
             raise Err(traceback.format_exc()) from None
 
     # -- driving handlers --------------------------------------------------------------
+    def _resume(self, handler: _Handler, outcome: Any) -> None:
+        if isinstance(outcome, wit.OpResult_Ok):
+            self._step(handler, unpack(outcome.value), None)
+        else:
+            self._step(handler, None, OpError(outcome.value))
+
     def _ready(self) -> tuple[Agent, Context]:
         if self.agent is None or self.ctx is None:
             raise RuntimeError("the host called on-event before init")
@@ -113,7 +121,10 @@ class _Runtime:
             raise TypeError(
                 f"handlers may only await ctx operations (ctx.sleep, ...), not {yielded!r}"
             )
-        self.waiting[yielded.op_id] = handler
+        if yielded.op_id in self.finished:
+            self._resume(handler, self.finished.pop(yielded.op_id))
+        else:
+            self.waiting[yielded.op_id] = handler
 
     def _run_to_end(self, coro: Any) -> None:
         coro = _as_coroutine(coro)

@@ -84,6 +84,8 @@ class Step:
     p99_ms: float
     host_added_p50_ms: float
     host_added_p99_ms: float
+    first_message_p50_ms: float
+    """Median reply time of a session's first message (creates the agent), apart."""
     host_cpu_share: float
     host_rss_bytes: int
     host_pss_bytes: int
@@ -306,6 +308,7 @@ def _run_step(
         p99_ms=p99,
         host_added_p50_ms=host_p50,
         host_added_p99_ms=host_p99,
+        first_message_p50_ms=stats["first_p50_ms"],
         host_cpu_share=(cpu_after - cpu_before) / max(wall_after - wall_before, 1e-9),
         host_rss_bytes=int(memory.rss),
         host_pss_bytes=int(getattr(memory, "pss", memory.rss)),
@@ -333,19 +336,30 @@ def _cpu_seconds(proc: psutil.Process) -> float:
 def _locust_totals(prefix: Path) -> dict[str, Any]:
     path = Path(f"{prefix}_stats.csv")
     if not path.is_file():
-        return {"requests": 0, "failures": 1, "rps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0}
+        return {
+            "requests": 0,
+            "failures": 1,
+            "rps": 0.0,
+            "p50_ms": 0.0,
+            "p99_ms": 0.0,
+            "first_p50_ms": 0.0,
+        }
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    total = next((r for r in rows if r.get("Name") == "Aggregated"), rows[-1] if rows else {})
+    total = next((r for r in rows if r.get("Name") == "message"), {})
+    aggregated = next((r for r in rows if r.get("Name") == "Aggregated"), {})
 
     def number(key: str) -> float:
         value = total.get(key) or "0"
         return 0.0 if value in ("N/A", "") else float(value)
 
+    first = next((r for r in rows if r.get("Name") == "first message"), {})
     return {
         "requests": int(number("Request Count")),
-        "failures": int(number("Failure Count")),
-        "rps": number("Requests/s"),
+        # Errors count for every request, first messages included.
+        "failures": int(float(aggregated.get("Failure Count") or 0)),
+        "first_p50_ms": float(first.get("50%") or 0) if first.get("50%") not in ("N/A",) else 0.0,
+        "rps": float(aggregated.get("Requests/s") or 0),
         "p50_ms": number("50%"),
         "p99_ms": number("99%"),
     }

@@ -175,6 +175,15 @@ async def test_ask_returns_the_other_agents_replies_and_grants_are_checked(
         assert "[capabilities.agents]" in denied["error"]
 
 
+async def test_ops_awaited_in_turn_may_complete_in_any_order(
+    host_config: Callable[..., HostConfig], caller_manifest: Manifest, autojump_clock: object
+) -> None:
+    async with caller_host(host_config, caller_manifest) as host:
+        [[slow, fast]] = await host.send("caller/a", {"op": "ask_two"})
+        assert slow == ["slept"]
+        assert fast == [{"from": "caller/a", "got": "quick"}]
+
+
 async def test_ask_cycle_is_a_clear_error_not_a_deadlock(
     host_config: Callable[..., HostConfig], caller_manifest: Manifest
 ) -> None:

@@ -1,4 +1,8 @@
-"""The HTTP API: an ASGI app (Starlette) over a running :class:`host.Host`."""
+"""The HTTP API: an ASGI app (Starlette) over a running :class:`host.Host`.
+
+With tracing on, every HTTP request is a server span whose parent is the request's W3C
+``traceparent``; the turns that handle the event it sends are its children.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..address import AgentAddress, validate_kind_name
@@ -26,6 +30,7 @@ from ..errors import InvalidMessage, ManifestError, MessageTooLarge, RoostError
 from ..host import Host
 from ..manifest import parse_manifest
 from ..payload_json import to_json
+from ..telemetry import Telemetry
 from ._status import error_body, error_headers, error_status
 from .auth import AuthError, Credentials, bearer, require_admin, require_agent
 from .metrics import MetricsRecorder
@@ -45,7 +50,7 @@ class ApiState:
         self.host = host
         self.settings = settings
         self.credentials = credentials
-        self.metrics = MetricsRecorder()
+        self.metrics = MetricsRecorder(host.metrics())
         self.shutting_down = trio.Event()
         """Set on the first shutdown signal: sockets close with 1001, readiness fails."""
 
@@ -86,7 +91,35 @@ def create_app(host: Host, settings: ServerConfig, credentials: Credentials) -> 
         ],
     )
     app.state.api = state
+    if host.telemetry.tracing:
+        app.add_middleware(_TracingMiddleware, telemetry=host.telemetry)
     return app
+
+
+class _TracingMiddleware:
+    """A server span around each HTTP request (to the end of a streamed response)."""
+
+    def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
+        self._app = app
+        self._telemetry = telemetry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        method = scope["method"]
+        with self._telemetry.server_span(method, scope["path"], scope["headers"]) as span:
+
+            async def send_traced(message: Message) -> None:
+                if span is not None and message["type"] == "http.response.start":
+                    span.set_attribute("http.response.status_code", message["status"])
+                await send(message)
+
+            await self._app(scope, receive, send_traced)
+            route = scope.get("route")
+            if span is not None and route is not None:
+                span.update_name(f"{method} {route.path}")
+                span.set_attribute("http.route", route.path)
 
 
 # -- plumbing -----------------------------------------------------------------------------
@@ -361,7 +394,17 @@ async def _export_agent(state: ApiState, request: Request) -> Response:
             "recorded_responses": exported.responses,
             "created_at": record.created_at,
             "updated_at": record.updated_at,
-            "timers": [],
+            "timers": [
+                {
+                    "id": d.delivery_id,
+                    "kind": d.event_kind,
+                    "due_at": d.due_at,
+                    "every_s": d.every_s,
+                    "catch_up": d.catch_up,
+                    "payload": msgpack.unpackb(d.payload, raw=False, strict_map_key=False),
+                }
+                for d in exported.deliveries
+            ],
         }
     )
 

@@ -53,3 +53,16 @@ async def test_llm_tokens_stream_as_sse_events(
     assert len(tokens) == 5
     assert replies == ["".join(str(t) for t in tokens)]
     assert [name for name, _ in events][-1] == "done"
+
+
+async def test_export_lists_pending_timers(serve_host: Serve, caller_manifest: Manifest) -> None:
+    async with serve_host(caller_manifest) as served:
+        response = await served.message(
+            "caller/a", {"op": "schedule", "after": 3600, "payload": {"note": "later"}, "id": "t1"}
+        )
+        assert response.json()["replies"] == ["t1"]
+        exported = (
+            await served.client.get("/v1/agents/caller/a/export", headers=served.admin)
+        ).json()
+        [timer] = exported["timers"]
+        assert (timer["id"], timer["kind"], timer["payload"]) == ("t1", "timer", {"note": "later"})

@@ -1,4 +1,4 @@
-"""A test agent for timers, agent messages, the llm and http: {"op": ..., ...}."""
+"""A test agent for timers, agent messages, the llm, http, logs and usage: {"op": ...}."""
 
 from __future__ import annotations
 
@@ -46,6 +46,10 @@ class Caller(Agent):
                     msg["kind"], msg["id"], msg["message"], timeout=msg.get("timeout", 30.0)
                 )
             )
+        elif op == "ask_two":
+            slow = ctx.ask("caller", "slow", {"sleep": 5})
+            fast = ctx.ask("caller", "fast", "quick")
+            ctx.reply([await slow, await fast])  # fast completes first
         elif op == "chat":
             result = await ctx.llm.chat(
                 [{"role": "user", "content": msg["text"]}],
@@ -62,6 +66,20 @@ class Caller(Agent):
         elif op == "fetch":
             result = await ctx.http.fetch(msg["url"])
             ctx.reply({"status": result["status"], "body": result["body"]})
+        elif op == "usage":
+            ctx.reply(ctx.usage())
+        elif op == "log":
+            ctx.log.info(msg["text"])
+            ctx.reply("logged")
+        elif op == "chat_then_fetch":
+            # One event, three turns: an llm call, then a fetch that may be refused.
+            result = await ctx.llm.chat([{"role": "user", "content": msg["text"]}])
+            ctx.log.info(f"answered with {result['usage']['output_tokens']} tokens")
+            try:
+                fetched = await ctx.http.fetch(msg["url"])
+                ctx.reply({"content": result["content"], "status": fetched["status"]})
+            except CapabilityError as exc:
+                ctx.reply({"content": result["content"], "refused": str(exc)})
         else:
             raise ValueError(f"unknown op {op!r}")
 
@@ -73,7 +91,10 @@ class Caller(Agent):
     async def on_agent_message(self, ctx: Context, sender: str, msg: Any) -> None:
         ctx.state["received"] = ctx.state.get("received", [])
         ctx.state["received"].append([sender, msg])
-        if isinstance(msg, dict) and msg.get("ask_back"):
+        if isinstance(msg, dict) and "sleep" in msg:
+            await ctx.sleep(msg["sleep"])
+            ctx.reply("slept")
+        elif isinstance(msg, dict) and msg.get("ask_back"):
             kind, agent_id = sender.split("/")
             try:
                 ctx.reply(await ctx.ask(kind, agent_id, "back"))
