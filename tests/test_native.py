@@ -37,6 +37,7 @@ from host.errors import GuestAbiError, GuestError
 from host.runtime import WasmEngine
 from host.sandbox import Sandbox
 from host.turn import TurnContext
+from loadtests.sim_llm import SimLLMConfig, serve_sim_llm
 
 from .conftest import ROOT, until, with_limits
 
@@ -44,6 +45,7 @@ NATIVE_PROBE_DIR = ROOT / "tests" / "agents" / "native_probe"
 ZIG_PROBE_DIR = ROOT / "tests" / "agents" / "zig_probe"
 BROKEN_SOURCE = ROOT / "tests" / "agents" / "broken" / "agent.c"
 ECHO_EXAMPLES = {"c": ROOT / "examples" / "echo_c", "zig": ROOT / "examples" / "echo_zig"}
+CHAT_EXAMPLE = ROOT / "examples" / "chat_c" / "agent.toml"
 BROKEN_WORLD = """world broken {
   include agent-core;
   import log;
@@ -198,6 +200,25 @@ async def test_native_instances_do_not_take_a_mapping_each(
             await host.send(f"{native_echo.name}/a{i}", "x")
         assert (await host.statistics()).resident == agents + 1
         assert _mappings() - before < agents // 10
+
+
+async def test_native_chat_agent_keeps_the_conversation(
+    host_config: Callable[..., HostConfig], cache_dir: Path, tmp_path: Path
+) -> None:
+    chat = _built(CHAT_EXAMPLE, tmp_path, cache_dir)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_sim_llm, SimLLMConfig(completion_tokens=5))
+        async with open_host(host_config(llm_base_url=server.url)) as host:
+            await host.deploy(chat)
+            # The simulated model cycles the words of the last user message.
+            assert await host.send("chat-c/ann", "hello there") == ["hello there hello there hello"]
+            assert await host.send("chat-c/ann", "and again") == ["and again and again and"]
+            usage = (await host.agent_status("chat-c/ann")).usage_today
+            # The second request carried the whole conversation: 2 + (2 + 5 + 2) words.
+            assert (usage.llm_input_tokens, usage.llm_output_tokens) == (11, 10)
+            with pytest.raises(GuestTrap, match="send the chat agent text"):
+                await host.send("chat-c/ann", {"not": "text"})
+        nursery.cancel_scope.cancel()
 
 
 # -- the behavioural suite, natively -------------------------------------------------------------

@@ -50,6 +50,15 @@ ROOST_IMPORT("random", "bytes") extern void roost__random_bytes(uint32_t len, vo
 ROOST_IMPORT("log", "write")
 extern void roost__log_write(int32_t level, const char *message, size_t len);
 ROOST_IMPORT("timers", "sleep") extern void roost__timers_sleep(double seconds, void *ret);
+ROOST_IMPORT("llm", "chat")
+extern void roost__llm_chat(const uint8_t *request, size_t len, void *ret);
+ROOST_IMPORT("http", "fetch")
+extern void roost__http_fetch(const uint8_t *request, size_t len, void *ret);
+ROOST_IMPORT("agents", "ask")
+extern void roost__agents_ask(const uint8_t *request, size_t len, void *ret);
+ROOST_IMPORT("agents", "send")
+extern void roost__agents_send(const char *kind, size_t kind_len, const char *id, size_t id_len,
+                               const uint8_t *message, size_t len, void *ret);
 
 /* ---- bytes -------------------------------------------------------------------------------- */
 
@@ -369,6 +378,14 @@ __attribute__((weak)) int roost_on_timer(roost_ctx *ctx, const uint8_t *payload,
     return roost_fail(ctx, "a timer fired but the agent defines no roost_on_timer");
 }
 
+__attribute__((weak)) int roost_on_continuation(roost_ctx *ctx, const uint8_t *payload,
+                                                size_t len) {
+    (void)payload;
+    (void)len;
+    return roost_fail(ctx, "an op result arrived in the continuation form but the agent "
+                           "defines no roost_on_continuation");
+}
+
 __attribute__((weak)) int roost_on_agent_message(roost_ctx *ctx, roost_str sender,
                                                  const uint8_t *msg, size_t len) {
     (void)sender;
@@ -449,6 +466,10 @@ void *roost__on_event(uint64_t id, const uint8_t *kind, size_t kind_len, const u
         roost_str from = {(const char *)sender.ptr, sender.len};
         status = roost_on_agent_message(ctx, from, message.ptr, message.len);
         return end_turn(status, "roost_on_agent_message failed");
+    }
+    if (str_is(kind, kind_len, "continuation")) {
+        status = roost_on_continuation(ctx, payload, payload_len);
+        return end_turn(status, "roost_on_continuation failed");
     }
     roost_fail(ctx, "unknown event kind");
     return end_turn(ROOST_ERR, "");
@@ -715,23 +736,27 @@ void roost_log_cstr(roost_ctx *ctx, roost_level level, const char *message) {
     roost_log(ctx, level, message, cstr_len(message));
 }
 
-uint64_t roost_sleep(roost_ctx *ctx, double seconds, roost_op_callback done, void *user) {
+/* Make room for one more pending op; false (and the turn failed) when there is none. */
+static bool ops_reserve(roost_ctx *ctx) {
     if (ctx->event == 0) {
         roost_fail(ctx, "async ops may only be started while handling an event");
-        return 0;
+        return false;
     }
-    if (g_ops_len == g_ops_cap) {
-        size_t cap = g_ops_cap ? g_ops_cap * 2 : 4;
-        pending_op *ops = roost_realloc(g_ops, cap * sizeof(pending_op));
-        if (!ops) {
-            fail_oom(ctx);
-            return 0;
-        }
-        g_ops = ops;
-        g_ops_cap = cap;
+    if (g_ops_len < g_ops_cap) return true;
+    size_t cap = g_ops_cap ? g_ops_cap * 2 : 4;
+    pending_op *ops = roost_realloc(g_ops, cap * sizeof(pending_op));
+    if (!ops) {
+        fail_oom(ctx);
+        return false;
     }
-    _Alignas(8) uint8_t ret[16];
-    roost__timers_sleep(seconds, ret);
+    g_ops = ops;
+    g_ops_cap = cap;
+    return true;
+}
+
+/* Read a result<op-id, string> return area: the op id (tracked for `done` unless that is
+ * NULL), or 0 when the host refused. */
+static uint64_t ops_track(roost_ctx *ctx, const uint8_t *ret, roost_op_callback done, void *user) {
     if (ret[0] != 0) {
         ctx->last_error.ptr = (const char *)(uintptr_t)get_u32(ret + 8);
         ctx->last_error.len = get_u32(ret + 12);
@@ -739,8 +764,61 @@ uint64_t roost_sleep(roost_ctx *ctx, double seconds, roost_op_callback done, voi
     }
     uint64_t op;
     mem_copy(&op, ret + 8, 8);
-    g_ops[g_ops_len++] = (pending_op){op, ctx->event, done, user};
+    if (done) g_ops[g_ops_len++] = (pending_op){op, ctx->event, done, user};
     return op;
+}
+
+uint64_t roost_sleep(roost_ctx *ctx, double seconds, roost_op_callback done, void *user) {
+    if (!done) {
+        roost_fail(ctx, "roost_sleep needs a completion callback");
+        return 0;
+    }
+    if (!ops_reserve(ctx)) return 0;
+    _Alignas(8) uint8_t ret[16];
+    roost__timers_sleep(seconds, ret);
+    return ops_track(ctx, ret, done, user);
+}
+
+typedef void (*op_import)(const uint8_t *request, size_t len, void *ret);
+
+/* Requests with "then" are the continuation form: nothing to wait for in this event. */
+static uint64_t start_op(roost_ctx *ctx, op_import start, const uint8_t *request, size_t len,
+                         roost_op_callback done, void *user) {
+    roost_bytes then;
+    bool continuation = roost_mp_map_get(request, len, "then", 4, &then);
+    if (!continuation && !done) {
+        roost_fail(ctx, "an async op needs a completion callback (or \"then\" in its request)");
+        return 0;
+    }
+    if (!ops_reserve(ctx)) return 0;
+    _Alignas(8) uint8_t ret[16];
+    start(request, len, ret);
+    return ops_track(ctx, ret, continuation ? 0 : done, user);
+}
+
+uint64_t roost_llm_chat(roost_ctx *ctx, const uint8_t *request, size_t len,
+                        roost_op_callback done, void *user) {
+    return start_op(ctx, roost__llm_chat, request, len, done, user);
+}
+
+uint64_t roost_http_fetch(roost_ctx *ctx, const uint8_t *request, size_t len,
+                          roost_op_callback done, void *user) {
+    return start_op(ctx, roost__http_fetch, request, len, done, user);
+}
+
+uint64_t roost_agents_ask(roost_ctx *ctx, const uint8_t *request, size_t len,
+                          roost_op_callback done, void *user) {
+    return start_op(ctx, roost__agents_ask, request, len, done, user);
+}
+
+int roost_agents_send(roost_ctx *ctx, const char *kind, size_t kind_len, const char *id,
+                      size_t id_len, const uint8_t *message, size_t len) {
+    _Alignas(4) uint8_t ret[12];
+    roost__agents_send(kind, kind_len, id, id_len, message, len, ret);
+    if (ret[0] == 0) return ROOST_OK;
+    ctx->last_error.ptr = (const char *)(uintptr_t)get_u32(ret + 4);
+    ctx->last_error.len = get_u32(ret + 8);
+    return ROOST_ERR;
 }
 
 /* ---- msgpack writer ---------------------------------------------------------------------------- */

@@ -83,6 +83,9 @@ int roost_on_start(roost_ctx *ctx);
 int roost_on_timer(roost_ctx *ctx, const uint8_t *payload, size_t len);
 /* A message from another agent `sender` ("kind/id"). Default: fails the turn. */
 int roost_on_agent_message(roost_ctx *ctx, roost_str sender, const uint8_t *msg, size_t len);
+/* The result of an op started in the continuation form (a request with "then"), as the
+ * host delivers it: a msgpack map. Default: fails the turn. */
+int roost_on_continuation(roost_ctx *ctx, const uint8_t *payload, size_t len);
 
 /* ---- the turn --------------------------------------------------------------------------- */
 
@@ -154,6 +157,26 @@ typedef int (*roost_op_callback)(roost_ctx *ctx, const roost_op_result *result, 
  * host refused (see roost_last_error). `user` must outlive the turn (a global, or
  * roost_alloc memory the callback frees). */
 uint64_t roost_sleep(roost_ctx *ctx, double seconds, roost_op_callback done, void *user);
+
+/* The ops below take a msgpack map request, as documented in the WIT (docs/capabilities.md),
+ * and complete like roost_sleep: `done` gets the msgpack result in a later turn. A request
+ * with "then" (and "tag") is the continuation form instead: `done` may be NULL, the event
+ * finishes without waiting, and the result arrives as a new event through
+ * roost_on_continuation, even after the agent hibernated. Each returns the op id, or 0 when
+ * the host refused (see roost_last_error). */
+
+/* llm: {messages, model?, max_tokens?, temperature?, stream?} -> {content, model, usage} */
+uint64_t roost_llm_chat(roost_ctx *ctx, const uint8_t *request, size_t len,
+                        roost_op_callback done, void *user);
+/* http: {url, method?, headers?, body?} -> {status, headers, body} */
+uint64_t roost_http_fetch(roost_ctx *ctx, const uint8_t *request, size_t len,
+                          roost_op_callback done, void *user);
+/* agents: {kind, id, message, timeout_s} -> the other agent's replies (a list) */
+uint64_t roost_agents_ask(roost_ctx *ctx, const uint8_t *request, size_t len,
+                          roost_op_callback done, void *user);
+/* agents: send `message` (msgpack) to kind/id when this turn commits. */
+int roost_agents_send(roost_ctx *ctx, const char *kind, size_t kind_len, const char *id,
+                      size_t id_len, const uint8_t *message, size_t len);
 
 /* ---- memory -------------------------------------------------------------------------------- */
 

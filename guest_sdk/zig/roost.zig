@@ -69,6 +69,10 @@ extern fn roost_now(ctx: *Ctx) f64;
 extern fn roost_random(ctx: *Ctx, buf: [*]u8, len: usize) void;
 extern fn roost_log(ctx: *Ctx, level: Level, message: [*]const u8, len: usize) void;
 extern fn roost_sleep(ctx: *Ctx, seconds: f64, done: *const CCallback, user: ?*anyopaque) u64;
+extern fn roost_llm_chat(ctx: *Ctx, request: [*]const u8, len: usize, done: ?*const CCallback, user: ?*anyopaque) u64;
+extern fn roost_http_fetch(ctx: *Ctx, request: [*]const u8, len: usize, done: ?*const CCallback, user: ?*anyopaque) u64;
+extern fn roost_agents_ask(ctx: *Ctx, request: [*]const u8, len: usize, done: ?*const CCallback, user: ?*anyopaque) u64;
+extern fn roost_agents_send(ctx: *Ctx, kind: [*]const u8, kind_len: usize, id: [*]const u8, id_len: usize, message: [*]const u8, len: usize) c_int;
 extern fn roost_alloc(size: usize) ?*anyopaque;
 extern fn roost_free(ptr: ?*anyopaque) void;
 extern fn roost_turn_alloc(size: usize) ?*anyopaque;
@@ -79,7 +83,8 @@ const CCallback = fn (ctx: *Ctx, result: *const COpResult, user: ?*anyopaque) ca
 // -- handlers ------------------------------------------------------------------------------------
 
 /// Export the handlers `Agent` defines (`onMessage`, and optionally `onStart`, `onTimer`,
-/// `onAgentMessage`) under the names the C SDK calls. Use from a `comptime` block.
+/// `onAgentMessage`, `onContinuation`) under the names the C SDK calls. Use from a
+/// `comptime` block.
 pub fn exportAgent(comptime Agent: type) void {
     const H = struct {
         fn onMessage(ctx: *Ctx, msg: [*]const u8, len: usize) callconv(.c) c_int {
@@ -94,11 +99,15 @@ pub fn exportAgent(comptime Agent: type) void {
         fn onAgentMessage(ctx: *Ctx, sender: Bytes, msg: [*]const u8, len: usize) callconv(.c) c_int {
             return status(ctx, Agent.onAgentMessage(ctx, slice(sender), msg[0..len]));
         }
+        fn onContinuation(ctx: *Ctx, payload: [*]const u8, len: usize) callconv(.c) c_int {
+            return status(ctx, Agent.onContinuation(ctx, payload[0..len]));
+        }
     };
     @export(&H.onMessage, .{ .name = "roost_on_message" });
     if (@hasDecl(Agent, "onStart")) @export(&H.onStart, .{ .name = "roost_on_start" });
     if (@hasDecl(Agent, "onTimer")) @export(&H.onTimer, .{ .name = "roost_on_timer" });
     if (@hasDecl(Agent, "onAgentMessage")) @export(&H.onAgentMessage, .{ .name = "roost_on_agent_message" });
+    if (@hasDecl(Agent, "onContinuation")) @export(&H.onContinuation, .{ .name = "roost_on_continuation" });
 }
 
 fn status(ctx: *Ctx, result: anyerror!void) c_int {
@@ -240,23 +249,51 @@ pub const OpResult = union(enum) {
     err: []const u8,
 };
 
-/// Run `done(ctx, result, user)` in a later turn, after `seconds`. `user` must outlive the
-/// turn. Returns the op id; `error.Refused` when the host refused (see `lastError`).
-pub fn sleep(
-    ctx: *Ctx,
-    seconds: f64,
-    comptime done: fn (ctx: *Ctx, result: OpResult, user: ?*anyopaque) anyerror!void,
-    user: ?*anyopaque,
-) Error!u64 {
+/// An op's completion callback: runs in a later turn, like a handler.
+pub const Callback = fn (ctx: *Ctx, result: OpResult, user: ?*anyopaque) anyerror!void;
+
+fn trampoline(comptime done: Callback) *const CCallback {
     const T = struct {
-        fn trampoline(c: *Ctx, r: *const COpResult, u: ?*anyopaque) callconv(.c) c_int {
+        fn call(c: *Ctx, r: *const COpResult, u: ?*anyopaque) callconv(.c) c_int {
             const result: OpResult = if (r.ok) .{ .ok = slice(r.value) } else .{ .err = slice(r.err) };
             return status(c, done(c, result, u));
         }
     };
-    const op = roost_sleep(ctx, seconds, &T.trampoline, user);
-    if (op == 0) return error.Refused;
-    return op;
+    return &T.call;
+}
+
+fn started(op: u64) Error!u64 {
+    return if (op == 0) error.Refused else op;
+}
+
+/// Run `done(ctx, result, user)` in a later turn, after `seconds`. `user` must outlive the
+/// turn. Returns the op id; `error.Refused` when the host refused (see `lastError`).
+pub fn sleep(ctx: *Ctx, seconds: f64, comptime done: Callback, user: ?*anyopaque) Error!u64 {
+    return started(roost_sleep(ctx, seconds, trampoline(done), user));
+}
+
+/// llm.chat with a msgpack request {messages, model?, max_tokens?, temperature?, stream?};
+/// `done` gets {content, model, usage}.
+pub fn llmChat(ctx: *Ctx, request: []const u8, comptime done: Callback, user: ?*anyopaque) Error!u64 {
+    return started(roost_llm_chat(ctx, request.ptr, request.len, trampoline(done), user));
+}
+
+/// http.fetch with a msgpack request {url, method?, headers?, body?}; `done` gets
+/// {status, headers, body}.
+pub fn httpFetch(ctx: *Ctx, request: []const u8, comptime done: Callback, user: ?*anyopaque) Error!u64 {
+    return started(roost_http_fetch(ctx, request.ptr, request.len, trampoline(done), user));
+}
+
+/// agents.ask with a msgpack request {kind, id, message, timeout_s}; `done` gets the
+/// other agent's replies.
+pub fn ask(ctx: *Ctx, request: []const u8, comptime done: Callback, user: ?*anyopaque) Error!u64 {
+    return started(roost_agents_ask(ctx, request.ptr, request.len, trampoline(done), user));
+}
+
+/// agents.send: deliver `message` (msgpack) to kind/id when this turn commits.
+pub fn send(ctx: *Ctx, kind_name: []const u8, id: []const u8, message: []const u8) Error!void {
+    if (roost_agents_send(ctx, kind_name.ptr, kind_name.len, id.ptr, id.len, message.ptr, message.len) != 0)
+        return error.Refused;
 }
 
 // -- memory ---------------------------------------------------------------------------------------------
