@@ -4,6 +4,7 @@ do wrong: hand the host malformed canonical-ABI values."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -221,6 +222,42 @@ async def test_native_chat_agent_keeps_the_conversation(
         nursery.cancel_scope.cancel()
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc/self/statm")
+async def test_hundred_thousand_resident_native_agents(
+    host_config: Callable[..., HostConfig], cache_dir: Path, tmp_path: Path
+) -> None:
+    """The dense tier's target: 100,000 resident native agents in one process, each
+    costing under 64 KiB (instance, linear memory and the host's actor together)."""
+    agents = 100_000
+    echo = _built(ECHO_EXAMPLES["c"] / "agent.toml", tmp_path, cache_dir)
+    echo = with_limits(echo, idle_timeout_s=24 * 3600)  # resident until the test ends
+    async with open_host(host_config(max_resident_agents=agents)) as host:
+        await host.deploy(echo)
+        await host.send("echo-c/0", "warm")
+        rss_before = _rss_bytes()
+        limiter = trio.CapacityLimiter(8)
+
+        async def talk(i: int) -> None:
+            async with limiter:
+                assert await host.send(f"echo-c/{i}", i) == [
+                    {"echo": i, "count": 2 if i == 0 else 1}
+                ]
+
+        async with trio.open_nursery() as nursery:
+            for i in range(agents):
+                nursery.start_soon(talk, i)
+        stats = await host.statistics()
+        assert (stats.resident, stats.hibernations) == (agents, 0)
+        assert (_rss_bytes() - rss_before) / agents < 64 * 1024
+        assert await host.send(f"echo-c/{agents - 1}", "again") == [{"echo": "again", "count": 2}]
+
+
 # -- the behavioural suite, natively -------------------------------------------------------------
 
 
@@ -259,6 +296,15 @@ async def test_kv_is_private_to_each_agent(nprobe_host: Host) -> None:
     assert await nprobe_host.send("nprobe/alice", {"op": "kv_keys"}) == [["secret", "x/y"]]
     await nprobe_host.send("nprobe/bob", {"op": "kv_delete", "key": "secret"})
     assert await nprobe_host.send("nprobe/alice", {"op": "kv_get", "key": "secret"}) == [b"A"]
+
+
+async def test_keys_that_are_not_utf8_are_refused_by_the_sdk(nprobe_host: Host) -> None:
+    assert await nprobe_host.send("nprobe/a", {"op": "kv_get", "key": b"\xff"}) == [None]
+    [reply] = await nprobe_host.send(
+        "nprobe/a", {"op": "kv_try_set", "key": b"k\xff", "value": b"v"}
+    )
+    assert "UTF-8" in reply["error"]
+    assert await nprobe_host.send("nprobe/a", "count") == [1]
 
 
 async def test_kv_quota_is_enforced(nprobe_host: Host) -> None:

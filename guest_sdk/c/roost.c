@@ -102,7 +102,7 @@ static uintptr_t g_heap_top;
 static bool heap_reserve(uintptr_t end) {
     uintptr_t limit = __builtin_wasm_memory_size(0) * 65536u;
     if (end <= limit) return true;
-    uintptr_t pages = (end - limit + 65535u) / 65536u;
+    uintptr_t pages = (end - limit) / 65536u + ((end - limit) % 65536u != 0);
     return __builtin_wasm_memory_grow(0, pages) != (size_t)-1;
 }
 
@@ -282,8 +282,8 @@ roost_str roost_last_error(roost_ctx *ctx) {
     return ctx->last_error;
 }
 
-/* Keep only valid UTF-8 (the ABI's string type): invalid bytes become '?'. */
-static roost_str utf8_sanitized(const char *text, size_t len) {
+/* The length of the valid UTF-8 prefix of `text`. */
+static size_t utf8_prefix(const char *text, size_t len) {
     const uint8_t *s = (const uint8_t *)text;
     size_t i = 0;
     while (i < len) {
@@ -304,6 +304,12 @@ static roost_str utf8_sanitized(const char *text, size_t len) {
         if (!ok) break;
         i += n;
     }
+    return i;
+}
+
+/* Strings cross the ABI as UTF-8 (the host refuses anything else): invalid bytes become '?'. */
+static roost_str utf8_sanitized(const char *text, size_t len) {
+    size_t i = utf8_prefix(text, len);
     if (i == len) return (roost_str){text, len};
     char *copy = arena_copy(text, len);
     if (!copy) return (roost_str){"?", 1};
@@ -672,8 +678,17 @@ static uint32_t get_u32(const uint8_t *at) {
     return v;
 }
 
+/* Strings the agent names (kv keys, agent ids) must be UTF-8; refuse them here, not in the
+ * host, where they would break the ABI and fail the turn. */
+static bool refuse_non_utf8(roost_ctx *ctx, const char *text, size_t len) {
+    if (utf8_prefix(text, len) == len) return false;
+    static const char why[] = "kv keys and agent addresses must be UTF-8";
+    ctx->last_error = (roost_str){why, sizeof why - 1};
+    return true;
+}
+
 bool roost_kv_get(roost_ctx *ctx, const char *key, size_t key_len, roost_bytes *value) {
-    (void)ctx;
+    if (refuse_non_utf8(ctx, key, key_len)) return false;
     _Alignas(4) uint8_t ret[12];
     roost__kv_get(key, key_len, ret);
     if (ret[0] == 0) return false;
@@ -684,6 +699,7 @@ bool roost_kv_get(roost_ctx *ctx, const char *key, size_t key_len, roost_bytes *
 
 int roost_kv_set(roost_ctx *ctx, const char *key, size_t key_len, const uint8_t *value,
                  size_t len) {
+    if (refuse_non_utf8(ctx, key, key_len)) return ROOST_ERR;
     _Alignas(4) uint8_t ret[12];
     roost__kv_set(key, key_len, value, len, ret);
     if (ret[0] == 0) return ROOST_OK;
@@ -693,13 +709,14 @@ int roost_kv_set(roost_ctx *ctx, const char *key, size_t key_len, const uint8_t 
 }
 
 void roost_kv_delete(roost_ctx *ctx, const char *key, size_t key_len) {
-    (void)ctx;
+    if (refuse_non_utf8(ctx, key, key_len)) return;
     roost__kv_delete(key, key_len);
 }
 
 size_t roost_kv_keys(roost_ctx *ctx, const char *prefix, size_t prefix_len, uint32_t limit,
                      roost_str **keys) {
-    (void)ctx;
+    *keys = 0;
+    if (refuse_non_utf8(ctx, prefix, prefix_len)) return 0;
     _Alignas(4) uint8_t ret[8];
     roost__kv_keys(prefix, prefix_len, limit, ret);
     *keys = (roost_str *)(uintptr_t)get_u32(ret); /* (ptr, len) pairs: roost_str's layout */
@@ -813,6 +830,7 @@ uint64_t roost_agents_ask(roost_ctx *ctx, const uint8_t *request, size_t len,
 
 int roost_agents_send(roost_ctx *ctx, const char *kind, size_t kind_len, const char *id,
                       size_t id_len, const uint8_t *message, size_t len) {
+    if (refuse_non_utf8(ctx, kind, kind_len) || refuse_non_utf8(ctx, id, id_len)) return ROOST_ERR;
     _Alignas(4) uint8_t ret[12];
     roost__agents_send(kind, kind_len, id, id_len, message, len, ret);
     if (ret[0] == 0) return ROOST_OK;

@@ -122,7 +122,8 @@ bool roost_state_remove(roost_ctx *ctx, const char *key);
 
 /* ---- capabilities -------------------------------------------------------------------------- */
 
-/* kv: keys are UTF-8 strings of 1-512 bytes; writes commit with the turn. */
+/* kv: keys are UTF-8 strings of 1-512 bytes (other bytes are refused here: get finds
+ * nothing, set fails with roost_last_error); writes commit with the turn. */
 bool roost_kv_get(roost_ctx *ctx, const char *key, size_t key_len, roost_bytes *value);
 /* ROOST_ERR when over quota or the key is invalid: see roost_last_error. */
 int roost_kv_set(roost_ctx *ctx, const char *key, size_t key_len, const uint8_t *value,
