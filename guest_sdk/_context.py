@@ -297,6 +297,19 @@ class Context:
         }
         return _start("agents", "ask", request, then)
 
+    def usage(self) -> dict[str, Any]:
+        """This agent's usage today (UTC), as committed before this turn: ``turns``,
+        ``cpu_ms``, ``llm_input_tokens``, ``llm_output_tokens``, ``llm_tokens``,
+        ``http_calls``, ``errors`` (failed turns), and the kind's daily ``budgets``
+        (None: unlimited). Needs ``[capabilities.usage]``."""
+        try:
+            data = _imports("usage").today()
+        except CapabilityError:
+            raise
+        except Exception as exc:
+            raise CapabilityError(_err_text(exc)) from None
+        return unpack(data)  # type: ignore[no-any-return]
+
     async def sleep(self, seconds: float) -> None:
         """Suspend this handler for ``seconds``; the agent's turn ends meanwhile."""
         try:

@@ -3,8 +3,12 @@
 An actor exists while its agent is resident. It handles one event at a time, to the end:
 the event's first turn, then one turn per completion of each async op the handler awaits.
 Each turn's effects are committed before the next turn starts; the caller gets the replies
-once the handler finished. A failed turn commits nothing and discards the instance; the next
-event starts from the last committed state.
+once the handler finished. A failed turn commits nothing (but the error and the CPU it
+spent count in the agent's usage) and discards the instance; the next event starts from the
+last committed state.
+
+With tracing on, each turn is a span whose parent is the context the event was sent from;
+it travels with the turn (``TurnContext.trace``) to the worker thread and to the ops.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ from .errors import (
     AgentUnavailable,
     CapabilityError,
     GuestAbiError,
+    GuestError,
     LimitExceeded,
     QuotaExceeded,
     RoostError,
 )
 from .sandbox import Sandbox, TurnOutput
 from .store.protocol import TurnCommit, Usage
+from .telemetry import TurnTrace, end_span
 from .turn import StartedOp, TurnContext
 
 logger = logging.getLogger("roost.agent")
@@ -57,6 +63,8 @@ class Envelope:
     """The chain of asks that led to this event."""
     handled: tuple[str, float | None] | None = None
     """The stored delivery this event comes from: removed (or re-armed) by its final turn."""
+    trace_context: Any = None
+    """The trace context the event was sent from (tracing on): parent of its turns."""
     replies: list[Any] = field(default_factory=list)
     reply_bytes: int = 0
     error: BaseException | None = None
@@ -92,6 +100,7 @@ class AgentActor:
         self._send, self._receive = trio.open_memory_channel[Envelope](limits.mailbox_size)
         self._sandbox: Sandbox | None = None
         self._kv_bytes = 0
+        self._state_bytes = 0
         self._state_loaded = False
         self._op_ids = itertools.count(1)
         self._event_ids = itertools.count(1)
@@ -104,6 +113,10 @@ class AgentActor:
         """How long the last activation took (instantiate + init), until it is recorded."""
         """True once an instance was created; a stopping actor then counts as hibernated."""
         self.last_active = trio.current_time()
+        """Trio time of the last committed turn (or of the actor's start)."""
+        self.pending_ops = 0
+        """Ops the event being handled awaits (they keep the agent resident)."""
+        self.in_turn = False
 
     # -- called from the supervisor (trio loop, synchronous) ----------------------------
     def post(self, envelope: Envelope) -> None:
@@ -144,6 +157,26 @@ class AgentActor:
 
     def _mailbox_empty(self) -> bool:
         return self._receive.statistics().current_buffer_used == 0
+
+    @property
+    def queued(self) -> int:
+        """Events waiting in the mailbox."""
+        return int(self._receive.statistics().current_buffer_used)
+
+    def held_by(self, now: float) -> tuple[str, ...]:
+        """Why the agent is still resident when no turn has committed for longer than its
+        idle timeout (empty otherwise): ``pending_op``, ``turn_running``,
+        ``mailbox_not_empty``."""
+        if self.closed or now - self.last_active <= self.kind.manifest.limits.idle_timeout_s:
+            return ()
+        reasons = []
+        if self.pending_ops:
+            reasons.append("pending_op")
+        if self.in_turn:
+            reasons.append("turn_running")
+        if not self._mailbox_empty():
+            reasons.append("mailbox_not_empty")
+        return tuple(reasons)
 
     # -- the actor's task ---------------------------------------------------------------
     async def run(self) -> None:
@@ -194,7 +227,10 @@ class AgentActor:
                 error = RoostError(f"internal error handling the event: {exc!r}")
             if error is not None:
                 self._drop_instance()
+                if isinstance(error, GuestError):
+                    self._supervisor.metrics.trap(self.address.kind, error)
             ops.cancel_scope.cancel()
+        self.pending_ops = 0
         envelope.finish(error)
 
     async def _handle_in(self, envelope: Envelope, ops: trio.Nursery) -> None:
@@ -204,7 +240,7 @@ class AgentActor:
         def first(turn: TurnContext) -> TurnOutput:
             # Loading the state, activation and the first turn share one worker-thread trip.
             if activate is not None:
-                activate()
+                activate(turn.trace)
                 turn.kv_bytes = self._kv_bytes
             sandbox = self._sandbox
             if sandbox is None:
@@ -212,7 +248,10 @@ class AgentActor:
             return sandbox.on_event(turn, event_id, envelope.kind, envelope.payload)
 
         completions_send, completions = trio.open_memory_channel[_Completion](math.inf)
-        output, outstanding = await self._turn(first, envelope, event_id, ops, completions_send)
+        output, outstanding = await self._turn(
+            first, envelope, event_id, ops, completions_send, "on-event"
+        )
+        self.pending_ops = outstanding
         while event_id not in output.done:
             if outstanding == 0:
                 raise GuestAbiError(
@@ -221,6 +260,7 @@ class AgentActor:
                 )
             completion = await completions.receive()
             outstanding -= 1
+            self.pending_ops = outstanding
             sandbox = self._sandbox
             if sandbox is None:
                 raise GuestAbiError("the instance went away while an op was pending")
@@ -230,12 +270,15 @@ class AgentActor:
             ) -> TurnOutput:
                 return sandbox.on_complete(turn, c.op_id, c.ok, c.value)
 
-            output, started = await self._turn(resume, envelope, event_id, ops, completions_send)
+            output, started = await self._turn(
+                resume, envelope, event_id, ops, completions_send, "on-complete"
+            )
             outstanding += started
+            self.pending_ops = outstanding
 
-    def _prepare_activation(self) -> Callable[[], Sandbox]:
+    def _prepare_activation(self) -> Callable[[TurnTrace | None], Sandbox]:
         """The function that loads the committed state, instantiates the guest and runs its
-        ``init``, on a worker thread."""
+        ``init``, on a worker thread (a ``roost.activate`` span under the turn's)."""
         config = msgpack.packb(
             {"kind": self.address.kind, "id": self.address.id, "config": self.kind.config},
             use_bin_type=True,
@@ -243,22 +286,39 @@ class AgentActor:
         init_turn = self._new_turn()
         limits = self.kind.manifest.limits
 
-        def activate() -> Sandbox:
+        def activate(trace: TurnTrace | None) -> Sandbox:
+            span = None if trace is None else trace.child("roost.activate")
+            init_turn.trace = trace
             started = time.perf_counter()
-            record = self._supervisor.store.read_agent(self.address)
-            state = None if record is None else record.state
-            self._kv_bytes = init_turn.kv_bytes = 0 if record is None else record.kv_bytes
-            sandbox = self.kind.factory.instantiate(limits)
             try:
-                sandbox.init(init_turn, config, state)
-                if init_turn.fault is not None:
-                    raise init_turn.fault
-            except BaseException:
-                sandbox.close()
+                record = self._supervisor.store.read_agent(self.address)
+                state = None if record is None else record.state
+                self._kv_bytes = init_turn.kv_bytes = 0 if record is None else record.kv_bytes
+                sandbox = self.kind.factory.instantiate(limits)
+                try:
+                    sandbox.init(init_turn, config, state)
+                    if init_turn.fault is not None:
+                        raise init_turn.fault
+                except BaseException:
+                    sandbox.close()
+                    raise
+            except BaseException as exc:
+                if span is not None:
+                    end_span(span, exc, {})
                 raise
             self._sandbox = sandbox
+            self._state_bytes = len(state or b"")
             self.activated = True
             self.activation_s = time.perf_counter() - started
+            if span is not None:
+                end_span(
+                    span,
+                    None,
+                    {
+                        "roost.activation.restored": state is not None,
+                        "roost.state.bytes": len(state or b""),
+                    },
+                )
             return sandbox
 
         return activate
@@ -286,27 +346,92 @@ class AgentActor:
         event_id: int,
         ops: trio.Nursery,
         completions: trio.MemorySendChannel[_Completion],
+        export: str,
     ) -> tuple[TurnOutput, int]:
-        """Run one turn, check its limits, commit it, start its ops.
-        Returns the guest's output and the number of ops started."""
+        """Run one turn, check its limits, commit it, start its ops; time it and, with
+        tracing on, record it as a span. Returns the guest's output and the number of ops
+        started."""
+        supervisor = self._supervisor
         turn = self._new_turn(envelope)
+        if supervisor.telemetry.tracing:
+            turn.trace = supervisor.telemetry.start_turn(
+                self.address, envelope.kind, export, envelope.trace_context
+            )
+        started = time.perf_counter()
+        self.in_turn = True
+        try:
+            output, waiting = await self._commit_turn(
+                call, turn, envelope, event_id, ops, completions
+            )
+        except BaseException as exc:
+            if turn.trace is not None:
+                turn.trace.end(exc, self._turn_attributes(turn, None))
+            if isinstance(exc, Exception):
+                await self._record_failure(turn, exc)
+            raise
+        finally:
+            self.in_turn = False
+            supervisor.metrics.observe_turn(self.address.kind, time.perf_counter() - started)
+        if turn.trace is not None:
+            turn.trace.end(None, self._turn_attributes(turn, output))
+        return output, waiting
+
+    def _turn_attributes(self, turn: TurnContext, output: TurnOutput | None) -> dict[str, Any]:
+        tick_ms = self._supervisor.epoch_tick_ms
+        deadline_ms = self.kind.manifest.limits.cpu_deadline_ms
+        attributes: dict[str, Any] = {
+            "roost.turn.cpu_ms": turn.cpu_ms,
+            "roost.turn.epoch_ticks": int(turn.wall_ms // tick_ms),
+            "roost.turn.epoch_deadline_ticks": -(-deadline_ms // tick_ms) + 1,
+            "roost.turn.kv_writes": len(turn.kv_writes),
+            "roost.turn.ops_started": len(turn.ops),
+            "roost.state.bytes": self._state_bytes,
+        }
+        if output is not None:
+            attributes["roost.turn.replies"] = len(output.replies)
+            attributes["roost.turn.state_changed"] = output.state is not None
+        return attributes
+
+    async def _record_failure(self, turn: TurnContext, error: Exception) -> None:
+        """A failed turn commits nothing, but its error and CPU count in the usage."""
+        try:
+            await self._supervisor.store.add_usage(
+                self.address, turn.day, Usage(errors=1, cpu_ms=turn.cpu_ms)
+            )
+        except Exception as exc:
+            logger.warning(
+                "agent %s: could not record a failed turn's usage: %s",
+                self.address,
+                exc,
+                extra={"agent_kind": self.address.kind, "agent_id": self.address.id},
+            )
+
+    async def _commit_turn(
+        self,
+        call: Callable[[TurnContext], TurnOutput],
+        turn: TurnContext,
+        envelope: Envelope,
+        event_id: int,
+        ops: trio.Nursery,
+        completions: trio.MemorySendChannel[_Completion],
+    ) -> tuple[TurnOutput, int]:
         budgets = self.kind.manifest.budgets
 
         def guarded() -> TurnOutput:
             if budgets.cpu_ms_per_day is not None:
                 used = self._supervisor.store.read_usage(self.address, turn.day).cpu_ms
                 turn.check_budget("cpu_ms_per_day", used, 0, budgets.cpu_ms_per_day)
-            started = time.thread_time()
-            try:
-                return call(turn)
-            finally:
-                turn.cpu_ms = (time.thread_time() - started) * 1000
+            if turn.trace is None:
+                return _timed(call, turn)
+            with turn.trace.activated():
+                return _timed(call, turn)
 
         try:
             output = await self._supervisor.run_guest(guarded)
         finally:
             if self.activation_s is not None:
                 self._supervisor.record_activation(self.activation_s)
+                self._supervisor.metrics.observe_wake(self.address.kind, self.activation_s)
                 self.activation_s = None
         if turn.fault is not None:
             raise turn.fault
@@ -363,6 +488,9 @@ class AgentActor:
         if turn.deliveries:
             self._supervisor.deliveries_changed()
         self._kv_bytes = turn.kv_bytes
+        if output.state is not None:
+            self._state_bytes = len(output.state)
+        self.last_active = trio.current_time()
         self._supervisor.record_turn()
         envelope.replies.extend(decoded)
         envelope.reply_bytes = reply_bytes
@@ -382,7 +510,7 @@ class AgentActor:
         self, op: StartedOp, completions: trio.MemorySendChannel[_Completion]
     ) -> None:
         try:
-            value = await op.run()
+            value = await run_op(op)
         except CapabilityError as exc:
             await completions.send(_Completion(op.op_id, False, str(exc)))
         except Exception as exc:
@@ -390,6 +518,26 @@ class AgentActor:
             await completions.send(_Completion(op.op_id, False, f"{op.capability} failed: {exc}"))
         else:
             await completions.send(_Completion(op.op_id, True, value))
+
+
+def _timed(call: Callable[[TurnContext], TurnOutput], turn: TurnContext) -> TurnOutput:
+    """Run the guest call, measuring its CPU and wall time on this (worker) thread."""
+    cpu_started = time.thread_time()
+    wall_started = time.perf_counter()
+    try:
+        return call(turn)
+    finally:
+        turn.cpu_ms = (time.thread_time() - cpu_started) * 1000
+        turn.wall_ms = (time.perf_counter() - wall_started) * 1000
+
+
+async def run_op(op: StartedOp) -> bytes:
+    """Run an op's task with the span of the turn that started it as the current span
+    (tracing on), so what it sends on (an ``ask``'s event) is traced under that turn."""
+    if op.trace is None:
+        return await op.run()
+    with op.trace.activated():
+        return await op.run()
 
 
 def utc_day(unix_time: float) -> str:

@@ -44,6 +44,7 @@ CORE_CAPABILITIES: tuple[str, ...] = (
     "agents",
     "llm",
     "http",
+    "usage",
 )
 """Capabilities the full ``agent`` world imports, in WIT order."""
 

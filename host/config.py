@@ -2,6 +2,7 @@
 
 Every setting can come from a ``ROOST_*`` environment variable (``ROOST_DATA_DIR``,
 ``ROOST_MAX_RESIDENT_AGENTS``, ...) or be passed to :class:`HostConfig` directly.
+Telemetry follows OpenTelemetry's standard ``OTEL_*`` variables (:class:`TelemetryConfig`).
 """
 
 from __future__ import annotations
@@ -108,3 +109,76 @@ def load_server_config(**overrides: object) -> ServerConfig:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(f"invalid server settings: {problems}") from None
+
+
+DEFAULT_SERVICE_NAME = "roost"
+DEFAULT_METRIC_EXPORT_INTERVAL_MS = 60_000
+TelemetryExporter = Literal["otlp", "console", "none"]
+
+
+class TelemetryConfig(BaseSettings):
+    """OpenTelemetry settings from the standard ``OTEL_*`` variables. Off unless an exporter
+    or an OTLP endpoint is set: ``OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318`` turns
+    on traces, metrics and logs over OTLP/HTTP; ``OTEL_{TRACES,METRICS,LOGS}_EXPORTER``
+    choose per signal (``otlp``, ``console`` or ``none``); ``OTEL_SDK_DISABLED=true`` turns
+    everything off. Headers, timeouts and certificates are read by the OTLP exporters
+    themselves (``OTEL_EXPORTER_OTLP_HEADERS``, ...)."""
+
+    model_config = SettingsConfigDict(env_prefix="OTEL_", extra="ignore", frozen=True)
+
+    sdk_disabled: bool = False
+    service_name: str = DEFAULT_SERVICE_NAME
+    traces_exporter: TelemetryExporter | None = None
+    """Unset: ``otlp`` when an OTLP endpoint is set, else ``none``."""
+    metrics_exporter: TelemetryExporter | None = None
+    logs_exporter: TelemetryExporter | None = None
+    exporter_otlp_endpoint: str | None = None
+    """Base URL of an OTLP/HTTP receiver; ``/v1/traces`` etc. are appended."""
+    exporter_otlp_traces_endpoint: str | None = None
+    """Full URL for spans (overrides the base endpoint)."""
+    exporter_otlp_metrics_endpoint: str | None = None
+    exporter_otlp_logs_endpoint: str | None = None
+    exporter_otlp_protocol: Literal["http/protobuf"] = "http/protobuf"
+    """Only OTLP over HTTP with protobuf bodies is built in."""
+    traces_sampler: Literal[
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    ] = "parentbased_always_on"
+    traces_sampler_arg: float = Field(1.0, ge=0, le=1)
+    """The ratio of the ``traceidratio`` samplers."""
+    metric_export_interval: int = Field(DEFAULT_METRIC_EXPORT_INTERVAL_MS, ge=100)
+    """Milliseconds between OTLP metric exports."""
+
+    def exporter(self, signal: Literal["traces", "metrics", "logs"]) -> TelemetryExporter:
+        """The exporter of one signal, after the defaults above."""
+        if self.sdk_disabled:
+            return "none"
+        chosen: TelemetryExporter | None = getattr(self, f"{signal}_exporter")
+        if chosen is not None:
+            return chosen
+        return "otlp" if self.otlp_endpoint(signal) is not None else "none"
+
+    def otlp_endpoint(self, signal: Literal["traces", "metrics", "logs"]) -> str | None:
+        """The full OTLP/HTTP URL for one signal, or None when none is configured (the
+        exporter then falls back to its own default, ``http://localhost:4318``)."""
+        specific: str | None = getattr(self, f"exporter_otlp_{signal}_endpoint")
+        if specific:
+            return specific
+        if self.exporter_otlp_endpoint:
+            return f"{self.exporter_otlp_endpoint.rstrip('/')}/v1/{signal}"
+        return None
+
+
+def load_telemetry_config(**overrides: object) -> TelemetryConfig:
+    """Telemetry settings from the ``OTEL_*`` environment, ``overrides`` taking precedence."""
+    try:
+        return TelemetryConfig(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"OTEL_{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid telemetry settings: {problems}") from None

@@ -19,7 +19,7 @@ from .address import AgentAddress, validate_kind_name
 from .agent import utc_day
 from .capabilities import bind_capabilities
 from .clock import HostClock
-from .config import HostConfig, load_config
+from .config import HostConfig, load_config, load_telemetry_config
 from .deliveries import DeliveryLoop
 from .errors import (
     AgentExists,
@@ -36,6 +36,7 @@ from .sandbox import SandboxFactory
 from .store.protocol import AgentExport, AgentSummary, StateStore, Usage
 from .store.sqlite import open_sqlite_store
 from .supervisor import Supervisor
+from .telemetry import HistogramSnapshot, HostMetrics, Telemetry
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,18 @@ class AgentStatus:
     last_active_at: float | None
     """Unix time of the last committed turn."""
     usage_today: Usage
-    """Turns, CPU time, LLM tokens and HTTP calls so far this UTC day."""
+    """Turns, CPU time, LLM tokens, HTTP calls and failed turns so far this UTC day."""
+    held_resident_by: tuple[str, ...] = ()
+    """Why the agent is still resident although no turn committed for longer than its idle
+    timeout: ``pending_op`` (a handler awaits an op), ``turn_running``,
+    ``mailbox_not_empty``. Empty when it is not held."""
+    pending_ops: int = 0
+    """Ops the event being handled awaits."""
+    mailbox_depth: int = 0
+    """Events queued for the agent."""
+    open_sockets: int = 0
+    """WebSockets open to the agent. They do not keep it resident: it hibernates under an
+    open socket and the next frame wakes it."""
 
 
 @dataclass(frozen=True)
@@ -71,19 +83,44 @@ class HostStatistics:
     denied: dict[str, int] = field(default_factory=dict)
     """Capability calls refused (outside the grant, over a quota or budget), by
     ``kind/capability``."""
+    traps: dict[str, int] = field(default_factory=dict)
+    """Failed guest turns (trap, CPU deadline, memory, limit, ABI), by ``kind/trap``."""
+    llm_tokens: dict[str, int] = field(default_factory=dict)
+    """LLM tokens used, by ``kind/input`` and ``kind/output``."""
+    mailbox_depth: dict[str, int] = field(default_factory=dict)
+    """Events queued in resident agents' mailboxes, by kind."""
+    held_resident: dict[str, int] = field(default_factory=dict)
+    """Agents resident past their idle timeout, by what holds them (see
+    :attr:`AgentStatus.held_resident_by`)."""
+    rejected: dict[int, int] = field(default_factory=dict)
+    """Requests the HTTP API refused for backpressure, by status (429, 503)."""
+    websockets_open: int = 0
+    wake_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
+    """Activation latency (load state, instantiate, init), by kind."""
+    turn_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
+    """Turn latency (worker wait, guest call, commit), by kind."""
 
 
 @asynccontextmanager
 async def open_host(
-    config: HostConfig | None = None, *, store: StateStore | None = None
+    config: HostConfig | None = None,
+    *,
+    store: StateStore | None = None,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[Host]:
     """Open a host. Without ``store``, uses the embedded SQLite store in ``config.data_dir``.
+    Without ``telemetry``, OpenTelemetry is set up from the ``OTEL_*`` environment (off
+    unless it names an exporter or an endpoint) and shut down with the host; a given
+    ``telemetry`` stays the caller's.
 
     Leaving the block stops accepting events, lets in-flight events finish, hibernates every
     agent and closes the store.
     """
     config = config or load_config()
     async with AsyncExitStack() as stack:
+        if telemetry is None:
+            telemetry = Telemetry.from_config(load_telemetry_config())
+            stack.callback(telemetry.shutdown)
         if store is None:
             store = await stack.enter_async_context(
                 open_sqlite_store(config.database_path, synchronous=config.sqlite_synchronous)
@@ -95,8 +132,11 @@ async def open_host(
             httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=False)
         )
         async with open_service_nursery() as nursery:
-            host = Host(config, store, engine, nursery, http_client)
+            host = Host(config, store, engine, nursery, http_client, telemetry)
             await nursery.start(host._deliveries.run)
+            if telemetry.meter is not None:
+                telemetry.observe_host(lambda: host.last_statistics)
+                nursery.start_soon(host._refresh_statistics, telemetry.refresh_interval_s)
             try:
                 yield host
             finally:
@@ -114,8 +154,10 @@ class Host:
         engine: WasmEngine,
         nursery: trio.Nursery,
         http_client: httpx.AsyncClient,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.config = config
+        self.telemetry = telemetry or Telemetry.off()
         self.store = store
         self._engine = engine
         self._http_client = http_client
@@ -129,7 +171,11 @@ class Host:
             max_resident=config.max_resident_agents,
             worker_threads=config.worker_threads,
             max_in_flight=config.max_in_flight,
+            telemetry=self.telemetry,
+            epoch_tick_ms=config.epoch_tick_ms,
         )
+        self.last_statistics: HostStatistics | None = None
+        """The statistics of the last :meth:`statistics` call (observable metrics read it)."""
         self._closed = False
         self._idempotent_in_flight: dict[tuple[AgentAddress, str], trio.Event] = {}
         self._subscribers: dict[AgentAddress, set[trio.MemorySendChannel[Any]]] = {}
@@ -260,6 +306,7 @@ class Host:
         record = await self.store.load_agent(address)
         day = utc_day(self._supervisor.clock.now())
         usage = await trio.to_thread.run_sync(self.store.read_usage, address, day)
+        actor = self._supervisor.actor(address)
         return AgentStatus(
             address=str(address),
             resident=self._supervisor.is_resident(address),
@@ -269,6 +316,10 @@ class Host:
             created_at=record.created_at if record else None,
             last_active_at=record.updated_at if record else None,
             usage_today=usage,
+            held_resident_by=() if actor is None else actor.held_by(trio.current_time()),
+            pending_ops=0 if actor is None else actor.pending_ops,
+            mailbox_depth=0 if actor is None else actor.queued,
+            open_sockets=len(self._subscribers.get(address, ())),
         )
 
     async def erase(self, address: AgentAddress | str) -> bool:
@@ -355,6 +406,10 @@ class Host:
     def http_client(self) -> httpx.AsyncClient:
         return self._http_client
 
+    def metrics(self) -> HostMetrics:
+        """The host's counters and histograms (also what the API records into)."""
+        return self._supervisor.metrics
+
     def _kind(self, address: AgentAddress) -> Kind:
         kind = self._kinds.get(address.kind)
         if kind is None:
@@ -374,9 +429,10 @@ class Host:
 
     async def statistics(self) -> HostStatistics:
         sup = self._supervisor
-        resident = sup.resident
         stored = await self.store.count_agents()
-        return HostStatistics(
+        resident = sup.resident
+        metrics = sup.metrics
+        self.last_statistics = statistics = HostStatistics(
             resident=resident,
             hibernated=max(stored - resident, 0),
             activations=sup.activations,
@@ -389,7 +445,25 @@ class Host:
                 for kind in self._kinds.values()
                 for name, capability in sorted(kind.capabilities.items())
             },
+            traps=metrics.traps(),
+            llm_tokens=metrics.tokens(),
+            mailbox_depth=sup.mailbox_depth(),
+            held_resident=sup.held_resident(),
+            rejected=metrics.rejections(),
+            websockets_open=metrics.websockets_open,
+            wake_seconds=metrics.wake_seconds(),
+            turn_seconds=metrics.turn_seconds(),
         )
+        return statistics
+
+    async def _refresh_statistics(self, interval_s: float) -> None:
+        """Keep :attr:`last_statistics` fresh for the metric exporter's thread."""
+        while True:
+            try:
+                await self.statistics()
+            except Exception as exc:  # a failed refresh leaves the previous snapshot
+                logger.warning("refreshing host statistics failed: %s", exc)
+            await trio.sleep(interval_s)
 
     async def aclose(self) -> None:
         """Stop accepting, let in-flight events finish, hibernate everyone."""

@@ -13,13 +13,15 @@ from typing import Any, TypeVar
 
 import msgpack
 import trio
+from opentelemetry import context as otel_context
 
 from .address import AgentAddress
-from .agent import AgentActor, Envelope
+from .agent import AgentActor, Envelope, run_op
 from .clock import HostClock
 from .errors import AgentUnavailable, CapabilityError, Overloaded
 from .kind import Kind
 from .store.protocol import Delivery, StateStore
+from .telemetry import Telemetry
 from .turn import HostServices, StartedOp
 
 T = TypeVar("T")
@@ -37,8 +39,13 @@ class Supervisor:
         max_resident: int,
         worker_threads: int,
         max_in_flight: int,
+        telemetry: Telemetry | None = None,
+        epoch_tick_ms: int = 10,
     ) -> None:
         self.store = store
+        self.telemetry = telemetry or Telemetry.off()
+        self.metrics = self.telemetry.host_metrics()
+        self.epoch_tick_ms = epoch_tick_ms
         self.clock = clock
         self.services = services
         self.deliveries_poked = trio.Event()
@@ -91,6 +98,7 @@ class Supervisor:
             on_token=on_token,
             chain=chain,
             handled=handled,
+            trace_context=self.telemetry.current_context(),
         )
         actor = self._actor_for(address, kind)
         actor.post(envelope)
@@ -123,7 +131,12 @@ class Supervisor:
             self._evict_one()
         actor = AgentActor(address, kind, self)
         self._actors[address] = actor
-        self._nursery.start_soon(actor.run)
+        if self.telemetry.tracing:
+            # Not the trace context of whoever happened to wake the agent: each turn gets
+            # its parent from its own event.
+            self._nursery.start_soon(_detached, actor.run)
+        else:
+            self._nursery.start_soon(actor.run)
         return actor
 
     def _evict_one(self) -> None:
@@ -172,7 +185,7 @@ class Supervisor:
     async def _continue(self, address: AgentAddress, op: StartedOp) -> None:
         assert op.continuation is not None
         try:
-            value = msgpack.unpackb(await op.run(), raw=False, strict_map_key=False)
+            value = msgpack.unpackb(await run_op(op), raw=False, strict_map_key=False)
             ok = True
         except CapabilityError as exc:
             value, ok = str(exc), False
@@ -222,3 +235,30 @@ class Supervisor:
     def hibernate_all(self) -> None:
         for actor in list(self._actors.values()):
             actor.hibernate_now()
+
+    def actor(self, address: AgentAddress) -> AgentActor | None:
+        """The resident actor of ``address``, if any."""
+        actor = self._actors.get(address)
+        return actor if actor is not None and actor.has_instance and not actor.closed else None
+
+    def mailbox_depth(self) -> dict[str, int]:
+        """Events queued in resident agents' mailboxes, by kind."""
+        depth: dict[str, int] = {}
+        for address, actor in self._actors.items():
+            depth[address.kind] = depth.get(address.kind, 0) + actor.queued
+        return depth
+
+    def held_resident(self) -> dict[str, int]:
+        """Agents resident past their idle timeout, by what holds them (an agent held for
+        two reasons counts under both)."""
+        now = trio.current_time()
+        held: dict[str, int] = {"pending_op": 0, "turn_running": 0, "mailbox_not_empty": 0}
+        for actor in self._actors.values():
+            for reason in actor.held_by(now):
+                held[reason] += 1
+        return held
+
+
+async def _detached(run: Callable[[], Any]) -> None:
+    otel_context.attach(otel_context.Context())
+    await run()

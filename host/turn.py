@@ -12,12 +12,15 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .address import AgentAddress
 from .errors import GuestAbiError, QuotaExceeded, RoostError
 from .manifest import Budgets, Limits
 from .store.protocol import Delivery, StateStore
+
+if TYPE_CHECKING:
+    from .telemetry import HostMetrics, TurnTrace
 
 OpRunner = Callable[[], Awaitable[bytes]]
 """Runs an async op on the trio loop; returns the msgpack payload of its result."""
@@ -40,6 +43,8 @@ class StartedOp:
     capability: str
     run: OpRunner
     continuation: Continuation | None = None
+    trace: TurnTrace | None = None
+    """The span of the turn that started the op (None when tracing is off)."""
 
 
 class HostServices(Protocol):
@@ -65,6 +70,10 @@ class HostServices(Protocol):
         """The host's shared ``httpx.AsyncClient`` for outbound calls."""
         ...
 
+    def metrics(self) -> HostMetrics:
+        """The host's counters (LLM tokens are counted by the op that used them)."""
+        ...
+
 
 @dataclass(slots=True)
 class TurnContext:
@@ -83,6 +92,8 @@ class TurnContext:
     """UTC day of ``now`` (``YYYY-MM-DD``), the unit of daily budgets."""
     cpu_ms: float = 0.0
     """CPU time the guest used in this turn (set by the worker thread)."""
+    wall_ms: float = 0.0
+    """Wall-clock time of the guest call (set by the worker thread)."""
     services: HostServices | None = None
     chain: tuple[str, ...] = ()
     """Addresses of the agents whose asks led to this event (to refuse cycles)."""
@@ -93,6 +104,9 @@ class TurnContext:
     deliveries: list[Delivery] = field(default_factory=list)
     cancelled: set[str] = field(default_factory=set)
     fault: RoostError | None = None
+    trace: TurnTrace | None = None
+    """The turn's span, when tracing is on: host calls and ops started by the turn are its
+    children, wherever they run."""
 
     def fail(self, error: RoostError) -> None:
         """Record a host-side fault; the first one wins and fails the turn."""
@@ -103,7 +117,7 @@ class TurnContext:
         self, capability: str, run: OpRunner, continuation: Continuation | None = None
     ) -> int:
         op_id = self.next_op_id()
-        self.ops.append(StartedOp(op_id, capability, run, continuation))
+        self.ops.append(StartedOp(op_id, capability, run, continuation, self.trace))
         return op_id
 
     def check_budget(self, what: str, used: float, adding: float, budget: float | None) -> None:

@@ -1,29 +1,35 @@
-"""``/metrics``: the host's counters in the Prometheus text format."""
+"""``/metrics``: the host's counters in the Prometheus text format (the same numbers
+OpenTelemetry exports, see docs/telemetry.md)."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from ..host import HostStatistics
+from ..telemetry import HistogramSnapshot, HostMetrics
 
 
 class MetricsRecorder:
-    """Counters the API layer owns (the host owns the rest)."""
+    """What the API layer records (into the host's metrics) and renders."""
 
-    def __init__(self) -> None:
-        self._rejected: dict[int, int] = {429: 0, 503: 0}
-        self._sockets = 0
+    def __init__(self, metrics: HostMetrics) -> None:
+        self._metrics = metrics
 
     def rejected(self, status: int) -> None:
-        self._rejected[status] = self._rejected.get(status, 0) + 1
+        self._metrics.rejected(status)
 
     def socket_opened(self) -> None:
-        self._sockets += 1
+        self._metrics.websockets_open += 1
 
     def socket_closed(self) -> None:
-        self._sockets -= 1
+        self._metrics.websockets_open -= 1
 
     def render(self, stats: HostStatistics) -> bytes:
         registry = CollectorRegistry(auto_describe=False)
@@ -36,7 +42,7 @@ class MetricsRecorder:
             "roost_agents_hibernated": ("Agents with state and no instance.", stats.hibernated),
             "roost_events_in_flight": ("Events being handled.", stats.in_flight),
             "roost_kinds": ("Deployed kinds.", stats.kinds),
-            "roost_websockets_open": ("Open agent WebSockets.", self._sockets),
+            "roost_websockets_open": ("Open agent WebSockets.", stats.websockets_open),
         }
         counters = {
             "roost_activations": ("Instances created.", stats.activations),
@@ -48,7 +54,7 @@ class MetricsRecorder:
         rejected = CounterMetricFamily(
             "roost_requests_rejected", "Requests refused for backpressure.", labels=["status"]
         )
-        for status, count in sorted(self._rejected.items()):
+        for status, count in sorted(stats.rejected.items()):
             rejected.add_metric([str(status)], count)
         families.append(rejected)
         denied = CounterMetricFamily(
@@ -60,7 +66,66 @@ class MetricsRecorder:
             kind, _, capability = name.partition("/")
             denied.add_metric([kind, capability], count)
         families.append(denied)
+        families.append(
+            _by_two(
+                "roost_traps",
+                "Failed guest turns: trap, CPU deadline, memory, limit, ABI.",
+                ["kind", "trap"],
+                stats.traps,
+            )
+        )
+        families.append(
+            _by_two("roost_llm_tokens", "LLM tokens used.", ["kind", "type"], stats.llm_tokens)
+        )
+        depth = GaugeMetricFamily(
+            "roost_mailbox_depth", "Events queued in resident agents' mailboxes.", labels=["kind"]
+        )
+        for kind, count in sorted(stats.mailbox_depth.items()):
+            depth.add_metric([kind], count)
+        families.append(depth)
+        held = GaugeMetricFamily(
+            "roost_agents_held_resident",
+            "Agents resident past their idle timeout, by what holds them.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(stats.held_resident.items()):
+            held.add_metric([reason], count)
+        families.append(held)
+        families.append(
+            _histogram(
+                "roost_wake_seconds",
+                "Activation latency: load state, instantiate, init.",
+                stats.wake_seconds,
+            )
+        )
+        families.append(
+            _histogram(
+                "roost_turn_seconds",
+                "Turn latency: worker wait, guest call, commit.",
+                stats.turn_seconds,
+            )
+        )
         return families
+
+
+def _by_two(name: str, help_text: str, labels: list[str], counts: dict[str, int]) -> Metric:
+    family = CounterMetricFamily(name, help_text, labels=labels)
+    for key, count in sorted(counts.items()):
+        first, _, second = key.partition("/")
+        family.add_metric([first, second], count)
+    return family
+
+
+def _histogram(name: str, help_text: str, by_kind: dict[str, HistogramSnapshot]) -> Metric:
+    family = HistogramMetricFamily(name, help_text, labels=["kind"])
+    for kind, snapshot in sorted(by_kind.items()):
+        buckets = []
+        cumulative = 0
+        for bound, count in zip((*snapshot.bounds, float("inf")), snapshot.counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        family.add_metric([kind], buckets, snapshot.total)
+    return family
 
 
 class _Snapshot(Collector):

@@ -28,6 +28,15 @@ class AgentInfo(BaseModel):
     kv_bytes: int
     created_at: float | None
     last_active_at: float | None
+    usage_today: dict[str, Any] | None = None
+    held_resident_by: list[str] = Field(
+        default_factory=list,
+        description="Why the agent is resident past its idle timeout: pending_op, "
+        "turn_running, mailbox_not_empty.",
+    )
+    pending_ops: int = 0
+    mailbox_depth: int = 0
+    open_sockets: int = 0
 
 
 class MessageResponse(BaseModel):

@@ -17,12 +17,16 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import CapabilityError, RoostError
+from ..telemetry import fail_span
 from ..turn import TurnContext, current_turn
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 logger = logging.getLogger("roost.capabilities")
 
@@ -117,25 +121,51 @@ class Capability:
         return calls
 
     def guarded(self, method_name: str, spec: HostCallSpec) -> Callable[..., Any]:
-        """The method wrapped so that it never raises: see the module docstring."""
+        """The method wrapped so that it never raises: see the module docstring. With
+        tracing on, each call is a span under the turn's span."""
         method = getattr(self, method_name)
+        span_name = f"{self.name}.{spec.wit_name}"
 
         def call(*args: Any) -> Any:
             try:
                 turn = current_turn()
             except RoostError:
                 return HostCallError("no turn") if spec.returns_error_text else spec.fallback
+            trace = turn.trace
+            if trace is None:
+                return self._call(method, spec, turn, args, None)
+            span = trace.child(span_name, {"roost.capability": self.name})
             try:
-                return method(turn, *args)
-            except CapabilityError as exc:
-                self._record_denial(turn, spec.wit_name, exc)
-                if spec.returns_error_text:
-                    return HostCallError(str(exc))
-                turn.fail(exc)
-            except RoostError as exc:
-                turn.fail(exc)
-            except Exception as exc:  # a bug in a host call must not crash the host
-                turn.fail(RoostError(f"host call {self.name}.{spec.wit_name} failed: {exc!r}"))
-            return HostCallError("host call failed") if spec.returns_error_text else spec.fallback
+                return self._call(method, spec, turn, args, span)
+            finally:
+                span.end()
 
         return call
+
+    def _call(
+        self,
+        method: Callable[..., Any],
+        spec: HostCallSpec,
+        turn: TurnContext,
+        args: tuple[Any, ...],
+        span: Span | None,
+    ) -> Any:
+        try:
+            return method(turn, *args)
+        except CapabilityError as exc:
+            self._record_denial(turn, spec.wit_name, exc)
+            if span is not None:
+                span.set_attribute("roost.capability.denied", True)
+                fail_span(span, exc)
+            if spec.returns_error_text:
+                return HostCallError(str(exc))
+            turn.fail(exc)
+        except RoostError as exc:
+            turn.fail(exc)
+            if span is not None:
+                fail_span(span, exc)
+        except Exception as exc:  # a bug in a host call must not crash the host
+            turn.fail(RoostError(f"host call {self.name}.{spec.wit_name} failed: {exc!r}"))
+            if span is not None:
+                fail_span(span, exc)
+        return HostCallError("host call failed") if spec.returns_error_text else spec.fallback

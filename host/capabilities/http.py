@@ -12,6 +12,9 @@ Every request (and every redirect hop) is checked before any connection is made:
   the name), so a second DNS answer cannot swap in another address.
 
 The host setting ``http_allow_private`` lifts the address check for development.
+
+With tracing on, each fetch is a client span named after its method, and every request
+carries its ``traceparent``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pydantic import Field
 
 from ..errors import CapabilityDenied, CapabilityError
 from ..store.protocol import Usage
+from ..telemetry import fail_span, inject_traceparent
 from ..turn import TurnContext
 from ._base import BaseGrant, Capability, host_call
 from ._ops import continuation_of, decode_request, encode_result
@@ -75,21 +79,45 @@ class Http(Capability):
         if body is not None and not isinstance(body, bytes):
             body = str(body).encode()
         address, day, store, grant = turn.address, turn.day, turn.store, self.grant
+        trace = turn.trace
 
-        async def run() -> bytes:
-            await store.add_usage(address, day, Usage(http_calls=1))
+        async def fetch(request_headers: dict[str, str]) -> dict[str, Any]:
             with trio.move_on_after(grant.timeout_s) as scope:
                 result = await fetch_checked(
                     client,
                     method,
                     url,
-                    headers,
+                    request_headers,
                     body,
                     grant,
                     allow_private=allow_private,
                 )
             if scope.cancelled_caught:
                 raise CapabilityError(f"http.fetch {url}: timed out after {grant.timeout_s}s")
+            return result
+
+        async def run() -> bytes:
+            await store.add_usage(address, day, Usage(http_calls=1))
+            if trace is None:
+                return encode_result(await fetch(headers))
+            parsed = httpx.URL(url)
+            attributes = {
+                "http.request.method": method,
+                "url.full": str(parsed.copy_with(query=None, fragment=None)),
+                "server.address": parsed.host,
+                "server.port": parsed.port or (443 if parsed.scheme == "https" else 80),
+            }
+            with trace.client_span(method, attributes) as span:
+                traced = dict(headers)
+                inject_traceparent(traced, span)
+                try:
+                    result = await fetch(traced)
+                except CapabilityError as exc:
+                    fail_span(span, exc)
+                    raise
+                span.set_attribute("http.response.status_code", result["status"])
+                if result["status"] >= 400:
+                    fail_span(span, str(result["status"]))
             return encode_result(result)
 
         return turn.start_op(self.name, run, continuation_of(fields))

@@ -2,6 +2,9 @@
 llama.cpp's server). The endpoint and API key live in host settings (``ROOST_LLM_BASE_URL``,
 ``ROOST_LLM_API_KEY``); a guest never sees the key. Token usage is recorded per agent and
 day and checked against the kind's ``budgets.llm_tokens_per_day``.
+
+With tracing on, each call is a client span named ``chat {model}`` following the
+OpenTelemetry GenAI semantic conventions, and the request carries its ``traceparent``.
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ import json
 from typing import Any
 
 import httpx
+from opentelemetry.trace import Span
 from pydantic import Field
 
 from ..errors import CapabilityDenied, CapabilityError, QuotaExceeded
 from ..store.protocol import Usage
+from ..telemetry import fail_span, inject_traceparent
 from ..turn import TurnContext
 from ._base import BaseGrant, Capability, host_call
 from ._ops import continuation_of, decode_request, encode_result
@@ -72,18 +77,34 @@ class Llm(Capability):
         address, day, store = turn.address, turn.day, turn.store
         on_token = turn.on_token
         client: httpx.AsyncClient = services.http_client()
+        metrics = services.metrics()
+        trace = turn.trace
 
-        async def run() -> bytes:
+        async def call(span: Span | None) -> dict[str, Any]:
+            request_headers = dict(headers)
+            inject_traceparent(request_headers, span)
             try:
                 if stream:
-                    result = await _stream(client, url, headers, body, on_token)
-                else:
-                    response = await client.post(url, json=body, headers=headers)
-                    _raise_for(response)
-                    result = _parse(response.json(), model)
+                    return await _stream(client, url, request_headers, body, on_token)
+                response = await client.post(url, json=body, headers=request_headers)
+                _raise_for(response)
+                return _parse(response.json(), model)
             except httpx.HTTPError as exc:
                 raise CapabilityError(f"llm: provider unreachable: {exc}") from None
+
+        async def run() -> bytes:
+            if trace is None:
+                result = await call(None)
+            else:
+                with trace.client_span(f"chat {model}", _request_attributes(url, body)) as span:
+                    try:
+                        result = await call(span)
+                    except CapabilityError as exc:
+                        fail_span(span, exc)
+                        raise
+                    _record_response(span, result)
             usage = result["usage"]
+            metrics.llm_tokens(address.kind, model, usage["input_tokens"], usage["output_tokens"])
             await store.add_usage(
                 address,
                 day,
@@ -94,6 +115,32 @@ class Llm(Capability):
             return encode_result(result)
 
         return turn.start_op(self.name, run, continuation_of(fields))
+
+
+def _request_attributes(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    parsed = httpx.URL(url)
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.system": "openai",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": body["model"],
+        "gen_ai.request.max_tokens": body["max_tokens"],
+        "server.address": parsed.host,
+        "server.port": parsed.port or (443 if parsed.scheme == "https" else 80),
+    }
+    if "temperature" in body:
+        attributes["gen_ai.request.temperature"] = body["temperature"]
+    return attributes
+
+
+def _record_response(span: Span, result: dict[str, Any]) -> None:
+    span.set_attributes(
+        {
+            "gen_ai.response.model": result["model"],
+            "gen_ai.usage.input_tokens": result["usage"]["input_tokens"],
+            "gen_ai.usage.output_tokens": result["usage"]["output_tokens"],
+        }
+    )
 
 
 def _raise_for(response: httpx.Response) -> None:

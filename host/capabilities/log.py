@@ -1,4 +1,6 @@
-"""``log``: the guest's log lines, attributed to the agent, on the ``roost.guest`` logger."""
+"""``log``: the guest's log lines, attributed to the agent, on the ``roost.guest`` logger.
+With OpenTelemetry logs on, each line is also a log record carrying the turn's trace and
+span ids."""
 
 from __future__ import annotations
 
@@ -44,3 +46,5 @@ class Log(Capability):
             message,
             extra={"agent_kind": turn.address.kind, "agent_id": turn.address.id},
         )
+        if turn.trace is not None:
+            turn.trace.log(name if name in _LEVELS else "info", message, turn.address)
