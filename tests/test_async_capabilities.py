@@ -176,8 +176,9 @@ async def test_ask_returns_the_other_agents_replies_and_grants_are_checked(
 
 
 async def test_ops_awaited_in_turn_may_complete_in_any_order(
-    host_config: Callable[..., HostConfig], caller_manifest: Manifest, autojump_clock: object
+    host_config: Callable[..., HostConfig], caller_manifest: Manifest
 ) -> None:
+    # Real time: the slow agent sleeps 0.5 s, so the second ask completes first.
     async with caller_host(host_config, caller_manifest) as host:
         [[slow, fast]] = await host.send("caller/a", {"op": "ask_two"})
         assert slow == ["slept"]

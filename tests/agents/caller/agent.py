@@ -47,7 +47,7 @@ class Caller(Agent):
                 )
             )
         elif op == "ask_two":
-            slow = ctx.ask("caller", "slow", {"sleep": 5})
+            slow = ctx.ask("caller", "slow", {"sleep": 0.5})
             fast = ctx.ask("caller", "fast", "quick")
             ctx.reply([await slow, await fast])  # fast completes first
         elif op == "chat":

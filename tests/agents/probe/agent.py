@@ -42,7 +42,7 @@ class Probe(Agent):
         elif op == "bomb":
             hoard = []
             while True:
-                hoard.append(bytearray(8 * 1024 * 1024))
+                hoard.append(bytearray(32 * 1024 * 1024))
         elif op == "big_state":
             ctx.state["blob"] = "x" * msg["size"]
             ctx.reply("ok")
