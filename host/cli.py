@@ -5,6 +5,7 @@
     roost build AGENT.py -o OUT.wasm [--manifest M] [--capabilities a,b]
     roost run [COMPONENT] --manifest agent.toml [--message TEXT] [--agent-id ID] [--data-dir D]
     roost bench footprint|wake --agents N [--manifest M] [--json]
+    roost bench telemetry [--turns N] [--rounds N] [--json]
     roost capacity [--json] [--plot FILE.png] [--density report.json] [inputs...]
     roost version
 
@@ -43,7 +44,7 @@ from .capacity import (
     parse_range,
     parse_share,
 )
-from .config import HostConfig, load_config, load_server_config
+from .config import HostConfig, load_config, load_log_settings, load_server_config
 from .errors import BuildError, ConfigError, GuestError, RoostError
 from .host import Host, open_host
 from .manifest import Manifest, load_manifest
@@ -170,7 +171,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Benchmark the host on a fresh temporary data dir. Both benchmarks "
         "report the same numbers; footprint lists memory first, wake lists latency first.",
     )
-    bench.add_argument("benchmark", choices=("footprint", "wake", "density"))
+    bench.add_argument("benchmark", choices=("footprint", "wake", "density", "telemetry"))
     bench.add_argument(
         "--agents", type=_positive_int, metavar="N", help="agents to create (footprint, wake)"
     )
@@ -188,6 +189,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--out", type=Path, metavar="DIR", help="density: report directory (default density-report)"
+    )
+    bench.add_argument(
+        "--turns",
+        type=_positive_int,
+        metavar="N",
+        help="telemetry: timed turns per mode per round (default 500)",
+    )
+    bench.add_argument(
+        "--rounds", type=_positive_int, metavar="N", help="telemetry: rounds (default 5)"
     )
     bench.add_argument(
         "--manifest",
@@ -553,6 +563,19 @@ def _step_list(text: str) -> tuple[int, ...]:
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.benchmark == "density":
         return _cmd_density(args)
+    if args.benchmark == "telemetry":
+        from loadtests.bench_telemetry import (
+            DEFAULT_ROUNDS,
+            DEFAULT_TURNS,
+            run_telemetry_benchmark,
+        )
+
+        return run_telemetry_benchmark(
+            turns=args.turns or DEFAULT_TURNS,
+            rounds=args.rounds or DEFAULT_ROUNDS,
+            manifest=args.manifest,
+            as_json=args.json,
+        )
     if args.agents is None:
         print(f"roost: bench {args.benchmark} needs --agents N", file=sys.stderr)
         return _EXIT_FAILURE
@@ -728,7 +751,12 @@ def _configure_logging(verbosity: int) -> None:
     for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
         logger.removeHandler(handler)
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if load_log_settings().log_format == "json":
+        from .telemetry import JsonLogFormatter
+
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
 

@@ -111,6 +111,22 @@ def load_server_config(**overrides: object) -> ServerConfig:
         raise ConfigError(f"invalid server settings: {problems}") from None
 
 
+class LogSettings(BaseSettings):
+    """How the ``roost`` command writes host logs: ``ROOST_LOG_FORMAT=json`` for one JSON
+    object per line with the records' structured fields (agent kind and id, trace ids)."""
+
+    model_config = SettingsConfigDict(env_prefix="ROOST_", extra="ignore", frozen=True)
+
+    log_format: Literal["text", "json"] = "text"
+
+
+def load_log_settings() -> LogSettings:
+    try:
+        return LogSettings()
+    except ValidationError as exc:
+        raise ConfigError(f"invalid ROOST_LOG_FORMAT: {exc.errors()[0]['msg']}") from None
+
+
 DEFAULT_SERVICE_NAME = "roost"
 DEFAULT_METRIC_EXPORT_INTERVAL_MS = 60_000
 TelemetryExporter = Literal["otlp", "console", "none"]
@@ -148,9 +164,9 @@ class TelemetryConfig(BaseSettings):
         "parentbased_always_off",
         "parentbased_traceidratio",
     ] = "parentbased_always_on"
-    traces_sampler_arg: float = Field(1.0, ge=0, le=1)
+    traces_sampler_arg: float = Field(default=1.0, ge=0, le=1)
     """The ratio of the ``traceidratio`` samplers."""
-    metric_export_interval: int = Field(DEFAULT_METRIC_EXPORT_INTERVAL_MS, ge=100)
+    metric_export_interval: int = Field(default=DEFAULT_METRIC_EXPORT_INTERVAL_MS, ge=100)
     """Milliseconds between OTLP metric exports."""
 
     def exporter(self, signal: Literal["traces", "metrics", "logs"]) -> TelemetryExporter:

@@ -254,15 +254,20 @@ class TurnTrace:
     """The span of one turn, carried by its ``TurnContext`` to wherever the turn's work
     runs: worker threads (host calls) and trio tasks (async ops)."""
 
-    __slots__ = ("_telemetry", "context", "span")
+    __slots__ = ("_telemetry", "context", "recording", "span")
 
     def __init__(self, telemetry: Telemetry, span: Span) -> None:
         self._telemetry = telemetry
         self.span = span
         self.context = trace.set_span_in_context(span)
+        self.recording = span.is_recording()
+        """False when the sampler dropped the turn: its children cost nothing then."""
 
     def child(self, name: str, attributes: dict[str, Any] | None = None) -> Span:
-        """Start (not activate) a span under the turn; the caller ends it."""
+        """Start (not activate) a span under the turn; the caller ends it. A turn that is
+        not sampled hands back its own non-recording span, on which everything is a no-op."""
+        if not self.recording:
+            return self.span
         tracer = self._telemetry.tracer
         assert tracer is not None
         return tracer.start_span(name, context=self.context, attributes=attributes)
@@ -302,7 +307,8 @@ class TurnTrace:
         )
 
     def end(self, error: BaseException | None, attributes: dict[str, Any]) -> None:
-        end_span(self.span, error, attributes)
+        if self.recording:
+            end_span(self.span, error, attributes)
 
 
 def end_span(span: Span, error: BaseException | None, attributes: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +21,8 @@ from host import Host, HostConfig, Manifest, open_host
 from host.api import Credentials, create_app
 from host.config import ServerConfig, TelemetryConfig, load_telemetry_config
 from host.telemetry import InMemoryTelemetry, JsonLogFormatter, Telemetry, in_memory_telemetry
+from loadtests.bench import DEFAULT_MANIFEST
+from loadtests.bench_telemetry import MODES, measure_telemetry
 from loadtests.http_sink import run_http_sink
 
 from .conftest import until, with_limits
@@ -346,3 +349,17 @@ def test_host_logs_are_json_lines_with_their_structured_fields() -> None:
     assert line["level"] == "warning"
     assert line["logger"] == "roost.agent"
     assert (line["agent_kind"], line["agent_id"]) == ("caller", "a")
+
+
+async def test_bench_telemetry_runs_every_mode_and_exports_over_otlp(
+    monkeypatch: pytest.MonkeyPatch, cache_dir: Path, echo_manifest: Manifest
+) -> None:
+    monkeypatch.setenv("ROOST_CACHE_DIR", str(cache_dir))  # the echo build is cached there
+    result = await measure_telemetry(DEFAULT_MANIFEST, 5, 1, progress=lambda _: None)
+    assert set(result["modes"]) == set(MODES)
+    for figures in result["modes"].values():
+        assert figures["samples"] == 5
+        assert figures["turn_us_p50"] > 0
+    # Shutting the OTLP mode's providers down flushed its spans to the loopback receiver.
+    assert result["otlp_posts"].get("/v1/traces", 0) >= 1
+    assert result["otlp_posts"].get("/v1/metrics", 0) >= 1

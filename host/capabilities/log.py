@@ -1,6 +1,6 @@
 """``log``: the guest's log lines, attributed to the agent, on the ``roost.guest`` logger.
-With OpenTelemetry logs on, each line is also a log record carrying the turn's trace and
-span ids."""
+With OpenTelemetry logs on, each line (debug lines only when the ``roost.guest`` logger is
+enabled for debug) is also a log record carrying the turn's trace and span ids."""
 
 from __future__ import annotations
 
@@ -46,5 +46,6 @@ class Log(Capability):
             message,
             extra={"agent_kind": turn.address.kind, "agent_id": turn.address.id},
         )
-        if turn.trace is not None:
+        if turn.trace is not None and (name != "debug" or logger.isEnabledFor(logging.DEBUG)):
+            # Debug lines are exported only when the roost.guest logger shows them too.
             turn.trace.log(name if name in _LEVELS else "info", message, turn.address)
