@@ -14,7 +14,7 @@ from loadtests.density import SMOKE, run_density
 def test_density_smoke_run_produces_a_report_capacity_reads(tmp_path: Path) -> None:
     lines: list[str] = []
     report = run_density(dataclasses.replace(SMOKE, out_dir=tmp_path), lines.append)
-    assert [s["sessions"] for s in report["steps"]] == list(SMOKE.steps)
+    assert [s["sessions"] for s in report["steps"]] == list(SMOKE.steps), report["steps"]
     for step in report["steps"]:
         assert step["requests"] > 0
         assert step["errors"] == 0, step["notes"]
