@@ -503,7 +503,8 @@ def _write_outputs(out_dir: Path, report: dict[str, Any]) -> None:
     lines = [
         "# Density report",
         "",
-        f"Sessions per core at the SLO (p99 host-added <= {report['slo']['host_added_p99_ms']:.0f} ms, no errors): "
+        f"Sessions per core at the SLO (p99 host-added <= "
+        f"{report['slo']['host_added_p99_ms']:.0f} ms, no errors): "
         f"**{report['sessions_per_core']}**",
         f"Limit: {report['limit']}",
         "",
