@@ -202,12 +202,7 @@ async def measure(
     report = progress or _Progress()
     started = time.perf_counter()
     base = load_config()
-    manifest = load_manifest(manifest_path)
-    report(f"building {manifest.name} (cached after the first build)")
-    manifest = await trio.to_thread.run_sync(
-        lambda: ensure_component(manifest, cache_dir=base.cache_dir)
-    )
-    manifest = _resident_until_told(manifest)
+    manifest = await prepared_manifest(manifest_path, base.cache_dir, report)
     sampled = min(agents, latency_sample)
 
     with tempfile.TemporaryDirectory(prefix="roost-bench-") as data_dir:
@@ -464,6 +459,16 @@ def _percentile(values: Sequence[float], pct: float) -> float:
 
 def _us(nanoseconds: float) -> float:
     return round(nanoseconds / 1000, 1)
+
+
+async def prepared_manifest(
+    manifest_path: Path, cache_dir: Path, report: Callable[[str], None]
+) -> Manifest:
+    """The benchmark's kind, built (cached) and kept resident until the harness says."""
+    manifest = load_manifest(manifest_path)
+    report(f"building {manifest.name} (cached after the first build)")
+    built = await trio.to_thread.run_sync(lambda: ensure_component(manifest, cache_dir=cache_dir))
+    return _resident_until_told(built)
 
 
 def _resident_until_told(manifest: Manifest) -> Manifest:

@@ -36,10 +36,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-from host.build import ensure_component
 from host.config import TelemetryConfig, load_config
 from host.host import open_host
-from host.manifest import Manifest, load_manifest
+from host.manifest import Manifest
 from host.telemetry import Telemetry
 
 from .bench import (
@@ -49,8 +48,8 @@ from .bench import (
     _package_version,
     _percentile,
     _Progress,
-    _resident_until_told,
     _us,
+    prepared_manifest,
 )
 from .http_sink import HttpSink, run_http_sink
 
@@ -88,12 +87,7 @@ async def measure_telemetry(
     report = progress or _Progress()
     started = time.perf_counter()
     base = load_config()
-    manifest = load_manifest(manifest_path)
-    report(f"building {manifest.name} (cached after the first build)")
-    manifest = await trio.to_thread.run_sync(
-        lambda: ensure_component(manifest, cache_dir=base.cache_dir)
-    )
-    manifest = _resident_until_told(manifest)
+    manifest = await prepared_manifest(manifest_path, base.cache_dir, report)
     samples: dict[str, list[int]] = {mode: [] for mode in MODES}
     round_p50: dict[str, list[float]] = {mode: [] for mode in MODES}
     cpu_s: dict[str, float] = dict.fromkeys(MODES, 0.0)
