@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,15 +61,27 @@ class HostConfig(BaseSettings):
         return self.data_dir / "roost.db"
 
 
+_S = TypeVar("_S", bound=BaseSettings)
+
+
+def _load(cls: type[_S], what: str, overrides: dict[str, object], env_prefix: str = "") -> _S:
+    """Validated settings of ``cls``, or a ConfigError naming every bad setting."""
+    try:
+        return cls(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(f"{_setting(e['loc'], env_prefix)}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid {what} settings: {problems}") from None
+
+
+def _setting(loc: tuple[int | str, ...], env_prefix: str) -> str:
+    """A setting's name as the user wrote it: a field name, or ``OTEL_NAME`` for env vars."""
+    name = ".".join(str(part) for part in loc)
+    return f"{env_prefix}{name.upper()}" if env_prefix else name
+
+
 def load_config(**overrides: object) -> HostConfig:
     """Settings from the environment, with ``overrides`` taking precedence."""
-    try:
-        return HostConfig(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"invalid host settings: {problems}") from None
+    return _load(HostConfig, "host", overrides)
 
 
 DEFAULT_PORT = 8470
@@ -102,13 +114,8 @@ class ServerConfig(BaseSettings):
 
 def load_server_config(**overrides: object) -> ServerConfig:
     """Server settings from the environment, with ``overrides`` (flags) taking precedence."""
-    try:
-        return ServerConfig(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"invalid server settings: {problems}") from None
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return _load(ServerConfig, "server", given)
 
 
 class LogSettings(BaseSettings):
@@ -191,10 +198,4 @@ class TelemetryConfig(BaseSettings):
 
 def load_telemetry_config(**overrides: object) -> TelemetryConfig:
     """Telemetry settings from the ``OTEL_*`` environment, ``overrides`` taking precedence."""
-    try:
-        return TelemetryConfig(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"OTEL_{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"invalid telemetry settings: {problems}") from None
+    return _load(TelemetryConfig, "telemetry", overrides, env_prefix="OTEL_")
