@@ -415,27 +415,61 @@ class AgentActor:
         ops: trio.Nursery,
         completions: trio.MemorySendChannel[_Completion],
     ) -> tuple[TurnOutput, int]:
+        """Run the turn and commit it in one worker-thread trip, then hand out its replies
+        and start its ops."""
         budgets = self.kind.manifest.budgets
+        store = self._supervisor.store
 
-        def guarded() -> TurnOutput:
+        def guarded() -> tuple[TurnOutput, list[Any], int]:
             if budgets.cpu_ms_per_day is not None:
-                used = self._supervisor.store.read_usage(self.address, turn.day).cpu_ms
+                used = store.read_usage(self.address, turn.day).cpu_ms
                 turn.check_budget("cpu_ms_per_day", used, 0, budgets.cpu_ms_per_day)
             if turn.trace is None:
-                return _timed(call, turn)
-            with turn.trace.activated():
-                return _timed(call, turn)
+                output = _timed(call, turn)
+            else:
+                with turn.trace.activated():
+                    output = _timed(call, turn)
+            if turn.fault is not None:
+                raise turn.fault
+            commit, decoded, reply_bytes = self._checked_commit(output, turn, envelope, event_id)
+            store.write_turn(commit)
+            return output, decoded, reply_bytes
 
         try:
-            output = await self._supervisor.run_guest(guarded)
+            output, decoded, reply_bytes = await self._supervisor.run_guest(guarded)
         finally:
             if self.activation_s is not None:
                 self._supervisor.record_activation(self.activation_s)
                 self._supervisor.metrics.observe_wake(self.address.kind, self.activation_s)
                 self.activation_s = None
-        if turn.fault is not None:
-            raise turn.fault
+        if turn.deliveries:
+            self._supervisor.deliveries_changed()
+        self._kv_bytes = turn.kv_bytes
+        if output.state is not None:
+            self._state_bytes = len(output.state)
+        self.last_active = trio.current_time()
+        self._supervisor.record_turn()
+        envelope.replies.extend(decoded)
+        envelope.reply_bytes = reply_bytes
+        if envelope.on_reply is not None:
+            for reply in decoded:
+                envelope.on_reply(reply)
+        waiting = 0
+        for op in turn.ops:
+            if op.continuation is None:
+                ops.start_soon(self._run_op, op, completions)
+                waiting += 1
+            else:
+                self._supervisor.start_continuation(self.address, op)
+        return output, waiting
+
+    def _checked_commit(
+        self, output: TurnOutput, turn: TurnContext, envelope: Envelope, event_id: int
+    ) -> tuple[TurnCommit, list[Any], int]:
+        """Check the turn's output against the kind's limits and budgets. Returns the commit
+        that records it, its decoded replies and the bytes of every reply to the event."""
         limits = self.kind.manifest.limits
+        budgets = self.kind.manifest.budgets
         replies = []
         for reply in output.replies:
             if reply.event_id != event_id:
@@ -464,47 +498,25 @@ class AgentActor:
         decoded = [_decode_reply(p) for p in replies]
         final = event_id in output.done
         record_response = final and envelope.idempotency_key is not None
-        handled = envelope.handled if final else None
         # Every turn commits, if only its usage.
         response = None
         if record_response:
             response = msgpack.packb(envelope.replies + decoded, use_bin_type=True)
-        await self._supervisor.store.commit_turn(
-            TurnCommit(
-                address=self.address,
-                state=output.state,
-                kv_writes=dict(turn.kv_writes),
-                kv_bytes=turn.kv_bytes,
-                at=turn.now,
-                idempotency_key=envelope.idempotency_key if record_response else None,
-                response=response,
-                deliveries=list(turn.deliveries),
-                cancelled=sorted(turn.cancelled),
-                handled=handled,
-                usage=Usage(turns=1, cpu_ms=turn.cpu_ms),
-                usage_day=turn.day,
-            )
+        commit = TurnCommit(
+            address=self.address,
+            state=output.state,
+            kv_writes=dict(turn.kv_writes),
+            kv_bytes=turn.kv_bytes,
+            at=turn.now,
+            idempotency_key=envelope.idempotency_key if record_response else None,
+            response=response,
+            deliveries=list(turn.deliveries),
+            cancelled=sorted(turn.cancelled),
+            handled=envelope.handled if final else None,
+            usage=Usage(turns=1, cpu_ms=turn.cpu_ms),
+            usage_day=turn.day,
         )
-        if turn.deliveries:
-            self._supervisor.deliveries_changed()
-        self._kv_bytes = turn.kv_bytes
-        if output.state is not None:
-            self._state_bytes = len(output.state)
-        self.last_active = trio.current_time()
-        self._supervisor.record_turn()
-        envelope.replies.extend(decoded)
-        envelope.reply_bytes = reply_bytes
-        if envelope.on_reply is not None:
-            for reply in decoded:
-                envelope.on_reply(reply)
-        waiting = 0
-        for op in turn.ops:
-            if op.continuation is None:
-                ops.start_soon(self._run_op, op, completions)
-                waiting += 1
-            else:
-                self._supervisor.start_continuation(self.address, op)
-        return output, waiting
+        return commit, decoded, reply_bytes
 
     async def _run_op(
         self, op: StartedOp, completions: trio.MemorySendChannel[_Completion]

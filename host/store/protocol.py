@@ -179,6 +179,11 @@ class StateStore(Protocol):
         in which case nothing of the turn was written."""
         ...
 
+    def write_turn(self, commit: TurnCommit) -> None:
+        """Same as :meth:`commit_turn`, for the worker thread that ran the turn (blocking,
+        thread-safe)."""
+        ...
+
     async def load_response(self, address: AgentAddress, key: str) -> bytes | None:
         """The response committed with idempotency key ``key`` for the agent, or None if no
         turn of the agent committed that key (or its record was pruned)."""

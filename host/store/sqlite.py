@@ -18,11 +18,13 @@ truncated back to at most that size instead of keeping the high-water mark of a 
 
 Group commit
 ------------
-All writes go through one writer task that owns one connection. :meth:`SqliteStore.commit_turn`
-queues its commit and waits; the writer takes everything queued (up to
-``_MAX_BATCH``) and applies it in ONE transaction on a worker thread, so many concurrent turns
-share one commit (and, with ``FULL``, one fsync). If that transaction fails, each commit of the
-batch is retried in its own transaction, so a bad commit fails only its own caller.
+All writes go through one writer connection. A write is queued, then its caller (a guest worker
+thread, or a trio worker thread for the async methods) takes the writer lock; if an earlier
+lock holder already wrote its write, it is done, otherwise it becomes the leader and applies
+everything queued (up to ``_MAX_BATCH``) in ONE transaction. So many concurrent turns share
+one commit (and, with ``FULL``, one fsync), and a lone turn pays no extra thread hop: the
+worker thread that ran its guest code commits it. If a batch transaction fails, each write of
+the batch is retried in its own transaction, so a bad commit fails only its own caller.
 
 The other writes (:meth:`~SqliteStore.delete_agent`, :meth:`~SqliteStore.fork_agent`,
 :meth:`~SqliteStore.prune_responses`) go through the same queue and are applied in the same
@@ -42,6 +44,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -50,7 +53,6 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import trio
 
-from .._lifetime import open_service_nursery
 from ..address import AgentAddress
 from ..errors import ConfigError, StorageError
 from . import _schema
@@ -68,8 +70,6 @@ __all__ = ["SqliteStore", "SqliteStoreStatistics", "open_sqlite_store"]
 
 _MAX_BATCH = 256
 """Most writes (commits and other operations) applied in one group-commit transaction."""
-_QUEUE_SIZE = 1024
-"""Writes that may wait for the writer before the caller itself waits to enqueue."""
 _BUSY_TIMEOUT_MS = 5000
 """How long a connection waits on a lock held by another process before failing."""
 _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
@@ -253,13 +253,13 @@ class _UsageOp(_WriteOp[None]):
 
 
 class _Pending(Generic[_T]):
-    """One queued write and the slot its caller waits on."""
+    """One queued write and its outcome, filled in by whichever thread writes it."""
 
     __slots__ = ("done", "error", "op", "result")
 
     def __init__(self, op: _WriteOp[_T]) -> None:
         self.op = op
-        self.done = trio.Event()
+        self.done = False
         self.error: StorageError | None = None
         self.result: _T | None = None
 
@@ -545,17 +545,19 @@ class _ReadPool:
 class SqliteStore:
     """A :class:`~host.store.protocol.StateStore` on one SQLite file.
 
-    Create it with :func:`open_sqlite_store`, which runs its writer task.
+    Create it with :func:`open_sqlite_store`.
     """
 
     def __init__(self, path: str, writer: sqlite3.Connection) -> None:
         self._path = path
         self._writer = writer
         self._readers = _ReadPool(path)
-        self._send, self._receive = trio.open_memory_channel[_Pending[Any]](_QUEUE_SIZE)
+        self._queue: deque[_Pending[Any]] = deque()
+        self._queue_lock = threading.Lock()
+        """Guards ``_queue`` and ``_closing``; held only to append or take writes."""
+        self._writer_lock = threading.Lock()
+        """Held by the thread writing a batch on the writer connection."""
         self._closing = False
-        self._writer_started = False
-        self._writer_done = trio.Event()
         self._closed = trio.Event()
         self._commits = 0
         self._batches = 0
@@ -563,23 +565,26 @@ class SqliteStore:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Stop accepting work, let the writer finish what was queued, close every connection.
+        """Stop accepting work, write what was queued, close every connection.
         Idempotent; later calls wait for the first to finish."""
         with trio.CancelScope(shield=True):
-            if self._closing:
+            with self._queue_lock:
+                first = not self._closing
+                self._closing = True
+            if not first:
                 await self._closed.wait()
                 return
-            self._closing = True
             try:
-                self._send.close()
-                if self._writer_started:
-                    await self._writer_done.wait()
-                else:
-                    self._receive.close()
+                await trio.to_thread.run_sync(self._write_queued_and_close)
             finally:
                 self._readers.close()
-                await trio.to_thread.run_sync(self._writer.close)
                 self._closed.set()
+
+    def _write_queued_and_close(self) -> None:
+        with self._writer_lock:
+            while self._queue:
+                self._write_sync(self._take_batch())
+            self._writer.close()
 
     def statistics(self) -> SqliteStoreStatistics:
         """Counters since the store was opened (still readable after :meth:`aclose`)."""
@@ -798,6 +803,10 @@ class SqliteStore:
         If the caller is cancelled while waiting, the commit may still be written."""
         await self._submit(_CommitOp(commit))
 
+    def write_turn(self, commit: TurnCommit) -> None:
+        """Same as :meth:`commit_turn`, blocking: for the worker thread that ran the turn."""
+        self._submit_sync(_CommitOp(commit))
+
     async def delete_agent(self, address: AgentAddress) -> bool:
         """Delete the agent's record, kv entries and idempotency records in one transaction,
         after every write queued before it. Returns whether there was anything to delete.
@@ -883,54 +892,54 @@ class SqliteStore:
         return await self._submit(_PruneOp(older_than))
 
     async def _submit(self, op: _WriteOp[_T]) -> _T:
-        """Queue one write for the writer and wait for its result."""
-        self._check_open()
+        """Queue one write (now, so writes keep the order they were called in) and wait on a
+        worker thread until it is written. A cancelled caller stops waiting; the write
+        still happens."""
+        pending = self._enqueue(op)
+        await trio.to_thread.run_sync(self._write_until_done, pending, abandon_on_cancel=True)
+        return self._outcome(pending)
+
+    def _submit_sync(self, op: _WriteOp[_T]) -> _T:
+        """Queue one write and write it (or wait for the thread writing it), blocking."""
+        pending = self._enqueue(op)
+        self._write_until_done(pending)
+        return self._outcome(pending)
+
+    def _enqueue(self, op: _WriteOp[_T]) -> _Pending[_T]:
         pending = _Pending(op)
-        try:
-            await self._send.send(pending)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise StorageError(_CLOSED) from None
-        await pending.done.wait()
+        with self._queue_lock:
+            if self._closing:
+                raise StorageError(_CLOSED)
+            self._queue.append(pending)
+        return pending
+
+    def _write_until_done(self, pending: _Pending[Any]) -> None:
+        """Take the writer lock; unless the previous holder wrote ``pending``, write batches
+        of whatever is queued until it is written."""
+        with self._writer_lock:
+            while not pending.done:
+                batch = self._take_batch()
+                try:
+                    self._write_sync(batch)
+                except Exception as exc:  # a bug in the write path: fail the batch only
+                    for item in batch:
+                        item.error = StorageError(
+                            f"{item.op.name} failed{item.op.subject()} in {self._path}: {exc!r}"
+                        )
+                finally:
+                    for item in batch:
+                        item.done = True
+
+    def _take_batch(self) -> list[_Pending[Any]]:
+        with self._queue_lock:
+            count = min(len(self._queue), _MAX_BATCH)
+            return [self._queue.popleft() for _ in range(count)]
+
+    @staticmethod
+    def _outcome(pending: _Pending[_T]) -> _T:
         if pending.error is not None:
             raise pending.error
         return cast(_T, pending.result)
-
-    async def _run_writer(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """The single writer: drain the queue, write each batch in one transaction, wake the
-        waiters. Shielded, so it stops only when :meth:`aclose` closes the queue and every
-        accepted write gets an answer."""
-        self._writer_started = True
-        task_status.started()
-        try:
-            with trio.CancelScope(shield=True):
-                async with self._receive:
-                    while True:
-                        try:
-                            batch = [await self._receive.receive()]
-                        except trio.EndOfChannel:
-                            break
-                        while len(batch) < _MAX_BATCH:
-                            try:
-                                batch.append(self._receive.receive_nowait())
-                            except (trio.WouldBlock, trio.EndOfChannel):
-                                break
-                        await self._flush(batch)
-        finally:
-            self._writer_done.set()
-
-    async def _flush(self, batch: list[_Pending[Any]]) -> None:
-        try:
-            await trio.to_thread.run_sync(self._write_sync, batch)
-        except Exception as exc:  # a bug in the write path: fail the batch, keep the writer
-            for pending in batch:
-                pending.error = StorageError(
-                    f"{pending.op.name} failed{pending.op.subject()} in {self._path}: {exc!r}"
-                )
-        finally:
-            for pending in batch:
-                pending.done.set()
 
     def _write_sync(self, batch: Sequence[_Pending[Any]]) -> None:
         """Runs on a worker thread. One transaction for the batch; if it fails, one per write.
@@ -976,8 +985,8 @@ async def open_sqlite_store(
     *,
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
 ) -> AsyncIterator[SqliteStore]:
-    """Open (creating it and its parent directories if needed) the store at ``path``, run its
-    writer task for the duration of the block, and close it on exit.
+    """Open (creating it and its parent directories if needed) the store at ``path``, and close
+    it (after writing whatever was queued) on exit.
 
     ``synchronous="NORMAL"`` makes committed turns survive a process kill; ``"FULL"`` also
     makes them survive power loss (one fsync per group commit).
@@ -987,12 +996,6 @@ async def open_sqlite_store(
     db_path, writer = await trio.to_thread.run_sync(_open_writer, path, synchronous)
     store = SqliteStore(db_path, writer)
     try:
-        async with open_service_nursery() as nursery:
-            await nursery.start(store._run_writer)
-            try:
-                yield store
-            finally:
-                await store.aclose()
+        yield store
     finally:
-        # A no-op unless starting the writer failed; aclose shields itself.
         await store.aclose()
