@@ -17,6 +17,7 @@ error), with the message on stderr and no Python traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.metadata
 import json
 import logging
@@ -378,6 +379,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     async def run() -> None:
         async with trio.open_nursery() as nursery:
             serving = await nursery.start(partial(serve, host_config, settings, deploy=args.deploy))
+            _settle_collector()
             urls = serving.urls
             for url in urls:
                 print(f"roost: listening on {url}", file=sys.stderr, flush=True)
@@ -404,6 +406,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     trio.run(run)
     return 0
+
+
+def _settle_collector() -> None:
+    """Tune Python's cyclic garbage collector for a long-running server.
+
+    A full collection walks every tracked object and pauses every request meanwhile: about
+    100 ms with 2,000 resident agents on a slow core. What exists once the server is up
+    (modules, deployed kinds) lives as long as the process, so it is frozen out of those
+    walks. Objects of requests in flight (about 0.2 s each) that a middle-generation pass
+    finds alive are promoted to the old generation and, once dead there, trigger the next
+    full pass: middle passes every 50 young ones instead of 10, and a full pass at most
+    every 100 middle ones, make full passes minutes apart instead of seconds."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(700, 50, 100)
 
 
 def _cmd_token(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ import trio
 
 from ._lifetime import open_service_nursery
 from .address import AgentAddress, validate_kind_name
-from .agent import utc_day
+from .agent import EventTiming, utc_day
 from .capabilities import bind_capabilities
 from .clock import HostClock
 from .config import HostConfig, load_config, load_telemetry_config
@@ -33,7 +33,7 @@ from .kind import Kind, KindInfo
 from .manifest import Manifest, load_manifest
 from .runtime import WasmEngine, open_engine
 from .sandbox import SandboxFactory
-from .store.protocol import AgentExport, AgentSummary, StateStore, Usage
+from .store.protocol import AgentExport, AgentRecord, AgentSummary, StateStore, Usage
 from .store.sqlite import open_sqlite_store
 from .supervisor import Supervisor
 from .telemetry import HistogramSnapshot, HostMetrics, Telemetry
@@ -222,13 +222,15 @@ class Host:
         idempotency_key: str | None = None,
         on_reply: Callable[[Any], None] | None = None,
         on_token: Callable[[str], None] | None = None,
+        timing: EventTiming | None = None,
     ) -> list[Any]:
         """Deliver a user message to ``kind/id`` and return the agent's replies once the
         handler finished and every turn it took has committed.
 
         ``on_reply`` sees each reply as soon as the turn that produced it committed (for
         streaming). With ``idempotency_key``, a retry of a handled message returns the first
-        result without running the handler again, across restarts."""
+        result without running the handler again, across restarts. ``timing`` is filled in
+        with where the time went (the time spent waiting on async ops)."""
         return await self.deliver(
             address,
             "message",
@@ -236,6 +238,7 @@ class Host:
             idempotency_key=idempotency_key,
             on_reply=on_reply,
             on_token=on_token,
+            timing=timing,
         )
 
     async def deliver(
@@ -249,6 +252,7 @@ class Host:
         on_token: Callable[[str], None] | None = None,
         chain: tuple[str, ...] = (),
         handled: tuple[str, float | None] | None = None,
+        timing: EventTiming | None = None,
     ) -> list[Any]:
         """Deliver any event kind (``message``, ``timer``, ``agent``, ``continuation``)."""
         address = _address(address)
@@ -271,6 +275,7 @@ class Host:
                 on_token=on_token,
                 chain=chain,
                 handled=handled,
+                timing=timing,
             )
         _check_idempotency_key(idempotency_key)
         slot = (address, idempotency_key)
@@ -294,6 +299,7 @@ class Host:
                 idempotency_key=idempotency_key,
                 on_reply=on_reply,
                 on_token=on_token,
+                timing=timing,
             )
         finally:
             del self._idempotent_in_flight[slot]
@@ -303,9 +309,8 @@ class Host:
         """What the host keeps about one agent. Agents are virtual: one that never handled
         an event has zero turns."""
         address = _address(address)
-        record = await self.store.load_agent(address)
         day = utc_day(self._supervisor.clock.now())
-        usage = await trio.to_thread.run_sync(self.store.read_usage, address, day)
+        record, usage = await trio.to_thread.run_sync(self._read_status, address, day)
         actor = self._supervisor.actor(address)
         return AgentStatus(
             address=str(address),
@@ -321,6 +326,10 @@ class Host:
             mailbox_depth=0 if actor is None else actor.queued,
             open_sockets=len(self._subscribers.get(address, ())),
         )
+
+    def _read_status(self, address: AgentAddress, day: str) -> tuple[AgentRecord | None, Usage]:
+        """The agent's record and its usage on ``day``, in one worker-thread trip."""
+        return self.store.read_agent(address), self.store.read_usage(address, day)
 
     async def erase(self, address: AgentAddress | str) -> bool:
         """Drop the agent's instance and erase its state, kv and recorded responses.

@@ -170,8 +170,10 @@ def _lower_bytes(val: Any, data: bytes) -> None:
     val.kind = _LIST
     ffi.wasmtime_component_vallist_new_uninit(byref(val.of.list), count)
     if count:
-        source = (ctypes.c_char * len(template)).from_buffer(template)
-        ctypes.memmove(val.of.list.data, source, len(template))
+        # The address of the first byte: an array over the whole buffer would make a new
+        # ctypes array type per length, and types are cyclic garbage for the collector.
+        start = ctypes.c_char.from_buffer(template)
+        ctypes.memmove(val.of.list.data, ctypes.addressof(start), len(template))
 
 
 # -- lifting -----------------------------------------------------------------------------------
