@@ -10,6 +10,7 @@ The embedding API::
 from __future__ import annotations
 
 from .address import AgentAddress as AgentAddress
+from .agent import EventTiming as EventTiming
 from .config import HostConfig as HostConfig
 from .config import load_config as load_config
 from .errors import AgentBusy as AgentBusy

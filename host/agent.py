@@ -47,6 +47,15 @@ if TYPE_CHECKING:
     from .supervisor import Supervisor
 
 
+@dataclass(slots=True)
+class EventTiming:
+    """Where an event's time went, filled in while it is handled (``Host.send(timing=)``)."""
+
+    ops_s: float = 0.0
+    """Seconds the handler waited on its async ops (LLM and HTTP calls, asks, sleeps):
+    the part of the reply time the host does not add."""
+
+
 @dataclass(eq=False)
 class Envelope:
     """One event on its way to an agent, and the slot its outcome lands in."""
@@ -65,6 +74,7 @@ class Envelope:
     """The stored delivery this event comes from: removed (or re-armed) by its final turn."""
     trace_context: Any = None
     """The trace context the event was sent from (tracing on): parent of its turns."""
+    timing: EventTiming | None = None
     replies: list[Any] = field(default_factory=list)
     reply_bytes: int = 0
     error: BaseException | None = None
@@ -258,7 +268,10 @@ class AgentActor:
                     "the handler neither finished nor awaits an async op",
                     address=str(self.address),
                 )
+            waited_from = time.perf_counter()
             completion = await completions.receive()
+            if envelope.timing is not None:
+                envelope.timing.ops_s += time.perf_counter() - waited_from
             outstanding -= 1
             self.pending_ops = outstanding
             sandbox = self._sandbox

@@ -16,7 +16,7 @@ import trio
 from opentelemetry import context as otel_context
 
 from .address import AgentAddress
-from .agent import AgentActor, Envelope, run_op
+from .agent import AgentActor, Envelope, EventTiming, run_op
 from .clock import HostClock
 from .errors import AgentUnavailable, CapabilityError, Overloaded
 from .kind import Kind
@@ -77,6 +77,7 @@ class Supervisor:
         on_token: Callable[[str], None] | None = None,
         chain: tuple[str, ...] = (),
         handled: tuple[str, float | None] | None = None,
+        timing: EventTiming | None = None,
     ) -> list[Any]:
         if not self.accepting:
             raise Overloaded("the host is shutting down", retry_after_s=1.0)
@@ -99,6 +100,7 @@ class Supervisor:
             chain=chain,
             handled=handled,
             trace_context=self.telemetry.current_context(),
+            timing=timing,
         )
         actor = self._actor_for(address, kind)
         actor.post(envelope)

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..address import AgentAddress, validate_kind_name
+from ..agent import EventTiming
 from ..config import ServerConfig
 from ..deployments import save_deployment
 from ..errors import InvalidMessage, ManifestError, MessageTooLarge, RoostError
@@ -268,8 +269,18 @@ async def _post_message(state: ApiState, request: Request) -> Response:
     key = request.headers.get("idempotency-key")
     if "text/event-stream" in request.headers.get("accept", ""):
         return _SseResponse(state, address, message, key)
-    replies = await state.host.send(address, message, idempotency_key=key)
-    return _json({"replies": replies, "agent": await _agent_json(state, address)})
+    timing = EventTiming()
+    replies = await state.host.send(address, message, idempotency_key=key, timing=timing)
+    return _json(
+        {"replies": replies, "agent": await _agent_json(state, address)},
+        headers={"Server-Timing": _server_timing(timing)},
+    )
+
+
+def _server_timing(timing: EventTiming) -> str:
+    """A ``Server-Timing`` header value: how long the handler waited on its async ops, so a
+    client can tell the host's own latency from its LLM's and HTTP calls'."""
+    return f'ops;dur={timing.ops_s * 1000:.1f};desc="async ops (llm, http, ask, sleep)"'
 
 
 class _SseResponse(Response):

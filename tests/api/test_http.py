@@ -34,6 +34,26 @@ async def test_round_trip_returns_replies_and_agent_status(
         assert status.json()["agent"]["turns"] == 1
 
 
+def _ops_ms(response: httpx.Response) -> float:
+    name, duration, _ = response.headers["server-timing"].split(";", 2)
+    assert name == "ops"
+    return float(duration.removeprefix("dur="))
+
+
+async def test_server_timing_tells_op_waits_from_host_time(
+    serve_host: Serve, probe_manifest: Manifest
+) -> None:
+    async with serve_host(probe_manifest) as served:
+        started = trio.current_time()
+        slept = await served.message("probe/t", {"op": "sleep_twice", "seconds": 0.2})
+        elapsed_ms = (trio.current_time() - started) * 1000
+        assert slept.status_code == 200
+        # Both sleeps count as waiting on ops; the rest of the reply time is the host's.
+        assert 400 <= _ops_ms(slept) < elapsed_ms
+        quick = await served.message("probe/t", {"op": "count"})
+        assert _ops_ms(quick) == 0.0
+
+
 async def test_auth_wrong_agent_expired_and_missing(
     serve_host: Serve, echo_manifest: Manifest
 ) -> None:
