@@ -49,11 +49,11 @@ def call_init(func: Func, store: Any, config: bytes, state: bytes | None) -> str
     """``init(config, state) -> result<_, string>``: None, or the guest's error text."""
     args = (_Val * 2)()
     with _freed_on_error(args):
-        _lower_bytes(args[0], config)
+        lower_bytes(args[0], config)
         args[1].kind = _OPTION  # a null pointer: none
         if state is not None:
             inner = _Val()
-            _lower_bytes(inner, state)
+            lower_bytes(inner, state)
             args[1].of.option = ffi.wasmtime_component_val_new(byref(inner))
     result = _call(func, store, args)
     try:
@@ -82,7 +82,7 @@ def call_on_event(
         fields[0].val.of.u64 = event_id
         fields[1].val.kind = _STRING
         fields[1].val.of.string = kind_text
-        _lower_bytes(fields[2].val, payload)
+        lower_bytes(fields[2].val, payload)
     return _turn_result(_call(func, store, args))
 
 
@@ -99,7 +99,7 @@ def call_on_complete(
         tag = ffi.str_to_capi("ok" if ok else "err")
         inner = _Val()
         if isinstance(value, bytes):
-            _lower_bytes(inner, value)
+            lower_bytes(inner, value)
         else:
             inner.kind = _STRING
             inner.of.string = ffi.str_to_capi(value)
@@ -148,10 +148,10 @@ def _turn_result(result: Any) -> TurnOutput | str:
         replies = []
         for item in _list(record[0]):
             reply = _fields(item, ("event", "payload"))
-            replies.append(GuestReply(_u64(reply[0]), _lift_bytes(reply[1])))
+            replies.append(GuestReply(_u64(reply[0]), lift_bytes(reply[1])))
         done = [_u64(item) for item in _list(record[1])]
         state = _option(record[2])
-        return TurnOutput(replies, done, None if state is None else _lift_bytes(state))
+        return TurnOutput(replies, done, None if state is None else lift_bytes(state))
     finally:
         ffi.wasmtime_component_val_delete(byref(result))
 
@@ -159,7 +159,7 @@ def _turn_result(result: Any) -> TurnOutput | str:
 # -- lowering ----------------------------------------------------------------------------------
 
 
-def _lower_bytes(val: Any, data: bytes) -> None:
+def lower_bytes(val: Any, data: bytes) -> None:
     """Make ``val`` a ``list<u8>`` holding ``data``: one strided copy into the C API's
     array of values instead of one conversion per byte."""
     count = len(data)
@@ -228,7 +228,7 @@ def _option(val: Any) -> Any | None:
     return val.of.option.contents if val.of.option else None
 
 
-def _lift_bytes(val: Any) -> bytes:
+def lift_bytes(val: Any) -> bytes:
     """A ``list<u8>`` as bytes: one strided slice of the C API's array of values."""
     _expect(val, _LIST, "a list<u8>")
     items = val.of.list

@@ -29,6 +29,7 @@ from ..abi import TYPES_INTERFACE, capability_of, interface_name
 from ..capabilities import Capability, HostCallError, HostCallSpec
 from ..errors import DeployError
 from ..manifest import Limits
+from ._host_calls import add_host_function
 from .sandbox import WasmSandbox
 
 DENSE_MAX_COMPONENT_BYTES = 1024 * 1024
@@ -145,16 +146,16 @@ class WasmEngine:
                 with root.add_instance(interface_name(name)) as instance:
                     for wit_name, (method, spec) in capability.host_calls().items():
                         guarded = capability.guarded(method, spec)
-                        instance.add_func(wit_name, _host_function(guarded, spec))
+                        add_host_function(instance, wit_name, _lowered_errors(guarded, spec))
         return linker
 
 
-def _host_function(call: Callable[..., Any], spec: HostCallSpec) -> Callable[..., Any]:
-    """Adapt a guarded host call to wasmtime: drop the store argument and lower errors
-    to ``err`` (tagging both cases when ``ok`` is text too, as wasmtime-py needs)."""
+def _lowered_errors(call: Callable[..., Any], spec: HostCallSpec) -> Callable[..., Any]:
+    """Adapt a guarded host call to the runtime: errors become ``err`` (tagging both cases
+    when ``ok`` is text too, as results whose cases are both strings need)."""
     if spec.ok_is_text:
 
-        def tagged(_store: object, *args: Any) -> Any:
+        def tagged(*args: Any) -> Any:
             result = call(*args)
             if isinstance(result, HostCallError):
                 return Variant("err", result.message)
@@ -162,7 +163,7 @@ def _host_function(call: Callable[..., Any], spec: HostCallSpec) -> Callable[...
 
         return tagged
 
-    def plain(_store: object, *args: Any) -> Any:
+    def plain(*args: Any) -> Any:
         result = call(*args)
         return result.message if isinstance(result, HostCallError) else result
 
