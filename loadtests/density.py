@@ -94,6 +94,9 @@ class Step:
     first_message_p50_ms: float
     """Median reply time of a session's first message (creates the agent), apart."""
     host_cpu_share: float
+    load_core_busy: float
+    """Share of the load core (locust and the simulated LLM) that was busy: near 1, the
+    load side itself adds latency."""
     host_rss_bytes: int
     host_pss_bytes: int
     resident_agents: int
@@ -239,7 +242,9 @@ def _ramp(
         progress(
             f"  {step.throughput_rps:.1f} req/s, host-added p50 {step.host_added_p50_ms:.0f} ms "
             f"p99 {step.host_added_p99_ms:.0f} ms, errors {step.errors}, host CPU "
-            f"{step.host_cpu_share:.0%}, PSS {step.host_pss_bytes / 2**20:.0f} MiB"
+            f"{step.host_cpu_share:.0%}, load core {step.load_core_busy:.0%}, "
+            f"first message p50 {step.first_message_p50_ms:.0f} ms, "
+            f"PSS {step.host_pss_bytes / 2**20:.0f} MiB"
             + ("" if step.slo_met else "  <- breaks the SLO")
         )
         if not step.slo_met:
@@ -295,8 +300,10 @@ def _run_step(
         )
         time.sleep(settings.ramp_s + settings.think_max_s)  # everyone has sent a message
         cpu_before, wall_before = _cpu_seconds(host), time.monotonic()
+        load_before = _core_times(LOAD_CORE)
         locust.wait(timeout=run_time + 120)
         cpu_after, wall_after = _cpu_seconds(host), time.monotonic()
+        load_after = _core_times(LOAD_CORE)
     stats = _locust_totals(prefix)
     memory = host.memory_full_info()
     metrics = _scrape(url)
@@ -322,6 +329,7 @@ def _run_step(
         host_added_from=host_added_from,
         first_message_p50_ms=stats["first_p50_ms"],
         host_cpu_share=(cpu_after - cpu_before) / max(wall_after - wall_before, 1e-9),
+        load_core_busy=_busy_share(load_before, load_after),
         host_rss_bytes=int(memory.rss),
         host_pss_bytes=int(getattr(memory, "pss", memory.rss)),
         resident_agents=int(metrics.get("roost_agents_resident", 0)),
@@ -340,6 +348,22 @@ def _failure_samples(prefix: Path, limit: int = 3) -> list[str]:
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     return [f"{r.get('Occurrences')}x {r.get('Error', '')[:200]}" for r in rows[:limit]]
+
+
+def _core_times(core: int) -> Any:
+    times = psutil.cpu_times(percpu=True)
+    return times[core] if core < len(times) else None
+
+
+def _busy_share(before: Any, after: Any) -> float:
+    """The busy share of one core between two of its ``cpu_times`` readings."""
+    if before is None or after is None:
+        return 0.0
+    total = sum(after) - sum(before)
+    idle = (after.idle + getattr(after, "iowait", 0.0)) - (
+        before.idle + getattr(before, "iowait", 0.0)
+    )
+    return 0.0 if total <= 0 else max(0.0, min(1.0, 1 - idle / total))
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
@@ -502,6 +526,11 @@ def _limit_reason(broken: Step | None, steps: list[Step]) -> str:
         )
     if broken.errors:
         return f"{broken.errors} errors at {broken.sessions} sessions"
+    if broken.load_core_busy > 0.9:
+        return (
+            f"the load generator's core was {broken.load_core_busy:.0%} busy at "
+            f"{broken.sessions} sessions: the measurement is limited by the load side"
+        )
     if broken.host_cpu_share > 0.9:
         return (
             f"host CPU saturated ({broken.host_cpu_share:.0%} of its core) at "
@@ -509,8 +538,9 @@ def _limit_reason(broken: Step | None, steps: list[Step]) -> str:
         )
     return (
         f"p99 host-added latency {broken.host_added_p99_ms:.0f} ms at {broken.sessions} "
-        f"sessions with host CPU at {broken.host_cpu_share:.0%} (queueing, GIL or load "
-        "generator; see the step's notes)"
+        f"sessions with host CPU at {broken.host_cpu_share:.0%}, the load core "
+        f"{broken.load_core_busy:.0%} busy and first messages (activations) taking "
+        f"{broken.first_message_p50_ms:.0f} ms at the median"
     )
 
 
@@ -525,13 +555,14 @@ def _write_outputs(out_dir: Path, report: dict[str, Any]) -> None:
         f"Limit: {report['limit']}",
         "",
         "| sessions | req/s | p50 host-added ms | p99 host-added ms | errors | host CPU | "
-        "host PSS MiB | resident | within SLO |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "load core | first message p50 ms | host PSS MiB | resident | within SLO |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in report["steps"]:
         lines.append(
             f"| {s['sessions']} | {s['throughput_rps']:.1f} | {s['host_added_p50_ms']:.0f} | "
             f"{s['host_added_p99_ms']:.0f} | {s['errors']} | {s['host_cpu_share']:.0%} | "
+            f"{s['load_core_busy']:.0%} | {s['first_message_p50_ms']:.0f} | "
             f"{s['host_pss_bytes'] / 2**20:.0f} | {s['resident_agents']} | "
             f"{'yes' if s['slo_met'] else 'no'} |"
         )

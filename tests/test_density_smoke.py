@@ -21,6 +21,7 @@ def test_density_smoke_run_produces_a_report_capacity_reads(tmp_path: Path) -> N
         assert step["resident_agents"] >= step["sessions"]
         assert step["host_added_from"] == "server-timing"
         assert step["host_added_p99_ms"] <= step["p99_ms"]
+        assert 0 < step["load_core_busy"] <= 1
     assert report["sessions_per_core"] == SMOKE.steps[-1]
     assert report["pss_per_session_bytes"] > 0
     assert report["baseline"]["pss_per_session_bytes"] > 0
