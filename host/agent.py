@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import trio
 
+from ._lifetime import open_service_nursery
 from .address import AgentAddress
 from .errors import (
     AgentBusy,
@@ -35,9 +36,9 @@ from .errors import (
     QuotaExceeded,
     RoostError,
 )
-from .sandbox import Sandbox, TurnOutput
+from .sandbox import Sandbox, TurnOutput, TurnSliceExceeded
 from .store.protocol import TurnCommit, Usage
-from .telemetry import TurnTrace, end_span
+from .telemetry import end_span
 from .turn import StartedOp, TurnContext
 
 logger = logging.getLogger("roost.agent")
@@ -127,6 +128,9 @@ class AgentActor:
         self.pending_ops = 0
         """Ops the event being handled awaits (they keep the agent resident)."""
         self.in_turn = False
+        self._inline = True
+        """Whether event turns may run on the event loop (a light kind's, until one runs
+        past its slice)."""
 
     # -- called from the supervisor (trio loop, synchronous) ----------------------------
     def post(self, envelope: Envelope) -> None:
@@ -227,42 +231,69 @@ class AgentActor:
     # -- one event ----------------------------------------------------------------------
     async def _handle(self, envelope: Envelope) -> None:
         error: RoostError | None = None
-        async with trio.open_nursery() as ops:
-            try:
-                await self._handle_in(envelope, ops)
-            except RoostError as exc:
-                error = exc
-            except Exception as exc:  # a host bug must not take the host down
-                logger.exception("agent %s: internal error handling an event", self.address)
-                error = RoostError(f"internal error handling the event: {exc!r}")
-            if error is not None:
-                self._drop_instance()
-                if isinstance(error, GuestError):
-                    self._supervisor.metrics.trap(self.address.kind, error)
-            ops.cancel_scope.cancel()
+        try:
+            await self._handle_in(envelope)
+        except RoostError as exc:
+            error = exc
+        except Exception as exc:  # a host bug must not take the host down
+            logger.exception("agent %s: internal error handling an event", self.address)
+            error = RoostError(f"internal error handling the event: {exc!r}")
+        if error is not None:
+            self._drop_instance()
+            if isinstance(error, GuestError):
+                self._supervisor.metrics.trap(self.address.kind, error)
         self.pending_ops = 0
         envelope.finish(error)
 
-    async def _handle_in(self, envelope: Envelope, ops: trio.Nursery) -> None:
+    async def _handle_in(self, envelope: Envelope) -> None:
         event_id = next(self._event_ids)
         activate = None if self._sandbox is not None else self._prepare_activation()
 
         def first(turn: TurnContext) -> TurnOutput:
             # Loading the state, activation and the first turn share one worker-thread trip.
             if activate is not None:
-                activate(turn.trace)
+                activate(turn)
                 turn.kv_bytes = self._kv_bytes
             sandbox = self._sandbox
             if sandbox is None:
                 raise GuestAbiError("no instance to run the event in")
             return sandbox.on_event(turn, event_id, envelope.kind, envelope.payload)
 
+        supervisor = self._supervisor
+        inline = self._inline and self.kind.factory.light and supervisor.inline_slice_ms > 0
+        try:
+            output, awaited = await self._turn(first, envelope, event_id, "on-event", inline=inline)
+        except TurnSliceExceeded:
+            # Too long for the event loop. Nothing of it counts: run it again, from the
+            # committed state, on a worker thread, as every later turn of this agent.
+            self._inline = False
+            self._drop_instance()
+            activate = self._prepare_activation()
+            output, awaited = await self._turn(first, envelope, event_id, "on-event")
+        if event_id in output.done:
+            return  # ops the handler started without awaiting them end with the event
+        async with open_service_nursery() as ops:
+            await self._await_ops(envelope, event_id, output, awaited, ops)
+            ops.cancel_scope.cancel()
+
+    async def _await_ops(
+        self,
+        envelope: Envelope,
+        event_id: int,
+        output: TurnOutput,
+        awaited: list[StartedOp],
+        ops: trio.Nursery,
+    ) -> None:
+        """Run the ops the handler awaits and one turn per completion, until it finishes."""
         completions_send, completions = trio.open_memory_channel[_Completion](math.inf)
-        output, outstanding = await self._turn(
-            first, envelope, event_id, ops, completions_send, "on-event"
-        )
-        self.pending_ops = outstanding
-        while event_id not in output.done:
+        outstanding = 0
+        while True:
+            if event_id in output.done:
+                return
+            for op in awaited:
+                ops.start_soon(self._run_op, op, completions_send)
+            outstanding += len(awaited)
+            self.pending_ops = outstanding
             if outstanding == 0:
                 raise GuestAbiError(
                     "the handler neither finished nor awaits an async op",
@@ -283,15 +314,11 @@ class AgentActor:
             ) -> TurnOutput:
                 return sandbox.on_complete(turn, c.op_id, c.ok, c.value)
 
-            output, started = await self._turn(
-                resume, envelope, event_id, ops, completions_send, "on-complete"
-            )
-            outstanding += started
-            self.pending_ops = outstanding
+            output, awaited = await self._turn(resume, envelope, event_id, "on-complete")
 
-    def _prepare_activation(self) -> Callable[[TurnTrace | None], Sandbox]:
+    def _prepare_activation(self) -> Callable[[TurnContext], Sandbox]:
         """The function that loads the committed state, instantiates the guest and runs its
-        ``init``, on a worker thread (a ``roost.activate`` span under the turn's)."""
+        ``init``, as part of the given turn (a ``roost.activate`` span under the turn's)."""
         config = msgpack.packb(
             {"kind": self.address.kind, "id": self.address.id, "config": self.kind.config},
             use_bin_type=True,
@@ -299,9 +326,11 @@ class AgentActor:
         init_turn = self._new_turn()
         limits = self.kind.manifest.limits
 
-        def activate(trace: TurnTrace | None) -> Sandbox:
+        def activate(turn: TurnContext) -> Sandbox:
+            trace = turn.trace
             span = None if trace is None else trace.child("roost.activate")
             init_turn.trace = trace
+            init_turn.slice_ms = turn.slice_ms
             started = time.perf_counter()
             try:
                 record = self._supervisor.store.read_agent(self.address)
@@ -357,15 +386,18 @@ class AgentActor:
         call: Callable[[TurnContext], TurnOutput],
         envelope: Envelope,
         event_id: int,
-        ops: trio.Nursery,
-        completions: trio.MemorySendChannel[_Completion],
         export: str,
-    ) -> tuple[TurnOutput, int]:
-        """Run one turn, check its limits, commit it, start its ops; time it and, with
-        tracing on, record it as a span. Returns the guest's output and the number of ops
-        started."""
+        *,
+        inline: bool = False,
+    ) -> tuple[TurnOutput, list[StartedOp]]:
+        """Run one turn, check its limits, commit it, start its continuation ops; time it
+        and, with tracing on, record it as a span. Returns the guest's output and the ops
+        the handler awaits, for the caller to run. ``inline`` runs the turn on the event
+        loop, within the host's slice."""
         supervisor = self._supervisor
         turn = self._new_turn(envelope)
+        if inline:
+            turn.slice_ms = supervisor.inline_slice_ms
         if supervisor.telemetry.tracing:
             turn.trace = supervisor.telemetry.start_turn(
                 self.address, envelope.kind, export, envelope.trace_context
@@ -373,9 +405,12 @@ class AgentActor:
         started = time.perf_counter()
         self.in_turn = True
         try:
-            output, waiting = await self._commit_turn(
-                call, turn, envelope, event_id, ops, completions
-            )
+            output, awaited = await self._commit_turn(call, turn, envelope, event_id)
+        except TurnSliceExceeded:
+            if turn.trace is not None:
+                attributes = self._turn_attributes(turn, None)
+                turn.trace.end(None, {**attributes, "roost.turn.slice_exceeded": True})
+            raise
         except BaseException as exc:
             if turn.trace is not None:
                 turn.trace.end(exc, self._turn_attributes(turn, None))
@@ -387,7 +422,7 @@ class AgentActor:
             supervisor.metrics.observe_turn(self.address.kind, time.perf_counter() - started)
         if turn.trace is not None:
             turn.trace.end(None, self._turn_attributes(turn, output))
-        return output, waiting
+        return output, awaited
 
     def _turn_attributes(self, turn: TurnContext, output: TurnOutput | None) -> dict[str, Any]:
         tick_ms = self._supervisor.epoch_tick_ms
@@ -425,15 +460,13 @@ class AgentActor:
         turn: TurnContext,
         envelope: Envelope,
         event_id: int,
-        ops: trio.Nursery,
-        completions: trio.MemorySendChannel[_Completion],
-    ) -> tuple[TurnOutput, int]:
-        """Run the turn and commit it in one worker-thread trip, then hand out its replies
-        and start its ops."""
+    ) -> tuple[TurnOutput, list[StartedOp]]:
+        """Run the turn and commit it, in one worker-thread trip (or on the event loop when
+        the turn has a slice), then hand out its replies and start its ops."""
         budgets = self.kind.manifest.budgets
         store = self._supervisor.store
 
-        def guarded() -> tuple[TurnOutput, list[Any], int]:
+        def run_checked() -> tuple[TurnOutput, TurnCommit, list[Any], int]:
             if budgets.cpu_ms_per_day is not None:
                 used = store.read_usage(self.address, turn.day).cpu_ms
                 turn.check_budget("cpu_ms_per_day", used, 0, budgets.cpu_ms_per_day)
@@ -444,12 +477,20 @@ class AgentActor:
                     output = _timed(call, turn)
             if turn.fault is not None:
                 raise turn.fault
-            commit, decoded, reply_bytes = self._checked_commit(output, turn, envelope, event_id)
+            return output, *self._checked_commit(output, turn, envelope, event_id)
+
+        def committed() -> tuple[TurnOutput, list[Any], int]:
+            output, commit, decoded, reply_bytes = run_checked()
             store.write_turn(commit)
             return output, decoded, reply_bytes
 
         try:
-            output, decoded, reply_bytes = await self._supervisor.run_guest(guarded)
+            if turn.slice_ms is None:
+                output, decoded, reply_bytes = await self._supervisor.run_guest(committed)
+            else:
+                output, commit, decoded, reply_bytes = run_checked()
+                if not store.try_write_turn(commit):
+                    await store.commit_turn(commit)
         finally:
             if self.activation_s is not None:
                 self._supervisor.record_activation(self.activation_s)
@@ -467,14 +508,13 @@ class AgentActor:
         if envelope.on_reply is not None:
             for reply in decoded:
                 envelope.on_reply(reply)
-        waiting = 0
+        awaited = []
         for op in turn.ops:
             if op.continuation is None:
-                ops.start_soon(self._run_op, op, completions)
-                waiting += 1
+                awaited.append(op)
             else:
                 self._supervisor.start_continuation(self.address, op)
-        return output, waiting
+        return output, awaited
 
     def _checked_commit(
         self, output: TurnOutput, turn: TurnContext, envelope: Envelope, event_id: int

@@ -20,6 +20,7 @@ DEFAULT_DATA_DIR = Path(".roost")
 DEFAULT_MAX_RESIDENT_AGENTS = 4_000
 DEFAULT_WORKER_THREADS = 4
 DEFAULT_EPOCH_TICK_MS = 10
+DEFAULT_INLINE_SLICE_MS = 20
 DEFAULT_MAX_IN_FLIGHT = 10_000
 
 
@@ -44,6 +45,12 @@ class HostConfig(BaseSettings):
     """Threads that run wasm turns concurrently."""
     epoch_tick_ms: int = Field(DEFAULT_EPOCH_TICK_MS, ge=1)
     """Granularity of CPU deadlines."""
+    inline_slice_ms: int = Field(DEFAULT_INLINE_SLICE_MS, ge=0)
+    """Native (dense-profile) agents run the first turn of each event on the event loop,
+    without a worker-thread trip, for at most this long (rounded up to epoch ticks, plus
+    up to one tick). A turn that runs longer is stopped, discarded and run again on a worker
+    thread, and that agent's turns stay on worker threads until it hibernates. 0 runs every
+    turn on a worker thread."""
     max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1)
     """Events accepted host-wide before new ones get Overloaded."""
     llm_base_url: str | None = None

@@ -173,6 +173,7 @@ class Host:
             max_in_flight=config.max_in_flight,
             telemetry=self.telemetry,
             epoch_tick_ms=config.epoch_tick_ms,
+            inline_slice_ms=config.inline_slice_ms,
         )
         self.last_statistics: HostStatistics | None = None
         """The statistics of the last :meth:`statistics` call (observable metrics read it)."""

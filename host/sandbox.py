@@ -1,8 +1,9 @@
 """The seam between an agent actor and the thing that runs its guest code.
 
 The actor depends on these protocols only; ``host.runtime`` implements them with wasmtime.
-Every method runs on a worker thread, with the turn bound (``host.turn.bind_turn``), and one
-sandbox is only ever used by one thread at a time.
+Every method runs on a worker thread (or, for a light factory's event turn, on the event
+loop within ``TurnContext.slice_ms``), with the turn bound (``host.turn.bind_turn``), and
+one sandbox is only ever used by one thread at a time.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ class TurnOutput:
     """New state (msgpack map), or None when unchanged."""
 
 
+class TurnSliceExceeded(Exception):
+    """A turn on the event loop ran past ``TurnContext.slice_ms``. The instance is gone and
+    nothing of the turn counts: run it again, from the committed state, on a worker thread."""
+
+
 class Sandbox(Protocol):
     """One live guest instance."""
 
@@ -52,5 +58,9 @@ class Sandbox(Protocol):
 
 class SandboxFactory(Protocol):
     """Makes instances of one deployed kind."""
+
+    light: bool
+    """Instances are small and turns take microseconds (native guests): worth running on
+    the event loop, within a slice, instead of paying a worker-thread trip."""
 
     def instantiate(self, limits: Limits) -> Sandbox: ...

@@ -41,11 +41,14 @@ class Supervisor:
         max_in_flight: int,
         telemetry: Telemetry | None = None,
         epoch_tick_ms: int = 10,
+        inline_slice_ms: int = 0,
     ) -> None:
         self.store = store
         self.telemetry = telemetry or Telemetry.off()
         self.metrics = self.telemetry.host_metrics()
         self.epoch_tick_ms = epoch_tick_ms
+        self.inline_slice_ms = inline_slice_ms
+        """How long a light kind's event turn may run on the event loop (0: never)."""
         self.clock = clock
         self.services = services
         self.deliveries_poked = trio.Event()

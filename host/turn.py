@@ -9,8 +9,7 @@ wasm, and fails the turn after the guest returns.
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -107,6 +106,9 @@ class TurnContext:
     trace: TurnTrace | None = None
     """The turn's span, when tracing is on: host calls and ops started by the turn are its
     children, wherever they run."""
+    slice_ms: int | None = None
+    """Set when the turn runs on the event loop: stop it (``TurnSliceExceeded``) once it has
+    run this long, short of the kind's CPU deadline."""
 
     def fail(self, error: RoostError) -> None:
         """Record a host-side fault; the first one wins and fails the turn."""
@@ -137,15 +139,23 @@ class TurnContext:
 _bound = threading.local()
 
 
-@contextmanager
-def bind_turn(turn: TurnContext) -> Iterator[TurnContext]:
-    """Make ``turn`` the current turn of this thread while the guest runs."""
-    previous = getattr(_bound, "turn", None)
-    _bound.turn = turn
-    try:
-        yield turn
-    finally:
-        _bound.turn = previous
+class bind_turn:  # lower case: used like a function, ``with bind_turn(turn):``
+    """Make ``turn`` the current turn of this thread while the guest runs (a plain class,
+    not ``@contextmanager``: it wraps every guest call)."""
+
+    __slots__ = ("_previous", "_turn")
+
+    def __init__(self, turn: TurnContext) -> None:
+        self._turn = turn
+        self._previous: TurnContext | None = None
+
+    def __enter__(self) -> TurnContext:
+        self._previous = getattr(_bound, "turn", None)
+        _bound.turn = self._turn
+        return self._turn
+
+    def __exit__(self, *_exc: object) -> None:
+        _bound.turn = self._previous
 
 
 def current_turn() -> TurnContext:

@@ -12,6 +12,7 @@ from host import errors
 EXPECTED = {
     "AgentAddress",
     "AgentStatus",
+    "EventTiming",
     "Host",
     "HostConfig",
     "HostStatistics",

@@ -4,6 +4,7 @@ do wrong: hand the host malformed canonical-ABI values."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -329,6 +330,41 @@ async def test_failed_turn_commits_nothing_and_agent_recovers(nprobe_host: Host)
         )
     assert await nprobe_host.send("nprobe/a", {"op": "kv_get", "key": "k"}) == [None]
     assert await nprobe_host.send("nprobe/a", "count") == [2]
+
+
+async def test_event_turns_run_on_the_event_loop_until_one_overruns_its_slice(
+    host_config: Callable[..., HostConfig], native_probe: Manifest, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="roost.guest")
+    # Slices of 2 ms (plus up to one 1 ms tick); the probe's CPU deadline is 300 ms.
+    async with open_host(host_config(epoch_tick_ms=1, inline_slice_ms=2)) as host:
+        await host.deploy(native_probe)
+        assert await host.send("nprobe/a", {"op": "spin", "count": 0}) == [1]
+        assert _spin_lines(caplog) == [("spin start", "MainThread"), ("spin done", "MainThread")]
+        caplog.clear()
+        # Tens of ms of work: stopped on the loop, run again on a worker, committed once.
+        assert await host.send("nprobe/a", {"op": "spin", "count": 20_000_000}) == [2]
+        lines = _spin_lines(caplog)
+        assert lines[0] == ("spin start", "MainThread")
+        assert [text for text, _ in lines[1:]] == ["spin start", "spin done"]
+        assert all(thread != "MainThread" for _, thread in lines[1:])
+        caplog.clear()
+        # The agent's turns stay on worker threads until it hibernates.
+        assert await host.send("nprobe/a", {"op": "spin", "count": 0}) == [3]
+        assert all(thread != "MainThread" for _, thread in _spin_lines(caplog))
+        caplog.clear()
+        host.hibernate_idle()
+        await wait_all_tasks_blocked()
+        assert await host.send("nprobe/a", {"op": "spin", "count": 0}) == [4]
+        assert all(thread == "MainThread" for _, thread in _spin_lines(caplog))
+
+
+def _spin_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [
+        (record.getMessage().split(": ", 1)[1], record.threadName or "")
+        for record in caplog.records
+        if record.name == "roost.guest" and "spin" in record.getMessage()
+    ]
 
 
 @pytest.mark.parametrize(

@@ -211,6 +211,7 @@ class KindFactory:
         self._exports = {
             name: component.get_export_index(name) for name in ("init", "on-event", "on-complete")
         }
+        self.light = wasm_engine is engine.dense_engine
 
     def instantiate(self, limits: Limits) -> WasmSandbox:
         return WasmSandbox.instantiate(
@@ -220,6 +221,7 @@ class KindFactory:
             exports=self._exports,
             limits=limits,
             deadline_ticks=self._engine.deadline_ticks(limits.cpu_deadline_ms),
+            epoch_tick_ms=self._engine.epoch_tick_ms,
         )
 
 

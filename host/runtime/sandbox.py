@@ -16,7 +16,7 @@ from ..errors import (
     MemoryLimitExceeded,
 )
 from ..manifest import Limits
-from ..sandbox import TurnOutput
+from ..sandbox import TurnOutput, TurnSliceExceeded
 from ..turn import TurnContext, bind_turn
 from ._values import call_init, call_on_complete, call_on_event
 
@@ -38,12 +38,18 @@ class WasmSandbox:
     """A store, an instance and its three exports. Used by one thread at a time."""
 
     def __init__(
-        self, store: wasmtime.Store, funcs: dict[str, Func], limits: Limits, deadline_ticks: int
+        self,
+        store: wasmtime.Store,
+        funcs: dict[str, Func],
+        limits: Limits,
+        deadline_ticks: int,
+        epoch_tick_ms: int,
     ) -> None:
         self._store: wasmtime.Store | None = store
         self._funcs = funcs
         self._limits = limits
         self._deadline_ticks = deadline_ticks
+        self._epoch_tick_ms = epoch_tick_ms
 
     @classmethod
     def instantiate(
@@ -55,6 +61,7 @@ class WasmSandbox:
         exports: Mapping[str, Any],
         limits: Limits,
         deadline_ticks: int,
+        epoch_tick_ms: int,
     ) -> WasmSandbox:
         store = wasmtime.Store(engine)
         store.set_wasi(wasmtime.WasiConfig())
@@ -70,7 +77,7 @@ class WasmSandbox:
             if func is None:
                 raise GuestAbiError(f"the component does not export {name!r}")
             funcs[name] = func
-        return cls(store, funcs, limits, deadline_ticks)
+        return cls(store, funcs, limits, deadline_ticks, epoch_tick_ms)
 
     def init(self, turn: TurnContext, config: bytes, state: bytes | None) -> None:
         error = self._call(turn, "init", lambda f, s: call_init(f, s, config, state))
@@ -102,14 +109,24 @@ class WasmSandbox:
         if store is None:
             raise GuestAbiError("the sandbox was closed")
         func = self._funcs[name]
-        store.set_epoch_deadline(self._deadline_ticks)
+        ticks = self._deadline_ticks
+        sliced = False
+        if turn.slice_ms is not None:
+            # Whole ticks, plus one: the next tick may come right after the call starts.
+            slice_ticks = -(-turn.slice_ms // self._epoch_tick_ms) + 1
+            sliced = slice_ticks < ticks
+            ticks = min(ticks, slice_ticks)
+        store.set_epoch_deadline(ticks)
         with bind_turn(turn):
             try:
                 result = call(func, store)
                 func.post_return(store)
             except wasmtime.WasmtimeError as exc:
                 self.close()
-                raise _classify_trap(exc, name) from None
+                error = _classify_trap(exc, name)
+                if sliced and isinstance(error, CpuDeadlineExceeded):
+                    raise TurnSliceExceeded(f"{name} ran past its slice") from None
+                raise error from None
         return result
 
 

@@ -184,6 +184,11 @@ class StateStore(Protocol):
         thread-safe)."""
         ...
 
+    def try_write_turn(self, commit: TurnCommit) -> bool:
+        """Write the commit now if that means no waiting (no other write in progress, no
+        fsync); False, having written nothing, otherwise. For the event loop."""
+        ...
+
     async def load_response(self, address: AgentAddress, key: str) -> bytes | None:
         """The response committed with idempotency key ``key`` for the agent, or None if no
         turn of the agent committed that key (or its record was pruned)."""

@@ -45,8 +45,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
@@ -515,23 +515,21 @@ class _ReadPool:
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
 
-    @contextmanager
-    def borrow(self) -> Iterator[sqlite3.Connection]:
+    def acquire(self) -> sqlite3.Connection:
+        """A connection for this thread alone, until :meth:`release`."""
         with self._lock:
             if self._closed:
                 raise StorageError(_CLOSED)
             conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = _connect(self._path, read_only=True)
-        try:
-            yield conn
-        finally:
-            with self._lock:
-                keep = not self._closed and len(self._idle) < _MAX_IDLE_READERS
-                if keep:
-                    self._idle.append(conn)
-            if not keep:
-                conn.close()
+        return _connect(self._path, read_only=True) if conn is None else conn
+
+    def release(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            keep = not self._closed and len(self._idle) < _MAX_IDLE_READERS
+            if keep:
+                self._idle.append(conn)
+        if not keep:
+            conn.close()
 
     def close(self) -> None:
         """Close idle connections now; borrowed ones are closed when given back."""
@@ -542,15 +540,50 @@ class _ReadPool:
             conn.close()
 
 
+class _Reading:
+    """``with store._reading(operation, address) as conn``: a borrowed read connection;
+    SQLite errors come out as StorageError naming the operation. A plain class, not
+    ``@contextmanager``: guest turns read through it."""
+
+    __slots__ = ("_address", "_conn", "_operation", "_path", "_pool")
+
+    def __init__(
+        self, pool: _ReadPool, operation: str, address: AgentAddress | None, path: str
+    ) -> None:
+        self._pool = pool
+        self._operation = operation
+        self._address = address
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def __enter__(self) -> sqlite3.Connection:
+        try:
+            self._conn = self._pool.acquire()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        return self._conn
+
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        if self._conn is not None:
+            self._pool.release(self._conn)
+        if isinstance(exc, sqlite3.Error):
+            raise self._error(exc) from exc
+
+    def _error(self, exc: sqlite3.Error) -> StorageError:
+        subject = f" for {self._address}" if self._address is not None else ""
+        return StorageError(f"{self._operation} failed{subject} in {self._path}: {exc}")
+
+
 class SqliteStore:
     """A :class:`~host.store.protocol.StateStore` on one SQLite file.
 
     Create it with :func:`open_sqlite_store`.
     """
 
-    def __init__(self, path: str, writer: sqlite3.Connection) -> None:
+    def __init__(self, path: str, writer: sqlite3.Connection, synchronous: str = "NORMAL") -> None:
         self._path = path
         self._writer = writer
+        self._fsyncs = synchronous == "FULL"
         self._readers = _ReadPool(path)
         self._queue: deque[_Pending[Any]] = deque()
         self._queue_lock = threading.Lock()
@@ -596,17 +629,9 @@ class SqliteStore:
 
     # -- reads -----------------------------------------------------------------------------
 
-    @contextmanager
-    def _reading(
-        self, operation: str, address: AgentAddress | None
-    ) -> Iterator[sqlite3.Connection]:
+    def _reading(self, operation: str, address: AgentAddress | None) -> _Reading:
         self._check_open()
-        try:
-            with self._readers.borrow() as conn:
-                yield conn
-        except sqlite3.Error as exc:
-            subject = f" for {address}" if address is not None else ""
-            raise StorageError(f"{operation} failed{subject} in {self._path}: {exc}") from exc
+        return _Reading(self._readers, operation, address, self._path)
 
     def read_agent(self, address: AgentAddress) -> AgentRecord | None:
         """The agent's record, or None if it has never committed a turn (thread-safe)."""
@@ -807,6 +832,20 @@ class SqliteStore:
         """Same as :meth:`commit_turn`, blocking: for the worker thread that ran the turn."""
         self._submit_sync(_CommitOp(commit))
 
+    def try_write_turn(self, commit: TurnCommit) -> bool:
+        """Write the commit now if that means no waiting: no other write in progress and no
+        fsync (``synchronous="NORMAL"``). Returns False, having written nothing, otherwise;
+        the caller then uses :meth:`commit_turn`. For the event loop."""
+        if self._fsyncs or not self._writer_lock.acquire(blocking=False):
+            return False
+        try:
+            pending = self._enqueue(_CommitOp(commit))
+            self._write_locked(pending)
+        finally:
+            self._writer_lock.release()
+        self._outcome(pending)
+        return True
+
     async def delete_agent(self, address: AgentAddress) -> bool:
         """Delete the agent's record, kv entries and idempotency records in one transaction,
         after every write queued before it. Returns whether there was anything to delete.
@@ -917,18 +956,22 @@ class SqliteStore:
         """Take the writer lock; unless the previous holder wrote ``pending``, write batches
         of whatever is queued until it is written."""
         with self._writer_lock:
-            while not pending.done:
-                batch = self._take_batch()
-                try:
-                    self._write_sync(batch)
-                except Exception as exc:  # a bug in the write path: fail the batch only
-                    for item in batch:
-                        item.error = StorageError(
-                            f"{item.op.name} failed{item.op.subject()} in {self._path}: {exc!r}"
-                        )
-                finally:
-                    for item in batch:
-                        item.done = True
+            self._write_locked(pending)
+
+    def _write_locked(self, pending: _Pending[Any]) -> None:
+        """With the writer lock held: write batches of what is queued until ``pending`` is."""
+        while not pending.done:
+            batch = self._take_batch()
+            try:
+                self._write_sync(batch)
+            except Exception as exc:  # a bug in the write path: fail the batch only
+                for item in batch:
+                    item.error = StorageError(
+                        f"{item.op.name} failed{item.op.subject()} in {self._path}: {exc!r}"
+                    )
+            finally:
+                for item in batch:
+                    item.done = True
 
     def _take_batch(self) -> list[_Pending[Any]]:
         with self._queue_lock:
@@ -994,7 +1037,7 @@ async def open_sqlite_store(
     if synchronous not in ("NORMAL", "FULL"):
         raise ConfigError(f"invalid synchronous mode {synchronous!r}: use 'NORMAL' or 'FULL'")
     db_path, writer = await trio.to_thread.run_sync(_open_writer, path, synchronous)
-    store = SqliteStore(db_path, writer)
+    store = SqliteStore(db_path, writer, synchronous)
     try:
         yield store
     finally:

@@ -159,6 +159,16 @@ int roost_on_message(roost_ctx *ctx, const uint8_t *msg, size_t len) {
         for (size_t i = 0; i < n; i++) roost_mp_str(&w, keys[i].ptr, keys[i].len);
         return roost_reply_mp(ctx, &w);
     }
+    if (op_is(op, "spin")) { /* busy for `count` iterations, logging before and after */
+        roost_log_cstr(ctx, ROOST_INFO, "spin start");
+        volatile uint64_t spins = 0;
+        int64_t count = arg_int(msg, len, "count", 0);
+        for (int64_t i = 0; i < count; i++) spins++;
+        int64_t spun = roost_state_int(ctx, "spun", 0) + 1;
+        roost_state_set_int(ctx, "spun", spun);
+        roost_log_cstr(ctx, ROOST_INFO, "spin done");
+        return reply_int(ctx, spun);
+    }
     if (op_is(op, "raise")) return roost_fail(ctx, "the probe was asked to fail");
     if (op_is(op, "loop")) {
         volatile uint64_t spins = 0;
