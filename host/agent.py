@@ -196,6 +196,12 @@ class AgentActor:
     async def run(self) -> None:
         idle_timeout = self.kind.manifest.limits.idle_timeout_s
         try:
+            # The event the actor was started for is queued already: the task's start was
+            # its scheduling point, so take it without the idle timer or another yield.
+            first = None if self.closed else self._take_queued()
+            if first is not None:
+                await self._handle(first)
+                self.last_active = trio.current_time()
             while not self.closed:
                 with trio.CancelScope(deadline=trio.current_time() + idle_timeout) as scope:
                     self._idle_scope = scope
@@ -214,6 +220,12 @@ class AgentActor:
             self._fail_queued(AgentUnavailable("agent stopped", address=str(self.address)))
             self._supervisor.actor_stopped(self)
             self.finished.set()
+
+    def _take_queued(self) -> Envelope | None:
+        try:
+            return self._receive.receive_nowait()
+        except trio.WouldBlock:
+            return None
 
     def _fail_queued(self, error: RoostError) -> None:
         while True:
