@@ -21,7 +21,7 @@ from collections.abc import Callable
 from ctypes import byref
 from typing import Any
 
-from wasmtime import WasmtimeError
+from wasmtime import StoreContext, WasmtimeError
 from wasmtime import _ffi as ffi
 from wasmtime._slab import Slab
 from wasmtime.component import (
@@ -46,7 +46,7 @@ from ._values import lift_bytes, lower_bytes
 _Lift = Callable[[Any], Any]
 """Takes a C argument value (and frees what it owns); returns the Python value."""
 _Lower = Callable[[Any, Any, Any], None]
-"""(store, C value slot, Python value): writes the result into the slot."""
+"""(store context pointer, C value slot, Python value): writes the result into the slot."""
 
 _FUNCTIONS: Slab[_HostFunction] = Slab()
 
@@ -60,16 +60,17 @@ class _HostFunction:
         self.call = call
         self.plan: tuple[list[_Lift], _Lower | None] | None = None
 
-    def invoke(self, store: Any, ty: Any, args: Any, nargs: int, results: Any) -> None:
+    def invoke(self, context: Any, ty: Any, args: Any, nargs: int, results: Any) -> None:
         plan = self.plan
         if plan is None:
-            plan = self.plan = _plan(FuncType._from_ptr(ty, owner=store))
+            # Owned by the caller: the type is not deleted with this object.
+            plan = self.plan = _plan(FuncType._from_ptr(ty, owner=context))
         lifts, lower = plan
         if nargs != len(lifts):
             raise WasmtimeError(f"host call expected {len(lifts)} arguments, got {nargs}")
         value = self.call(*[lift(args[i]) for i, lift in enumerate(lifts)])
         if lower is not None:
-            lower(store, results[0], value)
+            lower(context, results[0], value)
 
 
 def add_host_function(instance: LinkerInstance, name: str, call: Callable[..., Any]) -> None:
@@ -93,8 +94,21 @@ def _call_host_function(
     index: int | None, context: Any, ty: Any, args: Any, nargs: int, results: Any, _n: int
 ) -> Any:
     """Called by wasmtime; returns a null pointer, or the error that traps the guest."""
-    function = _FUNCTIONS.get(index or 0)
-    return catch_exceptions(context, lambda store: function.invoke(store, ty, args, nargs, results))
+    try:
+        _FUNCTIONS.get(index or 0).invoke(context, ty, args, nargs, results)
+    except Exception as exc:
+        return _error_for(context, exc)
+    return 0
+
+
+def _error_for(context: Any, exc: Exception) -> Any:
+    """The error pointer wasmtime-py would return for ``exc`` (it keeps a Python exception
+    to re-raise where the guest was called)."""
+
+    def reraise(_store: Any) -> None:
+        raise exc
+
+    return catch_exceptions(context, reraise)
 
 
 def _release(index: int | None) -> None:
@@ -168,19 +182,23 @@ def _lower_for(ty: ValType) -> _Lower:
             tagged=isinstance(ok, String) or (ok is None and err is None),
         )
 
-    def generic(store: Any, val: Any, value: Any) -> None:
-        ty.convert_to_c(store, value, ctypes.pointer(val))
+    def generic(context: Any, val: Any, value: Any) -> None:
+        store = StoreContext(context)
+        try:
+            ty.convert_to_c(store, value, ctypes.pointer(val))
+        finally:
+            store._invalidate()
 
     return generic
 
 
-def _lower_bytes_result(_store: Any, val: Any, value: bytes) -> None:
+def _lower_bytes_result(_context: Any, val: Any, value: bytes) -> None:
     if not isinstance(value, bytes):
         raise TypeError(f"host call returned {type(value).__name__}, expected bytes")
     lower_bytes(val, value)
 
 
-def _lower_string(_store: Any, val: Any, value: str) -> None:
+def _lower_string(_context: Any, val: Any, value: str) -> None:
     if not isinstance(value, str):
         raise TypeError(f"host call returned {type(value).__name__}, expected str")
     val.kind = ffi.WASMTIME_COMPONENT_STRING.value
@@ -188,24 +206,24 @@ def _lower_string(_store: Any, val: Any, value: str) -> None:
 
 
 def _scalar(kind: int, field: str, convert: Callable[[Any], Any]) -> _Lower:
-    def lower(_store: Any, val: Any, value: Any) -> None:
+    def lower(_context: Any, val: Any, value: Any) -> None:
         val.kind = kind
         setattr(val.of, field, convert(value))
 
     return lower
 
 
-def _boxed(store: Any, lower: _Lower, value: Any) -> Any:
+def _boxed(context: Any, lower: _Lower, value: Any) -> Any:
     """A new heap value holding ``value`` (what an option or result case points to)."""
     inner = ffi.wasmtime_component_val_t()
-    lower(store, inner, value)
+    lower(context, inner, value)
     return ffi.wasmtime_component_val_new(byref(inner))
 
 
 def _option(payload: _Lower) -> _Lower:
-    def lower(store: Any, val: Any, value: Any) -> None:
+    def lower(context: Any, val: Any, value: Any) -> None:
         val.kind = ffi.WASMTIME_COMPONENT_OPTION.value
-        val.of.option = None if value is None else _boxed(store, payload, value)
+        val.of.option = None if value is None else _boxed(context, payload, value)
 
     return lower
 
@@ -215,7 +233,7 @@ def _result(ok: _Lower | None, err: _Lower | None, *, tagged: bool) -> _Lower:
     value (``result<string, string>``), otherwise an error is the ``str`` and anything else
     the ok value (as wasmtime-py reads them)."""
 
-    def lower(store: Any, val: Any, value: Any) -> None:
+    def lower(context: Any, val: Any, value: Any) -> None:
         if tagged:
             if not isinstance(value, Variant):
                 raise TypeError("host call returned an untagged value for a tagged result")
@@ -225,6 +243,6 @@ def _result(ok: _Lower | None, err: _Lower | None, *, tagged: bool) -> _Lower:
         case = ok if is_ok else err
         val.kind = ffi.WASMTIME_COMPONENT_RESULT.value
         val.of.result.is_ok = is_ok
-        val.of.result.val = None if case is None else _boxed(store, case, payload)
+        val.of.result.val = None if case is None else _boxed(context, case, payload)
 
     return lower

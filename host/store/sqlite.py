@@ -839,7 +839,18 @@ class SqliteStore:
         if self._fsyncs or not self._writer_lock.acquire(blocking=False):
             return False
         try:
-            pending = self._enqueue(_CommitOp(commit))
+            op = _CommitOp(commit)
+            with self._queue_lock:
+                if self._closing:
+                    raise StorageError(_CLOSED)
+                alone = not self._queue
+            if alone:  # nothing queued to keep the order of: no batch to assemble
+                try:
+                    self._transaction([op])
+                except Exception as exc:
+                    raise self._op_error(op, exc) from exc
+                return True
+            pending = self._enqueue(op)
             self._write_locked(pending)
         finally:
             self._writer_lock.release()
