@@ -36,7 +36,7 @@ from .sandbox import SandboxFactory
 from .store.protocol import AgentExport, AgentRecord, AgentSummary, StateStore, Usage
 from .store.sqlite import open_sqlite_store
 from .supervisor import Supervisor
-from .telemetry import HistogramSnapshot, HostMetrics, Telemetry
+from .telemetry import HistogramSnapshot, HostMetrics, Telemetry, gc_pause_seconds
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,8 @@ class HostStatistics:
     """Activation latency (load state, instantiate, init), by kind."""
     turn_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
     """Turn latency (worker wait, guest call, commit), by kind."""
+    gc_pause_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
+    """Pauses of Python's cyclic garbage collector (the whole process), by generation."""
 
 
 @asynccontextmanager
@@ -175,6 +177,7 @@ class Host:
             epoch_tick_ms=config.epoch_tick_ms,
             inline_slice_ms=config.inline_slice_ms,
         )
+        gc_pause_seconds()  # start timing the collector's pauses
         self.last_statistics: HostStatistics | None = None
         """The statistics of the last :meth:`statistics` call (observable metrics read it)."""
         self._closed = False
@@ -463,6 +466,7 @@ class Host:
             websockets_open=metrics.websockets_open,
             wake_seconds=metrics.wake_seconds(),
             turn_seconds=metrics.turn_seconds(),
+            gc_pause_seconds=gc_pause_seconds(),
         )
         return statistics
 

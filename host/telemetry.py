@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import gc
 import importlib.metadata
 import json
 import logging
@@ -148,6 +149,38 @@ class _Histogram:
         return HistogramSnapshot(
             DURATION_BOUNDS_S, tuple(self.counts), self.total, sum(self.counts)
         )
+
+
+class _GcPauses:
+    """How long each of Python's cyclic garbage collections paused the process, by
+    generation: a full (generation 2) pass over a large heap stops every request. One per
+    process, fed by a ``gc`` callback (on whichever thread collects, holding the GIL)."""
+
+    def __init__(self) -> None:
+        self.by_generation = {str(g): _Histogram() for g in range(3)}
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            pause = time.perf_counter() - self._started
+            self.by_generation[str(info["generation"])].observe(pause)
+
+    def snapshot(self) -> dict[str, HistogramSnapshot]:
+        return {g: h.snapshot() for g, h in self.by_generation.items()}
+
+
+_GC_PAUSES: _GcPauses | None = None
+
+
+def gc_pause_seconds() -> dict[str, HistogramSnapshot]:
+    """Pauses of the cyclic garbage collector by generation, since the first call."""
+    global _GC_PAUSES
+    if _GC_PAUSES is None:
+        _GC_PAUSES = _GcPauses()
+    return _GC_PAUSES.snapshot()
 
 
 def trap_name(error: BaseException) -> str:

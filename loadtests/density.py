@@ -97,6 +97,10 @@ class Step:
     load_core_busy: float
     """Share of the load core (locust and the simulated LLM) that was busy: near 1, the
     load side itself adds latency."""
+    full_gc_pauses: int
+    """Full passes of the host's garbage collector during the measured window..."""
+    full_gc_pause_s: float
+    """...and the seconds they paused it (every request in flight waits)."""
     host_rss_bytes: int
     host_pss_bytes: int
     resident_agents: int
@@ -244,6 +248,7 @@ def _ramp(
             f"p99 {step.host_added_p99_ms:.0f} ms, errors {step.errors}, host CPU "
             f"{step.host_cpu_share:.0%}, load core {step.load_core_busy:.0%}, "
             f"first message p50 {step.first_message_p50_ms:.0f} ms, "
+            f"full GC {step.full_gc_pauses} ({step.full_gc_pause_s * 1000:.0f} ms), "
             f"PSS {step.host_pss_bytes / 2**20:.0f} MiB"
             + ("" if step.slo_met else "  <- breaks the SLO")
         )
@@ -301,6 +306,7 @@ def _run_step(
         time.sleep(settings.ramp_s + settings.think_max_s)  # everyone has sent a message
         cpu_before, wall_before = _cpu_seconds(host), time.monotonic()
         load_before = _core_times(LOAD_CORE)
+        gc_before = _scrape(url)
         locust.wait(timeout=run_time + 120)
         cpu_after, wall_after = _cpu_seconds(host), time.monotonic()
         load_after = _core_times(LOAD_CORE)
@@ -330,6 +336,8 @@ def _run_step(
         first_message_p50_ms=stats["first_p50_ms"],
         host_cpu_share=(cpu_after - cpu_before) / max(wall_after - wall_before, 1e-9),
         load_core_busy=_busy_share(load_before, load_after),
+        full_gc_pauses=int(_delta(metrics, gc_before, "roost_gc_pause_seconds_count")),
+        full_gc_pause_s=_delta(metrics, gc_before, "roost_gc_pause_seconds_sum"),
         host_rss_bytes=int(memory.rss),
         host_pss_bytes=int(getattr(memory, "pss", memory.rss)),
         resident_agents=int(metrics.get("roost_agents_resident", 0)),
@@ -410,7 +418,15 @@ def _float(value: str | None, missing: float | None = 0.0) -> Any:
     return missing if value in (None, "", "N/A") else float(value)
 
 
-_METRIC = re.compile(r"^(roost_agents_(?:resident|hibernated)) ([0-9.e+]+)$", re.M)
+_METRIC = re.compile(
+    r'^(roost_agents_(?:resident|hibernated)|roost_gc_pause_seconds_(?:count|sum)(?=\{generation="2"\}))'
+    r"(?:\{[^}]*\})? ([0-9.e+-]+)$",
+    re.M,
+)
+
+
+def _delta(after: dict[str, float], before: dict[str, float], name: str) -> float:
+    return after.get(name, 0.0) - before.get(name, 0.0)
 
 
 def _scrape(url: str) -> dict[str, float]:
@@ -539,8 +555,9 @@ def _limit_reason(broken: Step | None, steps: list[Step]) -> str:
     return (
         f"p99 host-added latency {broken.host_added_p99_ms:.0f} ms at {broken.sessions} "
         f"sessions with host CPU at {broken.host_cpu_share:.0%}, the load core "
-        f"{broken.load_core_busy:.0%} busy and first messages (activations) taking "
-        f"{broken.first_message_p50_ms:.0f} ms at the median"
+        f"{broken.load_core_busy:.0%} busy, first messages (activations) taking "
+        f"{broken.first_message_p50_ms:.0f} ms at the median and {broken.full_gc_pauses} full "
+        f"garbage collections pausing the host {broken.full_gc_pause_s * 1000:.0f} ms"
     )
 
 
@@ -555,14 +572,16 @@ def _write_outputs(out_dir: Path, report: dict[str, Any]) -> None:
         f"Limit: {report['limit']}",
         "",
         "| sessions | req/s | p50 host-added ms | p99 host-added ms | errors | host CPU | "
-        "load core | first message p50 ms | host PSS MiB | resident | within SLO |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "load core | first message p50 ms | full GC pauses | host PSS MiB | resident | "
+        "within SLO |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in report["steps"]:
         lines.append(
             f"| {s['sessions']} | {s['throughput_rps']:.1f} | {s['host_added_p50_ms']:.0f} | "
             f"{s['host_added_p99_ms']:.0f} | {s['errors']} | {s['host_cpu_share']:.0%} | "
             f"{s['load_core_busy']:.0%} | {s['first_message_p50_ms']:.0f} | "
+            f"{s['full_gc_pauses']} ({s['full_gc_pause_s'] * 1000:.0f} ms) | "
             f"{s['host_pss_bytes'] / 2**20:.0f} | {s['resident_agents']} | "
             f"{'yes' if s['slo_met'] else 'no'} |"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,6 +65,14 @@ async def test_state_survives_hibernate_and_wake(probe_host: Host) -> None:
     assert await probe_host.send("probe/a", "count") == [2]
     stats = await probe_host.statistics()
     assert (stats.resident, stats.activations) == (1, 2)
+
+
+async def test_statistics_time_the_garbage_collectors_pauses(probe_host: Host) -> None:
+    before = (await probe_host.statistics()).gc_pause_seconds["2"]
+    gc.collect()
+    after = (await probe_host.statistics()).gc_pause_seconds["2"]
+    assert after.count == before.count + 1
+    assert after.total > before.total
 
 
 async def test_kv_is_private_to_each_agent(probe_host: Host) -> None:

@@ -105,6 +105,14 @@ class MetricsRecorder:
                 stats.turn_seconds,
             )
         )
+        families.append(
+            _histogram(
+                "roost_gc_pause_seconds",
+                "Pauses of Python's cyclic garbage collector, by generation (2: full).",
+                stats.gc_pause_seconds,
+                label="generation",
+            )
+        )
         return families
 
 
@@ -116,8 +124,10 @@ def _by_two(name: str, help_text: str, labels: list[str], counts: dict[str, int]
     return family
 
 
-def _histogram(name: str, help_text: str, by_kind: dict[str, HistogramSnapshot]) -> Metric:
-    family = HistogramMetricFamily(name, help_text, labels=["kind"])
+def _histogram(
+    name: str, help_text: str, by_kind: dict[str, HistogramSnapshot], label: str = "kind"
+) -> Metric:
+    family = HistogramMetricFamily(name, help_text, labels=[label])
     for kind, snapshot in sorted(by_kind.items()):
         buckets = []
         cumulative = 0
