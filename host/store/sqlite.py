@@ -18,12 +18,12 @@ truncated back to at most that size instead of keeping the high-water mark of a 
 
 Group commit
 ------------
-All writes go through one writer connection. A write is queued, then its caller (a guest worker
-thread, or a trio worker thread for the async methods) takes the writer lock; if an earlier
-lock holder already wrote its write, it is done, otherwise it becomes the leader and applies
-everything queued (up to ``_MAX_BATCH``) in ONE transaction. So many concurrent turns share
-one commit (and, with ``FULL``, one fsync), and a lone turn pays no extra thread hop: the
-worker thread that ran its guest code commits it. If a batch transaction fails, each write of
+All writes go through one writer connection. A write is queued, then written under the
+writer lock by whoever takes it next, with everything else queued (up to ``_MAX_BATCH``) in
+ONE transaction: the guest worker thread that ran a turn commits it (if an earlier lock
+holder has not already), and writes from the async methods are written by a flusher task,
+one worker-thread trip per batch. So many concurrent writes share one commit (and, with
+``FULL``, one fsync), and a lone turn pays no extra thread trip. If a batch transaction fails, each write of
 the batch is retried in its own transaction, so a bad commit fails only its own caller.
 
 The other writes (:meth:`~SqliteStore.delete_agent`, :meth:`~SqliteStore.fork_agent`,
@@ -53,6 +53,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import trio
 
+from .._lifetime import open_service_nursery
 from ..address import AgentAddress
 from ..errors import ConfigError, StorageError
 from . import _schema
@@ -255,13 +256,15 @@ class _UsageOp(_WriteOp[None]):
 class _Pending(Generic[_T]):
     """One queued write and its outcome, filled in by whichever thread writes it."""
 
-    __slots__ = ("done", "error", "op", "result")
+    __slots__ = ("done", "error", "event", "op", "result")
 
-    def __init__(self, op: _WriteOp[_T]) -> None:
+    def __init__(self, op: _WriteOp[_T], event: trio.Event | None = None) -> None:
         self.op = op
         self.done = False
         self.error: StorageError | None = None
         self.result: _T | None = None
+        self.event = event
+        """Set (on the trio thread) once written, for a caller of an async method."""
 
 
 def _connect(path: str, *, read_only: bool) -> sqlite3.Connection:
@@ -592,6 +595,11 @@ class SqliteStore:
         """Held by the thread writing a batch on the writer connection."""
         self._closing = False
         self._closed = trio.Event()
+        self._awaited: list[_Pending[Any]] = []
+        """Writes queued by async callers, whose events the flusher sets once written."""
+        self._flush = trio.Event()
+        self._flusher_started = False
+        self._flusher_done = trio.Event()
         self._commits = 0
         self._batches = 0
 
@@ -608,6 +616,9 @@ class SqliteStore:
                 await self._closed.wait()
                 return
             try:
+                self._flush.set()
+                if self._flusher_started:
+                    await self._flusher_done.wait()
                 await trio.to_thread.run_sync(self._write_queued_and_close)
             finally:
                 self._readers.close()
@@ -942,12 +953,49 @@ class SqliteStore:
         return await self._submit(_PruneOp(older_than))
 
     async def _submit(self, op: _WriteOp[_T]) -> _T:
-        """Queue one write (now, so writes keep the order they were called in) and wait on a
-        worker thread until it is written. A cancelled caller stops waiting; the write
-        still happens."""
-        pending = self._enqueue(op)
-        await trio.to_thread.run_sync(self._write_until_done, pending, abandon_on_cancel=True)
+        """Queue one write (now, so writes keep the order they were called in) and wait until
+        the flusher (or a worker thread's commit) has written it. A cancelled caller stops
+        waiting; the write still happens."""
+        pending = self._enqueue(op, trio.Event())
+        self._awaited.append(pending)
+        self._flush.set()
+        assert pending.event is not None
+        await pending.event.wait()
         return self._outcome(pending)
+
+    async def _run_flusher(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Write what async callers queued, one worker-thread trip per batch, and wake them.
+        Shielded, so it stops only once :meth:`aclose` has stopped new writes and every
+        accepted one has been written."""
+        self._flusher_started = True
+        task_status.started()
+        try:
+            with trio.CancelScope(shield=True):
+                while True:
+                    await self._flush.wait()
+                    self._flush = trio.Event()
+                    awaited, self._awaited = self._awaited, []
+                    if awaited:
+                        # Under the writer lock with the queue drained, every write queued
+                        # before this trip is written, whichever thread took it.
+                        await trio.to_thread.run_sync(self._write_all_queued)
+                        for pending in awaited:
+                            assert pending.event is not None
+                            pending.event.set()
+                    if self._closing and not self._awaited:
+                        return
+        finally:
+            self._flusher_done.set()
+
+    def _write_all_queued(self) -> None:
+        with self._writer_lock:
+            while True:
+                batch = self._take_batch()
+                if not batch:
+                    return
+                self._write_batch(batch)
 
     def _submit_sync(self, op: _WriteOp[_T]) -> _T:
         """Queue one write and write it (or wait for the thread writing it), blocking."""
@@ -955,8 +1003,8 @@ class SqliteStore:
         self._write_until_done(pending)
         return self._outcome(pending)
 
-    def _enqueue(self, op: _WriteOp[_T]) -> _Pending[_T]:
-        pending = _Pending(op)
+    def _enqueue(self, op: _WriteOp[_T], event: trio.Event | None = None) -> _Pending[_T]:
+        pending = _Pending(op, event)
         with self._queue_lock:
             if self._closing:
                 raise StorageError(_CLOSED)
@@ -972,17 +1020,20 @@ class SqliteStore:
     def _write_locked(self, pending: _Pending[Any]) -> None:
         """With the writer lock held: write batches of what is queued until ``pending`` is."""
         while not pending.done:
-            batch = self._take_batch()
-            try:
-                self._write_sync(batch)
-            except Exception as exc:  # a bug in the write path: fail the batch only
-                for item in batch:
-                    item.error = StorageError(
-                        f"{item.op.name} failed{item.op.subject()} in {self._path}: {exc!r}"
-                    )
-            finally:
-                for item in batch:
-                    item.done = True
+            self._write_batch(self._take_batch())
+
+    def _write_batch(self, batch: list[_Pending[Any]]) -> None:
+        """With the writer lock held: write one batch, filling in each write's outcome."""
+        try:
+            self._write_sync(batch)
+        except Exception as exc:  # a bug in the write path: fail the batch only
+            for item in batch:
+                item.error = StorageError(
+                    f"{item.op.name} failed{item.op.subject()} in {self._path}: {exc!r}"
+                )
+        finally:
+            for item in batch:
+                item.done = True
 
     def _take_batch(self) -> list[_Pending[Any]]:
         with self._queue_lock:
@@ -1050,6 +1101,12 @@ async def open_sqlite_store(
     db_path, writer = await trio.to_thread.run_sync(_open_writer, path, synchronous)
     store = SqliteStore(db_path, writer, synchronous)
     try:
-        yield store
+        async with open_service_nursery() as nursery:
+            await nursery.start(store._run_flusher)
+            try:
+                yield store
+            finally:
+                await store.aclose()
     finally:
+        # A no-op unless starting the flusher failed; aclose shields itself.
         await store.aclose()
