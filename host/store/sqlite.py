@@ -23,8 +23,9 @@ writer lock by whoever takes it next, with everything else queued (up to ``_MAX_
 ONE transaction: the guest worker thread that ran a turn commits it (if an earlier lock
 holder has not already), and writes from the async methods are written by a flusher task,
 one worker-thread trip per batch. So many concurrent writes share one commit (and, with
-``FULL``, one fsync), and a lone turn pays no extra thread trip. If a batch transaction fails, each write of
-the batch is retried in its own transaction, so a bad commit fails only its own caller.
+``FULL``, one fsync), and a lone turn pays no extra thread trip. If a batch transaction
+fails, each write of the batch is retried in its own transaction, so a bad commit fails
+only its own caller.
 
 The other writes (:meth:`~SqliteStore.delete_agent`, :meth:`~SqliteStore.fork_agent`,
 :meth:`~SqliteStore.prune_responses`) go through the same queue and are applied in the same
