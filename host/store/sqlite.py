@@ -627,8 +627,7 @@ class SqliteStore:
 
     def _write_queued_and_close(self) -> None:
         with self._writer_lock:
-            while self._queue:
-                self._write_sync(self._take_batch())
+            self._write_queue_locked()
             self._writer.close()
 
     def statistics(self) -> SqliteStoreStatistics:
@@ -992,11 +991,12 @@ class SqliteStore:
 
     def _write_all_queued(self) -> None:
         with self._writer_lock:
-            while True:
-                batch = self._take_batch()
-                if not batch:
-                    return
-                self._write_batch(batch)
+            self._write_queue_locked()
+
+    def _write_queue_locked(self) -> None:
+        """With the writer lock held: write batches until the queue is empty."""
+        while batch := self._take_batch():
+            self._write_batch(batch)
 
     def _submit_sync(self, op: _WriteOp[_T]) -> _T:
         """Queue one write and write it (or wait for the thread writing it), blocking."""
