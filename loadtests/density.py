@@ -381,34 +381,21 @@ def _cpu_seconds(proc: psutil.Process) -> float:
 
 def _locust_totals(prefix: Path) -> dict[str, Any]:
     path = Path(f"{prefix}_stats.csv")
-    if not path.is_file():
-        return {
-            "requests": 0,
-            "failures": 1,
-            "rps": 0.0,
-            "p50_ms": 0.0,
-            "p99_ms": 0.0,
-            "first_p50_ms": 0.0,
-        }
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    total = next((r for r in rows if r.get("Name") == "message"), {})
-    aggregated = next((r for r in rows if r.get("Name") == "Aggregated"), {})
-
-    def number(key: str) -> float:
-        value = total.get(key) or "0"
-        return 0.0 if value in ("N/A", "") else float(value)
-
-    first = next((r for r in rows if r.get("Name") == "first message"), {})
-    host_added = next((r for r in rows if r.get("Name") == "host-added"), {})
+    rows: dict[str, dict[str, str]] = {}
+    if path.is_file():
+        with path.open(newline="") as handle:
+            rows = {row.get("Name") or "": row for row in csv.DictReader(handle)}
+    message = rows.get("message", {})
+    first = rows.get("first message", {})
+    host_added = rows.get("host-added", {})
     return {
-        "requests": int(number("Request Count")),
-        # Errors count for every request, first messages included.
-        "failures": int(float(aggregated.get("Failure Count") or 0)),
+        "requests": int(_float(message.get("Request Count"))),
+        # Errors count for every request, first messages included; no stats at all is one.
+        "failures": int(_float(rows.get("Aggregated", {}).get("Failure Count"))) if rows else 1,
         "first_p50_ms": _float(first.get("50%")),
-        "rps": number("Requests/s") + _float(first.get("Requests/s")),
-        "p50_ms": number("50%"),
-        "p99_ms": number("99%"),
+        "rps": _float(message.get("Requests/s")) + _float(first.get("Requests/s")),
+        "p50_ms": _float(message.get("50%")),
+        "p99_ms": _float(message.get("99%")),
         "host_added_p50_ms": _float(host_added.get("50%"), None),
         "host_added_p99_ms": _float(host_added.get("99%"), None),
     }
