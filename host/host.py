@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -269,18 +270,20 @@ class Host:
                 "float, str, bytes, lists and dicts",
                 address=str(address),
             ) from None
+        deliver = functools.partial(
+            self._supervisor.deliver,
+            address,
+            kind,
+            event_kind,
+            encoded,
+            on_reply=on_reply,
+            on_token=on_token,
+            chain=chain,
+            handled=handled,
+            timing=timing,
+        )
         if idempotency_key is None:
-            return await self._supervisor.deliver(
-                address,
-                kind,
-                event_kind,
-                encoded,
-                on_reply=on_reply,
-                on_token=on_token,
-                chain=chain,
-                handled=handled,
-                timing=timing,
-            )
+            return await deliver()
         _check_idempotency_key(idempotency_key)
         slot = (address, idempotency_key)
         while (running := self._idempotent_in_flight.get(slot)) is not None:
@@ -295,16 +298,7 @@ class Host:
                     for reply in replies:
                         on_reply(reply)
                 return replies
-            return await self._supervisor.deliver(
-                address,
-                kind,
-                event_kind,
-                encoded,
-                idempotency_key=idempotency_key,
-                on_reply=on_reply,
-                on_token=on_token,
-                timing=timing,
-            )
+            return await deliver(idempotency_key=idempotency_key)
         finally:
             del self._idempotent_in_flight[slot]
             done.set()
