@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import trio.lowlevel
@@ -68,6 +70,16 @@ async def probe_host(
     async with open_host(host_config()) as host:
         await host.deploy(probe_manifest)
         yield host
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
+    """The ``(event, data)`` pairs of a server-sent event stream, as they arrive."""
+    name = ""
+    async for line in response.aiter_lines():
+        if line.startswith("event: "):
+            name = line[len("event: ") :]
+        elif line.startswith("data: "):
+            yield name, json.loads(line[len("data: ") :])
 
 
 async def until(predicate: Callable[[], bool], *, timeout_s: float = 30.0) -> None:

@@ -25,7 +25,7 @@ from loadtests.sim_llm import reply_words
 
 from .api import conftest as api_conftest
 from .api.conftest import Serve
-from .conftest import until
+from .conftest import sse_events, until
 from .test_async_capabilities import sim_llm
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -178,12 +178,7 @@ async def test_assistant_streams_tokens_as_sse_events(
             headers=headers,
         ) as response:
             assert response.status_code == 200
-            name = ""
-            async for line in response.aiter_lines():
-                if line.startswith("event: "):
-                    name = line[len("event: ") :]
-                elif line.startswith("data: "):
-                    events.append((name, json.loads(line[len("data: ") :])))
+            events += [event async for event in sse_events(response)]
     names = [name for name, _ in events]
     tokens = [data for name, data in events if name == "token"]
     assert len(tokens) == 5

@@ -13,7 +13,7 @@ from trio_websocket import open_websocket_url
 
 from host import Manifest
 
-from ..conftest import until, with_limits
+from ..conftest import sse_events, until, with_limits
 from .conftest import ADMIN_TOKEN, Serve
 
 
@@ -101,14 +101,10 @@ async def test_sse_streams_replies_as_they_are_produced(
             headers=headers,
         ) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
-            event = None
-            async for line in response.aiter_lines():
-                if line.startswith("event: "):
-                    event = line[len("event: ") :]
-                elif line.startswith("data: "):
-                    events.append((event or "", json.loads(line[len("data: ") :])))
-                    if in_flight_at_first_reply is None:
-                        in_flight_at_first_reply = served.host._supervisor.in_flight
+            async for event in sse_events(response):
+                events.append(event)
+                if in_flight_at_first_reply is None:
+                    in_flight_at_first_reply = served.host._supervisor.in_flight
         assert [name for name, _ in events] == ["reply", "reply", "done"]
         assert events[0][1] == "before"
         assert events[1][1] == {"after": 1}

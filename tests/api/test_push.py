@@ -8,6 +8,7 @@ from trio_websocket import open_websocket_url
 
 from host import Manifest
 
+from ..conftest import sse_events
 from ..test_async_capabilities import sim_llm
 from .conftest import Serve
 
@@ -42,12 +43,7 @@ async def test_llm_tokens_stream_as_sse_events(
             json={"message": {"op": "chat", "text": "tell me", "stream": True}},
             headers=headers,
         ) as response:
-            name = ""
-            async for line in response.aiter_lines():
-                if line.startswith("event: "):
-                    name = line[len("event: ") :]
-                elif line.startswith("data: "):
-                    events.append((name, json.loads(line[len("data: ") :])))
+            events += [event async for event in sse_events(response)]
     tokens = [data for name, data in events if name == "token"]
     replies = [data for name, data in events if name == "reply"]
     assert len(tokens) == 5
