@@ -35,13 +35,13 @@ from typing import Any
 
 import trio
 
-import host
-from host.build import ensure_component
-from host.config import load_config
-from host.host import Host, open_host
-from host.manifest import Manifest, load_manifest
+import roost
+from roost.build import ensure_component
+from roost.config import load_config
+from roost.host import Host, open_host
+from roost.manifest import Manifest, load_manifest
 
-DEFAULT_MANIFEST = Path(host.__file__).parents[1] / "examples" / "echo" / "agent.toml"
+DEFAULT_MANIFEST = Path(roost.__file__).resolve().parents[2] / "examples" / "echo" / "agent.toml"
 """The bundled echo example, located relative to the repository."""
 
 LATENCY_SAMPLE = 1_000

@@ -36,10 +36,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-from host.config import TelemetryConfig, load_config
-from host.host import open_host
-from host.manifest import Manifest
-from host.telemetry import Telemetry
+from roost.config import TelemetryConfig, load_config
+from roost.host import open_host
+from roost.manifest import Manifest
+from roost.telemetry import Telemetry
 
 from .bench import (
     DEFAULT_MANIFEST,

@@ -36,9 +36,9 @@ from typing import IO, Any
 import httpx
 import psutil
 
-from host.build import ensure_component
-from host.config import load_config
-from host.manifest import load_manifest
+from roost.build import ensure_component
+from roost.config import load_config
+from roost.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = ROOT / "loadtests" / "agents" / "chat" / "agent.toml"
@@ -145,7 +145,7 @@ def run_density(settings: DensitySettings, progress: Progress) -> dict[str, Any]
                 [
                     sys.executable,
                     "-m",
-                    "host.cli",
+                    "roost.cli",
                     "serve",
                     "--dev",
                     "--port",

@@ -25,9 +25,9 @@ from typing import Literal
 
 import trio
 
-from host.address import AgentAddress
-from host.store.protocol import TurnCommit
-from host.store.sqlite import open_sqlite_store
+from roost.address import AgentAddress
+from roost.store.protocol import TurnCommit
+from roost.store.sqlite import open_sqlite_store
 
 STATE = b"\x82\xa4echo\xa4ping\xa5count\x01"
 """A small msgpack state, like the echo example's."""

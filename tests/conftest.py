@@ -14,8 +14,8 @@ import pytest
 import trio
 import trio.lowlevel
 
-from host import Host, HostConfig, Manifest, load_manifest, open_host
-from host.build import build_agent
+from roost import Host, HostConfig, Manifest, load_manifest, open_host
+from roost.build import build_agent
 
 ROOT = Path(__file__).resolve().parents[1]
 ECHO_DIR = ROOT / "examples" / "echo"

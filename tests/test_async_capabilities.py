@@ -12,10 +12,10 @@ import pytest
 import trio
 from trio.testing import MockClock, wait_all_tasks_blocked
 
-from host import GuestTrap, Host, HostConfig, Manifest, open_host
-from host.address import AgentAddress
-from host.store.protocol import Delivery
 from loadtests.sim_llm import SimLLMConfig, SimLLMServer, serve_sim_llm
+from roost import GuestTrap, Host, HostConfig, Manifest, open_host
+from roost.address import AgentAddress
+from roost.store.protocol import Delivery
 
 from .conftest import until
 

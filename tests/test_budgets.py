@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from host import HostConfig, Manifest, QuotaExceeded
+from roost import HostConfig, Manifest, QuotaExceeded
 
 from .test_async_capabilities import caller_host, sim_llm
 

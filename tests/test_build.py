@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from host import BuildError
-from host.build import build_agent
+from roost import BuildError
+from roost.build import build_agent
 
-HEADER = "from guest_sdk import Agent, Context\n\n"
+HEADER = "from roost_sdk import Agent, Context\n\n"
 
 
 def _write(tmp_path: Path, body: str) -> Path:
@@ -36,7 +36,7 @@ def test_module_without_an_agent_class_is_refused(tmp_path: Path, cache_dir: Pat
     source = _write(tmp_path, "x = 1\n")
     with pytest.raises(BuildError) as info:
         build_agent(source, tmp_path / "out.wasm", cache_dir=cache_dir)
-    assert "expected exactly one subclass of guest_sdk.Agent" in str(info.value)
+    assert "expected exactly one subclass of roost_sdk.Agent" in str(info.value)
 
 
 def test_unknown_capability_is_refused(tmp_path: Path, cache_dir: Path) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from host import ManifestError, capabilities
-from host.abi import WIT_DIR
-from host.capabilities import registry, validate_grants
+from roost import ManifestError, capabilities
+from roost.abi import WIT_DIR
+from roost.capabilities import registry, validate_grants
 
 
 def test_every_capability_file_has_one_matching_class_with_documented_calls() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from host.capacity import (
+from roost.capacity import (
     GIB,
     MEASURED,
     MIB,
@@ -28,8 +28,8 @@ from host.capacity import (
     parse_range,
     parse_share,
 )
-from host.cli import main
-from host.errors import ConfigError
+from roost.cli import main
+from roost.errors import ConfigError
 
 SMALL_MACHINE = MachineShape(cores=4, memory_bytes=10 * GIB, reserved_memory_bytes=0)
 

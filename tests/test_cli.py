@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-import host
-from host.build import ensure_component
-from host.cli import main
-from host.manifest import load_manifest
+import roost
+from roost.build import ensure_component
+from roost.cli import main
+from roost.manifest import load_manifest
 
-REPO = Path(host.__file__).resolve().parents[1]
+REPO = Path(roost.__file__).resolve().parents[2]
 ECHO_MANIFEST = REPO / "examples" / "echo" / "agent.toml"
 
 BENCH_KEYS = (
@@ -116,7 +116,7 @@ def _chat(data_dir: Path, transcript: str) -> subprocess.CompletedProcess[str]:
         [
             sys.executable,
             "-m",
-            "host.cli",
+            "roost.cli",
             "run",
             "--manifest",
             str(ECHO_MANIFEST),

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from host import HostConfig, Manifest, open_host
+from roost import HostConfig, Manifest, open_host
 
 AGENTS = 2_000
 

@@ -7,8 +7,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from host.capacity import parse_density_report
 from loadtests.density import SMOKE, run_density
+from roost.capacity import parse_density_report
 
 
 def test_density_smoke_run_produces_a_report_capacity_reads(tmp_path: Path) -> None:

@@ -18,10 +18,10 @@ import trio
 from trio.testing import MockClock, wait_all_tasks_blocked
 from trio_websocket import open_websocket_url
 
-from host import Host, HostConfig, Manifest, load_manifest, open_host
-from host.build import build_agent
-from host.server import manifests_to_deploy
 from loadtests.sim_llm import reply_words
+from roost import Host, HostConfig, Manifest, load_manifest, open_host
+from roost.api.server import manifests_to_deploy
+from roost.build import build_agent
 
 from .api import conftest as api_conftest
 from .api.conftest import Serve

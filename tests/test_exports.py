@@ -6,8 +6,8 @@ import ast
 import inspect
 from pathlib import Path
 
-import host
-from host import errors
+import roost
+from roost import errors
 
 EXPECTED = {
     "AgentAddress",
@@ -26,21 +26,21 @@ EXPECTED = {
 
 
 def test_exports_are_the_embedding_api_and_every_error() -> None:
-    public = {name for name in vars(host) if not name.startswith("_")} - {"annotations"}
+    public = {name for name in vars(roost) if not name.startswith("_")} - {"annotations"}
     error_names = {
         name
         for name, obj in vars(errors).items()
         if inspect.isclass(obj) and issubclass(obj, errors.RoostError)
     }
-    modules = {name for name, obj in vars(host).items() if inspect.ismodule(obj)}
+    modules = {name for name, obj in vars(roost).items() if inspect.ismodule(obj)}
     assert public - modules == EXPECTED | error_names
 
 
 def test_only_the_runtime_imports_wasmtime() -> None:
-    root = Path(host.__file__).parent
+    root = Path(roost.__file__).parent
     offenders = []
     for path in root.rglob("*.py"):
-        if "runtime" in path.relative_to(root).parts:
+        if "sandbox" in path.relative_to(root).parts:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = []

@@ -12,7 +12,7 @@ import pytest
 import trio
 from trio.testing import MockClock, wait_all_tasks_blocked
 
-from host import Host, HostConfig, Manifest, open_host
+from roost import Host, HostConfig, Manifest, open_host
 
 from .conftest import until, with_limits
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from host import (
+from roost import (
     CpuDeadlineExceeded,
     DeployError,
     GuestTrap,
@@ -22,7 +22,7 @@ from host import (
     UnknownKind,
     open_host,
 )
-from host.errors import AgentBusy, InvalidAddress
+from roost.errors import AgentBusy, InvalidAddress
 
 from .conftest import until, with_limits
 
@@ -215,7 +215,7 @@ async def test_mailbox_is_bounded(
 
 
 async def test_builds_are_cached(cache_dir: Path, tmp_path: Path) -> None:
-    from host.build import build_agent
+    from roost.build import build_agent
 
     source = Path(__file__).parents[1] / "examples" / "echo" / "agent.py"
     first = build_agent(source, tmp_path / "a.wasm", cache_dir=cache_dir)

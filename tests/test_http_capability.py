@@ -12,8 +12,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from host import CapabilityDenied, HostConfig, Manifest
-from host.capabilities.http import HttpGrant, fetch_checked, refused_address
+from roost import CapabilityDenied, HostConfig, Manifest
+from roost.capabilities.http import HttpGrant, fetch_checked, refused_address
 
 from .test_async_capabilities import caller_host, sim_llm
 

@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio.testing import MockClock, wait_all_tasks_blocked
 
-from host import (
+from loadtests.sim_llm import SimLLMConfig, serve_sim_llm
+from roost import (
     BuildError,
     CpuDeadlineExceeded,
     DeployError,
@@ -31,15 +32,15 @@ from host import (
     load_manifest,
     open_host,
 )
-from host.address import AgentAddress
-from host.build import build_agent
-from host.build_native import STACK_BYTES, wasm_tools_executable
-from host.capabilities import bind_capabilities
-from host.errors import GuestAbiError, GuestError
-from host.runtime import WasmEngine
-from host.sandbox import Sandbox
-from host.turn import TurnContext
-from loadtests.sim_llm import SimLLMConfig, serve_sim_llm
+from roost.abi import WIT_DIR
+from roost.address import AgentAddress
+from roost.build import build_agent
+from roost.build.native import STACK_BYTES, wasm_tools_executable
+from roost.capabilities import bind_capabilities
+from roost.core.turn import TurnContext
+from roost.errors import GuestAbiError, GuestError
+from roost.sandbox import WasmEngine
+from roost.sandbox.protocol import Sandbox
 
 from .conftest import ROOT, until, with_limits
 
@@ -107,7 +108,7 @@ def broken(native_probe: Manifest, tmp_path_factory: pytest.TempPathFactory) -> 
     )
     wit = work / "wit"
     wit.mkdir()
-    for path in (ROOT / "guest_sdk" / "wit").glob("*.wit"):
+    for path in WIT_DIR.glob("*.wit"):
         (wit / path.name).write_bytes(path.read_bytes())
     (wit / "broken.wit").write_text(BROKEN_WORLD)
     tool = str(wasm_tools_executable())

@@ -17,13 +17,13 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 from trio.testing import MockClock, wait_all_tasks_blocked
 
-from host import Host, HostConfig, Manifest, open_host
-from host.api import Credentials, create_app
-from host.config import ServerConfig, TelemetryConfig, load_telemetry_config
-from host.telemetry import InMemoryTelemetry, JsonLogFormatter, Telemetry, in_memory_telemetry
 from loadtests.bench import DEFAULT_MANIFEST
 from loadtests.bench_telemetry import MODES, measure_telemetry
 from loadtests.http_sink import run_http_sink
+from roost import Host, HostConfig, Manifest, open_host
+from roost.api import Credentials, create_app
+from roost.config import ServerConfig, TelemetryConfig, load_telemetry_config
+from roost.telemetry import InMemoryTelemetry, JsonLogFormatter, Telemetry, in_memory_telemetry
 
 from .conftest import until, with_limits
 from .test_async_capabilities import sim_llm

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from guest_sdk import Agent, CapabilityError, Context, OpError
+from roost_sdk import Agent, CapabilityError, Context, OpError
 
 Message = dict[str, str]
 

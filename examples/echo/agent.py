@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from guest_sdk import Agent, Context
+from roost_sdk import Agent, Context
 
 
 class Echo(Agent):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from guest_sdk import Agent, CapabilityError, Context
+from roost_sdk import Agent, CapabilityError, Context
 
 REMIND = re.compile(
     r"^remind me in (?P<amount>\d+(?:\.\d+)?) ?(?P<unit>s|sec|second|m|min|minute|h|hour)s?"

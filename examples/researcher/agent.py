@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from guest_sdk import Agent, CapabilityError, Context, OpError
+from roost_sdk import Agent, CapabilityError, Context, OpError
 
 SYSTEM_PROMPT = (
     "Answer the user's question using the page they give you. Say so when the page does "

@@ -13,11 +13,11 @@ import httpx
 import pytest
 import trio
 
-from host import Host, HostConfig, Manifest
-from host.address import AgentAddress
-from host.api import Credentials, mint_agent_token
-from host.config import ServerConfig
-from host.server import Serving, serve
+from roost import Host, HostConfig, Manifest
+from roost.address import AgentAddress
+from roost.api import Credentials, mint_agent_token
+from roost.api.server import Serving, serve
+from roost.config import ServerConfig
 
 ADMIN_TOKEN = "test-admin-token"
 SECRET = "test-signing-secret-of-32-bytes!"

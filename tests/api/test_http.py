@@ -11,7 +11,7 @@ import trio
 from trio.testing import wait_all_tasks_blocked
 from trio_websocket import open_websocket_url
 
-from host import Manifest
+from roost import Manifest
 
 from ..conftest import sse_events, until, with_limits
 from .conftest import ADMIN_TOKEN, Serve

@@ -6,7 +6,7 @@ import json
 
 from trio_websocket import open_websocket_url
 
-from host import Manifest
+from roost import Manifest
 
 from ..conftest import sse_events
 from ..test_async_capabilities import sim_llm

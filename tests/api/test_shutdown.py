@@ -14,7 +14,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from host import Manifest
+from roost import Manifest
 
 from .conftest import ADMIN_TOKEN, SECRET
 
@@ -38,7 +38,7 @@ async def _start(tmp_path: Path, cache_dir: Path, manifest: Path) -> tuple[trio.
         "ROOST_DATA_DIR": str(tmp_path / "data"),
     }
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "host.cli", "serve", "--deploy", str(manifest), "--port", "0"],
+        [sys.executable, "-m", "roost.cli", "serve", "--deploy", str(manifest), "--port", "0"],
         env=env,
         stderr=subprocess.PIPE,
     )

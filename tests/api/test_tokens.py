@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from host.address import AgentAddress
-from host.api.auth import AuthError, load_credentials, require_agent
-from host.cli import main
-from host.config import ServerConfig
-from host.errors import ConfigError
-from host.server import check_dev_mode
+from roost.address import AgentAddress
+from roost.api.auth import AuthError, load_credentials, require_agent
+from roost.api.server import check_dev_mode
+from roost.cli import main
+from roost.config import ServerConfig
+from roost.errors import ConfigError
 
 
 def test_roost_token_mints_a_token_for_exactly_one_agent(

@@ -16,9 +16,9 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from host.address import AgentAddress
-from host.errors import ConfigError, StorageError
-from host.store import (
+from roost.address import AgentAddress
+from roost.errors import ConfigError, StorageError
+from roost.store import (
     AgentExport,
     AgentRecord,
     AgentSummary,
@@ -28,7 +28,7 @@ from host.store import (
     _schema,
     open_sqlite_store,
 )
-from host.store import sqlite as sqlite_mod
+from roost.store import sqlite as sqlite_mod
 
 ALICE = AgentAddress("chat", "alice")
 BOB = AgentAddress("chat", "bob")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from guest_sdk import Agent, CapabilityError, Context, OpError
+from roost_sdk import Agent, CapabilityError, Context, OpError
 
 
 class Caller(Agent):

@@ -1,0 +1,400 @@
+"""``ctx``: what a handler can see and do."""
+
+from __future__ import annotations
+
+import random as _pyrandom
+from collections.abc import Callable, Generator
+from typing import Any, Generic, TypeVar, overload
+
+import msgpack
+
+
+class CapabilityError(Exception):
+    """A host call failed: not granted, over quota, or refused by the host."""
+
+
+class OpError(Exception):
+    """An async op (sleep, llm, http, ...) completed with an error."""
+
+
+def _imports(name: str) -> Any:
+    """The generated binding module of one capability, or a clear error if not granted."""
+    try:
+        module = __import__(f"wit_world.imports.{name}", fromlist=[name])
+    except ImportError as exc:
+        raise CapabilityError(
+            f"capability {name!r} is not available to this agent: grant it in the manifest "
+            f"([capabilities.{name}]) and rebuild the agent ({exc})"
+        ) from None
+    return module
+
+
+def pack(value: Any) -> bytes:
+    """msgpack-encode ``value`` the way the host decodes it."""
+    try:
+        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(
+            f"cannot encode {type(value).__name__} as msgpack ({exc}); "
+            "use None, bool, int, float, str, bytes, list and dict"
+        ) from None
+
+
+def unpack(data: bytes) -> Any:
+    """Decode msgpack bytes from the host."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+T = TypeVar("T")
+
+
+class PendingOp(Generic[T]):
+    """Awaited by handlers: yields to the runtime, which resumes it on ``on-complete``
+    with the op's result (a ``T``)."""
+
+    __slots__ = ("op_id",)
+
+    def __init__(self, op_id: int) -> None:
+        self.op_id = op_id
+
+    def __await__(self) -> Generator[PendingOp[T], Any, T]:
+        result: T = yield self
+        return result
+
+
+class Kv:
+    """Per-agent key/value storage. Values are bytes; writes commit with the turn."""
+
+    def get(self, key: str) -> bytes | None:
+        return _imports("kv").get(key)  # type: ignore[no-any-return]
+
+    def set(self, key: str, value: bytes) -> None:
+        if not isinstance(value, bytes | bytearray):
+            raise TypeError(f"kv values are bytes, got {type(value).__name__}")
+        try:
+            _imports("kv").set(key, bytes(value))
+        except Exception as exc:
+            raise CapabilityError(_err_text(exc)) from None
+
+    def delete(self, key: str) -> None:
+        _imports("kv").delete(key)
+
+    def keys(self, prefix: str = "", limit: int = 1000) -> list[str]:
+        return _imports("kv").keys(prefix, limit)  # type: ignore[no-any-return]
+
+
+class Log:
+    """Log lines attributed to this agent."""
+
+    def _write(self, level_name: str, message: str) -> None:
+        types = _imports("types")
+        log = _imports("log")
+        log.write(getattr(types.Level, level_name), str(message))
+
+    def debug(self, message: str) -> None:
+        self._write("DEBUG", message)
+
+    def info(self, message: str) -> None:
+        self._write("INFO", message)
+
+    def warn(self, message: str) -> None:
+        self._write("WARN", message)
+
+    def error(self, message: str) -> None:
+        self._write("ERROR", message)
+
+
+class HostRandom(_pyrandom.Random):
+    """``random.Random`` drawing from the host's CSPRNG: ``ctx.random.randint(1, 6)``."""
+
+    def random(self) -> float:
+        return (int.from_bytes(self.randbytes(7), "big") >> 3) * (2.0**-53)
+
+    def getrandbits(self, k: int) -> int:
+        if k < 0:
+            raise ValueError("number of bits must be non-negative")
+        numbytes = (k + 7) // 8
+        value = int.from_bytes(self.randbytes(numbytes), "big")
+        return value >> (numbytes * 8 - k)
+
+    def randbytes(self, n: int) -> bytes:
+        out = bytearray()
+        rnd = _imports("random")
+        while len(out) < n:
+            out += rnd.bytes(min(n - len(out), 65536))
+        return bytes(out)
+
+    def seed(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def getstate(self) -> Any:
+        raise NotImplementedError("the host random source has no state")
+
+    def setstate(self, state: Any) -> None:
+        raise NotImplementedError("the host random source has no state")
+
+
+class Llm:
+    """Chat completions through the host's model provider."""
+
+    @overload
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stream: bool = False,
+        then: None = None,
+        tag: Any = None,
+    ) -> PendingOp[dict[str, Any]]: ...
+
+    @overload
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stream: bool = False,
+        then: str,
+        tag: Any = None,
+    ) -> None: ...
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stream: bool = False,
+        then: str | None = None,
+        tag: Any = None,
+    ) -> PendingOp[dict[str, Any]] | None:
+        """``await ctx.llm.chat(messages)`` returns ``{"content", "model", "usage"}``.
+        With ``stream=True`` tokens also reach the user as they arrive. With
+        ``then="handler"`` the call returns at once and ``handler(ctx, result, tag)`` is
+        called later as a new turn (the agent may hibernate meanwhile)."""
+        request = {
+            "messages": messages,
+            "model": model,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stream": stream,
+            "then": then,
+            "tag": tag,
+        }
+        return _start("llm", "chat", request, then)
+
+
+class Http:
+    """Outbound HTTP to the hosts the kind's grant allows."""
+
+    @overload
+    def fetch(
+        self,
+        url: str,
+        *,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        then: None = None,
+        tag: Any = None,
+    ) -> PendingOp[dict[str, Any]]: ...
+
+    @overload
+    def fetch(
+        self,
+        url: str,
+        *,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        then: str,
+        tag: Any = None,
+    ) -> None: ...
+
+    def fetch(
+        self,
+        url: str,
+        *,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        then: str | None = None,
+        tag: Any = None,
+    ) -> PendingOp[dict[str, Any]] | None:
+        """``await ctx.http.fetch(url)`` returns ``{"status", "headers", "body"}``."""
+        request = {
+            "url": url,
+            "method": method,
+            "headers": headers or {},
+            "body": body,
+            "then": then,
+            "tag": tag,
+        }
+        return _start("http", "fetch", request, then)
+
+
+def _start(
+    capability: str, call: str, request: dict[str, Any], then: str | None
+) -> PendingOp[Any] | None:
+    try:
+        op_id = getattr(_imports(capability), call)(pack(request))
+    except CapabilityError:
+        raise
+    except Exception as exc:
+        raise CapabilityError(_err_text(exc)) from None
+    return None if then is not None else PendingOp(op_id)
+
+
+def _err_text(exc: BaseException) -> str:
+    value = getattr(exc, "value", None)
+    return value if isinstance(value, str) else str(exc)
+
+
+class Context:
+    """Handed to every handler. ``ctx.state`` is persisted at the end of each turn that
+    changed it; everything else is a host capability."""
+
+    def __init__(
+        self, *, kind: str, agent_id: str, config: dict[str, Any], state: dict[str, Any]
+    ) -> None:
+        self.kind = kind
+        self.agent_id = agent_id
+        self.config = config
+        self._state = state
+        self.kv = Kv()
+        self.log = Log()
+        self.random = HostRandom()
+        self.llm = Llm()
+        self.http = Http()
+        self._reply_sink: Callable[[Any], None] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.kind}/{self.agent_id}"
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return self._state
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        if not isinstance(value, dict):
+            raise TypeError(f"ctx.state must be a dict, got {type(value).__name__}")
+        self._state = value
+
+    def now(self) -> float:
+        """Wall-clock seconds since the epoch, as of the start of this turn."""
+        return _imports("clock").now()  # type: ignore[no-any-return]
+
+    def reply(self, message: Any) -> None:
+        """Send ``message`` (anything msgpack can carry) to whoever sent the current event."""
+        if self._reply_sink is None:
+            raise RuntimeError("ctx.reply() may only be called while handling an event")
+        self._reply_sink(message)
+
+    def schedule(
+        self,
+        payload: Any = None,
+        *,
+        after: float | None = None,
+        at: float | None = None,
+        every: float | None = None,
+        catch_up: str = "once",
+        timer_id: str | None = None,
+    ) -> str:
+        """Set a durable timer (committed with this turn); ``on_timer(ctx, payload)`` runs
+        when it fires, waking the agent if it hibernated. ``every`` repeats it; ``catch_up``
+        ("once", "all" or "skip") says what happens to occurrences missed while the host
+        was down. Returns the timer's id (reuse ``timer_id`` to replace a timer)."""
+        timers = _imports("timers")
+        spec = timers.TimerSpec(timer_id, after, at, every, catch_up, pack(payload))
+        try:
+            return timers.schedule(spec)  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise CapabilityError(_err_text(exc)) from None
+
+    def cancel_timer(self, timer_id: str) -> bool:
+        """Cancel one of this agent's timers (with this turn); False if there was none."""
+        return _imports("timers").cancel(timer_id)  # type: ignore[no-any-return]
+
+    def send(self, kind: str, agent_id: str, message: Any) -> None:
+        """Send ``message`` to another agent once this turn commits (never if it fails)."""
+        try:
+            _imports("agents").send(kind, agent_id, pack(message))
+        except Exception as exc:
+            raise CapabilityError(_err_text(exc)) from None
+
+    @overload
+    def ask(
+        self,
+        kind: str,
+        agent_id: str,
+        message: Any,
+        *,
+        timeout: float = 30.0,
+        then: None = None,
+        tag: Any = None,
+    ) -> PendingOp[list[Any]]: ...
+
+    @overload
+    def ask(
+        self,
+        kind: str,
+        agent_id: str,
+        message: Any,
+        *,
+        timeout: float = 30.0,
+        then: str,
+        tag: Any = None,
+    ) -> None: ...
+
+    def ask(
+        self,
+        kind: str,
+        agent_id: str,
+        message: Any,
+        *,
+        timeout: float = 30.0,
+        then: str | None = None,
+        tag: Any = None,
+    ) -> PendingOp[list[Any]] | None:
+        """``await ctx.ask(kind, id, message)`` returns the other agent's replies."""
+        request = {
+            "kind": kind,
+            "id": agent_id,
+            "message": message,
+            "timeout_s": timeout,
+            "then": then,
+            "tag": tag,
+        }
+        return _start("agents", "ask", request, then)
+
+    def usage(self) -> dict[str, Any]:
+        """This agent's usage today (UTC), as committed before this turn: ``turns``,
+        ``cpu_ms``, ``llm_input_tokens``, ``llm_output_tokens``, ``llm_tokens``,
+        ``http_calls``, ``errors`` (failed turns), and the kind's daily ``budgets``
+        (None: unlimited). Needs ``[capabilities.usage]``."""
+        try:
+            data = _imports("usage").today()
+        except CapabilityError:
+            raise
+        except Exception as exc:
+            raise CapabilityError(_err_text(exc)) from None
+        return unpack(data)  # type: ignore[no-any-return]
+
+    async def sleep(self, seconds: float) -> None:
+        """Suspend this handler for ``seconds``; the agent's turn ends meanwhile."""
+        try:
+            op_id = _imports("timers").sleep(float(seconds))
+        except CapabilityError:
+            raise
+        except Exception as exc:
+            raise CapabilityError(_err_text(exc)) from None
+        pending: PendingOp[None] = PendingOp(op_id)
+        await pending

@@ -1,0 +1,490 @@
+"""The HTTP API: an ASGI app (Starlette) over a running :class:`host.Host`.
+
+With tracing on, every HTTP request is a server span whose parent is the request's W3C
+``traceparent``; the turns that handle the event it sends are its children.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ..address import AgentAddress, validate_kind_name
+from ..config import ServerConfig
+from ..core.actor import EventTiming
+from ..errors import InvalidMessage, ManifestError, MessageTooLarge, RoostError
+from ..host import Host
+from ..manifest import parse_manifest
+from ..payload import to_json
+from ..telemetry import Telemetry
+from ._saved_kinds import save_deployment
+from ._status import error_body, error_headers, error_status
+from .auth import AuthError, Credentials, bearer, require_admin, require_agent
+from .metrics import MetricsRecorder
+from .openapi import openapi_document
+
+_MAX_PAGE = 1000
+_DEPLOY_BODY_FACTOR = 64
+"""Deploy uploads (a component) may be this many times ``max_body_bytes``."""
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class ApiState:
+    """What every request handler shares."""
+
+    def __init__(self, host: Host, settings: ServerConfig, credentials: Credentials) -> None:
+        self.host = host
+        self.settings = settings
+        self.credentials = credentials
+        self.metrics = MetricsRecorder(host.metrics())
+        self.shutting_down = trio.Event()
+        """Set on the first shutdown signal: sockets close with 1001, readiness fails."""
+
+
+def create_app(host: Host, settings: ServerConfig, credentials: Credentials) -> Starlette:
+    """The ASGI app serving ``host``."""
+    state = ApiState(host, settings, credentials)
+
+    def route(
+        path: str, handler: Callable[[ApiState, Request], Awaitable[Response]], methods: list[str]
+    ) -> Route:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(state, request)
+            except (RoostError, AuthError) as exc:
+                return _error_response(state, exc, request)
+
+        return Route(path, endpoint, methods=methods)
+
+    async def websocket_endpoint(websocket: WebSocket) -> None:
+        await _agent_socket(state, websocket)
+
+    app = Starlette(
+        routes=[
+            route("/healthz", _healthz, ["GET"]),
+            route("/readyz", _readyz, ["GET"]),
+            route("/metrics", _metrics, ["GET"]),
+            route("/openapi.json", _openapi, ["GET"]),
+            route("/v1/kinds", _list_kinds, ["GET"]),
+            route("/v1/kinds", _deploy_kind, ["POST"]),
+            route("/v1/agents/{kind}", _list_agents, ["GET"]),
+            route("/v1/agents/{kind}/{id}", _agent_status, ["GET"]),
+            route("/v1/agents/{kind}/{id}", _erase_agent, ["DELETE"]),
+            route("/v1/agents/{kind}/{id}/messages", _post_message, ["POST"]),
+            route("/v1/agents/{kind}/{id}/fork", _fork_agent, ["POST"]),
+            route("/v1/agents/{kind}/{id}/export", _export_agent, ["GET"]),
+            WebSocketRoute("/v1/agents/{kind}/{id}/ws", websocket_endpoint),
+        ],
+    )
+    app.state.api = state
+    if host.telemetry.tracing:
+        app.add_middleware(_TracingMiddleware, telemetry=host.telemetry)
+    return app
+
+
+class _TracingMiddleware:
+    """A server span around each HTTP request (to the end of a streamed response)."""
+
+    def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
+        self._app = app
+        self._telemetry = telemetry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        method = scope["method"]
+        with self._telemetry.server_span(method, scope["path"], scope["headers"]) as span:
+
+            async def send_traced(message: Message) -> None:
+                if span is not None and message["type"] == "http.response.start":
+                    span.set_attribute("http.response.status_code", message["status"])
+                await send(message)
+
+            await self._app(scope, receive, send_traced)
+            route = scope.get("route")
+            if span is not None and route is not None:
+                span.update_name(f"{method} {route.path}")
+                span.set_attribute("http.route", route.path)
+
+
+# -- plumbing -----------------------------------------------------------------------------
+
+
+def _error_response(state: ApiState, exc: BaseException, request: Request | None) -> Response:
+    status = error_status(exc)
+    if status in (429, 503):
+        state.metrics.rejected(status)
+    admin = False
+    if request is not None:
+        try:
+            require_admin(state.credentials, bearer(request.headers.get("authorization")))
+            admin = True
+        except AuthError:
+            pass
+    return JSONResponse(
+        error_body(exc, include_traceback=admin), status_code=status, headers=error_headers(exc)
+    )
+
+
+def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        to_json(value), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _address(request: Request | WebSocket) -> AgentAddress:
+    return AgentAddress(request.path_params["kind"], request.path_params["id"])
+
+
+def _token(request: Request | WebSocket) -> str | None:
+    return bearer(request.headers.get("authorization"), request.query_params.get("token"))
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
+def _too_large(limit: int) -> MessageTooLarge:
+    return MessageTooLarge(f"request body is larger than the {limit}-byte limit (max_body_bytes)")
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    body = await _read_body(request, limit)
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidMessage(f"request body is not valid JSON: {exc}") from None
+
+
+def _message_of(body: Any) -> Any:
+    if not isinstance(body, dict) or "message" not in body:
+        raise InvalidMessage('expected a JSON object {"message": ...}')
+    unknown = sorted(set(body) - {"message"})
+    if unknown:
+        raise InvalidMessage(f"unknown fields {', '.join(unknown)}; expected only 'message'")
+    return body["message"]
+
+
+# -- health, metrics, schema --------------------------------------------------------------
+
+
+async def _healthz(state: ApiState, request: Request) -> Response:
+    return _json({"status": "ok"})
+
+
+async def _readyz(state: ApiState, request: Request) -> Response:
+    if state.shutting_down.is_set():
+        return _json({"status": "shutting down"}, status=503, headers={"Retry-After": "1"})
+    kinds = [k.name for k in state.host.kinds()]
+    return _json({"status": "ready", "kinds": kinds})
+
+
+async def _metrics(state: ApiState, request: Request) -> Response:
+    stats = await state.host.statistics()
+    return PlainTextResponse(
+        state.metrics.render(stats), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
+async def _openapi(state: ApiState, request: Request) -> Response:
+    return JSONResponse(openapi_document())
+
+
+# -- kinds --------------------------------------------------------------------------------
+
+
+async def _list_kinds(state: ApiState, request: Request) -> Response:
+    require_admin(state.credentials, _token(request))
+    return _json({"kinds": [asdict(k) for k in state.host.kinds()]})
+
+
+async def _deploy_kind(state: ApiState, request: Request) -> Response:
+    require_admin(state.credentials, _token(request))
+    limit = state.settings.max_body_bytes * _DEPLOY_BODY_FACTOR
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    async with request.form(max_files=1, max_fields=4, max_part_size=limit) as form:
+        manifest_field = form.get("manifest")
+        component_field = form.get("component")
+        if (
+            not isinstance(manifest_field, str)
+            or component_field is None
+            or isinstance(component_field, str)
+        ):
+            raise ManifestError(
+                "deploy with multipart/form-data: a `manifest` field (TOML text) and a "
+                "`component` file (.wasm)"
+            )
+        wasm = await component_field.read()
+    try:
+        data = tomllib.loads(manifest_field)
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"manifest is not valid TOML: {exc}") from None
+    data.pop("component", None)
+    data.pop("source", None)
+    manifest = parse_manifest(data, base_dir=Path("."), origin="uploaded manifest")
+    path = await trio.to_thread.run_sync(
+        save_deployment, state.host.config.data_dir, manifest, manifest_field, wasm
+    )
+    info = await state.host.deploy(manifest, component=path)
+    return _json({"kind": asdict(info)}, status=201)
+
+
+# -- agents -------------------------------------------------------------------------------
+
+
+async def _agent_json(state: ApiState, address: AgentAddress) -> dict[str, Any]:
+    return asdict(await state.host.agent_status(address))
+
+
+async def _post_message(state: ApiState, request: Request) -> Response:
+    address = _address(request)
+    require_agent(state.credentials, _token(request), address)
+    message = _message_of(await _read_json(request, state.settings.max_body_bytes))
+    key = request.headers.get("idempotency-key")
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return _SseResponse(state, address, message, key)
+    timing = EventTiming()
+    replies = await state.host.send(address, message, idempotency_key=key, timing=timing)
+    return _json(
+        {"replies": replies, "agent": await _agent_json(state, address)},
+        headers={"Server-Timing": _server_timing(timing)},
+    )
+
+
+def _server_timing(timing: EventTiming) -> str:
+    """A ``Server-Timing`` header value: how long the handler waited on its async ops, so a
+    client can tell the host's own latency from its LLM's and HTTP calls'."""
+    return f'ops;dur={timing.ops_s * 1000:.1f};desc="async ops (llm, http, ask, sleep)"'
+
+
+class _SseResponse(Response):
+    """Replies as server-sent events while the handler runs: ``reply`` per reply,
+    then ``done`` (with the agent's status) or ``error``."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self, state: ApiState, address: AgentAddress, message: Any, key: str | None
+    ) -> None:
+        super().__init__(headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        # A stream has no length: drop the Content-Length: 0 of the empty body.
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self._state = state
+        self._address = address
+        self._message = message
+        self._key = key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        sender, events = trio.open_memory_channel[bytes](math.inf)
+
+        def on_reply(reply: Any) -> None:
+            sender.send_nowait(_sse("reply", reply))
+
+        def on_token(token: str) -> None:
+            sender.send_nowait(_sse("token", token))
+
+        async def run() -> None:
+            async with sender:
+                try:
+                    await self._state.host.send(
+                        self._address,
+                        self._message,
+                        idempotency_key=self._key,
+                        on_reply=on_reply,
+                        on_token=on_token,
+                    )
+                except (RoostError, AuthError) as exc:
+                    status = error_status(exc)
+                    if status in (429, 503):
+                        self._state.metrics.rejected(status)
+                    sender.send_nowait(_sse("error", {**error_body(exc), "status": status}))
+                else:
+                    agent = await _agent_json(self._state, self._address)
+                    sender.send_nowait(_sse("done", {"agent": agent}))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            async with events:
+                async for event in events:
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {to_json(data)}\n\n".encode()
+
+
+async def _agent_status(state: ApiState, request: Request) -> Response:
+    address = _address(request)
+    require_agent(state.credentials, _token(request), address)
+    return _json({"agent": await _agent_json(state, address)})
+
+
+async def _erase_agent(state: ApiState, request: Request) -> Response:
+    require_admin(state.credentials, _token(request))
+    address = _address(request)
+    existed = await state.host.erase(address)
+    return _json({"erased": existed, "agent": str(address)})
+
+
+async def _fork_agent(state: ApiState, request: Request) -> Response:
+    require_admin(state.credentials, _token(request))
+    body = await _read_json(request, state.settings.max_body_bytes)
+    if not isinstance(body, dict) or not isinstance(body.get("new_id"), str):
+        raise InvalidMessage('expected a JSON object {"new_id": "..."}')
+    target = await state.host.fork(_address(request), body["new_id"])
+    return _json({"agent": await _agent_json(state, target)}, status=201)
+
+
+async def _list_agents(state: ApiState, request: Request) -> Response:
+    require_admin(state.credentials, _token(request))
+    kind = validate_kind_name(request.path_params["kind"])
+    try:
+        limit = int(request.query_params.get("limit", "100"))
+    except ValueError:
+        raise InvalidMessage("limit must be an integer") from None
+    if not 1 <= limit <= _MAX_PAGE:
+        raise InvalidMessage(f"limit must be between 1 and {_MAX_PAGE}")
+    after = request.query_params.get("after")
+    page = await state.host.list_agents(kind, after=after, limit=limit)
+    agents = [
+        {**asdict(a), "resident": state.host.is_resident(AgentAddress(kind, a.id))} for a in page
+    ]
+    next_after = page[-1].id if len(page) == limit else None
+    return _json({"agents": agents, "next_after": next_after})
+
+
+async def _export_agent(state: ApiState, request: Request) -> Response:
+    require_admin(state.credentials, _token(request))
+    address = _address(request)
+    exported = await state.host.export(address)
+    if exported is None:
+        return _json({"agent": str(address), "exists": False, "state": None, "kv": {}})
+    record = exported.record
+    state_value = (
+        msgpack.unpackb(record.state, raw=False, strict_map_key=False) if record.state else None
+    )
+    return _json(
+        {
+            "agent": str(address),
+            "exists": True,
+            "state": state_value,
+            "kv": exported.kv,
+            "usage": {
+                "turns": record.turns,
+                "kv_bytes": record.kv_bytes,
+                "state_bytes": len(record.state or b""),
+            },
+            "recorded_responses": exported.responses,
+            "created_at": record.created_at,
+            "updated_at": record.updated_at,
+            "timers": [
+                {
+                    "id": d.delivery_id,
+                    "kind": d.event_kind,
+                    "due_at": d.due_at,
+                    "every_s": d.every_s,
+                    "catch_up": d.catch_up,
+                    "payload": msgpack.unpackb(d.payload, raw=False, strict_map_key=False),
+                }
+                for d in exported.deliveries
+            ],
+        }
+    )
+
+
+# -- websocket ----------------------------------------------------------------------------
+
+
+async def _agent_socket(state: ApiState, websocket: WebSocket) -> None:
+    """Messages in, replies out as they are produced. The socket is the host's, not the
+    agent's: the agent may hibernate while it is open and wakes on the next message."""
+    try:
+        address = _address(websocket)
+        require_agent(state.credentials, _token(websocket), address)
+    except (RoostError, AuthError) as exc:
+        await websocket.close(code=1008, reason=str(exc)[:120])
+        return
+    await websocket.accept()
+    state.metrics.socket_opened()
+    sender, outgoing = trio.open_memory_channel[str](math.inf)
+
+    async def write() -> None:
+        async with outgoing:
+            async for frame in outgoing:
+                await websocket.send_text(frame)
+
+    async def forward_pushes() -> None:
+        async with state.host.subscribe(address) as pushes:
+            async for message in pushes:
+                sender.send_nowait(to_json({"type": "push", "message": message}))
+
+    async def close_on_shutdown(cancel: trio.CancelScope) -> None:
+        await state.shutting_down.wait()
+        cancel.cancel()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            nursery.start_soon(forward_pushes)
+            nursery.start_soon(close_on_shutdown, nursery.cancel_scope)
+            while True:
+                try:
+                    text = await websocket.receive_text()
+                except WebSocketDisconnect:
+                    break
+                await _socket_message(state, address, text, sender)
+            nursery.cancel_scope.cancel()
+    finally:
+        state.metrics.socket_closed()
+    if state.shutting_down.is_set():
+        with trio.move_on_after(1):
+            await websocket.close(code=1001, reason="server shutting down")
+
+
+async def _socket_message(
+    state: ApiState, address: AgentAddress, text: str, out: trio.MemorySendChannel[str]
+) -> None:
+    def on_reply(reply: Any) -> None:
+        out.send_nowait(to_json({"type": "reply", "message": reply}))
+
+    def on_token(token: str) -> None:
+        out.send_nowait(to_json({"type": "token", "text": token}))
+
+    try:
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidMessage(f"frame is not valid JSON: {exc}") from None
+        await state.host.send(address, _message_of(body), on_reply=on_reply, on_token=on_token)
+    except (RoostError, AuthError) as exc:
+        out.send_nowait(to_json({"type": "error", **error_body(exc), "status": error_status(exc)}))
+    else:
+        out.send_nowait(to_json({"type": "done"}))

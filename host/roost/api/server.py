@@ -1,0 +1,152 @@
+"""``roost serve``: a host behind the HTTP API on hypercorn's trio worker.
+
+Shutdown: the first SIGTERM/SIGINT stops accepting connections, closes WebSockets with
+1001, lets in-flight requests finish (``graceful_timeout_s``), then the host drains and
+commits; a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from ..build import ensure_component
+from ..config import HostConfig, ServerConfig
+from ..errors import ConfigError
+from ..host import Host, open_host
+from ..manifest import Manifest, load_manifest
+from . import create_app, load_credentials
+from ._saved_kinds import saved_component, saved_manifests
+
+logger = logging.getLogger("roost.server")
+
+
+@dataclass(frozen=True)
+class Serving:
+    urls: list[str]
+    """Where the server listens, e.g. ``http://127.0.0.1:8470``."""
+    host: Host
+    shutting_down: trio.Event
+
+    def shut_down(self) -> None:
+        """Start a graceful shutdown, as the first SIGTERM does."""
+        self.shutting_down.set()
+
+
+def manifests_to_deploy(paths: list[Path]) -> list[Path]:
+    """Manifest files named directly, or found in named directories (``*.toml`` and
+    ``*/agent.toml``)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(path.glob("*.toml")) + sorted(path.glob("*/agent.toml"))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise ConfigError(f"--deploy {path}: no such file or directory")
+    return found
+
+
+def check_dev_mode(settings: ServerConfig) -> None:
+    if not settings.dev:
+        return
+    try:
+        loopback = ipaddress.ip_address(settings.bind_host).is_loopback
+    except ValueError:
+        loopback = settings.bind_host == "localhost"
+    if not loopback:
+        raise ConfigError(
+            f"--dev disables auth, so it only binds to loopback; got {settings.bind_host!r}"
+        )
+
+
+async def deploy_all(host: Host, manifests: Sequence[Path | Manifest]) -> None:
+    """Kinds deployed over the API earlier, then the given manifests (built if needed)."""
+    for path in saved_manifests(host.config.data_dir):
+        await host.deploy(path, component=saved_component(path))
+    for item in manifests:
+        if isinstance(item, Manifest):
+            manifest = item
+        else:
+            manifest = await trio.to_thread.run_sync(load_manifest, item)
+        built = await trio.to_thread.run_sync(
+            partial(ensure_component, manifest, cache_dir=host.config.cache_dir)
+        )
+        await host.deploy(built)
+
+
+async def serve(
+    host_config: HostConfig,
+    settings: ServerConfig,
+    *,
+    deploy: Sequence[Path | Manifest],
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[Serving] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the server until a shutdown signal, :meth:`Serving.shut_down`, or cancellation.
+    ``task_status`` receives a :class:`Serving` (the URLs, the host)."""
+    check_dev_mode(settings)
+    manifests: list[Path | Manifest] = [m for m in deploy if isinstance(m, Manifest)]
+    manifests += manifests_to_deploy([p for p in deploy if not isinstance(p, Manifest)])
+    credentials = await trio.to_thread.run_sync(load_credentials, settings, host_config.data_dir)
+    async with open_host(host_config) as host:
+        await deploy_all(host, manifests)
+        app = create_app(host, settings, credentials)
+        api = app.state.api
+        config = HypercornConfig()
+        config.bind = [f"{_bracketed(settings.bind_host)}:{settings.port}"]
+        config.graceful_timeout = settings.graceful_timeout_s
+        config.accesslog = None
+        config.errorlog = logging.getLogger("roost.http")
+        config.websocket_max_message_size = settings.max_body_bytes
+
+        async def shutdown_trigger() -> None:
+            await api.shutting_down.wait()
+
+        async with trio.open_nursery() as watchers:
+            if handle_signals:
+                watchers.start_soon(_watch_signals, api.shutting_down)
+            async with trio.open_nursery() as server:
+                urls = await server.start(
+                    partial(
+                        hypercorn_serve,
+                        app,  # type: ignore[arg-type]
+                        config,
+                        shutdown_trigger=shutdown_trigger,
+                    )
+                )
+                task_status.started(Serving(urls, host, api.shutting_down))
+            # hypercorn stopped accepting and finished in-flight requests; now let the
+            # agents finish and commit, with a second signal still exiting at once.
+            await host.aclose()
+            watchers.cancel_scope.cancel()
+        # Leaving open_host lets in-flight events finish and hibernates every agent.
+
+
+async def _watch_signals(shutting_down: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if shutting_down.is_set():
+                print("roost: second signal, exiting now", file=sys.stderr, flush=True)
+                os._exit(128 + signum)
+            print(
+                "roost: shutting down (finishing in-flight requests; signal again to exit now)",
+                file=sys.stderr,
+                flush=True,
+            )
+            shutting_down.set()
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

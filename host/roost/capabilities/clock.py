@@ -1,0 +1,21 @@
+"""``clock``: wall-clock time as of the start of the turn (time does not move within a turn)."""
+
+from __future__ import annotations
+
+from ..core.turn import TurnContext
+from ._base import BaseGrant, Capability, host_call
+
+
+class ClockGrant(BaseGrant):
+    pass
+
+
+class Clock(Capability):
+    """Wall-clock time."""
+
+    name = "clock"
+    Grant = ClockGrant
+
+    @host_call("now", fallback=0.0)
+    def now(self, turn: TurnContext) -> float:
+        return turn.now

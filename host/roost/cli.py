@@ -1,0 +1,803 @@
+"""The ``roost`` command line: build agents, chat with one, benchmark the host.
+
+::
+
+    roost build AGENT.py -o OUT.wasm [--manifest M] [--capabilities a,b]
+    roost run [COMPONENT] --manifest agent.toml [--message TEXT] [--agent-id ID] [--data-dir D]
+    roost bench footprint|wake --agents N [--manifest M] [--json]
+    roost bench telemetry [--turns N] [--rounds N] [--json]
+    roost capacity [--json] [--plot FILE.png] [--density report.json] [inputs...]
+    roost version
+
+Results go to stdout; progress, logs and errors go to stderr. Every command returns 0 on
+success and 1 when it fails for a reason Roost reports (bad input, a failed build, a guest
+error), with the message on stderr and no Python traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.metadata
+import json
+import logging
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+from pydantic import ValidationError
+
+from .address import AgentAddress
+from .build import build_agent, ensure_component
+from .capacity import (
+    CapacityInputs,
+    apply_density,
+    model_capacity,
+    parse_bytes,
+    parse_count,
+    parse_density_report,
+    parse_range,
+    parse_share,
+)
+from .capacity._table import format_report
+from .config import HostConfig, load_config, load_log_settings, load_server_config
+from .errors import BuildError, ConfigError, GuestError, RoostError
+from .host import Host, open_host
+from .manifest import Manifest, load_manifest
+from .payload import to_json
+
+DEFAULT_AGENT_ID = "local"
+_QUIT_COMMANDS = frozenset({"/quit", "/exit"})
+_EXIT_FAILURE = 1
+_EXIT_INTERRUPTED = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``roost`` command line with ``argv`` (default: ``sys.argv[1:]``)."""
+    args = _parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return _EXIT_INTERRUPTED
+    except BaseException as exc:
+        leaf = _single_leaf(exc)
+        if isinstance(leaf, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return _EXIT_INTERRUPTED
+        if isinstance(leaf, RoostError):
+            _report(leaf)
+            return _EXIT_FAILURE
+        raise
+    return code
+
+
+# -- argument parsing --------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log to stderr: -v for info (guest log lines), -vv for debug",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="roost", description="Run AI agents as WebAssembly sandboxes."
+    )
+    parser.add_argument("--version", action="version", version=_version_line())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    build = commands.add_parser(
+        "build",
+        parents=[common],
+        help="compile a Python agent to a WebAssembly component",
+        description="Compile a Python agent (one roost_sdk.Agent subclass) to a component. "
+        "Builds are cached by content hash.",
+    )
+    build.add_argument("source", type=Path, metavar="AGENT.py", help="the agent's source file")
+    build.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="OUT.wasm",
+        help="where to write the component (default: AGENT.wasm beside the source)",
+    )
+    build.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="M",
+        help="the manifest whose capabilities the component imports "
+        "(default: agent.toml beside the source, if any)",
+    )
+    build.add_argument(
+        "--capabilities",
+        type=_capability_list,
+        metavar="a,b",
+        help="comma-separated capabilities to import instead of the manifest's",
+    )
+    build.set_defaults(handler=_cmd_build)
+
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="deploy a kind and chat with one of its agents",
+        description="Deploy a kind (building its source if needed) and send messages to one "
+        "agent: one with --message (prints one JSON line), else an interactive chat. "
+        "A message that parses as JSON is sent as that value, anything else as a string.",
+    )
+    run.add_argument(
+        "component",
+        nargs="?",
+        type=Path,
+        metavar="COMPONENT",
+        help="a built .wasm component; overrides the manifest's `component` (and skips "
+        "building its `source`)",
+    )
+    run.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="agent.toml",
+        help="the kind's manifest (default: agent.toml beside COMPONENT, or in the "
+        "current directory)",
+    )
+    run.add_argument("--message", metavar="TEXT", help="send one message, print the replies")
+    run.add_argument(
+        "--agent-id",
+        default=DEFAULT_AGENT_ID,
+        metavar="ID",
+        help=f"the agent to talk to (default: {DEFAULT_AGENT_ID})",
+    )
+    run.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="D",
+        help="where agent state is stored (default: $ROOST_DATA_DIR or .roost)",
+    )
+    run.set_defaults(handler=_cmd_run)
+
+    bench = commands.add_parser(
+        "bench",
+        parents=[common],
+        help="measure memory per agent and wake/turn latency",
+        description="Benchmark the host on a fresh temporary data dir. Both benchmarks "
+        "report the same numbers; footprint lists memory first, wake lists latency first.",
+    )
+    bench.add_argument("benchmark", choices=("footprint", "wake", "density", "telemetry"))
+    bench.add_argument(
+        "--agents", type=_positive_int, metavar="N", help="agents to create (footprint, wake)"
+    )
+    bench.add_argument(
+        "--steps",
+        type=_step_list,
+        metavar="N,N,...",
+        help="density: sessions per step (default 500,1000,1500,2000,2500,3000,4000)",
+    )
+    bench.add_argument(
+        "--step-s", type=float, metavar="S", help="density: seconds measured per step"
+    )
+    bench.add_argument(
+        "--smoke", action="store_true", help="density: a short run (small steps, under 2 minutes)"
+    )
+    bench.add_argument(
+        "--out", type=Path, metavar="DIR", help="density: report directory (default density-report)"
+    )
+    bench.add_argument(
+        "--turns",
+        type=_positive_int,
+        metavar="N",
+        help="telemetry: timed turns per mode per round (default 500)",
+    )
+    bench.add_argument(
+        "--rounds", type=_positive_int, metavar="N", help="telemetry: rounds (default 5)"
+    )
+    bench.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="M",
+        help="the kind to benchmark (default: the bundled echo example)",
+    )
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(handler=_cmd_bench)
+
+    serve = commands.add_parser(
+        "serve",
+        parents=[common],
+        help="serve the HTTP API",
+        description="Open a host on the embedded defaults (SQLite under the data dir) and "
+        "serve the HTTP API. Settings also come from ROOST_* variables (docs/http.md).",
+    )
+    serve.add_argument(
+        "--deploy",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="MANIFEST",
+        help="a manifest (or a directory of them) to deploy; may be repeated",
+    )
+    serve.add_argument("--host", dest="bind_host", metavar="H", help="address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, metavar="P", help="port (default 8470; 0 = any free)")
+    serve.add_argument("--data-dir", type=Path, metavar="D", help="state directory")
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        default=None,
+        help="disable auth for local development (loopback only)",
+    )
+    serve.set_defaults(handler=_cmd_serve)
+
+    token = commands.add_parser(
+        "token",
+        parents=[common],
+        help="mint a bearer token for one agent",
+        description="Print a signed token that lets its holder talk to KIND/ID only.",
+    )
+    token.add_argument("kind")
+    token.add_argument("agent_id", metavar="ID")
+    token.add_argument("--ttl", type=_positive_int, metavar="S", help="lifetime in seconds")
+    token.add_argument("--data-dir", type=Path, metavar="D", help="state directory")
+    token.set_defaults(handler=_cmd_token)
+
+    _add_capacity_parser(commands, common)
+
+    version = commands.add_parser(
+        "version", parents=[common], help="print the versions of roost and its runtime"
+    )
+    version.set_defaults(handler=_cmd_version)
+    return parser
+
+
+def _capability_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_capacity_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    capacity = commands.add_parser(
+        "capacity",
+        parents=[common],
+        help="CPUs, memory, machines and cost for a population, containers beside Roost",
+        description="The capacity model (docs/capacity.md). With no inputs: the published "
+        "scenario (100 M people, 15%% concurrency, ~24 M sessions, 25-50 sessions per CPU in "
+        "containers) beside this host's measured Python-tier figures. Counts take K/M/B "
+        "suffixes, sizes KB/MB/GB or KiB/MiB/GiB, shares 15%% or 0.15.",
+    )
+    capacity.add_argument("--json", action="store_true", help="print one JSON object")
+    capacity.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="draw CPUs needed against concurrency"
+    )
+    capacity.add_argument(
+        "--density",
+        type=Path,
+        metavar="report.json",
+        help="a density report of the load test: its measured sessions per core and memory "
+        "per session replace the defaults",
+    )
+    who = capacity.add_argument_group("population")
+    who.add_argument("--population", type=_quantity(parse_count), metavar="N")
+    who.add_argument("--concurrency", type=_quantity(parse_share), metavar="SHARE")
+    who.add_argument("--agents-per-person", type=_quantity(parse_count), metavar="N")
+    who.add_argument(
+        "--sessions",
+        type=_quantity(parse_count),
+        metavar="N",
+        help="simultaneous sessions as stated by a source (default: the published 24 M "
+        "unless a population input is given); both readings are shown",
+    )
+    containers = capacity.add_argument_group("containers")
+    containers.add_argument(
+        "--container-sessions-per-cpu",
+        type=_quantity(parse_range),
+        metavar="LOW[-HIGH]",
+        help="sessions per CPU in containers (default 25-50)",
+    )
+    containers.add_argument(
+        "--container-memory", type=_quantity(parse_bytes), metavar="SIZE", help="per session"
+    )
+    roost = capacity.add_argument_group("Roost, per session (defaults: measured)")
+    roost.add_argument(
+        "--sessions-per-core",
+        type=_quantity(parse_count),
+        metavar="N",
+        help="measured sessions per core at the SLO; replaces the CPU bound",
+    )
+    roost.add_argument("--resident-memory", type=_quantity(parse_bytes), metavar="SIZE")
+    roost.add_argument("--hibernated-memory", type=_quantity(parse_bytes), metavar="SIZE")
+    roost.add_argument(
+        "--resident-share",
+        type=_quantity(parse_share),
+        metavar="SHARE",
+        help="share of sessions whose agent is resident (default 100%%)",
+    )
+    roost.add_argument(
+        "--events-per-s", type=_quantity(parse_count), metavar="X", help="per session"
+    )
+    roost.add_argument("--cpu-ms-per-event", type=_quantity(parse_count), metavar="MS")
+    roost.add_argument("--wake-ms", type=_quantity(parse_count), metavar="MS")
+    roost.add_argument("--writes-per-event", type=_quantity(parse_count), metavar="X")
+    roost.add_argument("--store-write-iops", type=_quantity(parse_count), metavar="X")
+    machine = capacity.add_argument_group("machine and prices")
+    machine.add_argument("--machine-cores", type=_positive_int, metavar="N")
+    machine.add_argument("--machine-memory", type=_quantity(parse_bytes), metavar="SIZE")
+    machine.add_argument(
+        "--reserved-memory",
+        type=_quantity(parse_bytes),
+        metavar="SIZE",
+        help="per machine, not for sessions (default: 1 GiB + one host process per core)",
+    )
+    machine.add_argument(
+        "--cpu-price", type=_quantity(parse_count), metavar="USD", help="per CPU-month"
+    )
+    machine.add_argument(
+        "--gib-price", type=_quantity(parse_count), metavar="USD", help="per GiB-month"
+    )
+    capacity.set_defaults(handler=_cmd_capacity)
+
+
+def _quantity(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse type from one of the capacity model's parsers."""
+
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+# -- roost serve / roost token -----------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .api.server import serve
+
+    host_config = load_config(**({"data_dir": args.data_dir} if args.data_dir else {}))
+    settings = load_server_config(bind_host=args.bind_host, port=args.port, dev=args.dev)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            serving = await nursery.start(partial(serve, host_config, settings, deploy=args.deploy))
+            _settle_collector()
+            urls = serving.urls
+            for url in urls:
+                print(f"roost: listening on {url}", file=sys.stderr, flush=True)
+            if settings.dev:
+                print(
+                    "roost: DEV MODE - AUTHENTICATION IS OFF. Anyone who can reach "
+                    f"{', '.join(urls)} can talk to every agent and deploy code.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            else:
+                print(
+                    f"roost: admin token in {host_config.data_dir / 'admin_token'} (or "
+                    "ROOST_ADMIN_TOKEN); mint agent tokens with `roost token KIND ID`",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            print(
+                f"roost: try  curl -X POST {urls[0]}/v1/agents/KIND/ID/messages "
+                "-H 'Authorization: Bearer TOKEN' -d '{\"message\": \"hi\"}'",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    trio.run(run)
+    return 0
+
+
+def _settle_collector() -> None:
+    """Tune Python's cyclic garbage collector for a long-running server.
+
+    A full collection walks every tracked object and pauses every request meanwhile: about
+    100 ms with 2,000 resident agents on a slow core. What exists once the server is up
+    (modules, deployed kinds) lives as long as the process, so it is frozen out of those
+    walks. Objects of requests in flight (about 0.2 s each) that a middle-generation pass
+    finds alive are promoted to the old generation and, once dead there, trigger the next
+    full pass: middle passes every 50 young ones instead of 10, and a full pass at most
+    every 100 middle ones, make full passes minutes apart instead of seconds."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(700, 50, 100)
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from .api import load_credentials, mint_agent_token
+
+    host_config = load_config(**({"data_dir": args.data_dir} if args.data_dir else {}))
+    settings = load_server_config()
+    credentials = load_credentials(settings, host_config.data_dir)
+    address = AgentAddress(args.kind, args.agent_id)
+    ttl = args.ttl or settings.default_token_ttl_s
+    print(mint_agent_token(credentials.secret, address, ttl_s=ttl))
+    return 0
+
+
+# -- roost build -------------------------------------------------------------------------
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    source: Path = args.source
+    output: Path = args.output or source.with_suffix(".wasm")
+    config = load_config()
+    started = time.perf_counter()
+    try:
+        result = build_agent(
+            source,
+            output,
+            cache_dir=config.cache_dir,
+            manifest=args.manifest,
+            capabilities=args.capabilities,
+        )
+    except BuildError as exc:
+        print(exc, file=sys.stderr)
+        return _EXIT_FAILURE
+    if result.cached:
+        print(f"built {result.output} (cached)")
+    else:
+        print(f"built {result.output} in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+# -- roost run ---------------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    component: Path | None = args.component
+    manifest_path: Path = args.manifest or (
+        component.parent / "agent.toml" if component is not None else Path("agent.toml")
+    )
+    overrides: dict[str, object] = {}
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    config = load_config(**overrides)
+    manifest = load_manifest(manifest_path)
+    address = AgentAddress(manifest.name, args.agent_id)
+
+    async def session() -> int:
+        # With an explicit component there is nothing to build.
+        deployable = manifest if component is not None else await _build_for(manifest, config)
+        async with open_host(config) as host:
+            info = await host.deploy(deployable, component=component)
+            caps = ", ".join(info.capabilities) or "none"
+            _info(f"deployed {info.name} {info.version} (capabilities: {caps})")
+            if args.message is not None:
+                return await _send_once(host, address, _parse_message(args.message))
+            return await _chat(host, address)
+
+    result: int = trio.run(session)
+    return result
+
+
+async def _build_for(manifest: Manifest, config: HostConfig) -> Manifest:
+    if manifest.source is None:
+        return manifest
+    started = time.perf_counter()
+    built = await trio.to_thread.run_sync(
+        lambda: ensure_component(manifest, cache_dir=config.cache_dir)
+    )
+    elapsed = time.perf_counter() - started
+    if elapsed >= 1.0:
+        _info(f"built {built.component} in {elapsed:.1f}s")
+    return built
+
+
+async def _send_once(host: Host, address: AgentAddress, message: Any) -> int:
+    try:
+        replies = await host.send(address, message)
+    except RoostError as exc:
+        _report(exc)
+        return _EXIT_FAILURE
+    print(_to_json({"replies": replies}))
+    return 0
+
+
+async def _chat(host: Host, address: AgentAddress) -> int:
+    _info(f"chatting with {address}; /quit or end of input to leave")
+    while True:
+        line = await trio.to_thread.run_sync(_read_line, "you> ", abandon_on_cancel=True)
+        if line is None:
+            break
+        text = line.strip()
+        if text in _QUIT_COMMANDS:
+            break
+        if not text:
+            continue
+        try:
+            replies = await host.send(address, _parse_message(text))
+        except GuestError as exc:
+            print(f"error: {exc}", flush=True)
+            if exc.guest_traceback:
+                print(exc.guest_traceback.rstrip(), file=sys.stderr, flush=True)
+            continue
+        except RoostError as exc:
+            print(f"error: {exc}", flush=True)
+            continue
+        if not replies:
+            _info("(no replies)")
+        for reply in replies:
+            print(f"agent> {_to_json(reply, ensure_ascii=False)}", flush=True)
+    return 0
+
+
+def _read_line(prompt: str) -> str | None:
+    """One line of the chat, or None at end of input. Runs on a worker thread."""
+    try:
+        return input(prompt)
+    except EOFError:
+        if sys.stdin.isatty():
+            print()
+        return None
+
+
+def _parse_message(text: str) -> Any:
+    """A message as typed: the JSON value it spells, else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _to_json(value: Any, *, ensure_ascii: bool = True) -> str:
+    return to_json(value, ensure_ascii=ensure_ascii)
+
+
+# -- roost bench -------------------------------------------------------------------------
+
+
+def _step_list(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not steps or any(n < 1 for n in steps):
+        raise argparse.ArgumentTypeError("steps must be positive numbers of sessions")
+    return steps
+
+
+def _checkout_on_path() -> None:
+    """Make the repository's ``loadtests`` importable: the benchmarks run from a checkout
+    (they use its ``loadtests/`` and ``examples/``), which is not installed."""
+    try:
+        import loadtests  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / "loadtests" / "__init__.py").is_file():
+        raise ConfigError(
+            "roost bench runs from a checkout of the roost repository (it needs loadtests/ "
+            "and examples/); install it with `pip install -e '.[load]'` from the checkout"
+        )
+    sys.path.insert(0, str(checkout))
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.benchmark == "density":
+        return _cmd_density(args)
+    if args.benchmark == "telemetry":
+        _checkout_on_path()
+        from loadtests.bench_telemetry import (
+            DEFAULT_ROUNDS,
+            DEFAULT_TURNS,
+            run_telemetry_benchmark,
+        )
+
+        return run_telemetry_benchmark(
+            turns=args.turns or DEFAULT_TURNS,
+            rounds=args.rounds or DEFAULT_ROUNDS,
+            manifest=args.manifest,
+            as_json=args.json,
+        )
+    if args.agents is None:
+        print(f"roost: bench {args.benchmark} needs --agents N", file=sys.stderr)
+        return _EXIT_FAILURE
+    _checkout_on_path()
+    from loadtests.bench import run_benchmark
+
+    return run_benchmark(
+        args.benchmark, agents=args.agents, manifest=args.manifest, as_json=args.json
+    )
+
+
+def _cmd_density(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    _checkout_on_path()
+    from loadtests.density import SMOKE, DensitySettings, run_density
+
+    settings = SMOKE if args.smoke else DensitySettings()
+    overrides: dict[str, Any] = {}
+    if args.steps:
+        overrides["steps"] = args.steps
+    if args.step_s:
+        overrides["step_s"] = args.step_s
+    if args.manifest:
+        overrides["manifest"] = args.manifest
+    if args.out:
+        overrides["out_dir"] = args.out
+    settings = dataclasses.replace(settings, **overrides)
+    report = run_density(
+        settings, lambda line: print(f"density: {line}", file=sys.stderr, flush=True)
+    )
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"sessions per core at the SLO: {report['sessions_per_core']} ({report['limit']})")
+    return 0
+
+
+# -- roost capacity ----------------------------------------------------------------------
+
+_CAPACITY_FLAGS = {
+    "population": "population",
+    "concurrency": "concurrency",
+    "agents_per_person": "agents_per_person",
+    "container_memory": "container_memory_per_session_bytes",
+    "sessions_per_core": "sessions_per_core",
+    "resident_memory": "resident_bytes_per_session",
+    "hibernated_memory": "hibernated_bytes_per_session",
+    "resident_share": "resident_share",
+    "events_per_s": "events_per_session_per_s",
+    "cpu_ms_per_event": "cpu_ms_per_event",
+    "wake_ms": "wake_cpu_ms",
+    "writes_per_event": "writes_per_event",
+    "store_write_iops": "store_write_iops",
+}
+_MACHINE_FLAGS = {
+    "machine_cores": "cores",
+    "machine_memory": "memory_bytes",
+    "reserved_memory": "reserved_memory_bytes",
+    "cpu_price": "cpu_usd_per_month",
+    "gib_price": "memory_usd_per_gib_month",
+}
+
+
+def _cmd_capacity(args: argparse.Namespace) -> int:
+    inputs = _capacity_inputs(args)
+    report = model_capacity(inputs)
+    if args.json:
+        print(json.dumps(report.model_dump(mode="json")))
+    else:
+        print(format_report(report))
+    if args.plot is not None:
+        from .capacity._plot import plot_cpus_against_concurrency
+
+        plot_cpus_against_concurrency(report, args.plot)
+        _info(f"wrote {args.plot}")
+    return 0
+
+
+def _capacity_inputs(args: argparse.Namespace) -> CapacityInputs:
+    """The defaults, then the density report, then the flags given (each wins over the
+    one before)."""
+    base = CapacityInputs()
+    if args.density is not None:
+        try:
+            text = args.density.read_text()
+        except OSError as exc:
+            raise ConfigError(f"--density {args.density}: {exc.strerror or exc}") from None
+        base = apply_density(base, parse_density_report(text), name=str(args.density))
+    values = base.model_dump()
+    for flag, field in _CAPACITY_FLAGS.items():
+        if getattr(args, flag) is not None:
+            values[field] = getattr(args, flag)
+    for flag, field in _MACHINE_FLAGS.items():
+        if getattr(args, flag) is not None:
+            values["machine"][field] = getattr(args, flag)
+    if args.container_sessions_per_cpu is not None:
+        low, high = args.container_sessions_per_cpu
+        values["container_sessions_per_cpu_low"] = low
+        values["container_sessions_per_cpu_high"] = high
+    if args.sessions is not None:
+        values["stated_sessions"] = args.sessions
+    elif any(
+        getattr(args, f) is not None for f in ("population", "concurrency", "agents_per_person")
+    ):
+        values["stated_sessions"] = None
+    try:
+        return CapacityInputs.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid capacity inputs: {problems}") from None
+
+
+# -- roost version -----------------------------------------------------------------------
+
+
+def _cmd_version(args: argparse.Namespace) -> int:
+    print(_version_line())
+    return 0
+
+
+def _version_line() -> str:
+    parts = [
+        f"wasmtime {_package_version('wasmtime')}",
+        f"componentize-py {_package_version('componentize-py')}",
+        f"Python {platform.python_version()}",
+    ]
+    return f"roost {_package_version('roost')} ({', '.join(parts)})"
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def _info(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _report(exc: RoostError) -> None:
+    print(f"roost: {exc}", file=sys.stderr, flush=True)
+    if isinstance(exc, GuestError) and exc.guest_traceback:
+        print(exc.guest_traceback.rstrip(), file=sys.stderr, flush=True)
+
+
+def _single_leaf(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member groups (trio nurseries wrap errors
+    raised in their body); ``exc`` itself if it is not such a group."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _configure_logging(verbosity: int) -> None:
+    if verbosity <= 0:
+        return
+    logger = logging.getLogger("roost")
+    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(handler)
+    handler = _StderrHandler()
+    if load_log_settings().log_format == "json":
+        from .telemetry import JsonLogFormatter
+
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

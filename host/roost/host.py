@@ -1,0 +1,512 @@
+"""The embedding API: open a host on a store, deploy kinds, send events to agents."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+import trio
+
+from ._lifetime import open_service_nursery
+from .address import AgentAddress, validate_kind_name
+from .capabilities import bind_capabilities
+from .config import HostConfig, load_config, load_telemetry_config
+from .core.actor import EventTiming, utc_day
+from .core.deliveries import DeliveryLoop
+from .core.kind import Kind, KindInfo
+from .core.registry import Supervisor
+from .errors import (
+    AgentExists,
+    DeployError,
+    InvalidMessage,
+    ManifestError,
+    UnknownAgent,
+    UnknownKind,
+)
+from .manifest import Manifest, load_manifest
+from .sandbox import WasmEngine, open_engine
+from .sandbox.protocol import SandboxFactory
+from .store.protocol import AgentExport, AgentRecord, AgentSummary, StateStore, Usage
+from .store.sqlite import open_sqlite_store
+from .telemetry import HistogramSnapshot, HostMetrics, Telemetry, gc_pause_seconds
+from .wall_clock import HostClock
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    address: str
+    resident: bool
+    """True while an instance is in memory; False when hibernated (or never woken)."""
+    turns: int
+    state_bytes: int
+    kv_bytes: int
+    created_at: float | None
+    last_active_at: float | None
+    """Unix time of the last committed turn."""
+    usage_today: Usage
+    """Turns, CPU time, LLM tokens, HTTP calls and failed turns so far this UTC day."""
+    held_resident_by: tuple[str, ...] = ()
+    """Why the agent is still resident although no turn committed for longer than its idle
+    timeout: ``pending_op`` (a handler awaits an op), ``turn_running``,
+    ``mailbox_not_empty``. Empty when it is not held."""
+    pending_ops: int = 0
+    """Ops the event being handled awaits."""
+    mailbox_depth: int = 0
+    """Events queued for the agent."""
+    open_sockets: int = 0
+    """WebSockets open to the agent. They do not keep it resident: it hibernates under an
+    open socket and the next frame wakes it."""
+
+
+@dataclass(frozen=True)
+class HostStatistics:
+    """Counts since the host opened (``resident`` and ``hibernated`` are current)."""
+
+    resident: int
+    """Agents with an instance in memory."""
+    hibernated: int
+    """Agents with committed state and no instance in memory."""
+    activations: int
+    """Instances created (first events and wakes from hibernation)."""
+    hibernations: int
+    """Instances dropped after idling or eviction."""
+    turns: int
+    in_flight: int
+    kinds: int
+    denied: dict[str, int] = field(default_factory=dict)
+    """Capability calls refused (outside the grant, over a quota or budget), by
+    ``kind/capability``."""
+    traps: dict[str, int] = field(default_factory=dict)
+    """Failed guest turns (trap, CPU deadline, memory, limit, ABI), by ``kind/trap``."""
+    llm_tokens: dict[str, int] = field(default_factory=dict)
+    """LLM tokens used, by ``kind/input`` and ``kind/output``."""
+    mailbox_depth: dict[str, int] = field(default_factory=dict)
+    """Events queued in resident agents' mailboxes, by kind."""
+    held_resident: dict[str, int] = field(default_factory=dict)
+    """Agents resident past their idle timeout, by what holds them (see
+    :attr:`AgentStatus.held_resident_by`)."""
+    rejected: dict[int, int] = field(default_factory=dict)
+    """Requests the HTTP API refused for backpressure, by status (429, 503)."""
+    websockets_open: int = 0
+    wake_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
+    """Activation latency (load state, instantiate, init), by kind."""
+    turn_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
+    """Turn latency (worker wait, guest call, commit), by kind."""
+    gc_pause_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
+    """Pauses of Python's cyclic garbage collector (the whole process), by generation."""
+
+
+@asynccontextmanager
+async def open_host(
+    config: HostConfig | None = None,
+    *,
+    store: StateStore | None = None,
+    telemetry: Telemetry | None = None,
+) -> AsyncIterator[Host]:
+    """Open a host. Without ``store``, uses the embedded SQLite store in ``config.data_dir``.
+    Without ``telemetry``, OpenTelemetry is set up from the ``OTEL_*`` environment (off
+    unless it names an exporter or an endpoint) and shut down with the host; a given
+    ``telemetry`` stays the caller's.
+
+    Leaving the block stops accepting events, lets in-flight events finish, hibernates every
+    agent and closes the store.
+    """
+    config = config or load_config()
+    async with AsyncExitStack() as stack:
+        if telemetry is None:
+            telemetry = Telemetry.from_config(load_telemetry_config())
+            stack.callback(telemetry.shutdown)
+        if store is None:
+            store = await stack.enter_async_context(
+                open_sqlite_store(config.database_path, synchronous=config.sqlite_synchronous)
+            )
+        engine = stack.enter_context(
+            open_engine(cache_dir=config.cache_dir, epoch_tick_ms=config.epoch_tick_ms)
+        )
+        http_client = await stack.enter_async_context(
+            httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=False)
+        )
+        async with open_service_nursery() as nursery:
+            host = Host(config, store, engine, nursery, http_client, telemetry)
+            await nursery.start(host._deliveries.run)
+            if telemetry.meter is not None:
+                telemetry.observe_host(lambda: host.last_statistics)
+                nursery.start_soon(host._refresh_statistics, telemetry.refresh_interval_s)
+            try:
+                yield host
+            finally:
+                await host.aclose()
+                nursery.cancel_scope.cancel()
+
+
+class Host:
+    """A running host. Create it with :func:`open_host`."""
+
+    def __init__(
+        self,
+        config: HostConfig,
+        store: StateStore,
+        engine: WasmEngine,
+        nursery: trio.Nursery,
+        http_client: httpx.AsyncClient,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self.config = config
+        self.telemetry = telemetry or Telemetry.off()
+        self.store = store
+        self._engine = engine
+        self._http_client = http_client
+        self._kinds: dict[str, Kind] = {}
+        self._deliveries = DeliveryLoop(self)
+        self._supervisor = Supervisor(
+            clock=HostClock(),
+            services=self,
+            store=store,
+            nursery=nursery,
+            max_resident=config.max_resident_agents,
+            worker_threads=config.worker_threads,
+            max_in_flight=config.max_in_flight,
+            telemetry=self.telemetry,
+            epoch_tick_ms=config.epoch_tick_ms,
+            inline_slice_ms=config.inline_slice_ms,
+        )
+        gc_pause_seconds()  # start timing the collector's pauses
+        self.last_statistics: HostStatistics | None = None
+        """The statistics of the last :meth:`statistics` call (observable metrics read it)."""
+        self._closed = False
+        self._idempotent_in_flight: dict[tuple[AgentAddress, str], trio.Event] = {}
+        self._subscribers: dict[AgentAddress, set[trio.MemorySendChannel[Any]]] = {}
+
+    async def deploy(
+        self, manifest: Manifest | Path | str, *, component: Path | str | None = None
+    ) -> KindInfo:
+        """Deploy (or redeploy) a kind from a manifest; ``component`` overrides its path.
+
+        Fails with DeployError naming every import the manifest does not grant."""
+        manifest = await trio.to_thread.run_sync(_resolve_manifest, manifest, component)
+        if manifest.component is None:
+            raise ManifestError(
+                f"kind {manifest.name!r}: no component; set `component` in the manifest or pass one"
+            )
+        capabilities = bind_capabilities(manifest.capabilities)
+        component_path = manifest.component
+        name = manifest.name
+
+        def load() -> tuple[bytes, SandboxFactory]:
+            try:
+                wasm = component_path.read_bytes()
+            except OSError as exc:
+                raise DeployError(
+                    f"kind {name!r}: cannot read component {component_path}: "
+                    f"{exc.strerror}; build it with `roost build`"
+                ) from None
+            return wasm, self._engine.load_kind(name, wasm, capabilities)
+
+        wasm, factory = await trio.to_thread.run_sync(load)
+        kind = Kind(manifest, capabilities, factory, hashlib.sha256(wasm).hexdigest())
+        self._kinds[manifest.name] = kind
+        self._deliveries.kind_deployed(manifest.name)
+        return _info(kind)
+
+    def kinds(self) -> list[KindInfo]:
+        return [_info(kind) for kind in self._kinds.values()]
+
+    async def send(
+        self,
+        address: AgentAddress | str,
+        message: Any,
+        *,
+        idempotency_key: str | None = None,
+        on_reply: Callable[[Any], None] | None = None,
+        on_token: Callable[[str], None] | None = None,
+        timing: EventTiming | None = None,
+    ) -> list[Any]:
+        """Deliver a user message to ``kind/id`` and return the agent's replies once the
+        handler finished and every turn it took has committed.
+
+        ``on_reply`` sees each reply as soon as the turn that produced it committed (for
+        streaming). With ``idempotency_key``, a retry of a handled message returns the first
+        result without running the handler again, across restarts. ``timing`` is filled in
+        with where the time went (the time spent waiting on async ops)."""
+        return await self.deliver(
+            address,
+            "message",
+            message,
+            idempotency_key=idempotency_key,
+            on_reply=on_reply,
+            on_token=on_token,
+            timing=timing,
+        )
+
+    async def deliver(
+        self,
+        address: AgentAddress | str,
+        event_kind: str,
+        payload: Any,
+        *,
+        idempotency_key: str | None = None,
+        on_reply: Callable[[Any], None] | None = None,
+        on_token: Callable[[str], None] | None = None,
+        chain: tuple[str, ...] = (),
+        handled: tuple[str, float | None] | None = None,
+        timing: EventTiming | None = None,
+    ) -> list[Any]:
+        """Deliver any event kind (``message``, ``timer``, ``agent``, ``continuation``)."""
+        address = _address(address)
+        kind = self._kind(address)
+        try:
+            encoded = msgpack.packb(payload, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidMessage(
+                f"the message cannot be encoded as msgpack ({exc}); send None, bool, int, "
+                "float, str, bytes, lists and dicts",
+                address=str(address),
+            ) from None
+        deliver = functools.partial(
+            self._supervisor.deliver,
+            address,
+            kind,
+            event_kind,
+            encoded,
+            on_reply=on_reply,
+            on_token=on_token,
+            chain=chain,
+            handled=handled,
+            timing=timing,
+        )
+        if idempotency_key is None:
+            return await deliver()
+        _check_idempotency_key(idempotency_key)
+        slot = (address, idempotency_key)
+        while (running := self._idempotent_in_flight.get(slot)) is not None:
+            await running.wait()
+        # No checkpoint between the check above and taking the slot: one runner per key.
+        self._idempotent_in_flight[slot] = done = trio.Event()
+        try:
+            cached = await self.store.load_response(address, idempotency_key)
+            if cached is not None:
+                replies: list[Any] = msgpack.unpackb(cached, raw=False, strict_map_key=False)
+                if on_reply is not None:
+                    for reply in replies:
+                        on_reply(reply)
+                return replies
+            return await deliver(idempotency_key=idempotency_key)
+        finally:
+            del self._idempotent_in_flight[slot]
+            done.set()
+
+    async def agent_status(self, address: AgentAddress | str) -> AgentStatus:
+        """What the host keeps about one agent. Agents are virtual: one that never handled
+        an event has zero turns."""
+        address = _address(address)
+        day = utc_day(self._supervisor.clock.now())
+        record, usage = await trio.to_thread.run_sync(self._read_status, address, day)
+        actor = self._supervisor.actor(address)
+        return AgentStatus(
+            address=str(address),
+            resident=self._supervisor.is_resident(address),
+            turns=record.turns if record else 0,
+            state_bytes=len(record.state or b"") if record else 0,
+            kv_bytes=record.kv_bytes if record else 0,
+            created_at=record.created_at if record else None,
+            last_active_at=record.updated_at if record else None,
+            usage_today=usage,
+            held_resident_by=() if actor is None else actor.held_by(trio.current_time()),
+            pending_ops=0 if actor is None else actor.pending_ops,
+            mailbox_depth=0 if actor is None else actor.queued,
+            open_sockets=len(self._subscribers.get(address, ())),
+        )
+
+    def _read_status(self, address: AgentAddress, day: str) -> tuple[AgentRecord | None, Usage]:
+        """The agent's record and its usage on ``day``, in one worker-thread trip."""
+        return self.store.read_agent(address), self.store.read_usage(address, day)
+
+    async def erase(self, address: AgentAddress | str) -> bool:
+        """Drop the agent's instance and erase its state, kv and recorded responses.
+        Returns whether there was anything to erase."""
+        address = _address(address)
+        async with self._supervisor.fenced(address):
+            return await self.store.delete_agent(address)
+
+    async def fork(self, address: AgentAddress | str, new_id: str) -> AgentAddress:
+        """Copy the agent's committed state and kv into a new agent of the same kind."""
+        source = _address(address)
+        target = AgentAddress(source.kind, new_id)
+        async with self._supervisor.fenced(target):
+            outcome = await self.store.fork_agent(source, target)
+        if outcome == "source_missing":
+            raise UnknownAgent(
+                f"agent {source} has no committed state to fork", address=str(source)
+            )
+        if outcome == "target_exists":
+            raise AgentExists(
+                f"agent {target} already exists; fork to a new id", address=str(target)
+            )
+        return target
+
+    async def export(self, address: AgentAddress | str) -> AgentExport | None:
+        """Everything the host keeps for one agent (state, kv, counters)."""
+        return await self.store.export_agent(_address(address))
+
+    async def list_agents(
+        self, kind: str, *, after: str | None = None, limit: int = 100
+    ) -> list[AgentSummary]:
+        """One page of the agents of ``kind`` that have committed state, ordered by id."""
+        validate_kind_name(kind)
+        return await self.store.list_agents(kind, after=after, limit=limit)
+
+    @asynccontextmanager
+    async def subscribe(
+        self, address: AgentAddress | str
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[Any]]:
+        """Replies the agent produces for events nobody is waiting on (timers, messages
+        from other agents, continuations), while the block is open. Used by WebSockets."""
+        address = _address(address)
+        send, receive = trio.open_memory_channel[Any](_PUSH_BUFFER)
+        self._subscribers.setdefault(address, set()).add(send)
+        try:
+            yield receive
+        finally:
+            subscribers = self._subscribers.get(address, set())
+            subscribers.discard(send)
+            if not subscribers:
+                self._subscribers.pop(address, None)
+            send.close()
+
+    def publish(self, address: AgentAddress, reply: Any) -> None:
+        """Hand a reply to the agent's subscribers; a subscriber that fell too far behind
+        loses it rather than holding up the agent."""
+        for channel in list(self._subscribers.get(address, ())):
+            try:
+                channel.send_nowait(reply)
+            except trio.WouldBlock:
+                logger.warning("push to a slow subscriber of %s dropped", address)
+            except trio.ClosedResourceError:
+                pass
+
+    # -- services for capabilities (host.turn.HostServices) -----------------------------
+    async def ask(
+        self,
+        sender: AgentAddress,
+        target: AgentAddress,
+        message: Any,
+        *,
+        timeout_s: float,
+        chain: tuple[str, ...],
+    ) -> list[Any]:
+        with trio.fail_after(timeout_s):
+            return await self.deliver(
+                target, "agent", {"sender": str(sender), "message": message}, chain=chain
+            )
+
+    def settings(self) -> HostConfig:
+        return self.config
+
+    def http_client(self) -> httpx.AsyncClient:
+        return self._http_client
+
+    def metrics(self) -> HostMetrics:
+        """The host's counters and histograms (also what the API records into)."""
+        return self._supervisor.metrics
+
+    def _kind(self, address: AgentAddress) -> Kind:
+        kind = self._kinds.get(address.kind)
+        if kind is None:
+            raise UnknownKind(
+                f"no kind named {address.kind!r} is deployed "
+                f"(deployed: {', '.join(sorted(self._kinds)) or 'none'})",
+                address=str(address),
+            )
+        return kind
+
+    def is_resident(self, address: AgentAddress | str) -> bool:
+        return self._supervisor.is_resident(_address(address))
+
+    def hibernate_idle(self) -> None:
+        """Hibernate every agent that is idle right now."""
+        self._supervisor.hibernate_all()
+
+    async def statistics(self) -> HostStatistics:
+        sup = self._supervisor
+        stored = await self.store.count_agents()
+        resident = sup.resident
+        metrics = sup.metrics
+        self.last_statistics = statistics = HostStatistics(
+            resident=resident,
+            hibernated=max(stored - resident, 0),
+            activations=sup.activations,
+            hibernations=sup.hibernations,
+            turns=sup.turns,
+            in_flight=sup.in_flight,
+            kinds=len(self._kinds),
+            denied={
+                f"{kind.name}/{name}": capability.denied
+                for kind in self._kinds.values()
+                for name, capability in sorted(kind.capabilities.items())
+            },
+            traps=metrics.traps(),
+            llm_tokens=metrics.tokens(),
+            mailbox_depth=sup.mailbox_depth(),
+            held_resident=sup.held_resident(),
+            rejected=metrics.rejections(),
+            websockets_open=metrics.websockets_open,
+            wake_seconds=metrics.wake_seconds(),
+            turn_seconds=metrics.turn_seconds(),
+            gc_pause_seconds=gc_pause_seconds(),
+        )
+        return statistics
+
+    async def _refresh_statistics(self, interval_s: float) -> None:
+        """Keep :attr:`last_statistics` fresh for the metric exporter's thread."""
+        while True:
+            try:
+                await self.statistics()
+            except Exception as exc:  # a failed refresh leaves the previous snapshot
+                logger.warning("refreshing host statistics failed: %s", exc)
+            await trio.sleep(interval_s)
+
+    async def aclose(self) -> None:
+        """Stop accepting, let in-flight events finish, hibernate everyone."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._supervisor.drain()
+
+
+_IDEMPOTENCY_KEY_MAX = 255
+_PUSH_BUFFER = 256
+logger = logging.getLogger("roost.host")
+
+
+def _check_idempotency_key(key: str) -> None:
+    if not 0 < len(key) <= _IDEMPOTENCY_KEY_MAX or not key.isprintable():
+        raise InvalidMessage(f"idempotency keys are 1-{_IDEMPOTENCY_KEY_MAX} printable characters")
+
+
+def _address(address: AgentAddress | str) -> AgentAddress:
+    return address if isinstance(address, AgentAddress) else AgentAddress.parse(address)
+
+
+def _resolve_manifest(manifest: Manifest | Path | str, component: Path | str | None) -> Manifest:
+    if not isinstance(manifest, Manifest):
+        manifest = load_manifest(Path(manifest))
+    if component is not None:
+        manifest = manifest.with_component(Path(component).absolute())
+    return manifest
+
+
+def _info(kind: Kind) -> KindInfo:
+    return KindInfo(
+        name=kind.name,
+        version=kind.manifest.version,
+        capabilities=tuple(sorted(kind.capabilities)),
+        wasm_sha256=kind.wasm_sha256,
+    )

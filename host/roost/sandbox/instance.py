@@ -1,0 +1,176 @@
+"""One guest instance in its own wasmtime store (implements ``roost.sandbox.Sandbox``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import wasmtime
+from wasmtime.component import Component, Func, Linker
+
+from ..core.turn import TurnContext, bind_turn
+from ..errors import (
+    CpuDeadlineExceeded,
+    GuestAbiError,
+    GuestError,
+    GuestTrap,
+    MemoryLimitExceeded,
+)
+from ..manifest import Limits
+from ._values import call_init, call_on_complete, call_on_event
+from .protocol import TurnOutput, TurnSliceExceeded
+
+T = TypeVar("T")
+
+_MEMORY_MARKERS = ("MemoryError", "memory allocation", "out of memory", "capacity overflow")
+_ABI_MARKERS = (
+    "out of bounds of memory",
+    "invalid utf-8",
+    "discriminant",
+    "beyond end of memory",
+    "unaligned pointer",
+)
+"""What wasmtime says when it cannot lift a value the guest handed over (a return value or
+an import's arguments): a broken canonical ABI, not a guest bug the guest could report."""
+
+
+class WasmSandbox:
+    """A store, an instance and its three exports. Used by one thread at a time."""
+
+    def __init__(
+        self,
+        store: wasmtime.Store,
+        funcs: dict[str, Func],
+        limits: Limits,
+        deadline_ticks: int,
+        epoch_tick_ms: int,
+    ) -> None:
+        self._store: wasmtime.Store | None = store
+        self._funcs = funcs
+        self._limits = limits
+        self._deadline_ticks = deadline_ticks
+        self._epoch_tick_ms = epoch_tick_ms
+
+    @classmethod
+    def instantiate(
+        cls,
+        *,
+        engine: wasmtime.Engine,
+        component: Component,
+        linker: Linker,
+        exports: Mapping[str, Any],
+        limits: Limits,
+        deadline_ticks: int,
+        epoch_tick_ms: int,
+    ) -> WasmSandbox:
+        store = wasmtime.Store(engine)
+        store.set_wasi(wasmtime.WasiConfig())
+        store.set_limits(memory_size=limits.max_memory_bytes)
+        store.set_epoch_deadline(deadline_ticks)
+        try:
+            instance = linker.instantiate(store, component)
+        except wasmtime.WasmtimeError as exc:
+            raise _classify_trap(exc, "instantiation") from None
+        funcs: dict[str, Func] = {}
+        for name, index in exports.items():
+            func = instance.get_func(store, index)
+            if func is None:
+                raise GuestAbiError(f"the component does not export {name!r}")
+            funcs[name] = func
+        return cls(store, funcs, limits, deadline_ticks, epoch_tick_ms)
+
+    def init(self, turn: TurnContext, config: bytes, state: bytes | None) -> None:
+        error = self._call(turn, "init", lambda f, s: call_init(f, s, config, state))
+        if error is not None:
+            raise _guest_failure(error, "init")
+
+    def on_event(self, turn: TurnContext, event_id: int, kind: str, payload: bytes) -> TurnOutput:
+        result = self._call(
+            turn, "on-event", lambda f, s: call_on_event(f, s, event_id, kind, payload)
+        )
+        return _turn_output(result, "on-event")
+
+    def on_complete(
+        self, turn: TurnContext, op_id: int, ok: bool, value: bytes | str
+    ) -> TurnOutput:
+        if ok != isinstance(value, bytes):
+            raise GuestAbiError("an ok op result carries bytes, an error carries text")
+        result = self._call(
+            turn, "on-complete", lambda f, s: call_on_complete(f, s, op_id, ok, value)
+        )
+        return _turn_output(result, "on-complete")
+
+    def close(self) -> None:
+        self._store = None
+        self._funcs = {}
+
+    def _call(self, turn: TurnContext, name: str, call: Callable[[Func, Any], T]) -> T:
+        store = self._store
+        if store is None:
+            raise GuestAbiError("the sandbox was closed")
+        func = self._funcs[name]
+        ticks = self._deadline_ticks
+        sliced = False
+        if turn.slice_ms is not None:
+            # Whole ticks, plus one: the next tick may come right after the call starts.
+            slice_ticks = -(-turn.slice_ms // self._epoch_tick_ms) + 1
+            sliced = slice_ticks < ticks
+            ticks = min(ticks, slice_ticks)
+        store.set_epoch_deadline(ticks)
+        with bind_turn(turn):
+            try:
+                result = call(func, store)
+                func.post_return(store)
+            except wasmtime.WasmtimeError as exc:
+                self.close()
+                error = _classify_trap(exc, name)
+                if sliced and isinstance(error, CpuDeadlineExceeded):
+                    raise TurnSliceExceeded(f"{name} ran past its slice") from None
+                raise error from None
+        return result
+
+
+def _turn_output(result: TurnOutput | str, export: str) -> TurnOutput:
+    if isinstance(result, str):
+        raise _guest_failure(result, export)
+    return result
+
+
+def _guest_failure(traceback_text: str, export: str) -> GuestError:
+    lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else "guest failed without a message"
+    error_type: Callable[..., GuestError] = GuestTrap
+    if any(marker in last for marker in _MEMORY_MARKERS):
+        error_type = MemoryLimitExceeded
+    return error_type(f"guest {export} failed: {last}", guest_traceback=traceback_text)
+
+
+def _classify_trap(exc: wasmtime.WasmtimeError, export: str) -> GuestError:
+    text = str(exc)
+    cause = _cause(text)
+    if any(marker in cause for marker in _ABI_MARKERS):
+        return GuestAbiError(
+            f"guest {export} handed the host a malformed value: {cause}", guest_traceback=text
+        )
+    if "interrupt" in text:
+        return CpuDeadlineExceeded(
+            f"guest {export} ran past the kind's CPU deadline (limits.cpu_deadline_ms)",
+            guest_traceback=text,
+        )
+    if any(marker in text for marker in _MEMORY_MARKERS) or "abort" in text:
+        return MemoryLimitExceeded(
+            f"guest {export} aborted, most likely out of linear memory (limits.max_memory_bytes)",
+            guest_traceback=text,
+        )
+    return GuestTrap(f"guest {export} trapped: {cause}", guest_traceback=text)
+
+
+def _cause(text: str) -> str:
+    """The line that says what went wrong: wasmtime puts the backtrace first and the
+    reason after ``Caused by:``."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if "Caused by:" in lines:
+        after = lines[lines.index("Caused by:") + 1 :]
+        if after:
+            return after[0]
+    return lines[0] if lines else "trap"

@@ -1,0 +1,1113 @@
+"""The embedded state store: one SQLite file per host.
+
+Durability
+----------
+The database runs in WAL mode. A turn counts as committed once its transaction is in the
+write-ahead log; readers never block the writer and the writer never blocks readers.
+
+``synchronous`` picks what a committed turn survives:
+
+* ``NORMAL`` (default): the WAL is not fsynced on every commit. A committed turn survives the
+  process being killed (the OS still holds the data), but the last few turns before a power
+  loss or kernel crash may roll back. The database itself is never corrupted.
+* ``FULL``: the WAL is fsynced before every commit returns, so committed turns also survive
+  power loss, at the price of one fsync per write transaction.
+
+The writer connection sets ``journal_size_limit``, so after a checkpoint the WAL file is
+truncated back to at most that size instead of keeping the high-water mark of a burst of writes.
+
+Group commit
+------------
+All writes go through one writer connection. A write is queued, then written under the
+writer lock by whoever takes it next, with everything else queued (up to ``_MAX_BATCH``) in
+ONE transaction: the guest worker thread that ran a turn commits it (if an earlier lock
+holder has not already), and writes from the async methods are written by a flusher task,
+one worker-thread trip per batch. So many concurrent writes share one commit (and, with
+``FULL``, one fsync), and a lone turn pays no extra thread trip. If a batch transaction
+fails, each write of the batch is retried in its own transaction, so a bad commit fails
+only its own caller.
+
+The other writes (:meth:`~SqliteStore.delete_agent`, :meth:`~SqliteStore.fork_agent`,
+:meth:`~SqliteStore.prune_responses`) go through the same queue and are applied in the same
+batch transactions, in queue order, with the same retry: a delete called after a commit sees
+that commit applied, and a failing operation fails only its own caller.
+
+Reads
+-----
+``read_kv`` and ``read_kv_keys`` are called from guest worker threads; they borrow a connection
+from a small pool of read connections, which WAL lets read while the writer writes. The async
+reads run the same way on a trio worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
+
+import trio
+
+from .._lifetime import open_service_nursery
+from ..address import AgentAddress
+from ..errors import ConfigError, StorageError
+from . import _schema
+from .protocol import (
+    AgentExport,
+    AgentRecord,
+    AgentSummary,
+    Delivery,
+    ForkResult,
+    TurnCommit,
+    Usage,
+)
+
+__all__ = ["SqliteStore", "SqliteStoreStatistics", "open_sqlite_store"]
+
+_MAX_BATCH = 256
+"""Most writes (commits and other operations) applied in one group-commit transaction."""
+_BUSY_TIMEOUT_MS = 5000
+"""How long a connection waits on a lock held by another process before failing."""
+_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""Most bytes the WAL file keeps on disk after a checkpoint (it is truncated to this)."""
+_MAX_IDLE_READERS = 8
+"""Read connections kept open between reads; more are opened under load and closed after."""
+_MAX_CODE_POINT = 0x10FFFF
+_SURROGATES = range(0xD800, 0xE000)
+
+_CLOSED = "store is closed"
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteStoreStatistics:
+    """Counters of one open :class:`SqliteStore`."""
+
+    commits: int
+    """Turn commits written."""
+    batches: int
+    """Write transactions committed (one group commit holds one or more turn commits)."""
+    path: str
+    """The database file."""
+
+
+class _WriteOp(Generic[_T]):
+    """One write the writer applies inside a (possibly shared) transaction."""
+
+    __slots__ = ()
+
+    name: ClassVar[str]
+    """The public method, for error messages."""
+    turn_commits: ClassVar[int] = 0
+    """How many turn commits this is (for the statistics)."""
+
+    def apply(self, conn: sqlite3.Connection) -> _T:
+        """Write inside the caller's transaction and return the caller's result."""
+        raise NotImplementedError
+
+    def subject(self) -> str:
+        """What the operation is about, for error messages (``" for chat/alice"``)."""
+        raise NotImplementedError
+
+
+class _CommitOp(_WriteOp[None]):
+    __slots__ = ("commit",)
+    name = "commit_turn"
+    turn_commits = 1
+
+    def __init__(self, commit: TurnCommit) -> None:
+        self.commit = commit
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        _apply_commit(conn, self.commit)
+
+    def subject(self) -> str:
+        return f" for {self.commit.address}"
+
+
+class _DeleteOp(_WriteOp[bool]):
+    __slots__ = ("address",)
+    name = "delete_agent"
+
+    def __init__(self, address: AgentAddress) -> None:
+        self.address = address
+
+    def apply(self, conn: sqlite3.Connection) -> bool:
+        return _apply_delete(conn, self.address)
+
+    def subject(self) -> str:
+        return f" for {self.address}"
+
+
+class _ForkOp(_WriteOp[ForkResult]):
+    __slots__ = ("source", "target")
+    name = "fork_agent"
+
+    def __init__(self, source: AgentAddress, target: AgentAddress) -> None:
+        self.source = source
+        self.target = target
+
+    def apply(self, conn: sqlite3.Connection) -> ForkResult:
+        return _apply_fork(conn, self.source, self.target)
+
+    def subject(self) -> str:
+        return f" from {self.source} to {self.target}"
+
+
+class _PruneOp(_WriteOp[int]):
+    __slots__ = ("older_than",)
+    name = "prune_responses"
+
+    def __init__(self, older_than: float) -> None:
+        self.older_than = older_than
+
+    def apply(self, conn: sqlite3.Connection) -> int:
+        cursor = conn.execute(
+            "DELETE FROM idempotency WHERE created_at < ?", (float(self.older_than),)
+        )
+        return int(cursor.rowcount)
+
+    def subject(self) -> str:
+        return ""
+
+
+class _RescheduleOp(_WriteOp[None]):
+    __slots__ = ("address", "delivery_id", "due_at")
+    name = "reschedule_delivery"
+
+    def __init__(self, address: AgentAddress, delivery_id: str, due_at: float | None) -> None:
+        self.address = address
+        self.delivery_id = delivery_id
+        self.due_at = due_at
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        params = (self.address.kind, self.address.id, self.delivery_id)
+        if self.due_at is None:
+            conn.execute(
+                "DELETE FROM deliveries WHERE kind = ? AND id = ? AND delivery_id = ?", params
+            )
+        else:
+            conn.execute(
+                "UPDATE deliveries SET due_at = ? WHERE kind = ? AND id = ? AND delivery_id = ?",
+                (float(self.due_at), *params),
+            )
+
+    def subject(self) -> str:
+        return f" for {self.address}"
+
+
+class _AddDeliveryOp(_WriteOp[None]):
+    __slots__ = ("delivery",)
+    name = "add_delivery"
+
+    def __init__(self, delivery: Delivery) -> None:
+        self.delivery = delivery
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        _insert_delivery(conn, self.delivery, self.delivery.due_at)
+
+    def subject(self) -> str:
+        return f" for {self.delivery.address}"
+
+
+class _UsageOp(_WriteOp[None]):
+    __slots__ = ("address", "day", "usage")
+    name = "add_usage"
+
+    def __init__(self, address: AgentAddress, day: str, usage: Usage) -> None:
+        self.address = address
+        self.day = day
+        self.usage = usage
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        u = self.usage
+        conn.execute(
+            "INSERT INTO usage (kind, id, day, llm_input_tokens, llm_output_tokens, http_calls,"
+            " cpu_ms, turns, errors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (kind, id, day) DO UPDATE SET"
+            " llm_input_tokens = usage.llm_input_tokens + excluded.llm_input_tokens,"
+            " llm_output_tokens = usage.llm_output_tokens + excluded.llm_output_tokens,"
+            " http_calls = usage.http_calls + excluded.http_calls,"
+            " cpu_ms = usage.cpu_ms + excluded.cpu_ms,"
+            " turns = usage.turns + excluded.turns, errors = usage.errors + excluded.errors",
+            (
+                self.address.kind,
+                self.address.id,
+                self.day,
+                u.llm_input_tokens,
+                u.llm_output_tokens,
+                u.http_calls,
+                u.cpu_ms,
+                u.turns,
+                u.errors,
+            ),
+        )
+
+    def subject(self) -> str:
+        return f" for {self.address}"
+
+
+class _Pending(Generic[_T]):
+    """One queued write and its outcome, filled in by whichever thread writes it."""
+
+    __slots__ = ("done", "error", "event", "op", "result")
+
+    def __init__(self, op: _WriteOp[_T], event: trio.Event | None = None) -> None:
+        self.op = op
+        self.done = False
+        self.error: StorageError | None = None
+        self.result: _T | None = None
+        self.event = event
+        """Set (on the trio thread) once written, for a caller of an async method."""
+
+
+def _connect(path: str, *, read_only: bool) -> sqlite3.Connection:
+    """A connection in autocommit mode (we issue BEGIN/COMMIT ourselves), usable from any
+    thread (but only one at a time)."""
+    conn = sqlite3.connect(
+        path,
+        timeout=_BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if read_only:
+            conn.execute("PRAGMA query_only = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _open_writer(
+    raw_path: str | os.PathLike[str], synchronous: str
+) -> tuple[str, sqlite3.Connection]:
+    """Open the writer connection: switch to WAL, set durability, apply migrations.
+    Returns the absolute path and the connection."""
+    path = os.path.abspath(os.fspath(raw_path))
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"opening database {path} failed: {exc}") from exc
+    try:
+        conn = _connect(path, read_only=False)
+    except sqlite3.Error as exc:
+        raise StorageError(f"opening database {path} failed: {exc}") from exc
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StorageError(
+                f"opening database {path} failed: could not switch to WAL mode (got {mode!r})"
+            )
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
+        _schema.migrate(conn, path)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StorageError(f"opening database {path} failed: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return path, conn
+
+
+def _check_bytes(value: object, what: str) -> None:
+    if not isinstance(value, bytes):
+        raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
+
+
+def _apply_commit(conn: sqlite3.Connection, commit: TurnCommit) -> None:
+    """Write one commit's effects inside the caller's transaction."""
+    kind, agent_id = commit.address.kind, commit.address.id
+    puts: list[tuple[str, str, str, bytes]] = []
+    deletes: list[tuple[str, str, str]] = []
+    for key, value in commit.kv_writes.items():
+        if not isinstance(key, str):
+            raise TypeError(f"kv key must be str, not {type(key).__name__}")
+        if value is None:
+            deletes.append((kind, agent_id, key))
+        else:
+            _check_bytes(value, f"kv value of key {key!r}")
+            puts.append((kind, agent_id, key, value))
+    if commit.state is None:
+        conn.execute(
+            "INSERT INTO agents (kind, id, state, state_bytes, kv_bytes, turns,"
+            " created_at, updated_at) VALUES (?, ?, NULL, 0, ?, 1, ?, ?)"
+            " ON CONFLICT (kind, id) DO UPDATE SET"
+            " kv_bytes = excluded.kv_bytes, turns = agents.turns + 1,"
+            " updated_at = excluded.updated_at",
+            (kind, agent_id, commit.kv_bytes, commit.at, commit.at),
+        )
+    else:
+        _check_bytes(commit.state, "state")
+        conn.execute(
+            "INSERT INTO agents (kind, id, state, state_bytes, kv_bytes, turns,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?)"
+            " ON CONFLICT (kind, id) DO UPDATE SET"
+            " state = excluded.state, state_bytes = excluded.state_bytes,"
+            " kv_bytes = excluded.kv_bytes, turns = agents.turns + 1,"
+            " updated_at = excluded.updated_at",
+            (
+                kind,
+                agent_id,
+                commit.state,
+                len(commit.state),
+                commit.kv_bytes,
+                commit.at,
+                commit.at,
+            ),
+        )
+    if deletes:
+        conn.executemany("DELETE FROM kv WHERE kind = ? AND id = ? AND key = ?", deletes)
+    if puts:
+        conn.executemany(
+            "INSERT INTO kv (kind, id, key, value) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (kind, id, key) DO UPDATE SET value = excluded.value",
+            puts,
+        )
+    idempotency_key = commit.idempotency_key
+    if idempotency_key is not None:
+        if not isinstance(idempotency_key, str):
+            raise TypeError(f"idempotency key must be str, not {type(idempotency_key).__name__}")
+        _check_bytes(commit.response, "response")
+        cursor = conn.execute(
+            "INSERT INTO idempotency (kind, id, key, response, created_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, id, key) DO NOTHING",
+            (kind, agent_id, idempotency_key, commit.response, commit.at),
+        )
+        if cursor.rowcount != 1:
+            raise ValueError(f"idempotency key {idempotency_key!r} is already recorded")
+    if commit.handled is not None:
+        handled_id, next_due = commit.handled
+        if next_due is None:
+            conn.execute(
+                "DELETE FROM deliveries WHERE kind = ? AND id = ? AND delivery_id = ?",
+                (kind, agent_id, handled_id),
+            )
+        else:
+            conn.execute(
+                "UPDATE deliveries SET due_at = ? WHERE kind = ? AND id = ? AND delivery_id = ?",
+                (float(next_due), kind, agent_id, handled_id),
+            )
+    if commit.cancelled:
+        conn.executemany(
+            "DELETE FROM deliveries WHERE kind = ? AND id = ? AND delivery_id = ?",
+            [(kind, agent_id, delivery_id) for delivery_id in commit.cancelled],
+        )
+    for delivery in commit.deliveries:
+        _insert_delivery(conn, delivery, commit.at)
+    if commit.usage is not None:
+        _UsageOp(commit.address, commit.usage_day, commit.usage).apply(conn)
+
+
+def _insert_delivery(conn: sqlite3.Connection, delivery: Delivery, created_at: float) -> None:
+    """Insert a delivery, replacing one with the same agent and id."""
+    _check_bytes(delivery.payload, "delivery payload")
+    conn.execute(
+        "INSERT INTO deliveries (kind, id, delivery_id, due_at, event_kind, payload,"
+        " every_s, catch_up, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (kind, id, delivery_id) DO UPDATE SET due_at = excluded.due_at,"
+        " event_kind = excluded.event_kind, payload = excluded.payload,"
+        " every_s = excluded.every_s, catch_up = excluded.catch_up",
+        (
+            delivery.address.kind,
+            delivery.address.id,
+            delivery.delivery_id,
+            float(delivery.due_at),
+            delivery.event_kind,
+            delivery.payload,
+            delivery.every_s,
+            delivery.catch_up,
+            created_at,
+        ),
+    )
+
+
+_TABLES = ("agents", "kv", "idempotency", "deliveries", "usage")
+"""Every table that holds rows of one agent, keyed by (kind, id)."""
+
+
+def _holds_rows(conn: sqlite3.Connection, address: AgentAddress) -> bool:
+    """Whether any table holds a row of the agent."""
+    params = (address.kind, address.id)
+    return any(
+        conn.execute(f"SELECT 1 FROM {table} WHERE kind = ? AND id = ? LIMIT 1", params).fetchone()
+        is not None
+        for table in _TABLES
+    )
+
+
+def _apply_delete(conn: sqlite3.Connection, address: AgentAddress) -> bool:
+    """Delete every row of the agent inside the caller's transaction; True if there were any."""
+    params = (address.kind, address.id)
+    deleted = 0
+    for table in _TABLES:
+        deleted += conn.execute(f"DELETE FROM {table} WHERE kind = ? AND id = ?", params).rowcount
+    return deleted > 0
+
+
+def _apply_fork(conn: sqlite3.Connection, source: AgentAddress, target: AgentAddress) -> ForkResult:
+    """Copy the source's record and kv to the target inside the caller's transaction."""
+    found = conn.execute(
+        "SELECT 1 FROM agents WHERE kind = ? AND id = ?", (source.kind, source.id)
+    ).fetchone()
+    if found is None:
+        return "source_missing"
+    if _holds_rows(conn, target):
+        return "target_exists"
+    now = time.time()
+    conn.execute(
+        "INSERT INTO agents (kind, id, state, state_bytes, kv_bytes, turns,"
+        " created_at, updated_at)"
+        " SELECT ?, ?, state, state_bytes, kv_bytes, 0, ?, ? FROM agents"
+        " WHERE kind = ? AND id = ?",
+        (target.kind, target.id, now, now, source.kind, source.id),
+    )
+    conn.execute(
+        "INSERT INTO kv (kind, id, key, value)"
+        " SELECT ?, ?, key, value FROM kv WHERE kind = ? AND id = ?",
+        (target.kind, target.id, source.kind, source.id),
+    )
+    return "forked"
+
+
+_DELIVERY_COLUMNS = "kind, id, delivery_id, due_at, event_kind, payload, every_s, catch_up"
+
+
+def _delivery(row: tuple[Any, ...]) -> Delivery:
+    kind, agent_id, delivery_id, due_at, event_kind, payload, every_s, catch_up = row
+    return Delivery(
+        address=AgentAddress(kind, agent_id),
+        delivery_id=delivery_id,
+        due_at=float(due_at),
+        event_kind=event_kind,
+        payload=bytes(payload),
+        every_s=None if every_s is None else float(every_s),
+        catch_up=catch_up,
+    )
+
+
+def _prefix_upper_bound(prefix: str) -> str | None:
+    """The least string greater than every string that starts with ``prefix`` (in SQLite's
+    BINARY collation, i.e. UTF-8 byte order, which is code point order), or None if there is
+    no such bound (empty prefix, or only U+10FFFF characters)."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if code in _SURROGATES:
+            code = _SURROGATES.stop
+        if code <= _MAX_CODE_POINT:
+            return "".join(chars) + chr(code)
+    return None
+
+
+class _ReadPool:
+    """Read connections shared by any number of threads; each read borrows one exclusively."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
+
+    def acquire(self) -> sqlite3.Connection:
+        """A connection for this thread alone, until :meth:`release`."""
+        with self._lock:
+            if self._closed:
+                raise StorageError(_CLOSED)
+            conn = self._idle.pop() if self._idle else None
+        return _connect(self._path, read_only=True) if conn is None else conn
+
+    def release(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            keep = not self._closed and len(self._idle) < _MAX_IDLE_READERS
+            if keep:
+                self._idle.append(conn)
+        if not keep:
+            conn.close()
+
+    def close(self) -> None:
+        """Close idle connections now; borrowed ones are closed when given back."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class _Reading:
+    """``with store._reading(operation, address) as conn``: a borrowed read connection;
+    SQLite errors come out as StorageError naming the operation. A plain class, not
+    ``@contextmanager``: guest turns read through it."""
+
+    __slots__ = ("_address", "_conn", "_operation", "_path", "_pool")
+
+    def __init__(
+        self, pool: _ReadPool, operation: str, address: AgentAddress | None, path: str
+    ) -> None:
+        self._pool = pool
+        self._operation = operation
+        self._address = address
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def __enter__(self) -> sqlite3.Connection:
+        try:
+            self._conn = self._pool.acquire()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        return self._conn
+
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        if self._conn is not None:
+            self._pool.release(self._conn)
+        if isinstance(exc, sqlite3.Error):
+            raise self._error(exc) from exc
+
+    def _error(self, exc: sqlite3.Error) -> StorageError:
+        subject = f" for {self._address}" if self._address is not None else ""
+        return StorageError(f"{self._operation} failed{subject} in {self._path}: {exc}")
+
+
+class SqliteStore:
+    """A :class:`~roost.store.protocol.StateStore` on one SQLite file.
+
+    Create it with :func:`open_sqlite_store`.
+    """
+
+    def __init__(self, path: str, writer: sqlite3.Connection, synchronous: str = "NORMAL") -> None:
+        self._path = path
+        self._writer = writer
+        self._fsyncs = synchronous == "FULL"
+        self._readers = _ReadPool(path)
+        self._queue: deque[_Pending[Any]] = deque()
+        self._queue_lock = threading.Lock()
+        """Guards ``_queue`` and ``_closing``; held only to append or take writes."""
+        self._writer_lock = threading.Lock()
+        """Held by the thread writing a batch on the writer connection."""
+        self._closing = False
+        self._closed = trio.Event()
+        self._awaited: list[_Pending[Any]] = []
+        """Writes queued by async callers, whose events the flusher sets once written."""
+        self._flush = trio.Event()
+        self._flusher_started = False
+        self._flusher_done = trio.Event()
+        self._commits = 0
+        self._batches = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop accepting work, write what was queued, close every connection.
+        Idempotent; later calls wait for the first to finish."""
+        with trio.CancelScope(shield=True):
+            with self._queue_lock:
+                first = not self._closing
+                self._closing = True
+            if not first:
+                await self._closed.wait()
+                return
+            try:
+                self._flush.set()
+                if self._flusher_started:
+                    await self._flusher_done.wait()
+                await trio.to_thread.run_sync(self._write_queued_and_close)
+            finally:
+                self._readers.close()
+                self._closed.set()
+
+    def _write_queued_and_close(self) -> None:
+        with self._writer_lock:
+            self._write_queue_locked()
+            self._writer.close()
+
+    def statistics(self) -> SqliteStoreStatistics:
+        """Counters since the store was opened (still readable after :meth:`aclose`)."""
+        return SqliteStoreStatistics(commits=self._commits, batches=self._batches, path=self._path)
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise StorageError(_CLOSED)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def _reading(self, operation: str, address: AgentAddress | None) -> _Reading:
+        self._check_open()
+        return _Reading(self._readers, operation, address, self._path)
+
+    def read_agent(self, address: AgentAddress) -> AgentRecord | None:
+        """The agent's record, or None if it has never committed a turn (thread-safe)."""
+        self._check_open()
+        return self._load_agent_sync(address)
+
+    def read_kv(self, address: AgentAddress, key: str) -> bytes | None:
+        """The committed value of ``key`` in the agent's own namespace (thread-safe)."""
+        with self._reading("read_kv", address) as conn:
+            rows = conn.execute(
+                "SELECT value FROM kv WHERE kind = ? AND id = ? AND key = ?",
+                (address.kind, address.id, key),
+            ).fetchall()
+        return bytes(rows[0][0]) if rows else None
+
+    def read_kv_keys(self, address: AgentAddress, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` committed keys starting with ``prefix``, sorted (thread-safe).
+
+        ``prefix`` matches literally: it is turned into a key range, not a LIKE pattern."""
+        self._check_open()
+        if limit <= 0:
+            return []
+        upper = _prefix_upper_bound(prefix)
+        with self._reading("read_kv_keys", address) as conn:
+            if upper is None:
+                cursor = conn.execute(
+                    "SELECT key FROM kv WHERE kind = ? AND id = ? AND key >= ?"
+                    " ORDER BY key LIMIT ?",
+                    (address.kind, address.id, prefix, limit),
+                )
+            else:
+                cursor = conn.execute(
+                    "SELECT key FROM kv WHERE kind = ? AND id = ? AND key >= ? AND key < ?"
+                    " ORDER BY key LIMIT ?",
+                    (address.kind, address.id, prefix, upper, limit),
+                )
+            rows = cursor.fetchall()
+        return [str(row[0]) for row in rows]
+
+    def _load_agent_sync(self, address: AgentAddress) -> AgentRecord | None:
+        with self._reading("load_agent", address) as conn:
+            rows = conn.execute(
+                "SELECT state, kv_bytes, turns, created_at, updated_at FROM agents"
+                " WHERE kind = ? AND id = ?",
+                (address.kind, address.id),
+            ).fetchall()
+        if not rows:
+            return None
+        state, kv_bytes, turns, created_at, updated_at = rows[0]
+        return AgentRecord(
+            state=None if state is None else bytes(state),
+            kv_bytes=int(kv_bytes),
+            turns=int(turns),
+            created_at=float(created_at),
+            updated_at=float(updated_at),
+        )
+
+    def _aggregate_sync(self, operation: str, expression: str, kind: str | None) -> int:
+        with self._reading(operation, None) as conn:
+            if kind is None:
+                rows = conn.execute(f"SELECT {expression} FROM agents").fetchall()
+            else:
+                rows = conn.execute(
+                    f"SELECT {expression} FROM agents WHERE kind = ?", (kind,)
+                ).fetchall()
+        return int(rows[0][0])
+
+    def _load_response_sync(self, address: AgentAddress, key: str) -> bytes | None:
+        with self._reading("load_response", address) as conn:
+            rows = conn.execute(
+                "SELECT response FROM idempotency WHERE kind = ? AND id = ? AND key = ?",
+                (address.kind, address.id, key),
+            ).fetchall()
+        return bytes(rows[0][0]) if rows else None
+
+    def _list_agents_sync(self, kind: str, after: str | None, limit: int) -> list[AgentSummary]:
+        query = (
+            "SELECT id, state_bytes, kv_bytes, turns, created_at, updated_at FROM agents"
+            " WHERE kind = ?"
+        )
+        params: tuple[object, ...] = (kind,)
+        if after is not None:
+            query += " AND id > ?"
+            params += (after,)
+        query += " ORDER BY id LIMIT ?"
+        params += (limit,)
+        with self._reading("list_agents", None) as conn:
+            rows = conn.execute(query, params).fetchall()
+        return [
+            AgentSummary(
+                id=str(agent_id),
+                state_bytes=int(state_bytes),
+                kv_bytes=int(kv_bytes),
+                turns=int(turns),
+                created_at=float(created_at),
+                updated_at=float(updated_at),
+            )
+            for agent_id, state_bytes, kv_bytes, turns, created_at, updated_at in rows
+        ]
+
+    def _export_agent_sync(self, address: AgentAddress) -> AgentExport | None:
+        params = (address.kind, address.id)
+        with self._reading("export_agent", address) as conn:
+            conn.execute("BEGIN")  # one snapshot for all three reads
+            try:
+                agent_rows = conn.execute(
+                    "SELECT state, kv_bytes, turns, created_at, updated_at FROM agents"
+                    " WHERE kind = ? AND id = ?",
+                    params,
+                ).fetchall()
+                kv_rows = conn.execute(
+                    "SELECT key, value FROM kv WHERE kind = ? AND id = ? ORDER BY key", params
+                ).fetchall()
+                responses = int(
+                    conn.execute(
+                        "SELECT COUNT(*) FROM idempotency WHERE kind = ? AND id = ?", params
+                    ).fetchone()[0]
+                )
+                delivery_rows = conn.execute(
+                    f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE kind = ? AND id = ?"
+                    " ORDER BY due_at",
+                    params,
+                ).fetchall()
+            finally:
+                _schema.rollback_quietly(conn)
+        if not agent_rows and not kv_rows:
+            return None
+        kv = {str(key): bytes(value) for key, value in kv_rows}
+        if agent_rows:
+            state, kv_bytes, turns, created_at, updated_at = agent_rows[0]
+            record = AgentRecord(
+                state=None if state is None else bytes(state),
+                kv_bytes=int(kv_bytes),
+                turns=int(turns),
+                created_at=float(created_at),
+                updated_at=float(updated_at),
+            )
+        else:  # kv without a record: not written by this store, but report it faithfully
+            size = sum(len(key.encode()) + len(value) for key, value in kv.items())
+            record = AgentRecord(state=None, kv_bytes=size, turns=0, created_at=0.0, updated_at=0.0)
+        deliveries = [_delivery(row) for row in delivery_rows]
+        return AgentExport(record=record, kv=kv, responses=responses, deliveries=deliveries)
+
+    async def load_agent(self, address: AgentAddress) -> AgentRecord | None:
+        """The agent's record, or None if it has never committed a turn."""
+        self._check_open()
+        return await trio.to_thread.run_sync(self._load_agent_sync, address)
+
+    async def load_response(self, address: AgentAddress, key: str) -> bytes | None:
+        """The response committed with idempotency key ``key`` for the agent, or None if no
+        turn of the agent committed that key (or its record was pruned)."""
+        self._check_open()
+        return await trio.to_thread.run_sync(self._load_response_sync, address, key)
+
+    async def list_agents(self, kind: str, *, after: str | None, limit: int) -> list[AgentSummary]:
+        """Up to ``limit`` agents of ``kind`` whose ids sort strictly after ``after`` (all when
+        None), ordered by id. Page by passing the last id of one page as ``after``."""
+        self._check_open()
+        if limit <= 0:
+            return []
+        return await trio.to_thread.run_sync(self._list_agents_sync, kind, after, limit)
+
+    async def export_agent(self, address: AgentAddress) -> AgentExport | None:
+        """A consistent snapshot of everything held for the agent, or None if it has neither
+        a record nor kv entries. (kv entries without a record, which this store never writes,
+        are reported with a record of no state, 0 turns and timestamps 0.)"""
+        self._check_open()
+        return await trio.to_thread.run_sync(self._export_agent_sync, address)
+
+    async def count_agents(self, kind: str | None = None) -> int:
+        """Number of agents with committed turns (of one kind, or all)."""
+        self._check_open()
+        return await trio.to_thread.run_sync(self._aggregate_sync, "count_agents", "COUNT(*)", kind)
+
+    async def stored_bytes(self, kind: str | None = None) -> int:
+        """Bytes of state and kv held for agents (of one kind, or all)."""
+        self._check_open()
+        return await trio.to_thread.run_sync(
+            self._aggregate_sync,
+            "stored_bytes",
+            "COALESCE(SUM(state_bytes + kv_bytes), 0)",
+            kind,
+        )
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def commit_turn(self, commit: TurnCommit) -> None:
+        """Apply one turn's effects in one transaction (shared with concurrent commits).
+
+        With ``commit.idempotency_key`` set, the response is recorded in the same transaction;
+        if the agent already has a record under that key, the commit fails and writes nothing.
+
+        Raises :class:`StorageError` on failure, in which case nothing of the turn was written.
+        If the caller is cancelled while waiting, the commit may still be written."""
+        await self._submit(_CommitOp(commit))
+
+    def write_turn(self, commit: TurnCommit) -> None:
+        """Same as :meth:`commit_turn`, blocking: for the worker thread that ran the turn."""
+        self._submit_sync(_CommitOp(commit))
+
+    def try_write_turn(self, commit: TurnCommit) -> bool:
+        """Write the commit now if that means no waiting: no other write in progress and no
+        fsync (``synchronous="NORMAL"``). Returns False, having written nothing, otherwise;
+        the caller then uses :meth:`commit_turn`. For the event loop."""
+        if self._fsyncs or not self._writer_lock.acquire(blocking=False):
+            return False
+        try:
+            op = _CommitOp(commit)
+            with self._queue_lock:
+                if self._closing:
+                    raise StorageError(_CLOSED)
+                alone = not self._queue
+            if alone:  # nothing queued to keep the order of: no batch to assemble
+                try:
+                    self._transaction([op])
+                except Exception as exc:
+                    raise self._op_error(op, exc) from exc
+                return True
+            pending = self._enqueue(op)
+            self._write_locked(pending)
+        finally:
+            self._writer_lock.release()
+        self._outcome(pending)
+        return True
+
+    async def delete_agent(self, address: AgentAddress) -> bool:
+        """Delete the agent's record, kv entries and idempotency records in one transaction,
+        after every write queued before it. Returns whether there was anything to delete.
+
+        If the caller is cancelled while waiting, the delete may still happen."""
+        return await self._submit(_DeleteOp(address))
+
+    async def fork_agent(self, source: AgentAddress, target: AgentAddress) -> ForkResult:
+        """Copy ``source``'s state and kv entries to ``target`` in one transaction, after every
+        write queued before it. The copy has 0 turns, no idempotency records and
+        ``created_at``/``updated_at`` set to now.
+
+        Returns ``"source_missing"`` if ``source`` has no record, ``"target_exists"`` if
+        ``target`` already has rows; nothing is written in either case."""
+        return await self._submit(_ForkOp(source, target))
+
+    def read_usage(self, address: AgentAddress, day: str) -> Usage:
+        """The agent's usage on ``day`` (thread-safe)."""
+        with self._reading("read_usage", address) as conn:
+            row = conn.execute(
+                "SELECT llm_input_tokens, llm_output_tokens, http_calls, cpu_ms, turns, errors"
+                " FROM usage WHERE kind = ? AND id = ? AND day = ?",
+                (address.kind, address.id, day),
+            ).fetchone()
+        if row is None:
+            return Usage()
+        return Usage(int(row[0]), int(row[1]), int(row[2]), float(row[3]), int(row[4]), int(row[5]))
+
+    async def add_usage(self, address: AgentAddress, day: str, usage: Usage) -> None:
+        """Add to the agent's usage on ``day``."""
+        self._check_open()
+        await self._submit(_UsageOp(address, day, usage))
+
+    async def add_delivery(self, delivery: Delivery) -> None:
+        """Store a delivery outside any turn (the result of a continuation-form op)."""
+        self._check_open()
+        await self._submit(_AddDeliveryOp(delivery))
+
+    async def reschedule_delivery(
+        self, address: AgentAddress, delivery_id: str, due_at: float | None
+    ) -> None:
+        """Move a delivery to ``due_at``, or delete it when None."""
+        self._check_open()
+        await self._submit(_RescheduleOp(address, delivery_id, due_at))
+
+    async def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
+        """Deliveries due at or before ``now``, earliest first."""
+        self._check_open()
+        return await trio.to_thread.run_sync(self._due_deliveries_sync, now, limit)
+
+    async def next_due_at(self) -> float | None:
+        """When the earliest delivery is due, or None if there are none."""
+        self._check_open()
+        return await trio.to_thread.run_sync(self._next_due_at_sync)
+
+    def read_deliveries(self, address: AgentAddress) -> list[Delivery]:
+        """The agent's pending deliveries, earliest first (thread-safe)."""
+        with self._reading("read_deliveries", address) as conn:
+            rows = conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE kind = ? AND id = ?"
+                " ORDER BY due_at",
+                (address.kind, address.id),
+            ).fetchall()
+        return [_delivery(row) for row in rows]
+
+    def _due_deliveries_sync(self, now: float, limit: int) -> list[Delivery]:
+        with self._reading("due_deliveries", None) as conn:
+            rows = conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE due_at <= ?"
+                " ORDER BY due_at LIMIT ?",
+                (float(now), int(limit)),
+            ).fetchall()
+        return [_delivery(row) for row in rows]
+
+    def _next_due_at_sync(self) -> float | None:
+        with self._reading("next_due_at", None) as conn:
+            row = conn.execute("SELECT MIN(due_at) FROM deliveries").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def prune_responses(self, older_than: float) -> int:
+        """Delete every idempotency record created (turn ``at``) before ``older_than``.
+        Returns how many were deleted."""
+        return await self._submit(_PruneOp(older_than))
+
+    async def _submit(self, op: _WriteOp[_T]) -> _T:
+        """Queue one write (now, so writes keep the order they were called in) and wait until
+        the flusher (or a worker thread's commit) has written it. A cancelled caller stops
+        waiting; the write still happens."""
+        pending = self._enqueue(op, trio.Event())
+        self._awaited.append(pending)
+        self._flush.set()
+        assert pending.event is not None
+        await pending.event.wait()
+        return self._outcome(pending)
+
+    async def _run_flusher(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Write what async callers queued, one worker-thread trip per batch, and wake them.
+        Shielded, so it stops only once :meth:`aclose` has stopped new writes and every
+        accepted one has been written."""
+        self._flusher_started = True
+        task_status.started()
+        try:
+            with trio.CancelScope(shield=True):
+                while True:
+                    await self._flush.wait()
+                    self._flush = trio.Event()
+                    awaited, self._awaited = self._awaited, []
+                    if awaited:
+                        # Under the writer lock with the queue drained, every write queued
+                        # before this trip is written, whichever thread took it.
+                        await trio.to_thread.run_sync(self._write_all_queued)
+                        for pending in awaited:
+                            assert pending.event is not None
+                            pending.event.set()
+                    if self._closing and not self._awaited:
+                        return
+        finally:
+            self._flusher_done.set()
+
+    def _write_all_queued(self) -> None:
+        with self._writer_lock:
+            self._write_queue_locked()
+
+    def _write_queue_locked(self) -> None:
+        """With the writer lock held: write batches until the queue is empty."""
+        while batch := self._take_batch():
+            self._write_batch(batch)
+
+    def _submit_sync(self, op: _WriteOp[_T]) -> _T:
+        """Queue one write and write it (or wait for the thread writing it), blocking."""
+        pending = self._enqueue(op)
+        self._write_until_done(pending)
+        return self._outcome(pending)
+
+    def _enqueue(self, op: _WriteOp[_T], event: trio.Event | None = None) -> _Pending[_T]:
+        pending = _Pending(op, event)
+        with self._queue_lock:
+            if self._closing:
+                raise StorageError(_CLOSED)
+            self._queue.append(pending)
+        return pending
+
+    def _write_until_done(self, pending: _Pending[Any]) -> None:
+        """Take the writer lock; unless the previous holder wrote ``pending``, write batches
+        of whatever is queued until it is written."""
+        with self._writer_lock:
+            self._write_locked(pending)
+
+    def _write_locked(self, pending: _Pending[Any]) -> None:
+        """With the writer lock held: write batches of what is queued until ``pending`` is."""
+        while not pending.done:
+            self._write_batch(self._take_batch())
+
+    def _write_batch(self, batch: list[_Pending[Any]]) -> None:
+        """With the writer lock held: write one batch, filling in each write's outcome."""
+        try:
+            self._write_sync(batch)
+        except Exception as exc:  # a bug in the write path: fail the batch only
+            for item in batch:
+                item.error = StorageError(
+                    f"{item.op.name} failed{item.op.subject()} in {self._path}: {exc!r}"
+                )
+        finally:
+            for item in batch:
+                item.done = True
+
+    def _take_batch(self) -> list[_Pending[Any]]:
+        with self._queue_lock:
+            count = min(len(self._queue), _MAX_BATCH)
+            return [self._queue.popleft() for _ in range(count)]
+
+    @staticmethod
+    def _outcome(pending: _Pending[_T]) -> _T:
+        if pending.error is not None:
+            raise pending.error
+        return cast(_T, pending.result)
+
+    def _write_sync(self, batch: Sequence[_Pending[Any]]) -> None:
+        """Runs on a worker thread. One transaction for the batch; if it fails, one per write.
+        Fills in each write's result or error."""
+        try:
+            results = self._transaction([pending.op for pending in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].error = self._op_error(batch[0].op, exc)
+                return
+        else:
+            for pending, result in zip(batch, results, strict=True):
+                pending.result = result
+            return
+        for pending in batch:
+            try:
+                [pending.result] = self._transaction([pending.op])
+            except Exception as exc:
+                pending.error = self._op_error(pending.op, exc)
+
+    def _transaction(self, ops: Sequence[_WriteOp[Any]]) -> list[Any]:
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = [op.apply(conn) for op in ops]
+            conn.execute("COMMIT")
+        except BaseException:
+            _schema.rollback_quietly(conn)
+            raise
+        self._batches += 1
+        self._commits += sum(op.turn_commits for op in ops)
+        return results
+
+    def _op_error(self, op: _WriteOp[Any], exc: Exception) -> StorageError:
+        error = StorageError(f"{op.name} failed{op.subject()} in {self._path}: {exc}")
+        error.__cause__ = exc
+        return error
+
+
+@asynccontextmanager
+async def open_sqlite_store(
+    path: str | os.PathLike[str],
+    *,
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+) -> AsyncIterator[SqliteStore]:
+    """Open (creating it and its parent directories if needed) the store at ``path``, and close
+    it (after writing whatever was queued) on exit.
+
+    ``synchronous="NORMAL"`` makes committed turns survive a process kill; ``"FULL"`` also
+    makes them survive power loss (one fsync per group commit).
+    """
+    if synchronous not in ("NORMAL", "FULL"):
+        raise ConfigError(f"invalid synchronous mode {synchronous!r}: use 'NORMAL' or 'FULL'")
+    db_path, writer = await trio.to_thread.run_sync(_open_writer, path, synchronous)
+    store = SqliteStore(db_path, writer, synchronous)
+    try:
+        async with open_service_nursery() as nursery:
+            await nursery.start(store._run_flusher)
+            try:
+                yield store
+            finally:
+                await store.aclose()
+    finally:
+        # A no-op unless starting the flusher failed; aclose shields itself.
+        await store.aclose()
