@@ -226,7 +226,7 @@ async def measure(
             rss_before = _rss_bytes()
             pss_before = _pss_bytes()
             db_before = _database_bytes(config.database_path)
-            state_before = await roost.store.stored_bytes()
+            state_before = await trio.to_thread.run_sync(roost.store.stored_bytes)
 
             report(f"activating {agents} agents ({sampled} timed one at a time)")
             activations.start()
@@ -246,7 +246,7 @@ async def measure(
             report("hibernating")
             await _hibernate_all(roost)
             db_after = _database_bytes(config.database_path)
-            state_after = await roost.store.stored_bytes()
+            state_after = await trio.to_thread.run_sync(roost.store.stored_bytes)
             db_files = _file_bytes(config.database_path)
 
             report(f"waking {sampled} agents one at a time")
@@ -368,37 +368,27 @@ async def _hibernate_all(roost: Host) -> None:
 
 
 class _ActivationTimes:
-    """Collects the host's own timing of each activation (instantiate + guest init).
-
-    The supervisor keeps only a running total; this records each value it is given, and
-    falls back to the mean of the total when it cannot."""
+    """Collects the host's own timing of each activation (instantiate + guest init), as the
+    host reports it to its metrics (``HostMetrics.observe_wake``)."""
 
     def __init__(self, roost: Host) -> None:
-        self._supervisor = roost._supervisor
         self._samples: list[float] | None = None
-        self._total_at_start = 0.0
-        self._count_at_start = 0
-        original: Callable[[float], None] = self._supervisor.record_activation
+        metrics = roost.metrics()
+        original = metrics.observe_wake
 
-        def record(seconds: float) -> None:
+        def observe(kind: str, seconds: float) -> None:
             if self._samples is not None:
                 self._samples.append(seconds)
-            original(seconds)
+            original(kind, seconds)
 
-        setattr(self._supervisor, "record_activation", record)  # noqa: B010
+        setattr(metrics, "observe_wake", observe)  # noqa: B010
 
     def start(self) -> None:
         self._samples = []
-        self._total_at_start = self._supervisor.activation_seconds_total
-        self._count_at_start = self._supervisor.activations
 
     def stop(self) -> list[float]:
         samples, self._samples = self._samples or [], None
-        if samples:
-            return samples
-        count = self._supervisor.activations - self._count_at_start
-        total = self._supervisor.activation_seconds_total - self._total_at_start
-        return [total / count] if count else []
+        return samples
 
 
 # -- measurements ------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 The capacity model's store bound is ``write IOPS / writes per second per session``, where a
 "write" is one committed turn. This measures that rate with the store alone (no guests): a
 number of concurrent writers each commit turns for its own agents as fast as the store's
-group commit lets them, for a fixed number of commits, on a fresh temporary database::
+group commit lets them, for a fixed number of commits, on a fresh temporary database. Each
+writer commits from a worker thread, as a host's turns do (``--threads`` of them at once,
+the host's worker threads)::
 
     python -m loadtests.store_rate --commits 20000 --writers 256 --json
 
@@ -26,7 +28,7 @@ from typing import Literal
 import trio
 
 from roost.address import AgentAddress
-from roost.store.protocol import TurnCommit
+from roost.store.protocol import Commit
 from roost.store.sqlite import open_sqlite_store
 
 STATE = b"\x82\xa4echo\xa4ping\xa5count\x01"
@@ -35,19 +37,20 @@ AGENTS_PER_WRITER = 8
 
 
 async def measure(
-    commits: int, writers: int, synchronous: Literal["NORMAL", "FULL"]
+    commits: int, writers: int, synchronous: Literal["NORMAL", "FULL"], threads: int = 4
 ) -> dict[str, object]:
-    """Commit ``commits`` turns from ``writers`` concurrent tasks; the rates observed."""
+    """Commit ``commits`` turns from ``writers`` concurrent tasks, each on one of ``threads``
+    worker threads at a time; the rates observed."""
     per_writer, extra = divmod(commits, writers)
+    limiter = trio.CapacityLimiter(threads)
     with tempfile.TemporaryDirectory(prefix="roost-store-rate-") as tmp:
         async with open_sqlite_store(Path(tmp) / "state.db", synchronous=synchronous) as store:
 
             async def writer(index: int, count: int) -> None:
                 for turn in range(count):
                     address = AgentAddress("bench", f"w{index}-{turn % AGENTS_PER_WRITER}")
-                    await store.commit_turn(
-                        TurnCommit(address=address, state=STATE, at=time.time())
-                    )
+                    commit = Commit(address=address, state=STATE, at=time.time())
+                    await trio.to_thread.run_sync(store.commit, commit, limiter=limiter)
 
             started = time.perf_counter()
             async with trio.open_nursery() as nursery:
@@ -61,6 +64,7 @@ async def measure(
         "batches": stats.batches,
         "commits_per_batch": round(stats.commits / max(stats.batches, 1), 1),
         "writers": writers,
+        "threads": threads,
         "synchronous": synchronous,
         "elapsed_s": round(elapsed, 3),
         "python": platform.python_version(),
@@ -75,12 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--commits", type=int, default=20_000, metavar="N")
     parser.add_argument("--writers", type=int, default=256, metavar="W")
+    parser.add_argument("--threads", type=int, default=4, metavar="T")
     parser.add_argument("--synchronous", choices=("NORMAL", "FULL"), default="NORMAL")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    if args.commits < 1 or args.writers < 1:
-        parser.error("--commits and --writers must be at least 1")
-    result = trio.run(measure, args.commits, args.writers, args.synchronous)
+    if args.commits < 1 or args.writers < 1 or args.threads < 1:
+        parser.error("--commits, --writers and --threads must be at least 1")
+    result = trio.run(measure, args.commits, args.writers, args.synchronous, args.threads)
     if args.json:
         print(json.dumps(result))
     else:

@@ -16,6 +16,8 @@ import trio.lowlevel
 
 from roost import Host, HostConfig, Manifest, load_manifest, open_host
 from roost.build import build_agent
+from roost.capabilities import HostServices
+from roost.telemetry import HostMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 ECHO_DIR = ROOT / "examples" / "echo"
@@ -99,3 +101,17 @@ CALLER_DIR = ROOT / "tests" / "agents" / "caller"
 def caller_manifest(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
     wasm = _built(CALLER_DIR / "agent.py", tmp_path_factory.mktemp("caller"), cache_dir)
     return load_manifest(CALLER_DIR / "agent.toml").with_component(wasm)
+
+
+def offline_services() -> HostServices:
+    """Host services for capabilities bound outside a host, that make no outbound calls."""
+
+    async def no_ask(*_args: Any, **_kwargs: Any) -> list[Any]:
+        raise AssertionError("no agent to ask outside a host")
+
+    return HostServices(
+        settings=HostConfig(),
+        http_client=None,  # type: ignore[arg-type]
+        metrics=HostMetrics(),
+        ask=no_ask,
+    )

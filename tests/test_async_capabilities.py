@@ -15,7 +15,7 @@ from trio.testing import MockClock, wait_all_tasks_blocked
 from loadtests.sim_llm import SimLLMConfig, SimLLMServer, serve_sim_llm
 from roost import GuestTrap, Host, HostConfig, Manifest, open_host
 from roost.address import AgentAddress
-from roost.store.protocol import Delivery
+from roost.store.protocol import Commit, Delivery
 
 from .conftest import until
 
@@ -45,7 +45,7 @@ async def _state(host: Host, agent_id: str) -> dict[str, Any]:
 
 
 async def _settle(host: Host) -> None:
-    await until(lambda: host._supervisor.in_flight == 0)
+    await until(lambda: host._registry.in_flight == 0)
     await wait_all_tasks_blocked()
 
 
@@ -69,7 +69,7 @@ async def test_timer_fires_after_its_delay_and_is_removed(
         await _settle(host)
         assert (await host.statistics()).activations == 1
         clock.jump(1.5)
-        await until(lambda: host._supervisor.turns >= 2)
+        await until(lambda: host._services.counters.turns >= 2)
         await _settle(host)
         state = await _state(host, "a")
         assert state["fired"] == 1
@@ -90,7 +90,7 @@ async def test_recurring_timer_and_cancel(
         for expected in (1, 2, 3):
             await _settle(host)
             clock.jump(10)
-            await until(lambda e=expected: host._supervisor.turns >= 1 + e)
+            await until(lambda e=expected: host._services.counters.turns >= 1 + e)
         await _settle(host)
         assert (await _state(host, "a"))["fired"] == 3
         assert await host.send("caller/a", {"op": "cancel", "id": "tick"}) == [True]
@@ -113,20 +113,20 @@ async def test_catch_up_policy_for_timers_missed_while_down(
         await host.send("caller/a", "state")  # the agent exists
         # A recurring timer whose last run was 35 s ago, every 10 s: while the host was
         # down it missed the occurrences at -35, -25, -15 and -5.
-        now = host._supervisor.clock.now()
-        await host.store.add_delivery(
-            Delivery(
-                address=AgentAddress("caller", "a"),
-                delivery_id="tick",
-                due_at=now - 35,
-                event_kind="timer",
-                payload=msgpack.packb("tick"),
-                every_s=10.0,
-                catch_up=policy,  # type: ignore[arg-type]
-            )
+        now = host._services.clock.now()
+        tick = Delivery(
+            address=AgentAddress("caller", "a"),
+            delivery_id="tick",
+            due_at=now - 35,
+            event_kind="timer",
+            payload=msgpack.packb("tick"),
+            every_s=10.0,
+            catch_up=policy,  # type: ignore[arg-type]
         )
+        commit = Commit(tick.address, at=now, turn=False, deliveries=[tick])
+        await trio.to_thread.run_sync(host.store.commit, commit)
     async with caller_host(lambda **_: config, caller_manifest) as host:
-        await until(lambda: host._supervisor.turns >= fired)
+        await until(lambda: host._services.counters.turns >= fired)
         await _settle(host)
         await _settle(host)
         state = await _state(host, "a")
@@ -134,7 +134,7 @@ async def test_catch_up_policy_for_timers_missed_while_down(
         exported = await host.export("caller/a")
         assert exported is not None
         [tick] = exported.deliveries
-        assert tick.due_at > host._supervisor.clock.now()  # re-armed in the future
+        assert tick.due_at > host._services.clock.now()  # re-armed in the future
 
 
 # -- agents ---------------------------------------------------------------------------------
@@ -152,7 +152,7 @@ async def test_send_is_committed_with_the_turn(
         assert await host.send(
             "caller/a", {"op": "send", "kind": "caller", "id": "b", "message": "hello"}
         ) == ["sent"]
-        await until(lambda: host._supervisor.turns >= 2 and host._supervisor.in_flight == 0)
+        await until(lambda: host._services.counters.turns >= 2 and host._registry.in_flight == 0)
         for _ in range(3_000):  # the delivery loop hands it over after the commit
             if "received" in await _state(host, "b"):
                 break
@@ -267,7 +267,7 @@ async def test_continuation_lets_the_agent_hibernate_while_the_llm_works(
         await wait_all_tasks_blocked()
         assert not host.is_resident("caller/a")  # hibernated, call still pending
         clock.jump(31)
-        await until(lambda: host._supervisor.turns >= 2)
+        await until(lambda: host._services.counters.turns >= 2)
         await _settle(host)
         state = await _state(host, "a")
         assert state["tag"] == {"n": 7}

@@ -27,7 +27,7 @@ def test_every_capability_file_has_one_matching_class_with_documented_calls() ->
         block = re.search(rf"interface {name} \{{(.*?)\n\}}", wit, re.S)
         assert block, f"no WIT interface for {name}"
         wit_funcs = set(re.findall(r"^\s*([a-z][a-z0-9-]*): func", block.group(1), re.M))
-        assert set(cls.host_calls()) == wit_funcs
+        assert set(cls.host_call_names()) == wit_funcs
 
 
 def test_unknown_capability_and_unknown_grant_keys_are_rejected() -> None:

@@ -82,7 +82,7 @@ async def running(
 
 
 async def _settle(host: Host) -> None:
-    await until(lambda: host._supervisor.in_flight == 0)
+    await until(lambda: host._registry.in_flight == 0)
     await wait_all_tasks_blocked()
 
 

@@ -23,7 +23,7 @@ def clock() -> MockClock:
 
 
 async def _settle(host: Host) -> None:
-    await until(lambda: host._supervisor.in_flight == 0)
+    await until(lambda: host._registry.in_flight == 0)
     await wait_all_tasks_blocked()
 
 
@@ -98,7 +98,7 @@ async def test_sleep_completes_by_reentry_while_others_run(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sleeper)
-            await until(lambda: host._supervisor.turns >= 1)
+            await until(lambda: host._services.counters.turns >= 1)
             # While the sleeper waits, other agents are served at once.
             for expected in (1, 2, 3):
                 assert await host.send("probe/busy", "count") == [expected]
@@ -118,7 +118,7 @@ async def test_sleep_completes_by_reentry_while_others_run(
 
 
 async def _settle_except_sleeper(host: Host) -> None:
-    await until(lambda: host._supervisor.in_flight == 1)
+    await until(lambda: host._registry.in_flight == 1)
     await wait_all_tasks_blocked()
 
 

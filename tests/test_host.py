@@ -205,7 +205,7 @@ async def test_mailbox_is_bounded(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send_sleep)
-            await until(lambda: host._supervisor.turns >= 1)  # first event is being handled
+            await until(lambda: host._services.counters.turns >= 1)  # first event is being handled
             for _ in range(3):
                 nursery.start_soon(send_sleep)
         busy = [r for r in results if isinstance(r, AgentBusy)]

@@ -33,16 +33,14 @@ from roost import (
     open_host,
 )
 from roost.abi import WIT_DIR
-from roost.address import AgentAddress
 from roost.build import build_agent
 from roost.build.native import STACK_BYTES, wasm_tools_executable
-from roost.capabilities import bind_capabilities
-from roost.core.turn import TurnContext
+from roost.capabilities import bind_capabilities, link_table
 from roost.errors import GuestAbiError, GuestError
 from roost.sandbox import WasmEngine
 from roost.sandbox.protocol import Sandbox
 
-from .conftest import ROOT, until, with_limits
+from .conftest import ROOT, offline_services, until, with_limits
 
 NATIVE_PROBE_DIR = ROOT / "tests" / "agents" / "native_probe"
 ZIG_PROBE_DIR = ROOT / "tests" / "agents" / "zig_probe"
@@ -449,11 +447,11 @@ async def test_sleep_completes_by_reentry_while_others_run(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sleeper)
-            await until(lambda: host._supervisor.turns >= 1)
+            await until(lambda: host._services.counters.turns >= 1)
             for expected in (1, 2, 3):
                 assert await host.send("nprobe/busy", "count") == [expected]
             assert replies == []
-            await until(lambda: host._supervisor.in_flight == 1)
+            await until(lambda: host._registry.in_flight == 1)
             await wait_all_tasks_blocked()
             clock.jump(59)
             await wait_all_tasks_blocked()
@@ -520,36 +518,26 @@ async def test_malformed_abi_values_fail_only_that_agent(
 
 
 @pytest.fixture(scope="module")
-def echo_sandbox(
-    cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Sandbox, TurnContext]:
+def echo_sandbox(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Sandbox:
+    """The C echo example in a bare sandbox: no host, no turn (its log lines go nowhere)."""
     manifest = _built(ECHO_EXAMPLES["c"] / "agent.toml", tmp_path_factory.mktemp("e"), cache_dir)
     assert manifest.component is not None
     engine = WasmEngine(cache_dir=cache_dir, epoch_tick_ms=10)
+    capabilities = bind_capabilities({"log": {}}, offline_services())
     factory = engine.load_kind(
-        manifest.name, manifest.component.read_bytes(), bind_capabilities({"log": {}})
+        manifest.name, manifest.component.read_bytes(), link_table(capabilities)
     )
     sandbox = factory.instantiate(manifest.limits)
-    turn = TurnContext(
-        address=AgentAddress(manifest.name, "a"),
-        limits=manifest.limits,
-        store=None,  # type: ignore[arg-type]  # the echo agent only logs
-        now=0.0,
-        kv_bytes=0,
-        next_op_id=lambda: 1,
-    )
-    sandbox.init(turn, msgpack.packb({"kind": manifest.name, "id": "a", "config": {}}), None)
-    return sandbox, turn
+    sandbox.init(msgpack.packb({"kind": manifest.name, "id": "a", "config": {}}), None)
+    return sandbox
 
 
 @settings(max_examples=60, deadline=None)
 @given(payload=st.binary(max_size=20_000), event_id=st.integers(1, 2**64 - 1))
-def test_bytes_cross_the_abi_intact(
-    echo_sandbox: tuple[Sandbox, TurnContext], payload: bytes, event_id: int
-) -> None:
+def test_bytes_cross_the_abi_intact(echo_sandbox: Sandbox, payload: bytes, event_id: int) -> None:
     """Lowering and lifting by hand: any bytes, any event id, both ways."""
-    sandbox, turn = echo_sandbox
-    output = sandbox.on_event(turn, event_id, "message", payload)
+    sandbox = echo_sandbox
+    output = sandbox.on_event(event_id, "message", payload)
     [reply] = output.replies
     assert reply.event_id == event_id
     assert output.done == [event_id]
@@ -558,10 +546,9 @@ def test_bytes_cross_the_abi_intact(
     assert reply.payload == b"\x82\xa4echo" + payload + b"\xa5count" + msgpack.packb(count)
 
 
-def test_unknown_event_kind_is_the_guests_error(echo_sandbox: tuple[Sandbox, TurnContext]) -> None:
-    sandbox, turn = echo_sandbox
+def test_unknown_event_kind_is_the_guests_error(echo_sandbox: Sandbox) -> None:
     with pytest.raises(GuestTrap, match="unknown event kind"):
-        sandbox.on_event(turn, 1, "gossip", b"\xc0")
+        echo_sandbox.on_event(1, "gossip", b"\xc0")
 
 
 # -- building ----------------------------------------------------------------------------------

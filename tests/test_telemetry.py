@@ -109,7 +109,7 @@ async def test_an_http_request_traces_its_turns_host_calls_and_llm_op(
         traced_host(host_config, caller_manifest, otel, llm_base_url=server.url) as host,
         api_client(host) as client,
     ):
-        host._http_client.event_hooks["request"].append(record)
+        host._capability_services.http_client.event_hooks["request"].append(record)
         response = await client.post(
             "/v1/agents/caller/a/messages",
             json={"message": {"op": "chat_then_fetch", "text": "hi", "url": "https://x.test/"}},
@@ -295,8 +295,8 @@ async def test_status_and_metrics_say_why_an_agent_outstays_its_idle_timeout(
         assert stats.held_resident["pending_op"] == 1
         assert _value(_points(otel)["roost.agents.held_resident"], reason="pending_op") == 1
         clock.jump(25)
-        await until(lambda: host._supervisor.turns == 2)
-        await until(lambda: host._supervisor.in_flight == 0)
+        await until(lambda: host._services.counters.turns == 2)
+        await until(lambda: host._registry.in_flight == 0)
         status = await host.agent_status("caller/a")
         assert status.held_resident_by == ()
         assert status.pending_ops == 0

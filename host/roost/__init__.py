@@ -12,7 +12,7 @@ from __future__ import annotations
 from .address import AgentAddress as AgentAddress
 from .config import HostConfig as HostConfig
 from .config import load_config as load_config
-from .core.actor import EventTiming as EventTiming
+from .core.envelope import EventTiming as EventTiming
 from .core.kind import KindInfo as KindInfo
 from .errors import AgentBusy as AgentBusy
 from .errors import AgentError as AgentError

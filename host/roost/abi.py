@@ -1,8 +1,15 @@
-"""The roost:agent ABI as the host sees it: names and versions, no wasmtime."""
+"""The roost:agent ABI as the host sees it: names, versions and the host-call convention.
+
+No wasmtime here: the capabilities describe their host calls with :class:`HostFunction`
+and the sandbox links them, without either importing the other.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import roost_sdk
 
@@ -12,6 +19,10 @@ WIT_PACKAGE = "roost:agent"
 WIT_VERSION = "0.1.0"
 TYPES_INTERFACE = "types"
 """Interface holding only types; every component may import it."""
+EXPORTS = ("init", "on-event", "on-complete")
+"""The functions every agent component exports."""
+EVENT_KINDS = ("message", "timer", "agent", "continuation")
+"""The ``kind`` of the events the host hands to ``on-event``."""
 
 
 def interface_name(capability: str) -> str:
@@ -29,3 +40,23 @@ def capability_of(import_name: str) -> str | None:
     if version and version != WIT_VERSION:
         return None
     return name
+
+
+@dataclass(frozen=True, slots=True)
+class HostCallError:
+    """What a host call returns when it fails and its WIT result is ``result<T, string>``:
+    the sandbox hands it to the guest as ``err(message)``."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class HostFunction:
+    """One host call, ready to link: ``call`` takes the WIT arguments and returns the WIT
+    result (or a :class:`HostCallError`); it never raises."""
+
+    name: str
+    """The function's name in its WIT interface."""
+    call: Callable[..., Any]
+    ok_is_text: bool = False
+    """The WIT result is ``result<string, string>``: the sandbox must tag its cases."""

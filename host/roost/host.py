@@ -1,43 +1,41 @@
-"""The embedding API: open a host on a store, deploy kinds, send events to agents."""
+"""The embedding API: open a host on a store, deploy kinds, send events to agents.
+
+This facade wires the parts together (store, sandbox engine, capabilities, the core's
+registry, dispatcher and delivery loop) and answers questions about them; the work is done
+below it, and nothing below calls back up to it.
+"""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import msgpack
 import trio
 
 from ._lifetime import open_service_nursery
 from .address import AgentAddress, validate_kind_name
-from .capabilities import bind_capabilities
+from .capabilities import HostServices, bind_capabilities, link_table
 from .config import HostConfig, load_config, load_telemetry_config
-from .core.actor import EventTiming, utc_day
 from .core.deliveries import DeliveryLoop
-from .core.kind import Kind, KindInfo
-from .core.registry import Supervisor
-from .errors import (
-    AgentExists,
-    DeployError,
-    InvalidMessage,
-    ManifestError,
-    UnknownAgent,
-    UnknownKind,
-)
+from .core.dispatch import Dispatcher, Pushes
+from .core.envelope import EventTiming
+from .core.kind import Kind, KindInfo, KindTable
+from .core.registry import Registry
+from .core.services import CoreCounters, CoreServices, Doorbell, WorkerPool
+from .errors import AgentExists, DeployError, ManifestError, UnknownAgent
 from .manifest import Manifest, load_manifest
 from .sandbox import WasmEngine, open_engine
-from .sandbox.protocol import SandboxFactory
+from .store.async_store import AsyncStore
 from .store.protocol import AgentExport, AgentRecord, AgentSummary, StateStore, Usage
 from .store.sqlite import open_sqlite_store
 from .telemetry import HistogramSnapshot, HostMetrics, Telemetry, gc_pause_seconds
-from .wall_clock import HostClock
+from .wall_clock import WallClock, utc_day
 
 
 @dataclass(frozen=True)
@@ -162,28 +160,40 @@ class Host:
         self.config = config
         self.telemetry = telemetry or Telemetry.off()
         self.store = store
+        self._stores = AsyncStore(store)
         self._engine = engine
-        self._http_client = http_client
-        self._kinds: dict[str, Kind] = {}
-        self._deliveries = DeliveryLoop(self)
-        self._supervisor = Supervisor(
-            clock=HostClock(),
-            services=self,
+        self._services = CoreServices(
             store=store,
-            nursery=nursery,
-            max_resident=config.max_resident_agents,
-            worker_threads=config.worker_threads,
-            max_in_flight=config.max_in_flight,
+            stores=self._stores,
+            clock=WallClock(),
             telemetry=self.telemetry,
+            metrics=self.telemetry.host_metrics(),
+            workers=WorkerPool(config.worker_threads),
+            counters=CoreCounters(),
+            deliveries_due=Doorbell(),
             epoch_tick_ms=config.epoch_tick_ms,
             inline_slice_ms=config.inline_slice_ms,
+        )
+        self._kinds = KindTable()
+        self._registry = Registry(
+            self._services,
+            nursery,
+            max_resident=config.max_resident_agents,
+            max_in_flight=config.max_in_flight,
+        )
+        self._dispatcher = Dispatcher(self._services, self._kinds, self._registry)
+        self._pushes = Pushes()
+        self._deliveries = DeliveryLoop(self._services, self._dispatcher, self._pushes)
+        self._capability_services = HostServices(
+            settings=config,
+            http_client=http_client,
+            metrics=self._services.metrics,
+            ask=self._dispatcher.ask,
         )
         gc_pause_seconds()  # start timing the collector's pauses
         self.last_statistics: HostStatistics | None = None
         """The statistics of the last :meth:`statistics` call (observable metrics read it)."""
         self._closed = False
-        self._idempotent_in_flight: dict[tuple[AgentAddress, str], trio.Event] = {}
-        self._subscribers: dict[AgentAddress, set[trio.MemorySendChannel[Any]]] = {}
 
     async def deploy(
         self, manifest: Manifest | Path | str, *, component: Path | str | None = None
@@ -196,11 +206,11 @@ class Host:
             raise ManifestError(
                 f"kind {manifest.name!r}: no component; set `component` in the manifest or pass one"
             )
-        capabilities = bind_capabilities(manifest.capabilities)
+        capabilities = bind_capabilities(manifest.capabilities, self._capability_services)
         component_path = manifest.component
         name = manifest.name
 
-        def load() -> tuple[bytes, SandboxFactory]:
+        def load() -> tuple[bytes, Any]:
             try:
                 wasm = component_path.read_bytes()
             except OSError as exc:
@@ -208,16 +218,16 @@ class Host:
                     f"kind {name!r}: cannot read component {component_path}: "
                     f"{exc.strerror}; build it with `roost build`"
                 ) from None
-            return wasm, self._engine.load_kind(name, wasm, capabilities)
+            return wasm, self._engine.load_kind(name, wasm, link_table(capabilities))
 
         wasm, factory = await trio.to_thread.run_sync(load)
         kind = Kind(manifest, capabilities, factory, hashlib.sha256(wasm).hexdigest())
-        self._kinds[manifest.name] = kind
+        self._kinds.put(kind)
         self._deliveries.kind_deployed(manifest.name)
-        return _info(kind)
+        return kind.info()
 
     def kinds(self) -> list[KindInfo]:
-        return [_info(kind) for kind in self._kinds.values()]
+        return [kind.info() for kind in self._kinds]
 
     async def send(
         self,
@@ -255,64 +265,29 @@ class Host:
         idempotency_key: str | None = None,
         on_reply: Callable[[Any], None] | None = None,
         on_token: Callable[[str], None] | None = None,
-        chain: tuple[str, ...] = (),
-        handled: tuple[str, float | None] | None = None,
         timing: EventTiming | None = None,
     ) -> list[Any]:
         """Deliver any event kind (``message``, ``timer``, ``agent``, ``continuation``)."""
-        address = _address(address)
-        kind = self._kind(address)
-        try:
-            encoded = msgpack.packb(payload, use_bin_type=True)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise InvalidMessage(
-                f"the message cannot be encoded as msgpack ({exc}); send None, bool, int, "
-                "float, str, bytes, lists and dicts",
-                address=str(address),
-            ) from None
-        deliver = functools.partial(
-            self._supervisor.deliver,
-            address,
-            kind,
+        return await self._dispatcher.deliver(
+            _address(address),
             event_kind,
-            encoded,
+            payload,
+            idempotency_key=idempotency_key,
             on_reply=on_reply,
             on_token=on_token,
-            chain=chain,
-            handled=handled,
             timing=timing,
         )
-        if idempotency_key is None:
-            return await deliver()
-        _check_idempotency_key(idempotency_key)
-        slot = (address, idempotency_key)
-        while (running := self._idempotent_in_flight.get(slot)) is not None:
-            await running.wait()
-        # No checkpoint between the check above and taking the slot: one runner per key.
-        self._idempotent_in_flight[slot] = done = trio.Event()
-        try:
-            cached = await self.store.load_response(address, idempotency_key)
-            if cached is not None:
-                replies: list[Any] = msgpack.unpackb(cached, raw=False, strict_map_key=False)
-                if on_reply is not None:
-                    for reply in replies:
-                        on_reply(reply)
-                return replies
-            return await deliver(idempotency_key=idempotency_key)
-        finally:
-            del self._idempotent_in_flight[slot]
-            done.set()
 
     async def agent_status(self, address: AgentAddress | str) -> AgentStatus:
         """What the host keeps about one agent. Agents are virtual: one that never handled
         an event has zero turns."""
         address = _address(address)
-        day = utc_day(self._supervisor.clock.now())
+        day = utc_day(self._services.clock.now())
         record, usage = await trio.to_thread.run_sync(self._read_status, address, day)
-        actor = self._supervisor.actor(address)
+        actor = self._registry.actor(address)
         return AgentStatus(
             address=str(address),
-            resident=self._supervisor.is_resident(address),
+            resident=actor is not None,
             turns=record.turns if record else 0,
             state_bytes=len(record.state or b"") if record else 0,
             kv_bytes=record.kv_bytes if record else 0,
@@ -322,7 +297,7 @@ class Host:
             held_resident_by=() if actor is None else actor.held_by(trio.current_time()),
             pending_ops=0 if actor is None else actor.pending_ops,
             mailbox_depth=0 if actor is None else actor.queued,
-            open_sockets=len(self._subscribers.get(address, ())),
+            open_sockets=self._pushes.count(address),
         )
 
     def _read_status(self, address: AgentAddress, day: str) -> tuple[AgentRecord | None, Usage]:
@@ -330,18 +305,18 @@ class Host:
         return self.store.read_agent(address), self.store.read_usage(address, day)
 
     async def erase(self, address: AgentAddress | str) -> bool:
-        """Drop the agent's instance and erase its state, kv and recorded responses.
-        Returns whether there was anything to erase."""
+        """Drop the agent's instance and erase everything held for it. Returns whether
+        there was anything to erase."""
         address = _address(address)
-        async with self._supervisor.fenced(address):
-            return await self.store.delete_agent(address)
+        async with self._registry.fenced(address):
+            return await self._stores.run(self.store.delete_agent, address)
 
     async def fork(self, address: AgentAddress | str, new_id: str) -> AgentAddress:
         """Copy the agent's committed state and kv into a new agent of the same kind."""
         source = _address(address)
         target = AgentAddress(source.kind, new_id)
-        async with self._supervisor.fenced(target):
-            outcome = await self.store.fork_agent(source, target)
+        async with self._registry.fenced(target):
+            outcome = await self._stores.run(self.store.fork_agent, source, target)
         if outcome == "source_missing":
             raise UnknownAgent(
                 f"agent {source} has no committed state to fork", address=str(source)
@@ -354,108 +329,56 @@ class Host:
 
     async def export(self, address: AgentAddress | str) -> AgentExport | None:
         """Everything the host keeps for one agent (state, kv, counters)."""
-        return await self.store.export_agent(_address(address))
+        return await self._stores.run(self.store.export_agent, _address(address))
 
     async def list_agents(
         self, kind: str, *, after: str | None = None, limit: int = 100
     ) -> list[AgentSummary]:
         """One page of the agents of ``kind`` that have committed state, ordered by id."""
         validate_kind_name(kind)
-        return await self.store.list_agents(kind, after=after, limit=limit)
+        return await self._stores.run(self.store.list_agents, kind, after=after, limit=limit)
 
-    @asynccontextmanager
-    async def subscribe(
+    def subscribe(
         self, address: AgentAddress | str
-    ) -> AsyncIterator[trio.MemoryReceiveChannel[Any]]:
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Any]]:
         """Replies the agent produces for events nobody is waiting on (timers, messages
         from other agents, continuations), while the block is open. Used by WebSockets."""
-        address = _address(address)
-        send, receive = trio.open_memory_channel[Any](_PUSH_BUFFER)
-        self._subscribers.setdefault(address, set()).add(send)
-        try:
-            yield receive
-        finally:
-            subscribers = self._subscribers.get(address, set())
-            subscribers.discard(send)
-            if not subscribers:
-                self._subscribers.pop(address, None)
-            send.close()
-
-    def publish(self, address: AgentAddress, reply: Any) -> None:
-        """Hand a reply to the agent's subscribers; a subscriber that fell too far behind
-        loses it rather than holding up the agent."""
-        for channel in list(self._subscribers.get(address, ())):
-            try:
-                channel.send_nowait(reply)
-            except trio.WouldBlock:
-                logger.warning("push to a slow subscriber of %s dropped", address)
-            except trio.ClosedResourceError:
-                pass
-
-    # -- services for capabilities (host.turn.HostServices) -----------------------------
-    async def ask(
-        self,
-        sender: AgentAddress,
-        target: AgentAddress,
-        message: Any,
-        *,
-        timeout_s: float,
-        chain: tuple[str, ...],
-    ) -> list[Any]:
-        with trio.fail_after(timeout_s):
-            return await self.deliver(
-                target, "agent", {"sender": str(sender), "message": message}, chain=chain
-            )
-
-    def settings(self) -> HostConfig:
-        return self.config
-
-    def http_client(self) -> httpx.AsyncClient:
-        return self._http_client
+        return self._pushes.subscribe(_address(address))
 
     def metrics(self) -> HostMetrics:
         """The host's counters and histograms (also what the API records into)."""
-        return self._supervisor.metrics
-
-    def _kind(self, address: AgentAddress) -> Kind:
-        kind = self._kinds.get(address.kind)
-        if kind is None:
-            raise UnknownKind(
-                f"no kind named {address.kind!r} is deployed "
-                f"(deployed: {', '.join(sorted(self._kinds)) or 'none'})",
-                address=str(address),
-            )
-        return kind
+        return self._services.metrics
 
     def is_resident(self, address: AgentAddress | str) -> bool:
-        return self._supervisor.is_resident(_address(address))
+        return self._registry.is_resident(_address(address))
 
     def hibernate_idle(self) -> None:
         """Hibernate every agent that is idle right now."""
-        self._supervisor.hibernate_all()
+        self._registry.hibernate_all()
 
     async def statistics(self) -> HostStatistics:
-        sup = self._supervisor
-        stored = await self.store.count_agents()
-        resident = sup.resident
-        metrics = sup.metrics
+        registry = self._registry
+        counters = self._services.counters
+        metrics = self._services.metrics
+        stored = await self._stores.run(self.store.count_agents)
+        resident = registry.resident
         self.last_statistics = statistics = HostStatistics(
             resident=resident,
             hibernated=max(stored - resident, 0),
-            activations=sup.activations,
-            hibernations=sup.hibernations,
-            turns=sup.turns,
-            in_flight=sup.in_flight,
+            activations=counters.activations,
+            hibernations=counters.hibernations,
+            turns=counters.turns,
+            in_flight=registry.in_flight,
             kinds=len(self._kinds),
             denied={
                 f"{kind.name}/{name}": capability.denied
-                for kind in self._kinds.values()
+                for kind in self._kinds
                 for name, capability in sorted(kind.capabilities.items())
             },
             traps=metrics.traps(),
             llm_tokens=metrics.tokens(),
-            mailbox_depth=sup.mailbox_depth(),
-            held_resident=sup.held_resident(),
+            mailbox_depth=registry.mailbox_depth(),
+            held_resident=registry.held_resident(),
             rejected=metrics.rejections(),
             websockets_open=metrics.websockets_open,
             wake_seconds=metrics.wake_seconds(),
@@ -478,17 +401,10 @@ class Host:
         if self._closed:
             return
         self._closed = True
-        await self._supervisor.drain()
+        await self._registry.drain()
 
 
-_IDEMPOTENCY_KEY_MAX = 255
-_PUSH_BUFFER = 256
 logger = logging.getLogger("roost.host")
-
-
-def _check_idempotency_key(key: str) -> None:
-    if not 0 < len(key) <= _IDEMPOTENCY_KEY_MAX or not key.isprintable():
-        raise InvalidMessage(f"idempotency keys are 1-{_IDEMPOTENCY_KEY_MAX} printable characters")
 
 
 def _address(address: AgentAddress | str) -> AgentAddress:
@@ -501,12 +417,3 @@ def _resolve_manifest(manifest: Manifest | Path | str, component: Path | str | N
     if component is not None:
         manifest = manifest.with_component(Path(component).absolute())
     return manifest
-
-
-def _info(kind: Kind) -> KindInfo:
-    return KindInfo(
-        name=kind.name,
-        version=kind.manifest.version,
-        capabilities=tuple(sorted(kind.capabilities)),
-        wasm_sha256=kind.wasm_sha256,
-    )

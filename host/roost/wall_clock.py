@@ -1,7 +1,7 @@
 """Wall-clock time that follows trio's clock.
 
 Timers are stored as unix times, and a turn sees ``ctx.now()`` in unix time. The host reads
-both from one :class:`HostClock`: the wall time when the host opened plus the trio time
+both from one :class:`WallClock`: the wall time when the host opened plus the trio time
 elapsed since, so a test's ``MockClock`` moves timers and ``ctx.now()`` together.
 """
 
@@ -12,7 +12,7 @@ import time
 import trio
 
 
-class HostClock:
+class WallClock:
     def __init__(self) -> None:
         self._wall_base = time.time()
         self._trio_base = trio.current_time()
@@ -24,3 +24,8 @@ class HostClock:
     def trio_time(self, unix_time: float) -> float:
         """The trio clock reading at which ``unix_time`` arrives."""
         return self._trio_base + (unix_time - self._wall_base)
+
+
+def utc_day(unix_time: float) -> str:
+    """The UTC day of ``unix_time`` (``YYYY-MM-DD``), the unit of daily budgets."""
+    return time.strftime("%Y-%m-%d", time.gmtime(unix_time))

@@ -104,7 +104,7 @@ async def test_sse_streams_replies_as_they_are_produced(
             async for event in sse_events(response):
                 events.append(event)
                 if in_flight_at_first_reply is None:
-                    in_flight_at_first_reply = served.host._supervisor.in_flight
+                    in_flight_at_first_reply = served.host._registry.in_flight
         assert [name for name, _ in events] == ["reply", "reply", "done"]
         assert events[0][1] == "before"
         assert events[1][1] == {"after": 1}
@@ -241,7 +241,7 @@ async def test_global_in_flight_limit_gets_503_with_retry_after(
     async with serve_host(probe_manifest, host_settings={"max_in_flight": 1}) as served:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(served.message, "probe/slow", {"op": "sleep", "seconds": 0.5})
-            await until(lambda: served.host._supervisor.in_flight == 1)
+            await until(lambda: served.host._registry.in_flight == 1)
             refused = await served.message("probe/other", "count")
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1"

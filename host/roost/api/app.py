@@ -25,7 +25,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..address import AgentAddress, validate_kind_name
 from ..config import ServerConfig
-from ..core.actor import EventTiming
+from ..core.envelope import EventTiming
 from ..errors import InvalidMessage, ManifestError, MessageTooLarge, RoostError
 from ..host import Host
 from ..manifest import parse_manifest

@@ -1,7 +1,7 @@
 """Capabilities: one module per WIT interface, discovered, never registered by hand.
 
 Adding a capability means adding a file here holding one :class:`Capability` subclass whose
-``name`` equals the file name.
+``name`` equals the file name (``docs/design.md`` walks through it).
 """
 
 from __future__ import annotations
@@ -13,19 +13,25 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..abi import HostFunction, interface_name
 from ..errors import ManifestError
 from ._base import BaseGrant as BaseGrant
 from ._base import Capability as Capability
-from ._base import HostCallError as HostCallError
-from ._base import HostCallSpec as HostCallSpec
+from ._base import Continuation as Continuation
+from ._base import HostServices as HostServices
+from ._base import OpResult as OpResult
+from ._base import OpRunner as OpRunner
+from ._base import TurnEffects as TurnEffects
+from ._base import TurnView as TurnView
+from ._base import bound_turn as bound_turn
 from ._base import host_call as host_call
 
 
 @cache
-def registry() -> dict[str, type[Capability]]:
-    """Capability name -> class, for every module in this package."""
-    found: dict[str, type[Capability]] = {}
-    for info in pkgutil.iter_modules(__path__):
+def registry() -> dict[str, type[Capability[Any]]]:
+    """Capability name -> class, for every module in this package, by name."""
+    found: dict[str, type[Capability[Any]]] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name):
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
@@ -39,6 +45,11 @@ def registry() -> dict[str, type[Capability]]:
         ]
         if len(classes) != 1:
             raise RuntimeError(f"{module.__name__} must define exactly one Capability class")
+        if classes[0].name != info.name:
+            raise RuntimeError(
+                f"{module.__name__}.{classes[0].__name__}.name is {classes[0].name!r}; "
+                f"it must be the file's name, {info.name!r}"
+            )
         found[info.name] = classes[0]
     return found
 
@@ -65,8 +76,18 @@ def validate_grants(grants: dict[str, dict[str, Any]]) -> dict[str, BaseGrant]:
     return parsed
 
 
-def bind_capabilities(grants: dict[str, dict[str, Any]]) -> dict[str, Capability]:
-    """One capability instance per granted capability, bound to its grant."""
+def bind_capabilities(
+    grants: dict[str, dict[str, Any]], services: HostServices
+) -> dict[str, Capability[Any]]:
+    """One capability instance per granted capability, bound to its grant and services."""
     parsed = validate_grants(grants)
     known = registry()
-    return {name: known[name](grant) for name, grant in parsed.items()}
+    return {name: known[name](grant, services) for name, grant in parsed.items()}
+
+
+def link_table(capabilities: dict[str, Capability[Any]]) -> dict[str, list[HostFunction]]:
+    """WIT interface -> its host functions, for the sandbox to link."""
+    return {
+        interface_name(name): capability.host_functions()
+        for name, capability in capabilities.items()
+    }

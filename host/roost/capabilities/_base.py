@@ -1,13 +1,21 @@
-"""What every capability is: a grant model, host calls, and their wiring into wasm.
+"""What every capability is: one factor of the host, in one file.
 
-A capability class names its WIT interface (``name``, matching its file name), parses its
-grant from the manifest (``Grant``, unknown keys rejected) and offers host calls: methods
-marked with :func:`host_call` that take the current :class:`TurnContext` and the WIT
-arguments. A capability instance is bound to one kind's grant; per-agent scoping comes from
-the turn (its address, limits and buffers).
+A capability class (one per file in this package, ``name`` == the file name == its WIT
+interface ``roost:agent/<name>``) owns everything about one WIT interface:
 
-Host calls must never raise into wasm. :func:`host_call` declares what the call returns
-when it fails: calls whose WIT result is ``result<_, string>`` return the error text to the
+- its **grant**: ``Grant``, a model parsed from the manifest's ``[capabilities.<name>]``
+  table when a kind is deployed (unknown keys rejected);
+- its **slice of host services**: the constructor takes the grant and the host's
+  :class:`HostServices` and keeps only what it uses (an HTTP client, a setting, ``ask``);
+- its **host calls**: methods marked with :func:`host_call`, called with the running turn
+  (a :class:`TurnView`) and the WIT arguments;
+- its **per-turn state**: :meth:`Capability.begin_turn` makes it the first time a turn uses
+  the capability (buffered writes, timers set...), :meth:`Capability.state` finds it;
+- the **effects it adds to the commit**: :meth:`Capability.add_effects` moves that state
+  into the turn's :class:`TurnEffects`, which the turn commits atomically.
+
+Host calls must never raise into wasm. :func:`host_call` declares what a call returns when
+it fails: calls whose WIT result is ``result<_, string>`` return the error text to the
 guest; the others return ``fallback`` and fail the turn.
 """
 
@@ -15,24 +23,46 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ..core.turn import TurnContext, current_turn
+from ..abi import HostCallError, HostFunction
+from ..address import AgentAddress
 from ..errors import CapabilityError, RoostError
+from ..manifest import Budgets, Limits
+from ..store.protocol import Delivery, TurnReads, Usage
 from ..telemetry import fail_span
 
 if TYPE_CHECKING:
+    import httpx
     from opentelemetry.trace import Span
+
+    from ..config import HostConfig
+    from ..telemetry import HostMetrics, TurnTrace
 
 logger = logging.getLogger("roost.capabilities")
 
 F = TypeVar("F", bound=Callable[..., Any])
+S = TypeVar("S")
 
 _NO_FALLBACK = object()
+
+
+@dataclass(frozen=True, slots=True)
+class OpResult:
+    """What an async op completed with."""
+
+    value: bytes
+    """The result handed to the guest (msgpack)."""
+    usage: Usage | None = None
+    """What the op used (LLM tokens), committed with the turn that receives the result."""
+
+
+OpRunner = Callable[[], Awaitable[OpResult]]
+"""Runs an async op on the trio loop. A failure the guest should see is a CapabilityError."""
 
 
 class BaseGrant(BaseModel):
@@ -42,22 +72,107 @@ class BaseGrant(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
-class HostCallSpec:
-    wit_name: str
-    """The function's name in the capability's WIT interface."""
-    returns_error_text: bool
-    """True when the WIT result is ``result<T, string>``: errors go back to the guest."""
-    fallback: Any
-    """What to return when the call fails and the error cannot go back to the guest."""
-    ok_is_text: bool = False
-    """The WIT result is ``result<string, string>``: the runtime must tag its cases."""
+class Continuation:
+    """Deliver an op's result as a new event calling ``handler`` (the agent may hibernate
+    meanwhile) instead of resuming the turn that started it."""
+
+    handler: str
+    tag: Any
+
+
+class Ask(Protocol):
+    """Deliver an ``agent`` event from ``sender`` to ``target`` and return its replies."""
+
+    async def __call__(
+        self,
+        sender: AgentAddress,
+        target: AgentAddress,
+        message: Any,
+        *,
+        timeout_s: float,
+        chain: tuple[str, ...],
+    ) -> list[Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
-class HostCallError:
-    """A failed call whose error goes back to the guest as ``err(message)``."""
+class HostServices:
+    """Everything the host offers capabilities; each takes the slice it needs when bound."""
 
-    message: str
+    settings: HostConfig
+    http_client: httpx.AsyncClient
+    """The host's shared client for outbound calls."""
+    metrics: HostMetrics
+    ask: Ask
+
+
+@dataclass(slots=True)
+class TurnEffects:
+    """What the capabilities a turn used add to its commit."""
+
+    kv_writes: dict[str, bytes | None] = field(default_factory=dict)
+    kv_bytes: int | None = None
+    """The agent's kv bytes after the turn, when its kv changed."""
+    deliveries: list[Delivery] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+
+
+class TurnView(Protocol):
+    """What a host call sees of the running turn (the core's ``TurnContext``)."""
+
+    @property
+    def address(self) -> AgentAddress: ...
+    @property
+    def now(self) -> float:
+        """Wall-clock time at the start of the turn (unix seconds)."""
+        ...
+
+    @property
+    def day(self) -> str:
+        """The UTC day of ``now`` (``YYYY-MM-DD``), the unit of daily budgets."""
+        ...
+
+    @property
+    def limits(self) -> Limits: ...
+    @property
+    def budgets(self) -> Budgets: ...
+    @property
+    def reads(self) -> TurnReads:
+        """The store's committed data, for this agent only (pass ``address``)."""
+        ...
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """Addresses of the agents whose asks led to this event (to refuse cycles)."""
+        ...
+
+    @property
+    def on_token(self) -> Callable[[str], None] | None:
+        """Streams LLM tokens to whoever sent the event being handled."""
+        ...
+
+    @property
+    def trace(self) -> TurnTrace | None:
+        """The turn's span (tracing on): host calls and ops are its children."""
+        ...
+
+    def fail(self, error: RoostError) -> None:
+        """Record a host-side fault; the first one wins and fails the turn."""
+        ...
+
+    def start_op(
+        self, capability: str, run: OpRunner, continuation: Continuation | None = None
+    ) -> int:
+        """Start an async op once the turn commits; returns its op id."""
+        ...
+
+    def check_budget(self, what: str, used: float, adding: float, budget: float | None) -> None:
+        """Raise QuotaExceeded when ``used + adding`` passes ``budget``."""
+        ...
+
+    def local(self, capability: Capability[S]) -> S:
+        """``capability``'s state in this turn, made by its ``begin_turn`` on first use."""
+        ...
 
 
 def host_call(
@@ -71,7 +186,7 @@ def host_call(
     """
 
     def mark(method: F) -> F:
-        method.__roost_host_call__ = HostCallSpec(  # type: ignore[attr-defined]
+        method.__roost_host_call__ = _HostCallSpec(  # type: ignore[attr-defined]
             wit_name,
             fallback is _NO_FALLBACK,
             None if fallback is _NO_FALLBACK else fallback,
@@ -82,54 +197,75 @@ def host_call(
     return mark
 
 
-class Capability:
-    """Base class of capabilities. Subclasses set ``name`` and ``Grant``."""
+@dataclass(frozen=True, slots=True)
+class _HostCallSpec:
+    wit_name: str
+    returns_error_text: bool
+    """True when the WIT result is ``result<T, string>``: errors go back to the guest."""
+    fallback: Any
+    """What to return when the call fails and the error cannot go back to the guest."""
+    ok_is_text: bool
+
+
+class Capability(Generic[S]):
+    """Base class of capabilities. Subclasses set ``name`` and ``Grant``; the type
+    parameter is their per-turn state (None when they keep none)."""
 
     name: ClassVar[str]
     Grant: ClassVar[type[BaseGrant]]
 
-    def __init__(self, grant: BaseGrant) -> None:
+    def __init__(self, grant: BaseGrant, services: HostServices) -> None:
         self.grant = grant
         self._denied = 0
         self._denied_lock = threading.Lock()
+
+    # -- per-turn state and effects --------------------------------------------------------
+
+    def begin_turn(self, turn: TurnView) -> S:
+        """This capability's state for a turn that just used it for the first time."""
+        return None  # type: ignore[return-value]
+
+    def state(self, turn: TurnView) -> S:
+        """This capability's state in ``turn``."""
+        return turn.local(self)
+
+    def add_effects(self, state: S, effects: TurnEffects) -> None:
+        """Add what the turn did through this capability to its commit."""
+
+    # -- host calls ------------------------------------------------------------------------
 
     @property
     def denied(self) -> int:
         """Calls refused so far (outside the grant, over a quota or budget)."""
         return self._denied
 
-    def _record_denial(self, turn: TurnContext, call: str, exc: CapabilityError) -> None:
-        with self._denied_lock:
-            self._denied += 1
-        logger.warning(
-            "agent %s: %s.%s refused: %s",
-            turn.address,
-            self.name,
-            call,
-            exc,
-            extra={"agent_kind": turn.address.kind, "agent_id": turn.address.id},
-        )
-
     @classmethod
-    def host_calls(cls) -> dict[str, tuple[str, HostCallSpec]]:
-        """WIT function name -> (method name, spec)."""
-        calls = {}
+    def host_call_names(cls) -> dict[str, str]:
+        """WIT function name -> method name, for every host call of the class."""
+        names = {}
         for attr in dir(cls):
             spec = getattr(getattr(cls, attr), "__roost_host_call__", None)
-            if isinstance(spec, HostCallSpec):
-                calls[spec.wit_name] = (attr, spec)
-        return calls
+            if isinstance(spec, _HostCallSpec):
+                names[spec.wit_name] = attr
+        return names
 
-    def guarded(self, method_name: str, spec: HostCallSpec) -> Callable[..., Any]:
+    def host_functions(self) -> list[HostFunction]:
+        """The host calls, wrapped so that they never raise, ready to link."""
+        functions = []
+        for wit_name, attr in sorted(self.host_call_names().items()):
+            spec: _HostCallSpec = getattr(type(self), attr).__roost_host_call__
+            functions.append(HostFunction(wit_name, self._guarded(attr, spec), spec.ok_is_text))
+        return functions
+
+    def _guarded(self, method_name: str, spec: _HostCallSpec) -> Callable[..., Any]:
         """The method wrapped so that it never raises: see the module docstring. With
         tracing on, each call is a span under the turn's span."""
         method = getattr(self, method_name)
         span_name = f"{self.name}.{spec.wit_name}"
 
         def call(*args: Any) -> Any:
-            try:
-                turn = current_turn()
-            except RoostError:
+            turn = _bound_turn()
+            if turn is None:
                 return HostCallError("no turn") if spec.returns_error_text else spec.fallback
             trace = turn.trace
             if trace is None:
@@ -145,8 +281,8 @@ class Capability:
     def _call(
         self,
         method: Callable[..., Any],
-        spec: HostCallSpec,
-        turn: TurnContext,
+        spec: _HostCallSpec,
+        turn: TurnView,
         args: tuple[Any, ...],
         span: Span | None,
     ) -> Any:
@@ -169,3 +305,40 @@ class Capability:
             if span is not None:
                 fail_span(span, exc)
         return HostCallError("host call failed") if spec.returns_error_text else spec.fallback
+
+    def _record_denial(self, turn: TurnView, call: str, exc: CapabilityError) -> None:
+        with self._denied_lock:
+            self._denied += 1
+        logger.warning(
+            "agent %s: %s.%s refused: %s",
+            turn.address,
+            self.name,
+            call,
+            exc,
+            extra={"agent_kind": turn.address.kind, "agent_id": turn.address.id},
+        )
+
+
+_bound = threading.local()
+
+
+class bound_turn:  # lower case: used like a function, ``with bound_turn(turn):``
+    """Make ``turn`` the turn that host calls on this thread act for, while its guest runs
+    (a plain class, not ``@contextmanager``: it wraps every guest call)."""
+
+    __slots__ = ("_previous", "_turn")
+
+    def __init__(self, turn: TurnView) -> None:
+        self._turn = turn
+        self._previous: TurnView | None = None
+
+    def __enter__(self) -> None:
+        self._previous = getattr(_bound, "turn", None)
+        _bound.turn = self._turn
+
+    def __exit__(self, *_exc: object) -> None:
+        _bound.turn = self._previous
+
+
+def _bound_turn() -> TurnView | None:
+    return getattr(_bound, "turn", None)

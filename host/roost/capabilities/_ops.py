@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgpack
-
-from ..core.turn import Continuation
 from ..errors import CapabilityDenied
+from ..payload import pack, unpack
+from ._base import Continuation
 
 
 def decode_request(call: str, request: bytes) -> dict[str, Any]:
     """A request map, or a clear error naming the call."""
     try:
-        fields = msgpack.unpackb(request, raw=False, strict_map_key=False)
+        fields = unpack(request)
     except Exception as exc:
         raise CapabilityDenied(f"{call}: request is not msgpack: {exc}") from None
     if not isinstance(fields, dict):
@@ -32,4 +31,4 @@ def continuation_of(fields: dict[str, Any]) -> Continuation | None:
 
 
 def encode_result(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    return pack(value)

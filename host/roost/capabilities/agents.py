@@ -12,15 +12,14 @@ from __future__ import annotations
 import math
 import uuid
 
-import msgpack
 import trio
 from pydantic import Field
 
 from ..address import AgentAddress
-from ..core.turn import TurnContext
 from ..errors import CapabilityDenied, InvalidAddress, QuotaExceeded, RoostError
+from ..payload import pack, unpack
 from ..store.protocol import Delivery
-from ._base import BaseGrant, Capability, host_call
+from ._base import BaseGrant, Capability, HostServices, OpResult, TurnEffects, TurnView, host_call
 from ._ops import continuation_of, decode_request, encode_result
 
 DEFAULT_ASK_TIMEOUT_S = 30.0
@@ -33,14 +32,24 @@ class AgentsGrant(BaseGrant):
     max_ask_timeout_s: float = Field(300.0, gt=0)
 
 
-class Agents(Capability):
-    """Send to and ask other agents."""
+class Agents(Capability[list[Delivery]]):
+    """Send to and ask other agents. Per turn: the messages it sent."""
 
     name = "agents"
     Grant = AgentsGrant
     grant: AgentsGrant
 
-    def _target(self, turn: TurnContext, kind: str, agent_id: str) -> AgentAddress:
+    def __init__(self, grant: AgentsGrant, services: HostServices) -> None:
+        super().__init__(grant, services)
+        self._ask = services.ask
+
+    def begin_turn(self, turn: TurnView) -> list[Delivery]:
+        return []
+
+    def add_effects(self, state: list[Delivery], effects: TurnEffects) -> None:
+        effects.deliveries.extend(state)
+
+    def _target(self, turn: TurnView, kind: str, agent_id: str) -> AgentAddress:
         if kind not in self.grant.kinds:
             raise CapabilityDenied(
                 f"agent {turn.address} may not message kind {kind!r}: add it to "
@@ -52,22 +61,20 @@ class Agents(Capability):
             raise CapabilityDenied(str(exc)) from None
 
     @host_call("send")
-    def send(self, turn: TurnContext, kind: str, agent_id: str, message: bytes) -> None:
+    def send(self, turn: TurnView, kind: str, agent_id: str, message: bytes) -> None:
         target = self._target(turn, kind, agent_id)
-        sends = sum(1 for d in turn.deliveries if d.event_kind == "agent")
-        if sends >= self.grant.max_sends_per_turn:
+        sent = self.state(turn)
+        if len(sent) >= self.grant.max_sends_per_turn:
             raise QuotaExceeded(
                 f"more than {self.grant.max_sends_per_turn} sends in one turn "
                 "(agents grant max_sends_per_turn)"
             )
         try:
-            decoded = msgpack.unpackb(message, raw=False, strict_map_key=False)
+            decoded = unpack(message)
         except Exception as exc:
             raise CapabilityDenied(f"agents.send: message is not msgpack: {exc}") from None
-        payload = msgpack.packb(
-            {"sender": str(turn.address), "message": decoded}, use_bin_type=True
-        )
-        turn.deliveries.append(
+        payload = pack({"sender": str(turn.address), "message": decoded})
+        sent.append(
             Delivery(
                 address=target,
                 delivery_id=f"m-{uuid.uuid4().hex}",
@@ -78,7 +85,7 @@ class Agents(Capability):
         )
 
     @host_call("ask")
-    def ask(self, turn: TurnContext, request: bytes) -> int:
+    def ask(self, turn: TurnView, request: bytes) -> int:
         fields = decode_request("agents.ask", request)
         target = self._target(turn, str(fields.get("kind")), str(fields.get("id")))
         timeout_s = float(fields.get("timeout_s") or DEFAULT_ASK_TIMEOUT_S)
@@ -93,16 +100,14 @@ class Agents(Capability):
                 f"ask cycle: {' -> '.join((*chain, str(target)))}; the asked agent is "
                 "already waiting on this chain of asks"
             )
-        services = turn.require_services()
+        ask = self._ask
         sender = turn.address
         message = fields.get("message")
 
-        async def run() -> bytes:
+        async def run() -> OpResult:
             try:
                 with trio.fail_after(timeout_s):
-                    replies = await services.ask(
-                        sender, target, message, timeout_s=timeout_s, chain=chain
-                    )
+                    replies = await ask(sender, target, message, timeout_s=timeout_s, chain=chain)
             except trio.TooSlowError:
                 raise CapabilityDenied(
                     f"ask {sender} -> {target} timed out after {timeout_s}s "
@@ -110,6 +115,6 @@ class Agents(Capability):
                 ) from None
             except RoostError as exc:
                 raise CapabilityDenied(f"ask {sender} -> {target} failed: {exc}") from None
-            return encode_result(replies)
+            return OpResult(encode_result(replies))
 
         return turn.start_op(self.name, run, continuation_of(fields))

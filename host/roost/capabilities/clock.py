@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from ..core.turn import TurnContext
-from ._base import BaseGrant, Capability, host_call
+from ._base import BaseGrant, Capability, TurnView, host_call
 
 
 class ClockGrant(BaseGrant):
     pass
 
 
-class Clock(Capability):
+class Clock(Capability[None]):
     """Wall-clock time."""
 
     name = "clock"
     Grant = ClockGrant
 
     @host_call("now", fallback=0.0)
-    def now(self, turn: TurnContext) -> float:
+    def now(self, turn: TurnView) -> float:
         return turn.now

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
 
@@ -28,11 +29,10 @@ import httpx
 import trio
 from pydantic import Field
 
-from ..core.turn import TurnContext
 from ..errors import CapabilityDenied, CapabilityError
 from ..store.protocol import Usage
 from ..telemetry import fail_span, inject_traceparent
-from ._base import BaseGrant, Capability, host_call
+from ._base import BaseGrant, Capability, HostServices, OpResult, TurnEffects, TurnView, host_call
 from ._ops import continuation_of, decode_request, encode_result
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -48,15 +48,32 @@ class HttpGrant(BaseGrant):
     max_redirects: int = Field(3, ge=0)
 
 
-class Http(Capability):
+@dataclass(slots=True)
+class HttpTurn:
+    calls: int = 0
+    """Fetches the turn started: each counts in the day's usage when the turn commits."""
+
+
+class Http(Capability[HttpTurn]):
     """Fetch URLs from allow-listed hosts."""
 
     name = "http"
     Grant = HttpGrant
     grant: HttpGrant
 
+    def __init__(self, grant: HttpGrant, services: HostServices) -> None:
+        super().__init__(grant, services)
+        self._client = services.http_client
+        self._allow_private = services.settings.http_allow_private
+
+    def begin_turn(self, turn: TurnView) -> HttpTurn:
+        return HttpTurn()
+
+    def add_effects(self, state: HttpTurn, effects: TurnEffects) -> None:
+        effects.usage += Usage(http_calls=state.calls)
+
     @host_call("fetch")
-    def fetch(self, turn: TurnContext, request: bytes) -> int:
+    def fetch(self, turn: TurnView, request: bytes) -> int:
         fields = decode_request("http.fetch", request)
         url = str(fields.get("url") or "")
         method = str(fields.get("method") or "GET").upper()
@@ -67,18 +84,19 @@ class Http(Capability):
                 f"{', '.join(allowed_methods)})"
             )
         check_url(url, self.grant.hosts)  # refuse obvious misses before starting an op
+        state = self.state(turn)
         budget = turn.budgets.http_calls_per_day
         if budget is not None:
-            used = turn.store.read_usage(turn.address, turn.day).http_calls
+            used = turn.reads.read_usage(turn.address, turn.day).http_calls + state.calls
             turn.check_budget("http_calls_per_day", used, 1, budget)
-        services = turn.require_services()
-        client: httpx.AsyncClient = services.http_client()
-        allow_private = bool(services.settings().http_allow_private)
+        state.calls += 1
+        client = self._client
+        allow_private = self._allow_private
         headers = {str(k): str(v) for k, v in (fields.get("headers") or {}).items()}
         body = fields.get("body")
         if body is not None and not isinstance(body, bytes):
             body = str(body).encode()
-        address, day, store, grant = turn.address, turn.day, turn.store, self.grant
+        grant = self.grant
         trace = turn.trace
 
         async def fetch(request_headers: dict[str, str]) -> dict[str, Any]:
@@ -96,10 +114,9 @@ class Http(Capability):
                 raise CapabilityError(f"http.fetch {url}: timed out after {grant.timeout_s}s")
             return result
 
-        async def run() -> bytes:
-            await store.add_usage(address, day, Usage(http_calls=1))
+        async def run() -> OpResult:
             if trace is None:
-                return encode_result(await fetch(headers))
+                return OpResult(encode_result(await fetch(headers)))
             parsed = httpx.URL(url)
             attributes = {
                 "http.request.method": method,
@@ -118,7 +135,7 @@ class Http(Capability):
                 span.set_attribute("http.response.status_code", result["status"])
                 if result["status"] >= 400:
                     fail_span(span, str(result["status"]))
-            return encode_result(result)
+            return OpResult(encode_result(result))
 
         return turn.start_op(self.name, run, continuation_of(fields))
 

@@ -16,11 +16,10 @@ import httpx
 from opentelemetry.trace import Span
 from pydantic import Field
 
-from ..core.turn import TurnContext
 from ..errors import CapabilityDenied, CapabilityError, QuotaExceeded
 from ..store.protocol import Usage
 from ..telemetry import fail_span, inject_traceparent
-from ._base import BaseGrant, Capability, host_call
+from ._base import BaseGrant, Capability, HostServices, OpResult, TurnView, host_call
 from ._ops import continuation_of, decode_request, encode_result
 
 
@@ -30,15 +29,22 @@ class LlmGrant(BaseGrant):
     max_tokens_per_call: int = Field(1024, ge=1)
 
 
-class Llm(Capability):
+class Llm(Capability[None]):
     """Chat completions through the host's model provider."""
 
     name = "llm"
     Grant = LlmGrant
     grant: LlmGrant
 
+    def __init__(self, grant: LlmGrant, services: HostServices) -> None:
+        super().__init__(grant, services)
+        self._client = services.http_client
+        self._base_url = services.settings.llm_base_url
+        self._api_key = services.settings.llm_api_key
+        self._metrics = services.metrics
+
     @host_call("chat")
-    def chat(self, turn: TurnContext, request: bytes) -> int:
+    def chat(self, turn: TurnView, request: bytes) -> int:
         fields = decode_request("llm.chat", request)
         messages = fields.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -57,11 +63,9 @@ class Llm(Capability):
             )
         budget = turn.budgets.llm_tokens_per_day
         if budget is not None:
-            used = turn.store.read_usage(turn.address, turn.day).llm_tokens
+            used = turn.reads.read_usage(turn.address, turn.day).llm_tokens
             turn.check_budget("llm_tokens_per_day", used, 0, budget)
-        services = turn.require_services()
-        settings = services.settings()
-        if not settings.llm_base_url:
+        if not self._base_url:
             raise CapabilityError(
                 "llm: the host has no model provider; set ROOST_LLM_BASE_URL "
                 "(and ROOST_LLM_API_KEY)"
@@ -70,14 +74,12 @@ class Llm(Capability):
         body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
         if fields.get("temperature") is not None:
             body["temperature"] = float(fields["temperature"])
-        url = settings.llm_base_url.rstrip("/") + "/chat/completions"
-        headers = (
-            {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
-        )
-        address, day, store = turn.address, turn.day, turn.store
+        url = self._base_url.rstrip("/") + "/chat/completions"
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        address = turn.address
         on_token = turn.on_token
-        client: httpx.AsyncClient = services.http_client()
-        metrics = services.metrics()
+        client = self._client
+        metrics = self._metrics
         trace = turn.trace
 
         async def call(span: Span | None) -> dict[str, Any]:
@@ -92,7 +94,7 @@ class Llm(Capability):
             except httpx.HTTPError as exc:
                 raise CapabilityError(f"llm: provider unreachable: {exc}") from None
 
-        async def run() -> bytes:
+        async def run() -> OpResult:
             if trace is None:
                 result = await call(None)
             else:
@@ -105,14 +107,10 @@ class Llm(Capability):
                     _record_response(span, result)
             usage = result["usage"]
             metrics.llm_tokens(address.kind, model, usage["input_tokens"], usage["output_tokens"])
-            await store.add_usage(
-                address,
-                day,
-                Usage(
-                    llm_input_tokens=usage["input_tokens"], llm_output_tokens=usage["output_tokens"]
-                ),
+            used = Usage(
+                llm_input_tokens=usage["input_tokens"], llm_output_tokens=usage["output_tokens"]
             )
-            return encode_result(result)
+            return OpResult(encode_result(result), used)
 
         return turn.start_op(self.name, run, continuation_of(fields))
 

@@ -9,8 +9,7 @@ from typing import Any
 
 from pydantic import Field
 
-from ..core.turn import TurnContext
-from ._base import BaseGrant, Capability, host_call
+from ._base import BaseGrant, Capability, TurnView, host_call
 
 logger = logging.getLogger("roost.guest")
 
@@ -27,7 +26,7 @@ class LogGrant(BaseGrant):
     """Longer lines are truncated."""
 
 
-class Log(Capability):
+class Log(Capability[None]):
     """Structured log lines from the guest."""
 
     name = "log"
@@ -35,7 +34,7 @@ class Log(Capability):
     grant: LogGrant
 
     @host_call("write", fallback=None)
-    def write(self, turn: TurnContext, level: Any, message: str) -> None:
+    def write(self, turn: TurnView, level: Any, message: str) -> None:
         name = getattr(level, "name", str(level)).lower()
         if len(message) > self.grant.max_line_bytes:
             message = message[: self.grant.max_line_bytes] + "…"

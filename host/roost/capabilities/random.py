@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 
-from ..core.turn import TurnContext
 from ..errors import QuotaExceeded
-from ._base import BaseGrant, Capability, host_call
+from ._base import BaseGrant, Capability, TurnView, host_call
 
 MAX_BYTES_PER_CALL = 65_536
 
@@ -15,14 +14,14 @@ class RandomGrant(BaseGrant):
     pass
 
 
-class Random(Capability):
+class Random(Capability[None]):
     """Cryptographically secure random bytes."""
 
     name = "random"
     Grant = RandomGrant
 
     @host_call("bytes", fallback=b"")
-    def bytes(self, turn: TurnContext, length: int) -> bytes:
+    def bytes(self, turn: TurnView, length: int) -> bytes:
         if length > MAX_BYTES_PER_CALL:
             raise QuotaExceeded(
                 f"random.bytes asked for {length} bytes; at most {MAX_BYTES_PER_CALL} per call"

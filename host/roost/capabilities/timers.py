@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 from pydantic import Field
 
-from ..core.turn import TurnContext
 from ..errors import CapabilityDenied, QuotaExceeded
 from ..store.protocol import CatchUp, Delivery
-from ._base import BaseGrant, Capability, host_call
+from ._base import BaseGrant, Capability, OpResult, TurnEffects, TurnView, host_call
 
 _NIL = b"\xc0"  # msgpack nil
 _CATCH_UP: dict[str, CatchUp] = {"once": "once", "all": "all", "skip": "skip"}
@@ -35,15 +34,31 @@ class TimersGrant(BaseGrant):
     """Shortest repeat period."""
 
 
-class Timers(Capability):
+@dataclass(slots=True)
+class TimersTurn:
+    """The timers a turn set and cancelled."""
+
+    scheduled: dict[str, Delivery] = field(default_factory=dict)
+    """By timer id."""
+    cancelled: set[str] = field(default_factory=set)
+
+
+class Timers(Capability[TimersTurn]):
     """Sleeps and durable timers."""
 
     name = "timers"
     Grant = TimersGrant
     grant: TimersGrant
 
+    def begin_turn(self, turn: TurnView) -> TimersTurn:
+        return TimersTurn()
+
+    def add_effects(self, state: TimersTurn, effects: TurnEffects) -> None:
+        effects.deliveries.extend(state.scheduled.values())
+        effects.cancelled.extend(sorted(state.cancelled))
+
     @host_call("sleep")
-    def sleep(self, turn: TurnContext, seconds: float) -> int:
+    def sleep(self, turn: TurnView, seconds: float) -> int:
         if not math.isfinite(seconds) or seconds < 0:
             raise CapabilityDenied(
                 f"timers.sleep needs a finite, non-negative delay, got {seconds}"
@@ -54,14 +69,14 @@ class Timers(Capability):
                 f"{self.grant.max_sleep_s}"
             )
 
-        async def run() -> bytes:
+        async def run() -> OpResult:
             await trio.sleep(seconds)
-            return _NIL
+            return OpResult(_NIL)
 
         return turn.start_op(self.name, run)
 
     @host_call("schedule", ok_is_text=True)
-    def schedule(self, turn: TurnContext, record: Any) -> str:
+    def schedule(self, turn: TurnView, record: Any) -> str:
         spec = _TimerSpec.of(record)
         if (spec.after_s is None) == (spec.at is None):
             raise CapabilityDenied("timers.schedule needs exactly one of `after` and `at`")
@@ -80,34 +95,33 @@ class Timers(Capability):
                 f"timers.schedule: catch_up must be one of {', '.join(_CATCH_UP)}, "
                 f"not {spec.catch_up!r}"
             )
-        if len(turn.deliveries) >= self.grant.max_timers:
-            raise QuotaExceeded(
-                f"more than {self.grant.max_timers} timers in one turn (timers grant max_timers)"
-            )
+        state = self.state(turn)
         timer_id = spec.id or f"t-{uuid.uuid4().hex[:16]}"
         if not 0 < len(timer_id) <= _MAX_ID:
             raise CapabilityDenied(f"timer ids are 1-{_MAX_ID} characters")
-        turn.cancelled.discard(timer_id)
-        _drop_buffered(turn, timer_id)
-        turn.deliveries.append(
-            Delivery(
-                address=turn.address,
-                delivery_id=timer_id,
-                due_at=due_at,
-                event_kind="timer",
-                payload=bytes(spec.payload),
-                every_s=every,
-                catch_up=catch_up,
+        if timer_id not in state.scheduled and len(state.scheduled) >= self.grant.max_timers:
+            raise QuotaExceeded(
+                f"more than {self.grant.max_timers} timers in one turn (timers grant max_timers)"
             )
+        state.cancelled.discard(timer_id)
+        state.scheduled[timer_id] = Delivery(
+            address=turn.address,
+            delivery_id=timer_id,
+            due_at=due_at,
+            event_kind="timer",
+            payload=bytes(spec.payload),
+            every_s=every,
+            catch_up=catch_up,
         )
         return timer_id
 
     @host_call("cancel", fallback=False)
-    def cancel(self, turn: TurnContext, timer_id: str) -> bool:
-        dropped = _drop_buffered(turn, timer_id)
-        turn.cancelled.add(timer_id)
+    def cancel(self, turn: TurnView, timer_id: str) -> bool:
+        state = self.state(turn)
+        dropped = state.scheduled.pop(timer_id, None) is not None
+        state.cancelled.add(timer_id)
         return dropped or timer_id in {
-            d.delivery_id for d in turn.store.read_deliveries(turn.address)
+            d.delivery_id for d in turn.reads.read_deliveries(turn.address)
         }
 
 
@@ -132,12 +146,3 @@ class _TimerSpec:
             catch_up=str(getattr(record, "catch-up")),
             payload=bytes(record.payload),
         )
-
-
-def _drop_buffered(turn: TurnContext, timer_id: str) -> bool:
-    """Forget a timer this turn set; True if there was one."""
-    before = len(turn.deliveries)
-    turn.deliveries = [
-        d for d in turn.deliveries if not (d.address == turn.address and d.delivery_id == timer_id)
-    ]
-    return len(turn.deliveries) < before

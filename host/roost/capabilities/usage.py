@@ -8,8 +8,7 @@ them. An agent only ever sees its own usage.
 
 from __future__ import annotations
 
-from ..core.turn import TurnContext
-from ._base import BaseGrant, Capability, host_call
+from ._base import BaseGrant, Capability, TurnView, host_call
 from ._ops import encode_result
 
 
@@ -17,15 +16,15 @@ class UsageGrant(BaseGrant):
     pass
 
 
-class Usage(Capability):
+class Usage(Capability[None]):
     """The agent's own usage and budgets today."""
 
     name = "usage"
     Grant = UsageGrant
 
     @host_call("today")
-    def today(self, turn: TurnContext) -> bytes:
-        used = turn.store.read_usage(turn.address, turn.day)
+    def today(self, turn: TurnView) -> bytes:
+        used = turn.reads.read_usage(turn.address, turn.day)
         budgets = turn.budgets
         return encode_result(
             {

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
 
-import msgpack
 import trio
 
 from ..address import AgentAddress
 from ..errors import AgentError, GuestError, Overloaded, RoostError, UnknownKind
-from ..store.protocol import Delivery
-
-if TYPE_CHECKING:
-    from ..host import Host
+from ..payload import unpack
+from ..store.protocol import Commit, Delivery
+from .dispatch import Dispatcher, Pushes
+from .services import CoreServices
 
 logger = logging.getLogger("roost.deliveries")
 
@@ -35,8 +33,12 @@ _IDLE_RECHECK_S = 60.0
 
 
 class DeliveryLoop:
-    def __init__(self, host: Host) -> None:
-        self._host = host
+    """Fires due deliveries as events (see the module docstring)."""
+
+    def __init__(self, services: CoreServices, dispatcher: Dispatcher, pushes: Pushes) -> None:
+        self._services = services
+        self._dispatcher = dispatcher
+        self._pushes = pushes
         self._in_flight: set[tuple[AgentAddress, str]] = set()
         self._retry_at: dict[tuple[AgentAddress, str], tuple[float, int]] = {}
         self._kind_missing: set[tuple[AgentAddress, str]] = set()
@@ -46,17 +48,18 @@ class DeliveryLoop:
         for key in [k for k in self._kind_missing if k[0].kind == kind]:
             self._kind_missing.discard(key)
             self._retry_at.pop(key, None)
-        self._host._supervisor.deliveries_changed()
+        self._services.deliveries_due.ring()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        sup = self._host._supervisor
-        clock = sup.clock
+        services = self._services
+        stores = services.stores
+        clock = services.clock
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
-                sup.deliveries_poked = trio.Event()
+                services.deliveries_due.rearm()
                 now = clock.now()
-                for delivery in await self._host.store.due_deliveries(now, BATCH):
+                for delivery in await stores.run(stores.store.due_deliveries, now, BATCH):
                     key = (delivery.address, delivery.delivery_id)
                     retry = self._retry_at.get(key)
                     if key in self._in_flight or (retry is not None and retry[0] > now):
@@ -65,10 +68,11 @@ class DeliveryLoop:
                     nursery.start_soon(self._deliver, delivery, now)
                 wake_at = await self._next_wake(now)
                 with trio.move_on_at(clock.trio_time(wake_at)):
-                    await sup.deliveries_poked.wait()
+                    await services.deliveries_due.wait()
 
     async def _next_wake(self, now: float) -> float:
-        next_due = await self._host.store.next_due_at()
+        stores = self._services.stores
+        next_due = await stores.run(stores.store.next_due_at)
         candidates = [now + _IDLE_RECHECK_S]
         if next_due is not None and next_due > now:
             candidates.append(next_due)
@@ -89,38 +93,45 @@ class DeliveryLoop:
             self._retry_at.pop(key, None)
         finally:
             self._in_flight.discard(key)
-            self._host._supervisor.deliveries_changed()
+            self._services.deliveries_due.ring()
 
     async def _deliver_one(self, delivery: Delivery, now: float) -> None:
-        store = self._host.store
         next_due: float | None = None
         if delivery.every_s is not None:
             every = delivery.every_s
             missed = max(0, math.floor((now - delivery.due_at) / every))
             first_future = delivery.due_at + (missed + 1) * every
             if delivery.catch_up == "skip" and missed >= 1:
-                await store.reschedule_delivery(
-                    delivery.address, delivery.delivery_id, first_future
-                )
+                await self._reschedule(delivery, first_future)
                 return
             next_due = delivery.due_at + every if delivery.catch_up == "all" else first_future
         elif delivery.catch_up == "skip" and now - delivery.due_at > LATE_GRACE_S:
-            await store.reschedule_delivery(delivery.address, delivery.delivery_id, None)
+            await self._reschedule(delivery, None)
             return
-        payload = msgpack.unpackb(delivery.payload, raw=False, strict_map_key=False)
         address = delivery.address
-        await self._host.deliver(
+        await self._dispatcher.deliver(
             address,
             delivery.event_kind,
-            payload,
+            unpack(delivery.payload),
             handled=(delivery.delivery_id, next_due),
-            on_reply=lambda reply: self._host.publish(address, reply),
+            on_reply=lambda reply: self._pushes.publish(address, reply),
+        )
+
+    async def _reschedule(self, delivery: Delivery, due_at: float | None) -> None:
+        """Move a delivery to ``due_at``, or drop it (None), without handling it."""
+        await self._services.stores.commit(
+            Commit(
+                delivery.address,
+                at=self._services.clock.now(),
+                turn=False,
+                handled=(delivery.delivery_id, due_at),
+            )
         )
 
     def _back_off(self, key: tuple[AgentAddress, str], delivery: Delivery, exc: Exception) -> None:
         _, attempts = self._retry_at.get(key, (0.0, 0))
         delay = min(_RETRY_BASE_S * 2**attempts, _RETRY_MAX_S)
-        self._retry_at[key] = (self._host._supervisor.clock.now() + delay, attempts + 1)
+        self._retry_at[key] = (self._services.clock.now() + delay, attempts + 1)
         logger.warning(
             "delivery %s of %s to %s failed (attempt %d, retrying in %.0fs): %s",
             delivery.delivery_id,

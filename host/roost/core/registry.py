@@ -1,87 +1,53 @@
-"""Address -> resident actor: activation, hibernation (idle timeout and LRU past the
-resident cap), the worker-thread pool for guest code, and the counters behind statistics.
+"""Address -> resident actor: admission, activation, LRU hibernation past the resident cap,
+and fencing (hold an agent's events off while its stored data changes underneath it).
 """
 
 from __future__ import annotations
 
-import logging
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
-import msgpack
 import trio
 from opentelemetry import context as otel_context
 
 from ..address import AgentAddress
-from ..errors import AgentUnavailable, CapabilityError, Overloaded
-from ..store.protocol import Delivery, StateStore
-from ..telemetry import Telemetry
-from ..wall_clock import HostClock
-from .actor import AgentActor, Envelope, EventTiming, run_op
+from ..errors import AgentUnavailable, Overloaded
+from .actor import AgentActor
+from .envelope import Envelope
 from .kind import Kind
-from .turn import HostServices, StartedOp
-
-T = TypeVar("T")
-logger = logging.getLogger("roost.supervisor")
+from .ops import Continuations
+from .services import CoreServices
 
 
-class Supervisor:
+class Registry:
+    """The resident actors of one host, by address."""
+
     def __init__(
         self,
-        *,
-        clock: HostClock,
-        services: HostServices | None,
-        store: StateStore,
+        services: CoreServices,
         nursery: trio.Nursery,
+        *,
         max_resident: int,
-        worker_threads: int,
         max_in_flight: int,
-        telemetry: Telemetry | None = None,
-        epoch_tick_ms: int = 10,
-        inline_slice_ms: int = 0,
     ) -> None:
-        self.store = store
-        self.telemetry = telemetry or Telemetry.off()
-        self.metrics = self.telemetry.host_metrics()
-        self.epoch_tick_ms = epoch_tick_ms
-        self.inline_slice_ms = inline_slice_ms
-        """How long a light kind's event turn may run on the event loop (0: never)."""
-        self.clock = clock
-        self.services = services
-        self.deliveries_poked = trio.Event()
-        """Set when a commit added deliveries; the delivery loop then looks again."""
+        self._services = services
         self._nursery = nursery
+        self._continuations = Continuations(services, nursery)
         self._max_resident = max_resident
         self._max_in_flight = max_in_flight
-        self._limiter = trio.CapacityLimiter(worker_threads)
         self._actors: OrderedDict[AgentAddress, AgentActor] = OrderedDict()
-        self.in_flight = 0
-        self.activations = 0
-        self.hibernations = 0
-        self.turns = 0
-        self.activation_seconds_total = 0.0
-        self.accepting = True
-        self._drained = trio.Event()
         self._fenced: set[AgentAddress] = set()
+        self._drained = trio.Event()
+        self.accepting = True
+        self.in_flight = 0
+        """Events posted and not yet handled, host-wide."""
 
     # -- delivery -----------------------------------------------------------------------
-    async def deliver(
-        self,
-        address: AgentAddress,
-        kind: Kind,
-        event_kind: str,
-        payload: bytes,
-        *,
-        idempotency_key: str | None = None,
-        on_reply: Callable[[Any], None] | None = None,
-        on_token: Callable[[str], None] | None = None,
-        chain: tuple[str, ...] = (),
-        handled: tuple[str, float | None] | None = None,
-        timing: EventTiming | None = None,
-    ) -> list[Any]:
+    async def deliver(self, address: AgentAddress, kind: Kind, envelope: Envelope) -> list[Any]:
+        """Admit the event, post it to the agent's actor (activating it if needed) and
+        wait for its outcome: the replies, or the error that failed it."""
         if not self.accepting:
             raise Overloaded("the host is shutting down", retry_after_s=1.0)
         if self.in_flight >= self._max_in_flight:
@@ -94,17 +60,6 @@ class Supervisor:
                 f"agent {address} is being erased or forked; retry shortly",
                 address=str(address),
             )
-        envelope = Envelope(
-            event_kind,
-            payload,
-            idempotency_key,
-            on_reply,
-            on_token=on_token,
-            chain=chain,
-            handled=handled,
-            trace_context=self.telemetry.current_context(),
-            timing=timing,
-        )
         actor = self._actor_for(address, kind)
         actor.post(envelope)
         self.in_flight += 1
@@ -134,9 +89,9 @@ class Supervisor:
             del self._actors[address]
         if len(self._actors) >= self._max_resident:
             self._evict_one()
-        actor = AgentActor(address, kind, self)
+        actor = AgentActor(address, kind, self._services, self._continuations, self._stopped)
         self._actors[address] = actor
-        if self.telemetry.tracing:
+        if self._services.telemetry.tracing:
             # Not the trace context of whoever happened to wake the agent: each turn gets
             # its parent from its own event.
             self._nursery.start_soon(_detached, actor.run)
@@ -155,11 +110,9 @@ class Supervisor:
             retry_after_s=1.0,
         )
 
-    def actor_stopped(self, actor: AgentActor) -> None:
+    def _stopped(self, actor: AgentActor) -> None:
         if self._actors.get(actor.address) is actor:
             del self._actors[actor.address]
-        if actor.activated:
-            self.hibernations += 1
 
     @asynccontextmanager
     async def fenced(self, address: AgentAddress) -> AsyncIterator[None]:
@@ -179,72 +132,23 @@ class Supervisor:
         finally:
             self._fenced.discard(address)
 
-    def deliveries_changed(self) -> None:
-        self.deliveries_poked.set()
-
-    def start_continuation(self, address: AgentAddress, op: StartedOp) -> None:
-        """Run an op whose result comes back as a new event (continuation form), detached
-        from the agent's instance so the agent may hibernate meanwhile."""
-        self._nursery.start_soon(self._continue, address, op)
-
-    async def _continue(self, address: AgentAddress, op: StartedOp) -> None:
-        assert op.continuation is not None
-        try:
-            value = msgpack.unpackb(await run_op(op), raw=False, strict_map_key=False)
-            ok = True
-        except CapabilityError as exc:
-            value, ok = str(exc), False
-        except Exception as exc:
-            logger.exception("agent %s: %s op failed", address, op.capability)
-            value, ok = f"{op.capability} failed: {exc}", False
-        payload = msgpack.packb(
-            {
-                "handler": op.continuation.handler,
-                "tag": op.continuation.tag,
-                "ok": ok,
-                "value": value,
-            },
-            use_bin_type=True,
-        )
-        delivery = Delivery(
-            address=address,
-            delivery_id=f"c-{uuid.uuid4().hex}",
-            due_at=self.clock.now(),
-            event_kind="continuation",
-            payload=payload,
-        )
-        await self.store.add_delivery(delivery)
-        self.deliveries_changed()
-
-    # -- guest execution ----------------------------------------------------------------
-    async def run_guest(self, call: Callable[[], T]) -> T:
-        """Run guest code on a worker thread; the trio loop stays responsive."""
-        return await trio.to_thread.run_sync(call, limiter=self._limiter)
-
-    def record_activation(self, seconds: float) -> None:
-        self.activations += 1
-        self.activation_seconds_total += seconds
-
-    def record_turn(self) -> None:
-        self.turns += 1
-
     # -- inspection ---------------------------------------------------------------------
     @property
     def resident(self) -> int:
         return sum(1 for actor in self._actors.values() if actor.has_instance)
 
-    def is_resident(self, address: AgentAddress) -> bool:
-        actor = self._actors.get(address)
-        return actor is not None and actor.has_instance and not actor.closed
-
-    def hibernate_all(self) -> None:
-        for actor in list(self._actors.values()):
-            actor.hibernate_now()
-
     def actor(self, address: AgentAddress) -> AgentActor | None:
         """The resident actor of ``address``, if any."""
         actor = self._actors.get(address)
         return actor if actor is not None and actor.has_instance and not actor.closed else None
+
+    def is_resident(self, address: AgentAddress) -> bool:
+        return self.actor(address) is not None
+
+    def hibernate_all(self) -> None:
+        """Hibernate every agent that is idle right now."""
+        for actor in list(self._actors.values()):
+            actor.hibernate_now()
 
     def mailbox_depth(self) -> dict[str, int]:
         """Events queued in resident agents' mailboxes, by kind."""

@@ -1,114 +1,79 @@
-"""The context of one running turn, as host calls see it.
+"""One turn: its context, running it against the sandbox, its limits and budgets, and the
+commit that records it.
 
-A turn runs on a worker thread inside a wasm call; host functions find their turn through a
-thread-local binding. Everything a turn does is buffered here (kv writes, ops started) and
-only reaches the store when the turn commits. A host-side fault is recorded, not raised into
-wasm, and fails the turn after the guest returns.
+A turn is one call into the guest (``init`` aside: ``on-event`` or ``on-complete``). It runs
+on a worker thread (or, for a light kind's event turn, on the event loop within a slice),
+with the turn bound for host calls. Everything it does is buffered (in the per-turn state of
+each capability it used, and the ops it started) and reaches the store in one commit, built
+and written on the same thread: state, kv writes, timers and messages, usage and, for the
+event's final turn, its recorded response and the delivery it handled. A host-side fault is
+recorded rather than raised into wasm, and fails the turn once the guest returns. A failed
+turn commits nothing but its usage (an error, the CPU it spent).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Awaitable, Callable
+import itertools
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ..address import AgentAddress
-from ..errors import GuestAbiError, QuotaExceeded, RoostError
+from ..capabilities import Capability, Continuation, OpRunner, TurnEffects, bound_turn
+from ..errors import GuestAbiError, LimitExceeded, QuotaExceeded, RoostError
 from ..manifest import Budgets, Limits
-from ..store.protocol import Delivery, StateStore
+from ..payload import pack, unpack
+from ..sandbox.protocol import TurnOutput, TurnSliceExceeded
+from ..store.protocol import Commit, TurnReads, Usage
+from ..telemetry import TurnTrace
+from ..wall_clock import utc_day
+from .envelope import Envelope
+from .kind import Kind
+from .ops import StartedOp
+from .services import CoreServices
 
 if TYPE_CHECKING:
-    from ..telemetry import HostMetrics, TurnTrace
+    pass
 
-OpRunner = Callable[[], Awaitable[bytes]]
-"""Runs an async op on the trio loop; returns the msgpack payload of its result."""
+logger = logging.getLogger("roost.turn")
 
+GuestCall = Callable[["TurnContext"], TurnOutput]
+"""Runs the guest for one turn (given the turn: its ``slice_ms``); returns its output."""
 
-@dataclass(frozen=True, slots=True)
-class Continuation:
-    """Deliver an op's result as a new event calling ``handler`` (the agent may hibernate
-    meanwhile) instead of resuming the turn that started it."""
-
-    handler: str
-    tag: Any
-
-
-@dataclass(slots=True)
-class StartedOp:
-    """An async op the guest started; the actor runs it once the turn commits."""
-
-    op_id: int
-    capability: str
-    run: OpRunner
-    continuation: Continuation | None = None
-    trace: TurnTrace | None = None
-    """The span of the turn that started the op (None when tracing is off)."""
-
-
-class HostServices(Protocol):
-    """What capabilities need from the host beyond the turn itself."""
-
-    async def ask(
-        self,
-        sender: AgentAddress,
-        target: AgentAddress,
-        message: Any,
-        *,
-        timeout_s: float,
-        chain: tuple[str, ...],
-    ) -> list[Any]:
-        """Deliver an ``agent`` event and return the target's replies."""
-        ...
-
-    def settings(self) -> Any:
-        """The host's settings (``HostConfig``)."""
-        ...
-
-    def http_client(self) -> Any:
-        """The host's shared ``httpx.AsyncClient`` for outbound calls."""
-        ...
-
-    def metrics(self) -> HostMetrics:
-        """The host's counters (LLM tokens are counted by the op that used them)."""
-        ...
+_MISSING = object()
 
 
 @dataclass(slots=True)
 class TurnContext:
-    """What one turn has read and written so far."""
+    """What one turn has read and done so far; what host calls see of it
+    (``roost.capabilities.TurnView``)."""
 
     address: AgentAddress
     limits: Limits
-    store: StateStore
+    budgets: Budgets
+    reads: TurnReads
     now: float
     """Wall-clock time at the start of the turn (unix seconds)."""
-    kv_bytes: int
-    """The agent's kv bytes including this turn's buffered writes."""
     next_op_id: Callable[[], int]
-    budgets: Budgets = field(default_factory=lambda: Budgets.model_validate({}))
     day: str = ""
     """UTC day of ``now`` (``YYYY-MM-DD``), the unit of daily budgets."""
-    cpu_ms: float = 0.0
-    """CPU time the guest used in this turn (set by the worker thread)."""
-    wall_ms: float = 0.0
-    """Wall-clock time of the guest call (set by the worker thread)."""
-    services: HostServices | None = None
     chain: tuple[str, ...] = ()
     """Addresses of the agents whose asks led to this event (to refuse cycles)."""
     on_token: Callable[[str], None] | None = None
     """Streams LLM tokens to whoever sent the event being handled."""
-    kv_writes: dict[str, bytes | None] = field(default_factory=dict)
-    ops: list[StartedOp] = field(default_factory=list)
-    deliveries: list[Delivery] = field(default_factory=list)
-    cancelled: set[str] = field(default_factory=set)
-    fault: RoostError | None = None
     trace: TurnTrace | None = None
-    """The turn's span, when tracing is on: host calls and ops started by the turn are its
-    children, wherever they run."""
+    """The turn's span, when tracing is on."""
     slice_ms: int | None = None
-    """Set when the turn runs on the event loop: stop it (``TurnSliceExceeded``) once it has
-    run this long, short of the kind's CPU deadline."""
+    """Set when the turn runs on the event loop: stop it once it has run this long."""
+    cpu_ms: float = 0.0
+    """CPU time the guest used in this turn (set by the thread that ran it)."""
+    wall_ms: float = 0.0
+    """Wall-clock time of the guest call."""
+    ops: list[StartedOp] = field(default_factory=list)
+    fault: RoostError | None = None
+    _locals: dict[str, tuple[Capability[Any], Any]] = field(default_factory=dict)
 
     def fail(self, error: RoostError) -> None:
         """Record a host-side fault; the first one wins and fails the turn."""
@@ -130,36 +95,255 @@ class TurnContext:
                 f"today; budgets.{what})"
             )
 
-    def require_services(self) -> HostServices:
-        if self.services is None:
-            raise GuestAbiError("this host call needs host services the turn was not given")
-        return self.services
+    def local(self, capability: Capability[Any]) -> Any:
+        """``capability``'s state in this turn, made on first use."""
+        entry = self._locals.get(capability.name)
+        if entry is None:
+            entry = (capability, capability.begin_turn(self))
+            self._locals[capability.name] = entry
+        return entry[1]
+
+    def effects(self) -> TurnEffects:
+        """What the capabilities this turn used add to its commit."""
+        effects = TurnEffects()
+        for capability, state in self._locals.values():
+            capability.add_effects(state, effects)
+        return effects
 
 
-_bound = threading.local()
+@dataclass(frozen=True, slots=True)
+class TurnResult:
+    """A committed turn."""
+
+    output: TurnOutput
+    awaited: list[StartedOp]
+    """The ops the handler awaits, for the actor to run."""
+    continued: list[StartedOp]
+    """Continuation-form ops, to run detached."""
 
 
-class bind_turn:  # lower case: used like a function, ``with bind_turn(turn):``
-    """Make ``turn`` the current turn of this thread while the guest runs (a plain class,
-    not ``@contextmanager``: it wraps every guest call)."""
+class TurnRunner:
+    """Runs the turns of one resident agent, one at a time."""
 
-    __slots__ = ("_previous", "_turn")
+    def __init__(self, address: AgentAddress, kind: Kind, services: CoreServices) -> None:
+        self.address = address
+        self.kind = kind
+        self._services = services
+        self._op_ids = itertools.count(1)
+        self.state_bytes = 0
+        """Size of the last committed state (set when the agent is activated)."""
 
-    def __init__(self, turn: TurnContext) -> None:
-        self._turn = turn
-        self._previous: TurnContext | None = None
+    def new_turn(self, envelope: Envelope | None = None) -> TurnContext:
+        """A fresh context for a turn of the event in ``envelope`` (or for ``init``)."""
+        now = self._services.clock.now()
+        manifest = self.kind.manifest
+        return TurnContext(
+            address=self.address,
+            limits=manifest.limits,
+            budgets=manifest.budgets,
+            reads=self._services.store,
+            now=now,
+            next_op_id=self._op_ids.__next__,
+            day=utc_day(now),
+            chain=envelope.chain if envelope is not None else (),
+            on_token=envelope.on_token if envelope is not None else None,
+        )
 
-    def __enter__(self) -> TurnContext:
-        self._previous = getattr(_bound, "turn", None)
-        _bound.turn = self._turn
-        return self._turn
+    async def run(
+        self,
+        call: GuestCall,
+        envelope: Envelope,
+        event_id: int,
+        export: str,
+        *,
+        inline: bool = False,
+        op_usage: Usage | None = None,
+    ) -> TurnResult:
+        """Run one turn, check it, commit it, and hand out its replies. ``inline`` runs it
+        on the event loop within the host's slice (TurnSliceExceeded when it overruns);
+        ``op_usage`` is what the op whose result this turn receives used."""
+        services = self._services
+        turn = self.new_turn(envelope)
+        if inline:
+            turn.slice_ms = services.inline_slice_ms
+        if services.telemetry.tracing:
+            turn.trace = services.telemetry.start_turn(
+                self.address, envelope.kind, export, envelope.trace_context
+            )
+        started = time.perf_counter()
+        try:
+            if inline:
+                output, commit, replies = self._execute(call, turn, envelope, event_id, op_usage)
+                await services.stores.commit(commit)
+            else:
 
-    def __exit__(self, *_exc: object) -> None:
-        _bound.turn = self._previous
+                def on_worker() -> tuple[TurnOutput, Commit, list[Any]]:
+                    executed = self._execute(call, turn, envelope, event_id, op_usage)
+                    services.store.commit(executed[1])
+                    return executed
+
+                output, commit, replies = await services.workers.run(on_worker)
+        except TurnSliceExceeded:
+            if turn.trace is not None:
+                attributes = self._attributes(turn, None)
+                turn.trace.end(None, {**attributes, "roost.turn.slice_exceeded": True})
+            raise
+        except BaseException as exc:
+            if turn.trace is not None:
+                turn.trace.end(exc, self._attributes(turn, None))
+            if isinstance(exc, Exception):
+                await self._record_failure(turn)
+            raise
+        finally:
+            services.metrics.observe_turn(self.address.kind, time.perf_counter() - started)
+        if turn.trace is not None:
+            turn.trace.end(None, self._attributes(turn, output))
+        if commit.deliveries:
+            services.deliveries_due.ring()
+        if output.state is not None:
+            self.state_bytes = len(output.state)
+        services.counters.turns += 1
+        envelope.replies.extend(replies)
+        if envelope.on_reply is not None:
+            for reply in replies:
+                envelope.on_reply(reply)
+        awaited = [op for op in turn.ops if op.continuation is None]
+        continued = [op for op in turn.ops if op.continuation is not None]
+        return TurnResult(output, awaited, continued)
+
+    def _execute(
+        self,
+        call: GuestCall,
+        turn: TurnContext,
+        envelope: Envelope,
+        event_id: int,
+        op_usage: Usage | None,
+    ) -> tuple[TurnOutput, Commit, list[Any]]:
+        """Run the guest and build the commit (on the thread the turn runs on)."""
+        budgets = self.kind.manifest.budgets
+        if budgets.cpu_ms_per_day is not None:
+            used = turn.reads.read_usage(self.address, turn.day).cpu_ms
+            turn.check_budget("cpu_ms_per_day", used, 0, budgets.cpu_ms_per_day)
+        cpu_started = time.thread_time()
+        wall_started = time.perf_counter()
+        try:
+            with bound_turn(turn):
+                if turn.trace is None:
+                    output = call(turn)
+                else:
+                    with turn.trace.activated():
+                        output = call(turn)
+        finally:
+            turn.cpu_ms = (time.thread_time() - cpu_started) * 1000
+            turn.wall_ms = (time.perf_counter() - wall_started) * 1000
+        if turn.fault is not None:
+            raise turn.fault
+        commit, replies = self._commit_of(output, turn, envelope, event_id, op_usage)
+        return output, commit, replies
+
+    def _commit_of(
+        self,
+        output: TurnOutput,
+        turn: TurnContext,
+        envelope: Envelope,
+        event_id: int,
+        op_usage: Usage | None,
+    ) -> tuple[Commit, list[Any]]:
+        """Check the turn's output against the kind's limits and budgets; the commit that
+        records it and its decoded replies."""
+        limits = self.kind.manifest.limits
+        budgets = self.kind.manifest.budgets
+        payloads = []
+        for reply in output.replies:
+            if reply.event_id != event_id:
+                raise GuestAbiError(f"reply tagged with unknown event {reply.event_id}")
+            payloads.append(reply.payload)
+        reply_bytes = envelope.reply_bytes + sum(len(p) for p in payloads)
+        if reply_bytes > limits.max_reply_bytes:
+            raise LimitExceeded(
+                f"replies to one event total {reply_bytes} bytes; the kind allows "
+                f"limits.max_reply_bytes = {limits.max_reply_bytes}",
+                address=str(self.address),
+            )
+        if output.state is not None and len(output.state) > limits.max_state_bytes:
+            raise LimitExceeded(
+                f"state is {len(output.state)} bytes; the kind allows "
+                f"limits.max_state_bytes = {limits.max_state_bytes}",
+                address=str(self.address),
+            )
+        effects = turn.effects()
+        if budgets.storage_bytes is not None and output.state is not None:
+            kv_bytes = effects.kv_bytes
+            if kv_bytes is None:
+                record = turn.reads.read_agent(self.address)
+                kv_bytes = 0 if record is None else record.kv_bytes
+            stored = len(output.state) + kv_bytes
+            if stored > budgets.storage_bytes:
+                raise QuotaExceeded(
+                    f"agent {self.address} would store {stored} bytes of state and kv; "
+                    f"budgets.storage_bytes = {budgets.storage_bytes}",
+                )
+        replies = [_decode_reply(p) for p in payloads]
+        envelope.reply_bytes = reply_bytes
+        final = event_id in output.done
+        record_response = final and envelope.idempotency_key is not None
+        usage = effects.usage + Usage(turns=1, cpu_ms=turn.cpu_ms)
+        if op_usage is not None:
+            usage += op_usage
+        commit = Commit(
+            address=self.address,
+            at=turn.now,
+            state=output.state,
+            kv_writes=effects.kv_writes,
+            kv_bytes=effects.kv_bytes,
+            idempotency_key=envelope.idempotency_key if record_response else None,
+            response=pack(envelope.replies + replies) if record_response else None,
+            deliveries=effects.deliveries,
+            cancelled=effects.cancelled,
+            handled=envelope.handled if final else None,
+            usage=usage,
+            usage_day=turn.day,
+        )
+        return commit, replies
+
+    async def _record_failure(self, turn: TurnContext) -> None:
+        """A failed turn commits nothing, but its error and CPU count in the usage."""
+        try:
+            await self._services.stores.commit(
+                Commit(
+                    self.address,
+                    at=turn.now,
+                    turn=False,
+                    usage=Usage(errors=1, cpu_ms=turn.cpu_ms),
+                    usage_day=turn.day,
+                )
+            )
+        except Exception as exc:
+            logger.warning(
+                "agent %s: could not record a failed turn's usage: %s",
+                self.address,
+                exc,
+                extra={"agent_kind": self.address.kind, "agent_id": self.address.id},
+            )
+
+    def _attributes(self, turn: TurnContext, output: TurnOutput | None) -> dict[str, Any]:
+        tick_ms = self._services.epoch_tick_ms
+        deadline_ms = self.kind.manifest.limits.cpu_deadline_ms
+        attributes: dict[str, Any] = {
+            "roost.turn.cpu_ms": turn.cpu_ms,
+            "roost.turn.epoch_ticks": int(turn.wall_ms // tick_ms),
+            "roost.turn.epoch_deadline_ticks": -(-deadline_ms // tick_ms) + 1,
+            "roost.turn.ops_started": len(turn.ops),
+            "roost.state.bytes": self.state_bytes,
+        }
+        if output is not None:
+            attributes["roost.turn.replies"] = len(output.replies)
+            attributes["roost.turn.state_changed"] = output.state is not None
+        return attributes
 
 
-def current_turn() -> TurnContext:
-    turn: TurnContext | None = getattr(_bound, "turn", None)
-    if turn is None:
-        raise GuestAbiError("a host function was called outside of a turn")
-    return turn
+def _decode_reply(payload: bytes) -> Any:
+    try:
+        return unpack(payload)
+    except Exception as exc:
+        raise GuestAbiError(f"a reply is not valid msgpack: {exc}") from None

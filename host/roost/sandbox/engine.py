@@ -25,8 +25,7 @@ from typing import Any
 import wasmtime
 from wasmtime.component import Component, Linker, Variant
 
-from ..abi import TYPES_INTERFACE, capability_of, interface_name
-from ..capabilities import Capability, HostCallError, HostCallSpec
+from ..abi import EXPORTS, TYPES_INTERFACE, HostCallError, HostFunction, capability_of
 from ..errors import DeployError
 from ..manifest import Limits
 from ._host_calls import add_host_function
@@ -122,38 +121,44 @@ class WasmEngine:
         return component
 
     # -- deploy -----------------------------------------------------------------------
-    def load_kind(self, kind: str, wasm: bytes, capabilities: dict[str, Capability]) -> KindFactory:
-        """Compile, check the component's imports against the grants, and link."""
+    def load_kind(
+        self, kind: str, wasm: bytes, host_functions: dict[str, list[HostFunction]]
+    ) -> KindFactory:
+        """Compile, check the component's imports against the granted interfaces (the keys
+        of ``host_functions``), and link their host functions."""
         component = self.compile(wasm)
         engine = self.engine_for(wasm)
         imports = list(component.type.imports(engine))
-        _check_imports(kind, imports, capabilities)
+        granted = {capability_of(name) for name in host_functions}
+        _check_imports(kind, imports, granted)
         exports = set(component.type.exports(engine))
-        missing = sorted({"init", "on-event", "on-complete"} - exports)
+        missing = sorted(set(EXPORTS) - exports)
         if missing:
             raise DeployError(
                 f"kind {kind!r}: the component does not export {', '.join(missing)}; "
                 "build it against the roost:agent world (roost build)"
             )
-        linker = self._link(engine, capabilities)
+        linker = self._link(engine, host_functions)
         return KindFactory(self, engine, component, linker)
 
-    def _link(self, engine: wasmtime.Engine, capabilities: dict[str, Capability]) -> Linker:
+    def _link(
+        self, engine: wasmtime.Engine, host_functions: dict[str, list[HostFunction]]
+    ) -> Linker:
         linker = Linker(engine)
         linker.add_wasip2()
         with linker.root() as root:
-            for name, capability in capabilities.items():
-                with root.add_instance(interface_name(name)) as instance:
-                    for wit_name, (method, spec) in capability.host_calls().items():
-                        guarded = capability.guarded(method, spec)
-                        add_host_function(instance, wit_name, _lowered_errors(guarded, spec))
+            for interface, functions in host_functions.items():
+                with root.add_instance(interface) as instance:
+                    for function in functions:
+                        add_host_function(instance, function.name, _lowered_errors(function))
         return linker
 
 
-def _lowered_errors(call: Callable[..., Any], spec: HostCallSpec) -> Callable[..., Any]:
-    """Adapt a guarded host call to the runtime: errors become ``err`` (tagging both cases
-    when ``ok`` is text too, as results whose cases are both strings need)."""
-    if spec.ok_is_text:
+def _lowered_errors(function: HostFunction) -> Callable[..., Any]:
+    """Adapt a host call to the runtime: errors become ``err`` (tagging both cases when
+    ``ok`` is text too, as results whose cases are both strings need)."""
+    call = function.call
+    if function.ok_is_text:
 
         def tagged(*args: Any) -> Any:
             result = call(*args)
@@ -170,7 +175,7 @@ def _lowered_errors(call: Callable[..., Any], spec: HostCallSpec) -> Callable[..
     return plain
 
 
-def _check_imports(kind: str, imports: list[str], capabilities: dict[str, Capability]) -> None:
+def _check_imports(kind: str, imports: list[str], granted: set[str | None]) -> None:
     ungranted: list[str] = []
     foreign: list[str] = []
     for name in imports:
@@ -179,7 +184,7 @@ def _check_imports(kind: str, imports: list[str], capabilities: dict[str, Capabi
         capability = capability_of(name)
         if capability is None:
             foreign.append(name)
-        elif capability != TYPES_INTERFACE and capability not in capabilities:
+        elif capability != TYPES_INTERFACE and capability not in granted:
             ungranted.append(name)
     problems = []
     if ungranted:
@@ -199,7 +204,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 class KindFactory:
-    """Makes sandboxes of one deployed kind (implements ``roost.sandbox.SandboxFactory``)."""
+    """Makes sandboxes of one deployed kind (implements ``protocol.SandboxFactory``)."""
 
     def __init__(
         self, engine: WasmEngine, wasm_engine: wasmtime.Engine, component: Component, linker: Linker
@@ -208,9 +213,7 @@ class KindFactory:
         self._wasm_engine = wasm_engine
         self._component = component
         self._linker = linker
-        self._exports = {
-            name: component.get_export_index(name) for name in ("init", "on-event", "on-complete")
-        }
+        self._exports = {name: component.get_export_index(name) for name in EXPORTS}
         self.light = wasm_engine is engine.dense_engine
 
     def instantiate(self, limits: Limits) -> WasmSandbox:

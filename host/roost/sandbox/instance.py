@@ -1,4 +1,4 @@
-"""One guest instance in its own wasmtime store (implements ``roost.sandbox.Sandbox``)."""
+"""One guest instance in its own wasmtime store (implements ``roost.sandbox.protocol.Sandbox``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any, TypeVar
 import wasmtime
 from wasmtime.component import Component, Func, Linker
 
-from ..core.turn import TurnContext, bind_turn
 from ..errors import (
     CpuDeadlineExceeded,
     GuestAbiError,
@@ -79,24 +78,26 @@ class WasmSandbox:
             funcs[name] = func
         return cls(store, funcs, limits, deadline_ticks, epoch_tick_ms)
 
-    def init(self, turn: TurnContext, config: bytes, state: bytes | None) -> None:
-        error = self._call(turn, "init", lambda f, s: call_init(f, s, config, state))
+    def init(self, config: bytes, state: bytes | None, *, slice_ms: int | None = None) -> None:
+        error = self._call(slice_ms, "init", lambda f, s: call_init(f, s, config, state))
         if error is not None:
             raise _guest_failure(error, "init")
 
-    def on_event(self, turn: TurnContext, event_id: int, kind: str, payload: bytes) -> TurnOutput:
+    def on_event(
+        self, event_id: int, kind: str, payload: bytes, *, slice_ms: int | None = None
+    ) -> TurnOutput:
         result = self._call(
-            turn, "on-event", lambda f, s: call_on_event(f, s, event_id, kind, payload)
+            slice_ms, "on-event", lambda f, s: call_on_event(f, s, event_id, kind, payload)
         )
         return _turn_output(result, "on-event")
 
     def on_complete(
-        self, turn: TurnContext, op_id: int, ok: bool, value: bytes | str
+        self, op_id: int, ok: bool, value: bytes | str, *, slice_ms: int | None = None
     ) -> TurnOutput:
         if ok != isinstance(value, bytes):
             raise GuestAbiError("an ok op result carries bytes, an error carries text")
         result = self._call(
-            turn, "on-complete", lambda f, s: call_on_complete(f, s, op_id, ok, value)
+            slice_ms, "on-complete", lambda f, s: call_on_complete(f, s, op_id, ok, value)
         )
         return _turn_output(result, "on-complete")
 
@@ -104,29 +105,28 @@ class WasmSandbox:
         self._store = None
         self._funcs = {}
 
-    def _call(self, turn: TurnContext, name: str, call: Callable[[Func, Any], T]) -> T:
+    def _call(self, slice_ms: int | None, name: str, call: Callable[[Func, Any], T]) -> T:
         store = self._store
         if store is None:
             raise GuestAbiError("the sandbox was closed")
         func = self._funcs[name]
         ticks = self._deadline_ticks
         sliced = False
-        if turn.slice_ms is not None:
+        if slice_ms is not None:
             # Whole ticks, plus one: the next tick may come right after the call starts.
-            slice_ticks = -(-turn.slice_ms // self._epoch_tick_ms) + 1
+            slice_ticks = -(-slice_ms // self._epoch_tick_ms) + 1
             sliced = slice_ticks < ticks
             ticks = min(ticks, slice_ticks)
         store.set_epoch_deadline(ticks)
-        with bind_turn(turn):
-            try:
-                result = call(func, store)
-                func.post_return(store)
-            except wasmtime.WasmtimeError as exc:
-                self.close()
-                error = _classify_trap(exc, name)
-                if sliced and isinstance(error, CpuDeadlineExceeded):
-                    raise TurnSliceExceeded(f"{name} ran past its slice") from None
-                raise error from None
+        try:
+            result = call(func, store)
+            func.post_return(store)
+        except wasmtime.WasmtimeError as exc:
+            self.close()
+            error = _classify_trap(exc, name)
+            if sliced and isinstance(error, CpuDeadlineExceeded):
+                raise TurnSliceExceeded(f"{name} ran past its slice") from None
+            raise error from None
         return result
 
 

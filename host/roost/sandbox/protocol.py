@@ -1,9 +1,9 @@
-"""The seam between an agent actor and the thing that runs its guest code.
+"""The seam between the core and the thing that runs guest code.
 
-The actor depends on these protocols only; ``roost.runtime`` implements them with wasmtime.
-Every method runs on a worker thread (or, for a light factory's event turn, on the event
-loop within ``TurnContext.slice_ms``), with the turn bound (``roost.turn.bind_turn``), and
-one sandbox is only ever used by one thread at a time.
+The core depends on these protocols only; :mod:`roost.sandbox` implements them with
+wasmtime. Every method runs on a worker thread (or, for a light factory's event turn, on
+the event loop within ``slice_ms``), with the turn bound for host calls by the caller
+(``roost.capabilities.bound_turn``); one sandbox is only ever used by one thread at a time.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..core.turn import TurnContext
 from ..manifest import Limits
 
 
@@ -34,21 +33,24 @@ class TurnOutput:
 
 
 class TurnSliceExceeded(Exception):
-    """A turn on the event loop ran past ``TurnContext.slice_ms``. The instance is gone and
-    nothing of the turn counts: run it again, from the committed state, on a worker thread."""
+    """A call on the event loop ran past its ``slice_ms``. The instance is gone and nothing
+    of the turn counts: run it again, from the committed state, on a worker thread."""
 
 
 class Sandbox(Protocol):
-    """One live guest instance."""
+    """One live guest instance. ``slice_ms``, when given, stops a call (with
+    :class:`TurnSliceExceeded`) once it has run that long, short of the CPU deadline."""
 
-    def init(self, turn: TurnContext, config: bytes, state: bytes | None) -> None: ...
+    def init(self, config: bytes, state: bytes | None, *, slice_ms: int | None = None) -> None:
+        """The guest's ``init``: the kind's config and the last committed state."""
+        ...
 
     def on_event(
-        self, turn: TurnContext, event_id: int, kind: str, payload: bytes
+        self, event_id: int, kind: str, payload: bytes, *, slice_ms: int | None = None
     ) -> TurnOutput: ...
 
     def on_complete(
-        self, turn: TurnContext, op_id: int, ok: bool, value: bytes | str
+        self, op_id: int, ok: bool, value: bytes | str, *, slice_ms: int | None = None
     ) -> TurnOutput: ...
 
     def close(self) -> None:

@@ -1,12 +1,14 @@
-"""Durable agent state: the :class:`StateStore` protocol and its SQLite implementation."""
+"""Durable agent state: the :class:`StateStore` protocol, its async adapter and SQLite."""
 
+from .async_store import AsyncStore as AsyncStore
 from .protocol import AgentExport as AgentExport
 from .protocol import AgentRecord as AgentRecord
 from .protocol import AgentSummary as AgentSummary
+from .protocol import Commit as Commit
 from .protocol import Delivery as Delivery
 from .protocol import ForkResult as ForkResult
 from .protocol import StateStore as StateStore
-from .protocol import TurnCommit as TurnCommit
+from .protocol import TurnReads as TurnReads
 from .protocol import Usage as Usage
 from .sqlite import SqliteStore as SqliteStore
 from .sqlite import SqliteStoreStatistics as SqliteStoreStatistics

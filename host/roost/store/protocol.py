@@ -1,14 +1,19 @@
-"""The seam between agents and durable storage.
+"""The seam between the host and durable storage: :class:`StateStore`.
 
-An agent actor only ever talks to a :class:`StateStore`. The SQLite store is the embedded
-default; a PostgreSQL store implements the same protocol for several hosts.
+A store has two parts, both synchronous, blocking and thread-safe:
 
-Reads that a guest makes during a turn (``kv.get``) happen on the worker thread that runs the
-guest, so the ``read_*`` methods are synchronous and must be thread-safe. Everything else is
-async and is called from the trio loop.
+- the **turn side**: the reads a turn makes while its guest runs (on the worker thread that
+  runs the guest), and :meth:`~StateStore.commit`, the one path by which anything about an
+  agent is written: a turn's effects, and the host's own bookkeeping (the usage of a failed
+  turn, an op's result handed back as a delivery, a delivery moved or dropped);
+- the **admin side**: what the host and its API ask outside turns (idempotency records,
+  due deliveries, erase, fork, export, listing, counts).
 
-Writes (turn commits, deletes, forks, pruning) are applied in the order they were called: a
-delete called after a commit sees that commit applied.
+Async code reaches either part through :class:`~roost.store.AsyncStore`, one generic adapter
+that runs these methods on worker threads; a store implements no async twins.
+
+Writes are applied in the order they were called: a delete called after a commit returned
+sees that commit. A new backend is what passes ``tests/store/test_conformance.py``.
 """
 
 from __future__ import annotations
@@ -41,9 +46,10 @@ fire every missed occurrence, or skip them."""
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """An event due for an agent at a time: a durable timer, or a message from another
-    agent (an outbox entry, due at once). It stays in the store until a turn of the
-    receiving agent that handled it commits (at-least-once)."""
+    """An event due for an agent at a time: a durable timer, a message from another agent
+    (an outbox entry, due at once), or the result of a continuation-form op. It stays in the
+    store until a commit of the receiving agent names it as handled (at-least-once delivery,
+    exactly-once handling)."""
 
     address: AgentAddress
     """The agent that receives it."""
@@ -51,7 +57,7 @@ class Delivery:
     due_at: float
     """Unix time."""
     event_kind: str
-    """``timer`` or ``agent``."""
+    """``timer``, ``agent`` or ``continuation``."""
     payload: bytes
     """msgpack."""
     every_s: float | None = None
@@ -86,37 +92,41 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
-class TurnCommit:
-    """The effects of one successful turn, committed atomically or not at all."""
+class Commit:
+    """Writes about one agent, applied atomically or not at all.
+
+    A turn's commit has ``turn=True``: it creates or updates the agent's record (one more
+    turn, ``updated_at = at``) with its new state, kv writes, deliveries and usage. Host-side
+    bookkeeping commits (``turn=False``) leave the record alone and carry only deliveries,
+    a handled delivery and usage."""
 
     address: AgentAddress
-    state: bytes | None
-    """New state, or None when the turn left it unchanged."""
+    at: float = 0.0
+    """Wall-clock time of the write (unix seconds)."""
+    turn: bool = True
+    """Counts as a committed turn of the agent."""
+    state: bytes | None = None
+    """New state, or None when unchanged."""
     kv_writes: Mapping[str, bytes | None] = field(default_factory=dict)
     """Key -> new value; None deletes the key."""
-    kv_bytes: int = 0
-    """The agent's total kv bytes after this commit (the actor tracks it)."""
-    at: float = 0.0
-    """Wall-clock time of the turn (unix seconds)."""
+    kv_bytes: int | None = None
+    """The agent's total kv bytes after this commit; None when its kv did not change."""
     idempotency_key: str | None = None
-    """When set, the commit also records ``response`` under this key (see
-    :meth:`StateStore.load_response`), in the same transaction as the turn's effects. A turn
-    that changes neither state nor kv may be committed just to record its response: it still
-    counts as a turn and sets ``updated_at``. If the agent already holds a record under this
-    key, the whole commit fails (StorageError) and nothing of the turn is written."""
+    """When set, ``response`` is recorded under this key (see :meth:`StateStore.read_response`)
+    in the same transaction. If the agent already holds a record under this key, the whole
+    commit fails (StorageError) and nothing of it is written."""
     response: bytes | None = None
-    """The turn's final response (opaque bytes); required when ``idempotency_key`` is set,
-    ignored otherwise."""
+    """The final response to the message (opaque bytes); required with ``idempotency_key``."""
     deliveries: Sequence[Delivery] = ()
-    """Timers the turn set (for itself) and messages it sent (to others); a delivery with
-    the id of an existing one of the same agent replaces it."""
+    """Timers the turn set (for itself) and messages it sent (to others); a delivery with the
+    id of an existing one of the same agent replaces it."""
     cancelled: Sequence[str] = ()
-    """Ids of the agent's own timers the turn cancelled."""
+    """Ids of the agent's own deliveries to delete (cancelled timers)."""
     handled: tuple[str, float | None] | None = None
-    """The delivery this turn handled: (id, next due time for a recurring timer, or None to
+    """The delivery this commit handles: (id, next due time for a recurring timer, or None to
     delete it)."""
     usage: Usage | None = None
-    """Usage to add for ``usage_day`` (the turn itself, its CPU time)."""
+    """Usage to add for ``usage_day``."""
     usage_day: str = ""
 
 
@@ -151,111 +161,90 @@ ForkResult: TypeAlias = Literal["forked", "source_missing", "target_exists"]
 """Outcome of :meth:`StateStore.fork_agent`; nothing is written unless ``"forked"``."""
 
 
-class StateStore(Protocol):
-    """Durable per-agent state, kv and bookkeeping."""
+class TurnReads(Protocol):
+    """The reads a running turn makes (thread-safe, blocking)."""
 
-    async def load_agent(self, address: AgentAddress) -> AgentRecord | None:
+    def read_agent(self, address: AgentAddress) -> AgentRecord | None:
         """The agent's record, or None if it has never committed a turn."""
         ...
 
-    def read_agent(self, address: AgentAddress) -> AgentRecord | None:
-        """Same as :meth:`load_agent`, for a worker thread that activates the agent."""
-        ...
-
-    def read_deliveries(self, address: AgentAddress) -> list[Delivery]:
-        """The agent's pending timers and incoming messages, earliest first (thread-safe)."""
-        ...
-
     def read_kv(self, address: AgentAddress, key: str) -> bytes | None:
-        """The committed value of ``key`` in the agent's own namespace (thread-safe)."""
+        """The committed value of ``key`` in the agent's own namespace."""
         ...
 
     def read_kv_keys(self, address: AgentAddress, prefix: str, limit: int) -> list[str]:
-        """Up to ``limit`` committed keys starting with ``prefix``, sorted (thread-safe)."""
-        ...
-
-    async def commit_turn(self, commit: TurnCommit) -> None:
-        """Apply one turn's effects in one transaction. Raises StorageError on failure,
-        in which case nothing of the turn was written."""
-        ...
-
-    def write_turn(self, commit: TurnCommit) -> None:
-        """Same as :meth:`commit_turn`, for the worker thread that ran the turn (blocking,
-        thread-safe)."""
-        ...
-
-    def try_write_turn(self, commit: TurnCommit) -> bool:
-        """Write the commit now if that means no waiting (no other write in progress, no
-        fsync); False, having written nothing, otherwise. For the event loop."""
-        ...
-
-    async def load_response(self, address: AgentAddress, key: str) -> bytes | None:
-        """The response committed with idempotency key ``key`` for the agent, or None if no
-        turn of the agent committed that key (or its record was pruned)."""
-        ...
-
-    async def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
-        """Deliveries due at or before ``now``, earliest first."""
-        ...
-
-    async def next_due_at(self) -> float | None:
-        """When the earliest delivery is due, or None if there are none."""
+        """Up to ``limit`` committed keys starting with ``prefix`` (literally), sorted."""
         ...
 
     def read_usage(self, address: AgentAddress, day: str) -> Usage:
-        """The agent's usage on ``day`` (``YYYY-MM-DD``, UTC) (thread-safe)."""
+        """The agent's usage on ``day`` (``YYYY-MM-DD``, UTC)."""
         ...
 
-    async def add_usage(self, address: AgentAddress, day: str, usage: Usage) -> None:
-        """Add to the agent's usage on ``day``."""
+    def read_deliveries(self, address: AgentAddress) -> list[Delivery]:
+        """The agent's pending deliveries (timers and messages to it), earliest first."""
         ...
 
-    async def add_delivery(self, delivery: Delivery) -> None:
-        """Store a delivery outside any turn (the result of a continuation-form op)."""
+
+class StateStore(TurnReads, Protocol):
+    """Durable per-agent state, kv and bookkeeping. Every method is thread-safe and blocks."""
+
+    # -- the turn side: TurnReads, and the one write path ---------------------------------
+
+    def commit(self, commit: Commit, *, wait: bool = True) -> bool:
+        """Apply ``commit`` in one transaction and return True. Raises StorageError when it
+        fails, in which case nothing of it was written.
+
+        With ``wait=False`` (for the event loop) the commit is written only if that means no
+        waiting (no other write in progress, no fsync); otherwise nothing is written and the
+        result is False."""
         ...
 
-    async def reschedule_delivery(
-        self, address: AgentAddress, delivery_id: str, due_at: float | None
-    ) -> None:
-        """Move a delivery to ``due_at``, or delete it when None (skipped occurrences,
-        messages to kinds that no longer exist)."""
+    # -- the admin side -------------------------------------------------------------------
+
+    def read_response(self, address: AgentAddress, key: str) -> bytes | None:
+        """The response committed with idempotency key ``key`` for the agent, or None if no
+        commit of the agent recorded that key (or its record was pruned)."""
         ...
 
-    async def prune_responses(self, older_than: float) -> int:
+    def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
+        """Deliveries due at or before ``now``, earliest first."""
+        ...
+
+    def next_due_at(self) -> float | None:
+        """When the earliest delivery is due, or None if there are none."""
+        ...
+
+    def prune_responses(self, older_than: float) -> int:
         """Delete every idempotency record created before ``older_than`` (unix seconds, the
-        ``at`` of the turn that recorded it). Returns how many were deleted."""
+        ``at`` of the commit that recorded it). Returns how many were deleted."""
         ...
 
-    async def delete_agent(self, address: AgentAddress) -> bool:
-        """Delete the agent's record, kv entries and idempotency records in one transaction,
-        ordered with the writes called before it. Returns whether there was anything to
-        delete."""
+    def delete_agent(self, address: AgentAddress) -> bool:
+        """Delete everything held for the agent (record, kv, idempotency records, deliveries,
+        usage) in one transaction. Returns whether there was anything to delete."""
         ...
 
-    async def fork_agent(self, source: AgentAddress, target: AgentAddress) -> ForkResult:
-        """Copy ``source``'s state and kv entries to ``target`` (of the same kind or another) in
-        one transaction, ordered with the writes called before it. The copy starts with 0 turns,
-        no idempotency records and ``created_at``/``updated_at`` set to now.
-
-        Returns ``"source_missing"`` if ``source`` has no record, ``"target_exists"`` if
-        ``target`` already has any rows (record, kv entries or idempotency records); nothing is
-        written in either case."""
+    def fork_agent(self, source: AgentAddress, target: AgentAddress) -> ForkResult:
+        """Copy ``source``'s state and kv entries to ``target`` in one transaction. The copy
+        starts with 0 turns, no idempotency records and ``created_at``/``updated_at`` set to
+        now. Nothing is written unless the result is ``"forked"``: ``"source_missing"`` if
+        ``source`` has no record, ``"target_exists"`` if ``target`` holds any rows."""
         ...
 
-    async def list_agents(self, kind: str, *, after: str | None, limit: int) -> list[AgentSummary]:
+    def list_agents(self, kind: str, *, after: str | None, limit: int) -> list[AgentSummary]:
         """Up to ``limit`` agents of ``kind`` whose ids sort strictly after ``after`` (all when
         None), ordered by id. Page by passing the last id of one page as ``after``."""
         ...
 
-    async def export_agent(self, address: AgentAddress) -> AgentExport | None:
+    def export_agent(self, address: AgentAddress) -> AgentExport | None:
         """A consistent snapshot of everything held for the agent, or None if it has neither
         a record nor kv entries."""
         ...
 
-    async def count_agents(self, kind: str | None = None) -> int:
+    def count_agents(self, kind: str | None = None) -> int:
         """Number of agents with committed turns (of one kind, or all)."""
         ...
 
-    async def stored_bytes(self, kind: str | None = None) -> int:
+    def stored_bytes(self, kind: str | None = None) -> int:
         """Bytes of state and kv held for agents (of one kind, or all)."""
         ...

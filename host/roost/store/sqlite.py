@@ -19,11 +19,10 @@ truncated back to at most that size instead of keeping the high-water mark of a 
 Group commit
 ------------
 All writes go through one writer connection. A write is queued, then written under the
-writer lock by whoever takes it next, with everything else queued (up to ``_MAX_BATCH``) in
-ONE transaction: the guest worker thread that ran a turn commits it (if an earlier lock
-holder has not already), and writes from the async methods are written by a flusher task,
-one worker-thread trip per batch. So many concurrent writes share one commit (and, with
-``FULL``, one fsync), and a lone turn pays no extra thread trip. If a batch transaction
+writer lock by whichever thread takes the lock next, with everything else queued (up to
+``_MAX_BATCH``) in ONE transaction: the worker thread that ran a turn commits it, unless an
+earlier holder of the lock already did. So many concurrent writes share one commit (and,
+with ``FULL``, one fsync), and a lone turn pays no extra thread trip. If a batch transaction
 fails, each write of the batch is retried in its own transaction, so a bad commit fails
 only its own caller.
 
@@ -34,9 +33,8 @@ that commit applied, and a failing operation fails only its own caller.
 
 Reads
 -----
-``read_kv`` and ``read_kv_keys`` are called from guest worker threads; they borrow a connection
-from a small pool of read connections, which WAL lets read while the writer writes. The async
-reads run the same way on a trio worker thread.
+Every read borrows a connection from a small pool of read connections, which WAL lets read
+while the writer writes.
 """
 
 from __future__ import annotations
@@ -54,7 +52,6 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import trio
 
-from .._lifetime import open_service_nursery
 from ..address import AgentAddress
 from ..errors import ConfigError, StorageError
 from . import _schema
@@ -62,9 +59,9 @@ from .protocol import (
     AgentExport,
     AgentRecord,
     AgentSummary,
+    Commit,
     Delivery,
     ForkResult,
-    TurnCommit,
     Usage,
 )
 
@@ -122,7 +119,7 @@ class _CommitOp(_WriteOp[None]):
     name = "commit_turn"
     turn_commits = 1
 
-    def __init__(self, commit: TurnCommit) -> None:
+    def __init__(self, commit: Commit) -> None:
         self.commit = commit
 
     def apply(self, conn: sqlite3.Connection) -> None:
@@ -178,94 +175,40 @@ class _PruneOp(_WriteOp[int]):
         return ""
 
 
-class _RescheduleOp(_WriteOp[None]):
-    __slots__ = ("address", "delivery_id", "due_at")
-    name = "reschedule_delivery"
-
-    def __init__(self, address: AgentAddress, delivery_id: str, due_at: float | None) -> None:
-        self.address = address
-        self.delivery_id = delivery_id
-        self.due_at = due_at
-
-    def apply(self, conn: sqlite3.Connection) -> None:
-        params = (self.address.kind, self.address.id, self.delivery_id)
-        if self.due_at is None:
-            conn.execute(
-                "DELETE FROM deliveries WHERE kind = ? AND id = ? AND delivery_id = ?", params
-            )
-        else:
-            conn.execute(
-                "UPDATE deliveries SET due_at = ? WHERE kind = ? AND id = ? AND delivery_id = ?",
-                (float(self.due_at), *params),
-            )
-
-    def subject(self) -> str:
-        return f" for {self.address}"
-
-
-class _AddDeliveryOp(_WriteOp[None]):
-    __slots__ = ("delivery",)
-    name = "add_delivery"
-
-    def __init__(self, delivery: Delivery) -> None:
-        self.delivery = delivery
-
-    def apply(self, conn: sqlite3.Connection) -> None:
-        _insert_delivery(conn, self.delivery, self.delivery.due_at)
-
-    def subject(self) -> str:
-        return f" for {self.delivery.address}"
-
-
-class _UsageOp(_WriteOp[None]):
-    __slots__ = ("address", "day", "usage")
-    name = "add_usage"
-
-    def __init__(self, address: AgentAddress, day: str, usage: Usage) -> None:
-        self.address = address
-        self.day = day
-        self.usage = usage
-
-    def apply(self, conn: sqlite3.Connection) -> None:
-        u = self.usage
-        conn.execute(
-            "INSERT INTO usage (kind, id, day, llm_input_tokens, llm_output_tokens, http_calls,"
-            " cpu_ms, turns, errors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (kind, id, day) DO UPDATE SET"
-            " llm_input_tokens = usage.llm_input_tokens + excluded.llm_input_tokens,"
-            " llm_output_tokens = usage.llm_output_tokens + excluded.llm_output_tokens,"
-            " http_calls = usage.http_calls + excluded.http_calls,"
-            " cpu_ms = usage.cpu_ms + excluded.cpu_ms,"
-            " turns = usage.turns + excluded.turns, errors = usage.errors + excluded.errors",
-            (
-                self.address.kind,
-                self.address.id,
-                self.day,
-                u.llm_input_tokens,
-                u.llm_output_tokens,
-                u.http_calls,
-                u.cpu_ms,
-                u.turns,
-                u.errors,
-            ),
-        )
-
-    def subject(self) -> str:
-        return f" for {self.address}"
+def _add_usage(conn: sqlite3.Connection, address: AgentAddress, day: str, usage: Usage) -> None:
+    conn.execute(
+        "INSERT INTO usage (kind, id, day, llm_input_tokens, llm_output_tokens, http_calls,"
+        " cpu_ms, turns, errors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (kind, id, day) DO UPDATE SET"
+        " llm_input_tokens = usage.llm_input_tokens + excluded.llm_input_tokens,"
+        " llm_output_tokens = usage.llm_output_tokens + excluded.llm_output_tokens,"
+        " http_calls = usage.http_calls + excluded.http_calls,"
+        " cpu_ms = usage.cpu_ms + excluded.cpu_ms,"
+        " turns = usage.turns + excluded.turns, errors = usage.errors + excluded.errors",
+        (
+            address.kind,
+            address.id,
+            day,
+            usage.llm_input_tokens,
+            usage.llm_output_tokens,
+            usage.http_calls,
+            usage.cpu_ms,
+            usage.turns,
+            usage.errors,
+        ),
+    )
 
 
 class _Pending(Generic[_T]):
     """One queued write and its outcome, filled in by whichever thread writes it."""
 
-    __slots__ = ("done", "error", "event", "op", "result")
+    __slots__ = ("done", "error", "op", "result")
 
-    def __init__(self, op: _WriteOp[_T], event: trio.Event | None = None) -> None:
+    def __init__(self, op: _WriteOp[_T]) -> None:
         self.op = op
         self.done = False
         self.error: StorageError | None = None
         self.result: _T | None = None
-        self.event = event
-        """Set (on the trio thread) once written, for a caller of an async method."""
 
 
 def _connect(path: str, *, read_only: bool) -> sqlite3.Connection:
@@ -325,8 +268,8 @@ def _check_bytes(value: object, what: str) -> None:
         raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
 
 
-def _apply_commit(conn: sqlite3.Connection, commit: TurnCommit) -> None:
-    """Write one commit's effects inside the caller's transaction."""
+def _apply_commit(conn: sqlite3.Connection, commit: Commit) -> None:
+    """Write one commit inside the caller's transaction."""
     kind, agent_id = commit.address.kind, commit.address.id
     puts: list[tuple[str, str, str, bytes]] = []
     deletes: list[tuple[str, str, str]] = []
@@ -338,34 +281,8 @@ def _apply_commit(conn: sqlite3.Connection, commit: TurnCommit) -> None:
         else:
             _check_bytes(value, f"kv value of key {key!r}")
             puts.append((kind, agent_id, key, value))
-    if commit.state is None:
-        conn.execute(
-            "INSERT INTO agents (kind, id, state, state_bytes, kv_bytes, turns,"
-            " created_at, updated_at) VALUES (?, ?, NULL, 0, ?, 1, ?, ?)"
-            " ON CONFLICT (kind, id) DO UPDATE SET"
-            " kv_bytes = excluded.kv_bytes, turns = agents.turns + 1,"
-            " updated_at = excluded.updated_at",
-            (kind, agent_id, commit.kv_bytes, commit.at, commit.at),
-        )
-    else:
-        _check_bytes(commit.state, "state")
-        conn.execute(
-            "INSERT INTO agents (kind, id, state, state_bytes, kv_bytes, turns,"
-            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?)"
-            " ON CONFLICT (kind, id) DO UPDATE SET"
-            " state = excluded.state, state_bytes = excluded.state_bytes,"
-            " kv_bytes = excluded.kv_bytes, turns = agents.turns + 1,"
-            " updated_at = excluded.updated_at",
-            (
-                kind,
-                agent_id,
-                commit.state,
-                len(commit.state),
-                commit.kv_bytes,
-                commit.at,
-                commit.at,
-            ),
-        )
+    if commit.turn:
+        _upsert_record(conn, commit)
     if deletes:
         conn.executemany("DELETE FROM kv WHERE kind = ? AND id = ? AND key = ?", deletes)
     if puts:
@@ -406,7 +323,32 @@ def _apply_commit(conn: sqlite3.Connection, commit: TurnCommit) -> None:
     for delivery in commit.deliveries:
         _insert_delivery(conn, delivery, commit.at)
     if commit.usage is not None:
-        _UsageOp(commit.address, commit.usage_day, commit.usage).apply(conn)
+        _add_usage(conn, commit.address, commit.usage_day, commit.usage)
+
+
+def _upsert_record(conn: sqlite3.Connection, commit: Commit) -> None:
+    """One more turn in the agent's record, with its new state and kv size if they changed."""
+    sets = ["turns = agents.turns + 1", "updated_at = excluded.updated_at"]
+    if commit.state is not None:
+        _check_bytes(commit.state, "state")
+        sets += ["state = excluded.state", "state_bytes = excluded.state_bytes"]
+    if commit.kv_bytes is not None:
+        sets.append("kv_bytes = excluded.kv_bytes")
+    state = commit.state
+    conn.execute(
+        "INSERT INTO agents (kind, id, state, state_bytes, kv_bytes, turns, created_at,"
+        " updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?)"
+        f" ON CONFLICT (kind, id) DO UPDATE SET {', '.join(sets)}",
+        (
+            commit.address.kind,
+            commit.address.id,
+            state,
+            0 if state is None else len(state),
+            commit.kv_bytes or 0,
+            commit.at,
+            commit.at,
+        ),
+    )
 
 
 def _insert_delivery(conn: sqlite3.Connection, delivery: Delivery, created_at: float) -> None:
@@ -595,62 +537,52 @@ class SqliteStore:
         self._writer_lock = threading.Lock()
         """Held by the thread writing a batch on the writer connection."""
         self._closing = False
-        self._closed = trio.Event()
-        self._awaited: list[_Pending[Any]] = []
-        """Writes queued by async callers, whose events the flusher sets once written."""
-        self._flush = trio.Event()
-        self._flusher_started = False
-        self._flusher_done = trio.Event()
+        self._closed = False
         self._commits = 0
         self._batches = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def aclose(self) -> None:
-        """Stop accepting work, write what was queued, close every connection.
-        Idempotent; later calls wait for the first to finish."""
-        with trio.CancelScope(shield=True):
-            with self._queue_lock:
-                first = not self._closing
-                self._closing = True
-            if not first:
-                await self._closed.wait()
+    def close(self) -> None:
+        """Stop accepting work, write what was queued, close every connection. Idempotent."""
+        with self._queue_lock:
+            self._closing = True
+        with self._writer_lock:
+            if self._closed:
                 return
             try:
-                self._flush.set()
-                if self._flusher_started:
-                    await self._flusher_done.wait()
-                await trio.to_thread.run_sync(self._write_queued_and_close)
+                self._write_queue_locked()
             finally:
+                self._closed = True
+                self._writer.close()
                 self._readers.close()
-                self._closed.set()
-
-    def _write_queued_and_close(self) -> None:
-        with self._writer_lock:
-            self._write_queue_locked()
-            self._writer.close()
 
     def statistics(self) -> SqliteStoreStatistics:
-        """Counters since the store was opened (still readable after :meth:`aclose`)."""
+        """Counters since the store was opened (still readable after :meth:`close`)."""
         return SqliteStoreStatistics(commits=self._commits, batches=self._batches, path=self._path)
 
     def _check_open(self) -> None:
         if self._closing:
             raise StorageError(_CLOSED)
 
-    # -- reads -----------------------------------------------------------------------------
+    # -- the turn side ---------------------------------------------------------------------
 
     def _reading(self, operation: str, address: AgentAddress | None) -> _Reading:
         self._check_open()
         return _Reading(self._readers, operation, address, self._path)
 
     def read_agent(self, address: AgentAddress) -> AgentRecord | None:
-        """The agent's record, or None if it has never committed a turn (thread-safe)."""
-        self._check_open()
-        return self._load_agent_sync(address)
+        """The agent's record, or None if it has never committed a turn."""
+        with self._reading("read_agent", address) as conn:
+            rows = conn.execute(
+                "SELECT state, kv_bytes, turns, created_at, updated_at FROM agents"
+                " WHERE kind = ? AND id = ?",
+                (address.kind, address.id),
+            ).fetchall()
+        return _record(rows[0]) if rows else None
 
     def read_kv(self, address: AgentAddress, key: str) -> bytes | None:
-        """The committed value of ``key`` in the agent's own namespace (thread-safe)."""
+        """The committed value of ``key`` in the agent's own namespace."""
         with self._reading("read_kv", address) as conn:
             rows = conn.execute(
                 "SELECT value FROM kv WHERE kind = ? AND id = ? AND key = ?",
@@ -659,9 +591,8 @@ class SqliteStore:
         return bytes(rows[0][0]) if rows else None
 
     def read_kv_keys(self, address: AgentAddress, prefix: str, limit: int) -> list[str]:
-        """Up to ``limit`` committed keys starting with ``prefix``, sorted (thread-safe).
-
-        ``prefix`` matches literally: it is turned into a key range, not a LIKE pattern."""
+        """Up to ``limit`` committed keys starting with ``prefix``, sorted. ``prefix``
+        matches literally: it is turned into a key range, not a LIKE pattern."""
         self._check_open()
         if limit <= 0:
             return []
@@ -682,43 +613,102 @@ class SqliteStore:
             rows = cursor.fetchall()
         return [str(row[0]) for row in rows]
 
-    def _load_agent_sync(self, address: AgentAddress) -> AgentRecord | None:
-        with self._reading("load_agent", address) as conn:
+    def read_usage(self, address: AgentAddress, day: str) -> Usage:
+        """The agent's usage on ``day``."""
+        with self._reading("read_usage", address) as conn:
+            row = conn.execute(
+                "SELECT llm_input_tokens, llm_output_tokens, http_calls, cpu_ms, turns, errors"
+                " FROM usage WHERE kind = ? AND id = ? AND day = ?",
+                (address.kind, address.id, day),
+            ).fetchone()
+        if row is None:
+            return Usage()
+        return Usage(int(row[0]), int(row[1]), int(row[2]), float(row[3]), int(row[4]), int(row[5]))
+
+    def read_deliveries(self, address: AgentAddress) -> list[Delivery]:
+        """The agent's pending deliveries, earliest first."""
+        with self._reading("read_deliveries", address) as conn:
             rows = conn.execute(
-                "SELECT state, kv_bytes, turns, created_at, updated_at FROM agents"
-                " WHERE kind = ? AND id = ?",
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE kind = ? AND id = ?"
+                " ORDER BY due_at",
                 (address.kind, address.id),
             ).fetchall()
-        if not rows:
-            return None
-        state, kv_bytes, turns, created_at, updated_at = rows[0]
-        return AgentRecord(
-            state=None if state is None else bytes(state),
-            kv_bytes=int(kv_bytes),
-            turns=int(turns),
-            created_at=float(created_at),
-            updated_at=float(updated_at),
-        )
+        return [_delivery(row) for row in rows]
 
-    def _aggregate_sync(self, operation: str, expression: str, kind: str | None) -> int:
-        with self._reading(operation, None) as conn:
-            if kind is None:
-                rows = conn.execute(f"SELECT {expression} FROM agents").fetchall()
-            else:
-                rows = conn.execute(
-                    f"SELECT {expression} FROM agents WHERE kind = ?", (kind,)
-                ).fetchall()
-        return int(rows[0][0])
+    def commit(self, commit: Commit, *, wait: bool = True) -> bool:
+        """Apply one commit in one transaction, shared with whatever else is queued (group
+        commit). With ``wait=False``: only if no other write is in progress and no fsync is
+        needed (``synchronous="NORMAL"``); False, having written nothing, otherwise."""
+        if wait:
+            self._submit(_CommitOp(commit))
+            return True
+        if self._fsyncs or not self._writer_lock.acquire(blocking=False):
+            return False
+        try:
+            op = _CommitOp(commit)
+            with self._queue_lock:
+                if self._closing:
+                    raise StorageError(_CLOSED)
+                alone = not self._queue
+            if alone:  # nothing queued to keep the order of: no batch to assemble
+                try:
+                    self._transaction([op])
+                except Exception as exc:
+                    raise self._op_error(op, exc) from exc
+                return True
+            pending = self._enqueue(op)
+            self._write_locked(pending)
+        finally:
+            self._writer_lock.release()
+        self._outcome(pending)
+        return True
 
-    def _load_response_sync(self, address: AgentAddress, key: str) -> bytes | None:
-        with self._reading("load_response", address) as conn:
+    # -- the admin side --------------------------------------------------------------------
+
+    def read_response(self, address: AgentAddress, key: str) -> bytes | None:
+        """The response committed with idempotency key ``key`` for the agent, if any."""
+        with self._reading("read_response", address) as conn:
             rows = conn.execute(
                 "SELECT response FROM idempotency WHERE kind = ? AND id = ? AND key = ?",
                 (address.kind, address.id, key),
             ).fetchall()
         return bytes(rows[0][0]) if rows else None
 
-    def _list_agents_sync(self, kind: str, after: str | None, limit: int) -> list[AgentSummary]:
+    def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
+        """Deliveries due at or before ``now``, earliest first."""
+        with self._reading("due_deliveries", None) as conn:
+            rows = conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE due_at <= ?"
+                " ORDER BY due_at LIMIT ?",
+                (float(now), int(limit)),
+            ).fetchall()
+        return [_delivery(row) for row in rows]
+
+    def next_due_at(self) -> float | None:
+        """When the earliest delivery is due, or None if there are none."""
+        with self._reading("next_due_at", None) as conn:
+            row = conn.execute("SELECT MIN(due_at) FROM deliveries").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def prune_responses(self, older_than: float) -> int:
+        """Delete every idempotency record created before ``older_than``."""
+        return self._submit(_PruneOp(older_than))
+
+    def delete_agent(self, address: AgentAddress) -> bool:
+        """Delete everything held for the agent in one transaction, after every write
+        queued before it. Returns whether there was anything to delete."""
+        return self._submit(_DeleteOp(address))
+
+    def fork_agent(self, source: AgentAddress, target: AgentAddress) -> ForkResult:
+        """Copy ``source``'s state and kv entries to ``target`` in one transaction, after
+        every write queued before it (see the protocol for the outcomes)."""
+        return self._submit(_ForkOp(source, target))
+
+    def list_agents(self, kind: str, *, after: str | None, limit: int) -> list[AgentSummary]:
+        """Up to ``limit`` agents of ``kind`` whose ids sort after ``after``, by id."""
+        self._check_open()
+        if limit <= 0:
+            return []
         query = (
             "SELECT id, state_bytes, kv_bytes, turns, created_at, updated_at FROM agents"
             " WHERE kind = ?"
@@ -743,10 +733,13 @@ class SqliteStore:
             for agent_id, state_bytes, kv_bytes, turns, created_at, updated_at in rows
         ]
 
-    def _export_agent_sync(self, address: AgentAddress) -> AgentExport | None:
+    def export_agent(self, address: AgentAddress) -> AgentExport | None:
+        """A consistent snapshot of everything held for the agent, or None if it has neither
+        a record nor kv entries. (kv entries without a record, which this store never writes,
+        are reported with a record of no state, 0 turns and timestamps 0.)"""
         params = (address.kind, address.id)
         with self._reading("export_agent", address) as conn:
-            conn.execute("BEGIN")  # one snapshot for all three reads
+            conn.execute("BEGIN")  # one snapshot for every read
             try:
                 agent_rows = conn.execute(
                     "SELECT state, kv_bytes, turns, created_at, updated_at FROM agents"
@@ -772,254 +765,56 @@ class SqliteStore:
             return None
         kv = {str(key): bytes(value) for key, value in kv_rows}
         if agent_rows:
-            state, kv_bytes, turns, created_at, updated_at = agent_rows[0]
-            record = AgentRecord(
-                state=None if state is None else bytes(state),
-                kv_bytes=int(kv_bytes),
-                turns=int(turns),
-                created_at=float(created_at),
-                updated_at=float(updated_at),
-            )
+            record = _record(agent_rows[0])
         else:  # kv without a record: not written by this store, but report it faithfully
             size = sum(len(key.encode()) + len(value) for key, value in kv.items())
             record = AgentRecord(state=None, kv_bytes=size, turns=0, created_at=0.0, updated_at=0.0)
         deliveries = [_delivery(row) for row in delivery_rows]
         return AgentExport(record=record, kv=kv, responses=responses, deliveries=deliveries)
 
-    async def load_agent(self, address: AgentAddress) -> AgentRecord | None:
-        """The agent's record, or None if it has never committed a turn."""
-        self._check_open()
-        return await trio.to_thread.run_sync(self._load_agent_sync, address)
-
-    async def load_response(self, address: AgentAddress, key: str) -> bytes | None:
-        """The response committed with idempotency key ``key`` for the agent, or None if no
-        turn of the agent committed that key (or its record was pruned)."""
-        self._check_open()
-        return await trio.to_thread.run_sync(self._load_response_sync, address, key)
-
-    async def list_agents(self, kind: str, *, after: str | None, limit: int) -> list[AgentSummary]:
-        """Up to ``limit`` agents of ``kind`` whose ids sort strictly after ``after`` (all when
-        None), ordered by id. Page by passing the last id of one page as ``after``."""
-        self._check_open()
-        if limit <= 0:
-            return []
-        return await trio.to_thread.run_sync(self._list_agents_sync, kind, after, limit)
-
-    async def export_agent(self, address: AgentAddress) -> AgentExport | None:
-        """A consistent snapshot of everything held for the agent, or None if it has neither
-        a record nor kv entries. (kv entries without a record, which this store never writes,
-        are reported with a record of no state, 0 turns and timestamps 0.)"""
-        self._check_open()
-        return await trio.to_thread.run_sync(self._export_agent_sync, address)
-
-    async def count_agents(self, kind: str | None = None) -> int:
+    def count_agents(self, kind: str | None = None) -> int:
         """Number of agents with committed turns (of one kind, or all)."""
-        self._check_open()
-        return await trio.to_thread.run_sync(self._aggregate_sync, "count_agents", "COUNT(*)", kind)
+        return self._aggregate("count_agents", "COUNT(*)", kind)
 
-    async def stored_bytes(self, kind: str | None = None) -> int:
+    def stored_bytes(self, kind: str | None = None) -> int:
         """Bytes of state and kv held for agents (of one kind, or all)."""
-        self._check_open()
-        return await trio.to_thread.run_sync(
-            self._aggregate_sync,
-            "stored_bytes",
-            "COALESCE(SUM(state_bytes + kv_bytes), 0)",
-            kind,
-        )
+        return self._aggregate("stored_bytes", "COALESCE(SUM(state_bytes + kv_bytes), 0)", kind)
 
-    # -- writes ----------------------------------------------------------------------------
+    def _aggregate(self, operation: str, expression: str, kind: str | None) -> int:
+        with self._reading(operation, None) as conn:
+            if kind is None:
+                rows = conn.execute(f"SELECT {expression} FROM agents").fetchall()
+            else:
+                rows = conn.execute(
+                    f"SELECT {expression} FROM agents WHERE kind = ?", (kind,)
+                ).fetchall()
+        return int(rows[0][0])
 
-    async def commit_turn(self, commit: TurnCommit) -> None:
-        """Apply one turn's effects in one transaction (shared with concurrent commits).
+    # -- group commit ----------------------------------------------------------------------
 
-        With ``commit.idempotency_key`` set, the response is recorded in the same transaction;
-        if the agent already has a record under that key, the commit fails and writes nothing.
-
-        Raises :class:`StorageError` on failure, in which case nothing of the turn was written.
-        If the caller is cancelled while waiting, the commit may still be written."""
-        await self._submit(_CommitOp(commit))
-
-    def write_turn(self, commit: TurnCommit) -> None:
-        """Same as :meth:`commit_turn`, blocking: for the worker thread that ran the turn."""
-        self._submit_sync(_CommitOp(commit))
-
-    def try_write_turn(self, commit: TurnCommit) -> bool:
-        """Write the commit now if that means no waiting: no other write in progress and no
-        fsync (``synchronous="NORMAL"``). Returns False, having written nothing, otherwise;
-        the caller then uses :meth:`commit_turn`. For the event loop."""
-        if self._fsyncs or not self._writer_lock.acquire(blocking=False):
-            return False
-        try:
-            op = _CommitOp(commit)
-            with self._queue_lock:
-                if self._closing:
-                    raise StorageError(_CLOSED)
-                alone = not self._queue
-            if alone:  # nothing queued to keep the order of: no batch to assemble
-                try:
-                    self._transaction([op])
-                except Exception as exc:
-                    raise self._op_error(op, exc) from exc
-                return True
-            pending = self._enqueue(op)
-            self._write_locked(pending)
-        finally:
-            self._writer_lock.release()
-        self._outcome(pending)
-        return True
-
-    async def delete_agent(self, address: AgentAddress) -> bool:
-        """Delete the agent's record, kv entries and idempotency records in one transaction,
-        after every write queued before it. Returns whether there was anything to delete.
-
-        If the caller is cancelled while waiting, the delete may still happen."""
-        return await self._submit(_DeleteOp(address))
-
-    async def fork_agent(self, source: AgentAddress, target: AgentAddress) -> ForkResult:
-        """Copy ``source``'s state and kv entries to ``target`` in one transaction, after every
-        write queued before it. The copy has 0 turns, no idempotency records and
-        ``created_at``/``updated_at`` set to now.
-
-        Returns ``"source_missing"`` if ``source`` has no record, ``"target_exists"`` if
-        ``target`` already has rows; nothing is written in either case."""
-        return await self._submit(_ForkOp(source, target))
-
-    def read_usage(self, address: AgentAddress, day: str) -> Usage:
-        """The agent's usage on ``day`` (thread-safe)."""
-        with self._reading("read_usage", address) as conn:
-            row = conn.execute(
-                "SELECT llm_input_tokens, llm_output_tokens, http_calls, cpu_ms, turns, errors"
-                " FROM usage WHERE kind = ? AND id = ? AND day = ?",
-                (address.kind, address.id, day),
-            ).fetchone()
-        if row is None:
-            return Usage()
-        return Usage(int(row[0]), int(row[1]), int(row[2]), float(row[3]), int(row[4]), int(row[5]))
-
-    async def add_usage(self, address: AgentAddress, day: str, usage: Usage) -> None:
-        """Add to the agent's usage on ``day``."""
-        self._check_open()
-        await self._submit(_UsageOp(address, day, usage))
-
-    async def add_delivery(self, delivery: Delivery) -> None:
-        """Store a delivery outside any turn (the result of a continuation-form op)."""
-        self._check_open()
-        await self._submit(_AddDeliveryOp(delivery))
-
-    async def reschedule_delivery(
-        self, address: AgentAddress, delivery_id: str, due_at: float | None
-    ) -> None:
-        """Move a delivery to ``due_at``, or delete it when None."""
-        self._check_open()
-        await self._submit(_RescheduleOp(address, delivery_id, due_at))
-
-    async def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
-        """Deliveries due at or before ``now``, earliest first."""
-        self._check_open()
-        return await trio.to_thread.run_sync(self._due_deliveries_sync, now, limit)
-
-    async def next_due_at(self) -> float | None:
-        """When the earliest delivery is due, or None if there are none."""
-        self._check_open()
-        return await trio.to_thread.run_sync(self._next_due_at_sync)
-
-    def read_deliveries(self, address: AgentAddress) -> list[Delivery]:
-        """The agent's pending deliveries, earliest first (thread-safe)."""
-        with self._reading("read_deliveries", address) as conn:
-            rows = conn.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE kind = ? AND id = ?"
-                " ORDER BY due_at",
-                (address.kind, address.id),
-            ).fetchall()
-        return [_delivery(row) for row in rows]
-
-    def _due_deliveries_sync(self, now: float, limit: int) -> list[Delivery]:
-        with self._reading("due_deliveries", None) as conn:
-            rows = conn.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE due_at <= ?"
-                " ORDER BY due_at LIMIT ?",
-                (float(now), int(limit)),
-            ).fetchall()
-        return [_delivery(row) for row in rows]
-
-    def _next_due_at_sync(self) -> float | None:
-        with self._reading("next_due_at", None) as conn:
-            row = conn.execute("SELECT MIN(due_at) FROM deliveries").fetchone()
-        return None if row is None or row[0] is None else float(row[0])
-
-    async def prune_responses(self, older_than: float) -> int:
-        """Delete every idempotency record created (turn ``at``) before ``older_than``.
-        Returns how many were deleted."""
-        return await self._submit(_PruneOp(older_than))
-
-    async def _submit(self, op: _WriteOp[_T]) -> _T:
-        """Queue one write (now, so writes keep the order they were called in) and wait until
-        the flusher (or a worker thread's commit) has written it. A cancelled caller stops
-        waiting; the write still happens."""
-        pending = self._enqueue(op, trio.Event())
-        self._awaited.append(pending)
-        self._flush.set()
-        assert pending.event is not None
-        await pending.event.wait()
-        return self._outcome(pending)
-
-    async def _run_flusher(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Write what async callers queued, one worker-thread trip per batch, and wake them.
-        Shielded, so it stops only once :meth:`aclose` has stopped new writes and every
-        accepted one has been written."""
-        self._flusher_started = True
-        task_status.started()
-        try:
-            with trio.CancelScope(shield=True):
-                while True:
-                    await self._flush.wait()
-                    self._flush = trio.Event()
-                    awaited, self._awaited = self._awaited, []
-                    if awaited:
-                        # Under the writer lock with the queue drained, every write queued
-                        # before this trip is written, whichever thread took it.
-                        await trio.to_thread.run_sync(self._write_all_queued)
-                        for pending in awaited:
-                            assert pending.event is not None
-                            pending.event.set()
-                    if self._closing and not self._awaited:
-                        return
-        finally:
-            self._flusher_done.set()
-
-    def _write_all_queued(self) -> None:
-        with self._writer_lock:
-            self._write_queue_locked()
-
-    def _write_queue_locked(self) -> None:
-        """With the writer lock held: write batches until the queue is empty."""
-        while batch := self._take_batch():
-            self._write_batch(batch)
-
-    def _submit_sync(self, op: _WriteOp[_T]) -> _T:
+    def _submit(self, op: _WriteOp[_T]) -> _T:
         """Queue one write and write it (or wait for the thread writing it), blocking."""
         pending = self._enqueue(op)
-        self._write_until_done(pending)
+        with self._writer_lock:
+            self._write_locked(pending)
         return self._outcome(pending)
 
-    def _enqueue(self, op: _WriteOp[_T], event: trio.Event | None = None) -> _Pending[_T]:
-        pending = _Pending(op, event)
+    def _enqueue(self, op: _WriteOp[_T]) -> _Pending[_T]:
+        pending = _Pending(op)
         with self._queue_lock:
             if self._closing:
                 raise StorageError(_CLOSED)
             self._queue.append(pending)
         return pending
 
-    def _write_until_done(self, pending: _Pending[Any]) -> None:
-        """Take the writer lock; unless the previous holder wrote ``pending``, write batches
-        of whatever is queued until it is written."""
-        with self._writer_lock:
-            self._write_locked(pending)
+    def _write_queue_locked(self) -> None:
+        """With the writer lock held: write batches until the queue is empty."""
+        while batch := self._take_batch():
+            self._write_batch(batch)
 
     def _write_locked(self, pending: _Pending[Any]) -> None:
-        """With the writer lock held: write batches of what is queued until ``pending`` is."""
+        """With the writer lock held: write batches of what is queued until ``pending`` is
+        (unless the previous holder of the lock wrote it already)."""
         while not pending.done:
             self._write_batch(self._take_batch())
 
@@ -1048,8 +843,8 @@ class SqliteStore:
         return cast(_T, pending.result)
 
     def _write_sync(self, batch: Sequence[_Pending[Any]]) -> None:
-        """Runs on a worker thread. One transaction for the batch; if it fails, one per write.
-        Fills in each write's result or error."""
+        """One transaction for the batch; if it fails, one per write. Fills in each write's
+        result or error."""
         try:
             results = self._transaction([pending.op for pending in batch])
         except Exception as exc:
@@ -1085,6 +880,17 @@ class SqliteStore:
         return error
 
 
+def _record(row: tuple[Any, ...]) -> AgentRecord:
+    state, kv_bytes, turns, created_at, updated_at = row
+    return AgentRecord(
+        state=None if state is None else bytes(state),
+        kv_bytes=int(kv_bytes),
+        turns=int(turns),
+        created_at=float(created_at),
+        updated_at=float(updated_at),
+    )
+
+
 @asynccontextmanager
 async def open_sqlite_store(
     path: str | os.PathLike[str],
@@ -1102,12 +908,7 @@ async def open_sqlite_store(
     db_path, writer = await trio.to_thread.run_sync(_open_writer, path, synchronous)
     store = SqliteStore(db_path, writer, synchronous)
     try:
-        async with open_service_nursery() as nursery:
-            await nursery.start(store._run_flusher)
-            try:
-                yield store
-            finally:
-                await store.aclose()
+        yield store
     finally:
-        # A no-op unless starting the flusher failed; aclose shields itself.
-        await store.aclose()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(store.close)

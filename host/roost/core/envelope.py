@@ -1,0 +1,56 @@
+"""An event on its way to an agent, and where its outcome lands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+
+@dataclass(slots=True)
+class EventTiming:
+    """Where an event's time went, filled in while it is handled (``Host.send(timing=)``)."""
+
+    ops_s: float = 0.0
+    """Seconds the handler waited on its async ops (LLM and HTTP calls, asks, sleeps):
+    the part of the reply time the host does not add."""
+
+
+@dataclass(eq=False)
+class Envelope:
+    """One event on its way to an agent, and the slot its outcome lands in."""
+
+    kind: str
+    """``message``, ``timer``, ``agent`` or ``continuation``."""
+    payload: bytes
+    """msgpack."""
+    idempotency_key: str | None = None
+    """When set, the final turn records the replies under this key in the same commit."""
+    on_reply: Callable[[Any], None] | None = None
+    """Called with each reply once the turn that produced it has committed."""
+    on_token: Callable[[str], None] | None = None
+    """Called with LLM tokens streamed while the event is handled."""
+    chain: tuple[str, ...] = ()
+    """The chain of asks that led to this event."""
+    handled: tuple[str, float | None] | None = None
+    """The stored delivery this event comes from: removed (or re-armed) by its final turn."""
+    trace_context: Any = None
+    """The trace context the event was sent from (tracing on): parent of its turns."""
+    timing: EventTiming | None = None
+    replies: list[Any] = field(default_factory=list)
+    reply_bytes: int = 0
+    error: BaseException | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+    async def outcome(self) -> list[Any]:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.replies

@@ -1,0 +1,81 @@
+"""What the core's parts are handed: one typed, frozen set of services.
+
+Actors, turns, the registry and the delivery loop get a :class:`CoreServices` from the
+host facade when it opens; none of them reaches up to the facade.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import trio
+
+from ..store.async_store import AsyncStore
+from ..store.protocol import StateStore
+from ..telemetry import HostMetrics, Telemetry
+from ..wall_clock import WallClock
+
+T = TypeVar("T")
+
+
+class WorkerPool:
+    """The threads that run guest code, so the event loop stays responsive."""
+
+    def __init__(self, threads: int) -> None:
+        self._limiter = trio.CapacityLimiter(threads)
+
+    async def run(self, call: Callable[[], T]) -> T:
+        """Run ``call`` on a worker thread once one is free."""
+        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+
+
+class Doorbell:
+    """Rung when something may have become due (a commit added deliveries, a kind was
+    deployed); the delivery loop waits on it between looks at the store."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def ring(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+    def rearm(self) -> None:
+        """Forget earlier rings: call before looking, so a ring while looking counts."""
+        if self._event.is_set():
+            self._event = trio.Event()
+
+
+@dataclass
+class CoreCounters:
+    """Counts since the host opened."""
+
+    activations: int = 0
+    """Instances created (first events and wakes from hibernation)."""
+    hibernations: int = 0
+    """Instances dropped after idling or eviction."""
+    turns: int = 0
+    """Turns committed."""
+
+
+@dataclass(frozen=True, slots=True)
+class CoreServices:
+    """Everything below the facade shares."""
+
+    store: StateStore
+    stores: AsyncStore
+    """The same store, for the event loop."""
+    clock: WallClock
+    telemetry: Telemetry
+    metrics: HostMetrics
+    workers: WorkerPool
+    counters: CoreCounters
+    deliveries_due: Doorbell
+    epoch_tick_ms: int
+    """Granularity of CPU deadlines (for trace attributes)."""
+    inline_slice_ms: int
+    """How long a light kind's event turn may run on the event loop (0: never)."""

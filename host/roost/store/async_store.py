@@ -1,0 +1,39 @@
+"""One generic async adapter over any :class:`~roost.store.protocol.StateStore`.
+
+Stores are synchronous; async code calls them through :class:`AsyncStore`, which runs a
+method on a worker thread (``await stores.run(store.delete_agent, address)``) and commits
+on the event loop when the store can write at once, else on a worker thread.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import trio
+
+from .protocol import Commit, StateStore
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+class AsyncStore:
+    """``store``, for the event loop."""
+
+    def __init__(self, store: StateStore, *, limiter: trio.CapacityLimiter | None = None) -> None:
+        self.store = store
+        self._limiter = limiter
+
+    async def run(self, method: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Call one of the store's methods on a worker thread."""
+        call = functools.partial(method, *args, **kwargs)
+        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+
+    async def commit(self, commit: Commit) -> None:
+        """Write ``commit``: right here when the store can do so without waiting, else on a
+        worker thread. Once cancellation reaches a commit on a worker thread, it may still be
+        written."""
+        if not self.store.commit(commit, wait=False):
+            await trio.to_thread.run_sync(self.store.commit, commit, limiter=self._limiter)
