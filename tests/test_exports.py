@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ast
 import inspect
-from pathlib import Path
 
 import roost
 from roost import errors
@@ -35,19 +33,3 @@ def test_exports_are_the_embedding_api_and_every_error() -> None:
     modules = {name for name, obj in vars(roost).items() if inspect.ismodule(obj)}
     assert public - modules == EXPECTED | error_names
 
-
-def test_only_the_runtime_imports_wasmtime() -> None:
-    root = Path(roost.__file__).parent
-    offenders = []
-    for path in root.rglob("*.py"):
-        if "sandbox" in path.relative_to(root).parts:
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            if any(n == "wasmtime" or n.startswith("wasmtime.") for n in names):
-                offenders.append(str(path.relative_to(root)))
-    assert offenders == []

@@ -14,10 +14,12 @@ from .config import HostConfig as HostConfig
 from .config import load_config as load_config
 from .core.envelope import EventTiming as EventTiming
 from .core.kind import KindInfo as KindInfo
+from .errors import AccessDenied as AccessDenied
 from .errors import AgentBusy as AgentBusy
 from .errors import AgentError as AgentError
 from .errors import AgentExists as AgentExists
 from .errors import AgentUnavailable as AgentUnavailable
+from .errors import AuthError as AuthError
 from .errors import BuildError as BuildError
 from .errors import CapabilityDenied as CapabilityDenied
 from .errors import CapabilityError as CapabilityError
@@ -41,8 +43,8 @@ from .errors import UnknownAgent as UnknownAgent
 from .errors import UnknownKind as UnknownKind
 from .host import AgentStatus as AgentStatus
 from .host import Host as Host
-from .host import HostStatistics as HostStatistics
 from .host import open_host as open_host
-from .manifest import Limits as Limits
+from .limits import Limits as Limits
 from .manifest import Manifest as Manifest
 from .manifest import load_manifest as load_manifest
+from .telemetry import HostStatistics as HostStatistics

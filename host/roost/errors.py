@@ -26,7 +26,9 @@
     │   ├── CapabilityDenied     the call is outside the kind's grant
     │   └── QuotaExceeded        the call would pass a per-agent quota
     ├── StorageError             the state store failed; the turn was not committed; retry helps
-    └── Overloaded               the host is at capacity; retry after ``retry_after_s``
+    ├── Overloaded               the host is at capacity; retry after ``retry_after_s``
+    └── AuthError                a request's credentials are missing, malformed or expired
+        └── AccessDenied         valid credentials, but not for this call or this agent
 
 Errors that carry ``retryable = True`` are ones where the same request may succeed later.
 """
@@ -160,3 +162,13 @@ class Overloaded(RoostError):
     def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class AuthError(RoostError):
+    """Raised by the HTTP API when a request's credentials are missing, malformed or
+    expired. Send a valid bearer token (``roost token``, or the admin token)."""
+
+
+class AccessDenied(AuthError):
+    """Raised when the credentials are valid but for another agent, or the call needs the
+    admin token. Retrying with the same credentials will not help."""

@@ -11,7 +11,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from .sandbox import WasmEngine, open_engine
 from .store.async_store import AsyncStore
 from .store.protocol import AgentExport, AgentRecord, AgentSummary, StateStore, Usage
 from .store.sqlite import open_sqlite_store
-from .telemetry import HistogramSnapshot, HostMetrics, Telemetry, gc_pause_seconds
+from .telemetry import HostMetrics, HostStatistics, Telemetry, gc_pause_seconds
 from .wall_clock import WallClock, utc_day
 
 
@@ -62,44 +62,6 @@ class AgentStatus:
     open_sockets: int = 0
     """WebSockets open to the agent. They do not keep it resident: it hibernates under an
     open socket and the next frame wakes it."""
-
-
-@dataclass(frozen=True)
-class HostStatistics:
-    """Counts since the host opened (``resident`` and ``hibernated`` are current)."""
-
-    resident: int
-    """Agents with an instance in memory."""
-    hibernated: int
-    """Agents with committed state and no instance in memory."""
-    activations: int
-    """Instances created (first events and wakes from hibernation)."""
-    hibernations: int
-    """Instances dropped after idling or eviction."""
-    turns: int
-    in_flight: int
-    kinds: int
-    denied: dict[str, int] = field(default_factory=dict)
-    """Capability calls refused (outside the grant, over a quota or budget), by
-    ``kind/capability``."""
-    traps: dict[str, int] = field(default_factory=dict)
-    """Failed guest turns (trap, CPU deadline, memory, limit, ABI), by ``kind/trap``."""
-    llm_tokens: dict[str, int] = field(default_factory=dict)
-    """LLM tokens used, by ``kind/input`` and ``kind/output``."""
-    mailbox_depth: dict[str, int] = field(default_factory=dict)
-    """Events queued in resident agents' mailboxes, by kind."""
-    held_resident: dict[str, int] = field(default_factory=dict)
-    """Agents resident past their idle timeout, by what holds them (see
-    :attr:`AgentStatus.held_resident_by`)."""
-    rejected: dict[int, int] = field(default_factory=dict)
-    """Requests the HTTP API refused for backpressure, by status (429, 503)."""
-    websockets_open: int = 0
-    wake_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
-    """Activation latency (load state, instantiate, init), by kind."""
-    turn_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
-    """Turn latency (worker wait, guest call, commit), by kind."""
-    gc_pause_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
-    """Pauses of Python's cyclic garbage collector (the whole process), by generation."""
 
 
 @asynccontextmanager

@@ -34,7 +34,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -77,7 +77,6 @@ from .config import TelemetryConfig
 
 if TYPE_CHECKING:
     from .address import AgentAddress
-    from .host import HostStatistics
 
 INSTRUMENTATION = "roost"
 DURATION_BOUNDS_S: tuple[float, ...] = (
@@ -181,6 +180,44 @@ def gc_pause_seconds() -> dict[str, HistogramSnapshot]:
     if _GC_PAUSES is None:
         _GC_PAUSES = _GcPauses()
     return _GC_PAUSES.snapshot()
+
+
+@dataclass(frozen=True)
+class HostStatistics:
+    """Counts since the host opened (``resident`` and ``hibernated`` are current)."""
+
+    resident: int
+    """Agents with an instance in memory."""
+    hibernated: int
+    """Agents with committed state and no instance in memory."""
+    activations: int
+    """Instances created (first events and wakes from hibernation)."""
+    hibernations: int
+    """Instances dropped after idling or eviction."""
+    turns: int
+    in_flight: int
+    kinds: int
+    denied: dict[str, int] = field(default_factory=dict)
+    """Capability calls refused (outside the grant, over a quota or budget), by
+    ``kind/capability``."""
+    traps: dict[str, int] = field(default_factory=dict)
+    """Failed guest turns (trap, CPU deadline, memory, limit, ABI), by ``kind/trap``."""
+    llm_tokens: dict[str, int] = field(default_factory=dict)
+    """LLM tokens used, by ``kind/input`` and ``kind/output``."""
+    mailbox_depth: dict[str, int] = field(default_factory=dict)
+    """Events queued in resident agents' mailboxes, by kind."""
+    held_resident: dict[str, int] = field(default_factory=dict)
+    """Agents resident past their idle timeout, by what holds them (see
+    :attr:`AgentStatus.held_resident_by`)."""
+    rejected: dict[int, int] = field(default_factory=dict)
+    """Requests the HTTP API refused for backpressure, by status (429, 503)."""
+    websockets_open: int = 0
+    wake_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
+    """Activation latency (load state, instantiate, init), by kind."""
+    turn_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
+    """Turn latency (worker wait, guest call, commit), by kind."""
+    gc_pause_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
+    """Pauses of Python's cyclic garbage collector (the whole process), by generation."""
 
 
 def trap_name(error: BaseException) -> str:

@@ -6,9 +6,10 @@ import math
 from typing import Any
 
 from .. import errors
-from .auth import AuthError
 
 _STATUS: list[tuple[type[BaseException], int]] = [
+    (errors.AccessDenied, 403),
+    (errors.AuthError, 401),
     (errors.AgentBusy, 429),
     (errors.Overloaded, 503),
     (errors.AgentUnavailable, 503),
@@ -28,8 +29,6 @@ _STATUS: list[tuple[type[BaseException], int]] = [
 
 
 def error_status(exc: BaseException) -> int:
-    if isinstance(exc, AuthError):
-        return exc.status
     for cls, status in _STATUS:
         if isinstance(exc, cls):
             return status
@@ -37,7 +36,7 @@ def error_status(exc: BaseException) -> int:
 
 
 def error_headers(exc: BaseException) -> dict[str, str]:
-    if isinstance(exc, AuthError):
+    if isinstance(exc, errors.AuthError):
         return {"WWW-Authenticate": "Bearer"}
     if isinstance(exc, errors.Overloaded):
         return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}

@@ -26,14 +26,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..address import AgentAddress, validate_kind_name
 from ..config import ServerConfig
 from ..core.envelope import EventTiming
-from ..errors import InvalidMessage, ManifestError, MessageTooLarge, RoostError
+from ..errors import AuthError, InvalidMessage, ManifestError, MessageTooLarge, RoostError
 from ..host import Host
 from ..manifest import parse_manifest
 from ..payload import to_json
 from ..telemetry import Telemetry
 from ._saved_kinds import save_deployment
 from ._status import error_body, error_headers, error_status
-from .auth import AuthError, Credentials, bearer, require_admin, require_agent
+from .auth import Credentials, bearer, require_admin, require_agent
 from .metrics import MetricsRecorder
 from .openapi import openapi_document
 
@@ -66,7 +66,7 @@ def create_app(host: Host, settings: ServerConfig, credentials: Credentials) -> 
         async def endpoint(request: Request) -> Response:
             try:
                 return await handler(state, request)
-            except (RoostError, AuthError) as exc:
+            except RoostError as exc:
                 return _error_response(state, exc, request)
 
         return Route(path, endpoint, methods=methods)
@@ -320,7 +320,7 @@ class _SseResponse(Response):
                         on_reply=on_reply,
                         on_token=on_token,
                     )
-                except (RoostError, AuthError) as exc:
+                except RoostError as exc:
                     status = error_status(exc)
                     if status in (429, 503):
                         self._state.metrics.rejected(status)
@@ -429,7 +429,7 @@ async def _agent_socket(state: ApiState, websocket: WebSocket) -> None:
     try:
         address = _address(websocket)
         require_agent(state.credentials, _token(websocket), address)
-    except (RoostError, AuthError) as exc:
+    except RoostError as exc:
         await websocket.close(code=1008, reason=str(exc)[:120])
         return
     await websocket.accept()
@@ -484,7 +484,7 @@ async def _socket_message(
         except json.JSONDecodeError as exc:
             raise InvalidMessage(f"frame is not valid JSON: {exc}") from None
         await state.host.send(address, _message_of(body), on_reply=on_reply, on_token=on_token)
-    except (RoostError, AuthError) as exc:
+    except RoostError as exc:
         out.send_nowait(to_json({"type": "error", **error_body(exc), "status": error_status(exc)}))
     else:
         out.send_nowait(to_json({"type": "done"}))

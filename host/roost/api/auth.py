@@ -20,17 +20,10 @@ import jwt
 
 from ..address import AgentAddress
 from ..config import ServerConfig
+from ..errors import AccessDenied, AuthError
 
 _ALGORITHM = "HS256"
 _ISSUER = "roost"
-
-
-class AuthError(Exception):
-    """A request's credentials are missing, malformed, expired or for another agent."""
-
-    def __init__(self, message: str, *, status: int = 401) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -87,7 +80,7 @@ def require_admin(credentials: Credentials, token: str | None) -> None:
     if token is None:
         raise AuthError("this call needs the admin token (Authorization: Bearer ...)")
     if not hmac.compare_digest(token.encode(), credentials.admin_token.encode()):
-        raise AuthError("this call needs the admin token", status=403)
+        raise AccessDenied("this call needs the admin token")
 
 
 def require_agent(credentials: Credentials, token: str | None, address: AgentAddress) -> None:
@@ -111,4 +104,4 @@ def require_agent(credentials: Credentials, token: str | None, address: AgentAdd
     except jwt.InvalidTokenError as exc:
         raise AuthError(f"invalid agent token: {exc}") from None
     if claims.get("sub") != str(address):
-        raise AuthError(f"this token is not valid for agent {address}", status=403)
+        raise AccessDenied(f"this token is not valid for agent {address}")

@@ -12,8 +12,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ..host import HostStatistics
-from ..telemetry import HistogramSnapshot, HostMetrics
+from ..telemetry import HistogramSnapshot, HostMetrics, HostStatistics
 
 
 class MetricsRecorder:

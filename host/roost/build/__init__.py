@@ -31,22 +31,11 @@ import msgpack
 import roost_sdk
 
 from ..abi import WIT_DIR
+from ..capabilities import registry
 from .native import NATIVE_SUFFIXES, build_native
 from ..errors import BuildError
 from ..manifest import Manifest, load_manifest
 
-CORE_CAPABILITIES: tuple[str, ...] = (
-    "kv",
-    "clock",
-    "random",
-    "log",
-    "timers",
-    "agents",
-    "llm",
-    "http",
-    "usage",
-)
-"""Capabilities the full ``agent`` world imports, in WIT order."""
 
 _ENTRY_MODULE = "_roost_entry"
 _BUILD_WORLD = "roost-build"
@@ -130,14 +119,14 @@ def _resolve_capabilities(
         if manifest is not None or manifest_path.is_file():
             chosen = tuple(load_manifest(manifest_path).capabilities)
         else:
-            chosen = CORE_CAPABILITIES
-    unknown = sorted(set(chosen) - set(CORE_CAPABILITIES))
+            chosen = tuple(registry())
+    known = tuple(registry())
+    unknown = sorted(set(chosen) - set(known))
     if unknown:
         raise BuildError(
-            f"unknown capabilities {', '.join(unknown)}; "
-            f"agents can use {', '.join(CORE_CAPABILITIES)}"
+            f"unknown capabilities {', '.join(unknown)}; agents can use {', '.join(known)}"
         )
-    return tuple(c for c in CORE_CAPABILITIES if c in chosen)
+    return tuple(c for c in known if c in chosen)
 
 
 def _agent_files(directory: Path) -> list[Path]:

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from ..abi import HostCallError, HostFunction
 from ..address import AgentAddress
 from ..errors import CapabilityError, RoostError
-from ..manifest import Budgets, Limits
+from ..limits import Budgets, Limits
 from ..store.protocol import Delivery, TurnReads, Usage
 from ..telemetry import fail_span
 

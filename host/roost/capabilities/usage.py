@@ -16,7 +16,7 @@ class UsageGrant(BaseGrant):
     pass
 
 
-class Usage(Capability[None]):
+class UsageToday(Capability[None]):
     """The agent's own usage and budgets today."""
 
     name = "usage"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import trio
 
@@ -20,8 +20,16 @@ from ..wall_clock import WallClock
 T = TypeVar("T")
 
 
+class Workers(Protocol):
+    """Where turns run: off the event loop, so it stays responsive."""
+
+    async def run(self, call: Callable[[], T]) -> T:
+        """Run ``call`` and return its result."""
+        ...
+
+
 class WorkerPool:
-    """The threads that run guest code, so the event loop stays responsive."""
+    """The threads that run guest code (implements :class:`Workers`)."""
 
     def __init__(self, threads: int) -> None:
         self._limiter = trio.CapacityLimiter(threads)
@@ -72,7 +80,7 @@ class CoreServices:
     clock: WallClock
     telemetry: Telemetry
     metrics: HostMetrics
-    workers: WorkerPool
+    workers: Workers
     counters: CoreCounters
     deliveries_due: Doorbell
     epoch_tick_ms: int

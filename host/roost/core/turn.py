@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..address import AgentAddress
 from ..capabilities import Capability, Continuation, OpRunner, TurnEffects, bound_turn
 from ..errors import GuestAbiError, LimitExceeded, QuotaExceeded, RoostError
-from ..manifest import Budgets, Limits
+from ..limits import Budgets, Limits
 from ..payload import pack, unpack
 from ..sandbox.protocol import TurnOutput, TurnSliceExceeded
 from ..store.protocol import Commit, TurnReads, Usage

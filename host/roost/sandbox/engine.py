@@ -27,7 +27,7 @@ from wasmtime.component import Component, Linker, Variant
 
 from ..abi import EXPORTS, TYPES_INTERFACE, HostCallError, HostFunction, capability_of
 from ..errors import DeployError
-from ..manifest import Limits
+from ..limits import Limits
 from ._host_calls import add_host_function
 from .instance import WasmSandbox
 

@@ -15,7 +15,7 @@ from ..errors import (
     GuestTrap,
     MemoryLimitExceeded,
 )
-from ..manifest import Limits
+from ..limits import Limits
 from ._values import call_init, call_on_complete, call_on_event
 from .protocol import TurnOutput, TurnSliceExceeded
 

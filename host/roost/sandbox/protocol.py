@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..manifest import Limits
+from ..limits import Limits
 
 
 @dataclass(frozen=True, slots=True)
