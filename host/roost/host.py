@@ -31,6 +31,7 @@ from .core.services import CoreCounters, CoreServices, Doorbell, WorkerPool
 from .errors import AgentExists, DeployError, ManifestError, UnknownAgent
 from .manifest import Manifest, load_manifest
 from .sandbox import WasmEngine, open_engine
+from .sandbox.protocol import SandboxFactory
 from .store.async_store import AsyncStore
 from .store.protocol import AgentExport, AgentRecord, AgentSummary, StateStore, Usage
 from .store.sqlite import open_sqlite_store
@@ -158,13 +159,20 @@ class Host:
         self._closed = False
 
     async def deploy(
-        self, manifest: Manifest | Path | str, *, component: Path | str | None = None
+        self,
+        manifest: Manifest | Path | str,
+        *,
+        component: Path | str | None = None,
+        wasm: bytes | None = None,
     ) -> KindInfo:
-        """Deploy (or redeploy) a kind from a manifest; ``component`` overrides its path.
+        """Deploy (or redeploy) a kind from a manifest; ``component`` overrides its
+        component's path, ``wasm`` gives the component itself. Agents of a redeployed kind
+        that are resident finish what they are doing and continue on the new version.
 
-        Fails with DeployError naming every import the manifest does not grant."""
+        Fails with DeployError naming every import the manifest does not grant; a kind that
+        fails to deploy leaves the one deployed before in service."""
         manifest = await trio.to_thread.run_sync(_resolve_manifest, manifest, component)
-        if manifest.component is None:
+        if wasm is None and manifest.component is None:
             raise ManifestError(
                 f"kind {manifest.name!r}: no component; set `component` in the manifest or pass one"
             )
@@ -172,18 +180,21 @@ class Host:
         component_path = manifest.component
         name = manifest.name
 
-        def load() -> tuple[bytes, Any]:
-            try:
-                wasm = component_path.read_bytes()
-            except OSError as exc:
-                raise DeployError(
-                    f"kind {name!r}: cannot read component {component_path}: "
-                    f"{exc.strerror}; build it with `roost build`"
-                ) from None
-            return wasm, self._engine.load_kind(name, wasm, link_table(capabilities))
+        def load() -> tuple[bytes, SandboxFactory]:
+            code = wasm
+            if code is None:
+                assert component_path is not None
+                try:
+                    code = component_path.read_bytes()
+                except OSError as exc:
+                    raise DeployError(
+                        f"kind {name!r}: cannot read component {component_path}: "
+                        f"{exc.strerror}; build it with `roost build`"
+                    ) from None
+            return code, self._engine.load_kind(name, code, link_table(capabilities))
 
-        wasm, factory = await trio.to_thread.run_sync(load)
-        kind = Kind(manifest, capabilities, factory, hashlib.sha256(wasm).hexdigest())
+        code, factory = await trio.to_thread.run_sync(load)
+        kind = Kind(manifest, capabilities, factory, hashlib.sha256(code).hexdigest())
         self._kinds.put(kind)
         self._deliveries.kind_deployed(manifest.name)
         return kind.info()

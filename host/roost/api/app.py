@@ -26,7 +26,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..address import AgentAddress, validate_kind_name
 from ..config import ServerConfig
 from ..core.envelope import EventTiming
-from ..errors import AuthError, InvalidMessage, ManifestError, MessageTooLarge, RoostError
+from ..errors import (
+    AuthError,
+    InvalidMessage,
+    ManifestError,
+    MessageTooLarge,
+    Overloaded,
+    RoostError,
+)
 from ..host import Host
 from ..manifest import parse_manifest
 from ..payload import to_json
@@ -54,6 +61,15 @@ class ApiState:
         self.metrics = MetricsRecorder(host.metrics())
         self.shutting_down = trio.Event()
         """Set on the first shutdown signal: sockets close with 1001, readiness fails."""
+        self._requests: set[trio.CancelScope] = set()
+        """The HTTP requests being served, to cut short when the grace period ends."""
+
+    def expire_requests(self) -> int:
+        """End every request still running (the graceful timeout passed): each answers 503
+        with Retry-After if it has not started its response. Returns how many there were."""
+        for scope in self._requests:
+            scope.cancel()
+        return len(self._requests)
 
 
 def create_app(host: Host, settings: ServerConfig, credentials: Credentials) -> Starlette:
@@ -92,9 +108,59 @@ def create_app(host: Host, settings: ServerConfig, credentials: Credentials) -> 
         ],
     )
     app.state.api = state
+    app.add_middleware(_ShutdownDeadline, state=state)
     if host.telemetry.tracing:
         app.add_middleware(_TracingMiddleware, telemetry=host.telemetry)
     return app
+
+
+class _ShutdownDeadline:
+    """Tracks HTTP requests so that the ones still running when the shutdown grace period
+    ends (:meth:`ApiState.expire_requests`) answer 503 with Retry-After, or end their event
+    stream with an ``error`` event, instead of losing their connection unanswered."""
+
+    def __init__(self, app: ASGIApp, state: ApiState) -> None:
+        self._app = app
+        self._state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = ""  # the response's content type, once it has started
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers", []))
+                started = headers.get(b"content-type", b"-").decode("latin-1")
+            await send(message)
+
+        requests = self._state._requests
+        with trio.CancelScope() as cancel:
+            requests.add(cancel)
+            try:
+                await self._app(scope, receive, tracked_send)
+            finally:
+                requests.discard(cancel)
+        if not cancel.cancelled_caught:
+            return
+        error = Overloaded(
+            "the server shut down before the request finished; retry", retry_after_s=1
+        )
+        if not started:
+            body = to_json(error_body(error)).encode()
+            headers = [(b"content-type", b"application/json")]
+            headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(error).items()]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        tail = (
+            _sse("error", {**error_body(error), "status": 503})
+            if "event-stream" in started
+            else b""
+        )
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
 class _TracingMiddleware:
@@ -223,12 +289,12 @@ async def _list_kinds(state: ApiState, request: Request) -> Response:
 
 
 async def _deploy_kind(state: ApiState, request: Request) -> Response:
+    """Deploy an uploaded kind, then keep it for restarts: a rejected upload (bad manifest,
+    bad component, ungranted imports, too large) leaves nothing behind."""
     require_admin(state.credentials, _token(request))
     limit = state.settings.max_body_bytes * _DEPLOY_BODY_FACTOR
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    async with request.form(max_files=1, max_fields=4, max_part_size=limit) as form:
+    limited = _limited(request, limit)
+    async with limited.form(max_files=1, max_fields=4, max_part_size=limit) as form:
         manifest_field = form.get("manifest")
         component_field = form.get("component")
         if (
@@ -248,11 +314,31 @@ async def _deploy_kind(state: ApiState, request: Request) -> Response:
     data.pop("component", None)
     data.pop("source", None)
     manifest = parse_manifest(data, base_dir=Path("."), origin="uploaded manifest")
-    path = await trio.to_thread.run_sync(
-        save_deployment, state.host.config.data_dir, manifest, manifest_field, wasm
+    info = await state.host.deploy(manifest, wasm=wasm)
+    await trio.to_thread.run_sync(
+        save_deployment, state.host.config.data_dir, manifest.name, manifest_field, wasm
     )
-    info = await state.host.deploy(manifest, component=path)
     return _json({"kind": asdict(info)}, status=201)
+
+
+def _limited(request: Request, limit: int) -> Request:
+    """``request`` with its body cut off at ``limit`` bytes (MessageTooLarge past it),
+    whether the client declared a length or streams it in chunks."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _too_large(limit)
+        return message
+
+    return Request(request.scope, receive)
 
 
 # -- agents -------------------------------------------------------------------------------

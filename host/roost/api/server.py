@@ -23,13 +23,16 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from ..build import ensure_component
 from ..config import HostConfig, ServerConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, RoostError
 from ..host import Host, open_host
 from ..manifest import Manifest, load_manifest
 from . import create_app, load_credentials
-from ._saved_kinds import saved_component, saved_manifests
+from ._saved_kinds import saved_kinds
 
 logger = logging.getLogger("roost.server")
+
+_ANSWER_GRACE_S = 2.0
+"""How long requests cut short at the end of the grace period have to answer."""
 
 
 @dataclass(frozen=True)
@@ -72,9 +75,21 @@ def check_dev_mode(settings: ServerConfig) -> None:
 
 
 async def deploy_all(host: Host, manifests: Sequence[Path | Manifest]) -> None:
-    """Kinds deployed over the API earlier, then the given manifests (built if needed)."""
-    for path in saved_manifests(host.config.data_dir):
-        await host.deploy(path, component=saved_component(path))
+    """Kinds deployed over the API earlier, then the given manifests (built if needed).
+
+    A saved kind that cannot be deployed any more is logged, with its files, and left out:
+    the server serves the others."""
+    for saved in saved_kinds(host.config.data_dir):
+        try:
+            await host.deploy(saved.manifest, component=saved.component)
+        except RoostError as exc:
+            logger.error(
+                "saved kind %r could not be deployed and is not served (%s, %s): %s",
+                saved.name,
+                saved.manifest,
+                saved.component,
+                exc,
+            )
     for item in manifests:
         if isinstance(item, Manifest):
             manifest = item
@@ -106,7 +121,9 @@ async def serve(
         api = app.state.api
         config = HypercornConfig()
         config.bind = [f"{_bracketed(settings.bind_host)}:{settings.port}"]
-        config.graceful_timeout = settings.graceful_timeout_s
+        # Hypercorn waits a little longer than the grace period, so that requests cut short
+        # at its end can still answer 503 (see ApiState.expire_requests).
+        config.graceful_timeout = settings.graceful_timeout_s + _ANSWER_GRACE_S
         config.accesslog = None
         config.errorlog = logging.getLogger("roost.http")
         config.websocket_max_message_size = settings.max_body_bytes
@@ -114,9 +131,20 @@ async def serve(
         async def shutdown_trigger() -> None:
             await api.shutting_down.wait()
 
+        async def expire_after_grace() -> None:
+            await api.shutting_down.wait()
+            await trio.sleep(settings.graceful_timeout_s)
+            if expired := api.expire_requests():
+                logger.warning(
+                    "graceful timeout (%ss) passed: %d requests answered 503",
+                    settings.graceful_timeout_s,
+                    expired,
+                )
+
         async with trio.open_nursery() as watchers:
             if handle_signals:
                 watchers.start_soon(_watch_signals, api.shutting_down)
+            watchers.start_soon(expire_after_grace)
             async with trio.open_nursery() as server:
                 urls = await server.start(
                     partial(
