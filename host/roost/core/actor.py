@@ -73,8 +73,15 @@ class AgentActor:
         self._inline = True
         """Whether event turns may run on the event loop (a light kind's, until one runs
         past its slice)."""
+        self._redeployed: Kind | None = None
+        """The agent's kind was redeployed: switch to this one before the next event."""
 
     # -- called by the registry (trio loop, synchronous) --------------------------------
+    def redeploy(self, kind: Kind) -> None:
+        """Run the events after the current one on ``kind``, a new version of the agent's
+        kind: one instance at a time, in the order the events came."""
+        self._redeployed = kind
+
     def post(self, envelope: Envelope) -> None:
         """Queue an event, or raise AgentBusy when the mailbox is full."""
         if self.closed:
@@ -136,7 +143,6 @@ class AgentActor:
 
     # -- the actor's task ---------------------------------------------------------------
     async def run(self) -> None:
-        idle_timeout = self.kind.manifest.limits.idle_timeout_s
         try:
             # The event the actor was started for is queued already: the task's start was
             # its scheduling point, so take it without the idle timer or another yield.
@@ -145,6 +151,7 @@ class AgentActor:
                 await self._handle(first)
                 self.last_active = trio.current_time()
             while not self.closed:
+                idle_timeout = (self._redeployed or self.kind).manifest.limits.idle_timeout_s
                 with trio.CancelScope(deadline=trio.current_time() + idle_timeout) as scope:
                     self._idle_scope = scope
                     envelope = await self._receive.receive()
@@ -186,6 +193,11 @@ class AgentActor:
 
     # -- one event ----------------------------------------------------------------------
     async def _handle(self, envelope: Envelope) -> None:
+        if self._redeployed is not None:
+            self._drop_instance()
+            self.kind, self._redeployed = self._redeployed, None
+            self._turns = TurnRunner(self.address, self.kind, self._services)
+            self._inline = True
         error: RoostError | None = None
         try:
             await self._handle_in(envelope)

@@ -80,12 +80,13 @@ class Registry:
 
     def _actor_for(self, address: AgentAddress, kind: Kind) -> AgentActor:
         actor = self._actors.get(address)
-        if actor is not None and not actor.closed and actor.kind is kind:
+        if actor is not None and not actor.closed:
+            if actor.kind is not kind:
+                actor.redeploy(kind)
             self._actors.move_to_end(address)
             return actor
         if actor is not None:
-            # Hibernating, or its kind was redeployed: let it finish, start afresh.
-            actor.hibernate_now()
+            # Hibernating: it has no events left; the next one starts a new actor.
             del self._actors[address]
         if len(self._actors) >= self._max_resident:
             self._evict_one()
