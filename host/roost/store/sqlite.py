@@ -88,7 +88,7 @@ class SqliteStoreStatistics:
     """Counters of one open :class:`SqliteStore`."""
 
     commits: int
-    """Turn commits written."""
+    """Turn commits written (bookkeeping commits not counted)."""
     batches: int
     """Write transactions committed (one group commit holds one or more turn commits)."""
     path: str
@@ -102,8 +102,10 @@ class _WriteOp(Generic[_T]):
 
     name: ClassVar[str]
     """The public method, for error messages."""
-    turn_commits: ClassVar[int] = 0
-    """How many turn commits this is (for the statistics)."""
+
+    def turn_commits(self) -> int:
+        """How many turn commits this is (for the statistics)."""
+        return 0
 
     def apply(self, conn: sqlite3.Connection) -> _T:
         """Write inside the caller's transaction and return the caller's result."""
@@ -116,11 +118,13 @@ class _WriteOp(Generic[_T]):
 
 class _CommitOp(_WriteOp[None]):
     __slots__ = ("commit",)
-    name = "commit_turn"
-    turn_commits = 1
+    name = "commit"
 
     def __init__(self, commit: Commit) -> None:
         self.commit = commit
+
+    def turn_commits(self) -> int:
+        return 1 if self.commit.turn else 0
 
     def apply(self, conn: sqlite3.Connection) -> None:
         _apply_commit(conn, self.commit)
@@ -270,6 +274,10 @@ def _check_bytes(value: object, what: str) -> None:
 
 def _apply_commit(conn: sqlite3.Connection, commit: Commit) -> None:
     """Write one commit inside the caller's transaction."""
+    if not commit.turn and (
+        commit.state is not None or commit.kv_writes or commit.idempotency_key is not None
+    ):
+        raise ValueError("only a turn's commit carries state, kv writes or a response")
     kind, agent_id = commit.address.kind, commit.address.id
     puts: list[tuple[str, str, str, bytes]] = []
     deletes: list[tuple[str, str, str]] = []
@@ -676,6 +684,8 @@ class SqliteStore:
 
     def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
         """Deliveries due at or before ``now``, earliest first."""
+        if limit <= 0:
+            return []
         with self._reading("due_deliveries", None) as conn:
             rows = conn.execute(
                 f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE due_at <= ?"
@@ -871,7 +881,7 @@ class SqliteStore:
             _schema.rollback_quietly(conn)
             raise
         self._batches += 1
-        self._commits += sum(op.turn_commits for op in ops)
+        self._commits += sum(op.turn_commits() for op in ops)
         return results
 
     def _op_error(self, op: _WriteOp[Any], exc: Exception) -> StorageError:
