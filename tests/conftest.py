@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 import trio
 import trio.lowlevel
 
+from loadtests.sim_llm import SimLLMConfig, SimLLMServer, serve_sim_llm
 from roost import Host, HostConfig, Manifest, load_manifest, open_host
 from roost.build import build_agent
 from roost.capabilities import HostServices
@@ -21,7 +23,9 @@ from roost.telemetry import HostMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 ECHO_DIR = ROOT / "examples" / "echo"
+C_ECHO_DIR = ROOT / "examples" / "echo_c"
 PROBE_DIR = ROOT / "tests" / "agents" / "probe"
+NATIVE_PROBE_DIR = ROOT / "tests" / "agents" / "native_probe"
 
 
 @pytest.fixture(scope="session")
@@ -30,22 +34,76 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("roost-cache")
 
 
-def _built(source: Path, out_dir: Path, cache_dir: Path) -> Path:
-    out = out_dir / f"{source.parent.name}.wasm"
-    build_agent(source, out, cache_dir=cache_dir)
-    return out
+def built(manifest_path: Path, out_dir: Path, cache_dir: Path) -> Manifest:
+    """The manifest at ``manifest_path``, with its source built (Python, C or Zig, by its
+    suffix) into ``out_dir`` by the real toolchain, cached in ``cache_dir``."""
+    manifest = load_manifest(manifest_path)
+    assert manifest.source is not None
+    out = out_dir / f"{manifest.name}.wasm"
+    build_agent(manifest.source, out, cache_dir=cache_dir)
+    return manifest.with_component(out)
 
 
 @pytest.fixture(scope="session")
 def echo_manifest(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
-    wasm = _built(ECHO_DIR / "agent.py", tmp_path_factory.mktemp("echo"), cache_dir)
-    return load_manifest(ECHO_DIR / "agent.toml").with_component(wasm)
+    return built(ECHO_DIR / "agent.toml", tmp_path_factory.mktemp("echo"), cache_dir)
 
 
 @pytest.fixture(scope="session")
 def probe_manifest(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
-    wasm = _built(PROBE_DIR / "agent.py", tmp_path_factory.mktemp("probe"), cache_dir)
-    return load_manifest(PROBE_DIR / "agent.toml").with_component(wasm)
+    return built(PROBE_DIR / "agent.toml", tmp_path_factory.mktemp("probe"), cache_dir)
+
+
+@pytest.fixture(scope="session")
+def c_echo_manifest(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    return built(C_ECHO_DIR / "agent.toml", tmp_path_factory.mktemp("echo-c"), cache_dir)
+
+
+@pytest.fixture(scope="session")
+def native_probe_manifest(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    """The C twin of the probe: the same ops, grants and limits, a 4 MiB memory cap."""
+    return built(NATIVE_PROBE_DIR / "agent.toml", tmp_path_factory.mktemp("nprobe"), cache_dir)
+
+
+# -- guest tiers -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tier:
+    """One guest tier: the probe agent (tests/agents/probe or its C twin, which answer the
+    same messages) and the echo example, built for that tier."""
+
+    name: str
+    probe: Manifest
+    echo: Manifest
+    traceback_names: tuple[str, ...]
+    """What the guest traceback of the probe's failing ``kv_set_then_raise`` names."""
+
+    @property
+    def kind(self) -> str:
+        return self.probe.name
+
+    def at(self, agent_id: str) -> str:
+        """The address of the probe agent ``agent_id``."""
+        return f"{self.kind}/{agent_id}"
+
+
+@pytest.fixture(params=["python", "native"])
+def tier(request: pytest.FixtureRequest) -> Tier:
+    """Runs the test once with Python guests and once with native (C) guests."""
+    if request.param == "python":
+        return Tier(
+            "python",
+            request.getfixturevalue("probe_manifest"),
+            request.getfixturevalue("echo_manifest"),
+            traceback_names=("agent.py", "ValueError", "boom after writing"),
+        )
+    return Tier(
+        "native",
+        request.getfixturevalue("native_probe_manifest"),
+        request.getfixturevalue("c_echo_manifest"),
+        traceback_names=("boom after writing",),
+    )
 
 
 def with_limits(manifest: Manifest, **limits: Any) -> Manifest:
@@ -74,6 +132,23 @@ async def probe_host(
         yield host
 
 
+@pytest.fixture
+async def tier_host(host_config: Callable[..., HostConfig], tier: Tier) -> AsyncIterator[Host]:
+    """A host with the tier's probe deployed."""
+    async with open_host(host_config()) as host:
+        await host.deploy(tier.probe)
+        yield host
+
+
+@asynccontextmanager
+async def sim_llm(**config: Any) -> AsyncIterator[SimLLMServer]:
+    """The SIMULATED OpenAI-compatible server (``loadtests/sim_llm.py``) on loopback."""
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_sim_llm, SimLLMConfig(**config))
+        yield server
+        nursery.cancel_scope.cancel()
+
+
 async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
     """The ``(event, data)`` pairs of a server-sent event stream, as they arrive."""
     name = ""
@@ -99,8 +174,7 @@ CALLER_DIR = ROOT / "tests" / "agents" / "caller"
 
 @pytest.fixture(scope="session")
 def caller_manifest(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
-    wasm = _built(CALLER_DIR / "agent.py", tmp_path_factory.mktemp("caller"), cache_dir)
-    return load_manifest(CALLER_DIR / "agent.toml").with_component(wasm)
+    return built(CALLER_DIR / "agent.toml", tmp_path_factory.mktemp("caller"), cache_dir)
 
 
 def offline_services() -> HostServices:

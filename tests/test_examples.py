@@ -25,8 +25,7 @@ from roost.build import build_agent
 
 from .api import conftest as api_conftest
 from .api.conftest import Serve
-from .conftest import sse_events, until
-from .test_async_capabilities import sim_llm
+from .conftest import sim_llm, sse_events, until
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -8,8 +8,7 @@ from trio_websocket import open_websocket_url
 
 from roost import Manifest
 
-from ..conftest import sse_events
-from ..test_async_capabilities import sim_llm
+from ..conftest import sim_llm, sse_events
 from .conftest import Serve
 
 

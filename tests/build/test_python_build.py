@@ -1,4 +1,4 @@
-"""``roost build`` reports errors with the guest's file and line."""
+"""``roost build`` of Python guests: cached, and errors name the guest's file and line."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pytest
 from roost import BuildError
 from roost.build import build_agent
 
+from ..conftest import ECHO_DIR
+
 HEADER = "from roost_sdk import Agent, Context\n\n"
 
 
@@ -16,6 +18,15 @@ def _write(tmp_path: Path, body: str) -> Path:
     source = tmp_path / "agent.py"
     source.write_text(HEADER + body)
     return source
+
+
+def test_builds_are_cached(cache_dir: Path, tmp_path: Path) -> None:
+    source = ECHO_DIR / "agent.py"
+    first = build_agent(source, tmp_path / "a.wasm", cache_dir=cache_dir)
+    second = build_agent(source, tmp_path / "b.wasm", cache_dir=cache_dir)
+    assert second.cached
+    assert first.digest == second.digest
+    assert (tmp_path / "a.wasm").read_bytes() == (tmp_path / "b.wasm").read_bytes()
 
 
 def test_syntax_error_names_file_and_line(tmp_path: Path, cache_dir: Path) -> None:

@@ -9,7 +9,8 @@ import pytest
 
 from roost import HostConfig, Manifest, QuotaExceeded
 
-from .test_async_capabilities import caller_host, sim_llm
+from ..conftest import sim_llm
+from .conftest import caller_host
 
 
 def _with_budgets(manifest: Manifest, **budgets: Any) -> Manifest:

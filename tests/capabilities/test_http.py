@@ -15,7 +15,8 @@ import pytest
 from roost import CapabilityDenied, HostConfig, Manifest
 from roost.capabilities.http import HttpGrant, fetch_checked, refused_address
 
-from .test_async_capabilities import caller_host, sim_llm
+from ..conftest import sim_llm
+from .conftest import caller_host
 
 TRICKS = {
     "http://127.0.0.1/": "loopback",

@@ -7,10 +7,13 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
+
 from loadtests.density import SMOKE, run_density
 from roost.capacity import parse_density_report
 
 
+@pytest.mark.slow
 def test_density_smoke_run_produces_a_report_capacity_reads(tmp_path: Path) -> None:
     lines: list[str] = []
     report = run_density(dataclasses.replace(SMOKE, out_dir=tmp_path), lines.append)

@@ -1,6 +1,9 @@
-"""Native (C and Zig) agents: the same behaviour as Python agents, built by the real
-toolchain (ziglang + wasm-tools, cached for the session), plus what only native guests can
-do wrong: hand the host malformed canonical-ABI values."""
+"""What only native (C and Zig) guests do: the dense memory profile, event turns on the
+event loop, the C and Zig SDKs' own checks, and handing the host malformed canonical-ABI
+values. Built by the real toolchain (ziglang + wasm-tools, cached for the session).
+
+The behaviour native guests share with Python ones is ``tests/test_host.py``'s suite,
+which runs on both tiers."""
 
 from __future__ import annotations
 
@@ -18,31 +21,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio.testing import MockClock, wait_all_tasks_blocked
 
-from loadtests.sim_llm import SimLLMConfig, serve_sim_llm
-from roost import (
-    BuildError,
-    CpuDeadlineExceeded,
-    DeployError,
-    GuestTrap,
-    Host,
-    HostConfig,
-    LimitExceeded,
-    Manifest,
-    MemoryLimitExceeded,
-    load_manifest,
-    open_host,
-)
+from roost import GuestTrap, Host, HostConfig, Manifest, open_host
 from roost.abi import WIT_DIR
-from roost.build import build_agent
 from roost.build.native import STACK_BYTES, wasm_tools_executable
 from roost.capabilities import bind_capabilities, link_table
 from roost.errors import GuestAbiError, GuestError
 from roost.sandbox import WasmEngine
 from roost.sandbox.protocol import Sandbox
 
-from .conftest import ROOT, offline_services, until, with_limits
+from ..conftest import ROOT, built, offline_services, sim_llm, with_limits
 
-NATIVE_PROBE_DIR = ROOT / "tests" / "agents" / "native_probe"
 ZIG_PROBE_DIR = ROOT / "tests" / "agents" / "zig_probe"
 BROKEN_SOURCE = ROOT / "tests" / "agents" / "broken" / "agent.c"
 ECHO_EXAMPLES = {"c": ROOT / "examples" / "echo_c", "zig": ROOT / "examples" / "echo_zig"}
@@ -54,34 +42,26 @@ BROKEN_WORLD = """world broken {
 """
 
 
-def _built(manifest_path: Path, out_dir: Path, cache_dir: Path) -> Manifest:
-    manifest = load_manifest(manifest_path)
-    assert manifest.source is not None
-    out = out_dir / f"{manifest.name}.wasm"
-    build_agent(manifest.source, out, cache_dir=cache_dir)
-    return manifest.with_component(out)
-
-
-@pytest.fixture(scope="session")
-def native_probe(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
-    return _built(NATIVE_PROBE_DIR / "agent.toml", tmp_path_factory.mktemp("nprobe"), cache_dir)
-
-
 @pytest.fixture(scope="session")
 def zig_probe(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
-    return _built(ZIG_PROBE_DIR / "agent.toml", tmp_path_factory.mktemp("zprobe"), cache_dir)
-
-
-@pytest.fixture(scope="session", params=sorted(ECHO_EXAMPLES))
-def native_echo(
-    request: pytest.FixtureRequest, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Manifest:
-    directory = ECHO_EXAMPLES[request.param]
-    return _built(directory / "agent.toml", tmp_path_factory.mktemp("echo"), cache_dir)
+    return built(ZIG_PROBE_DIR / "agent.toml", tmp_path_factory.mktemp("zprobe"), cache_dir)
 
 
 @pytest.fixture(scope="session")
-def broken(native_probe: Manifest, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+def zig_echo(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    return built(ECHO_EXAMPLES["zig"] / "agent.toml", tmp_path_factory.mktemp("echo"), cache_dir)
+
+
+@pytest.fixture(params=sorted(ECHO_EXAMPLES))
+def native_echo(request: pytest.FixtureRequest) -> Manifest:
+    """The echo example in C, then in Zig."""
+    name = {"c": "c_echo_manifest", "zig": "zig_echo"}[request.param]
+    manifest: Manifest = request.getfixturevalue(name)
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def broken(native_probe_manifest: Manifest, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
     """A guest that implements the ABI by hand, without the SDK, and breaks it on request."""
     work = tmp_path_factory.mktemp("broken")
     core = work / "core.wasm"
@@ -121,47 +101,38 @@ def broken(native_probe: Manifest, tmp_path_factory: pytest.TempPathFactory) -> 
         check=True,
         capture_output=True,
     )
-    return native_probe.model_copy(
+    return native_probe_manifest.model_copy(
         update={"name": "broken", "source": None, "capabilities": {"log": {}}}
     ).with_component(component)
 
 
 @pytest.fixture
 async def nprobe_host(
-    host_config: Callable[..., HostConfig], native_probe: Manifest
+    host_config: Callable[..., HostConfig], native_probe_manifest: Manifest
 ) -> AsyncIterator[Host]:
     async with open_host(host_config()) as host:
-        await host.deploy(native_probe)
+        await host.deploy(native_probe_manifest)
         yield host
 
 
-# -- the examples ------------------------------------------------------------------------------
+# -- the Zig SDK and the native examples -----------------------------------------------------------
 
 
-async def test_native_echo_round_trip(
-    host_config: Callable[..., HostConfig], native_echo: Manifest
+async def test_zig_echo_round_trip_and_hibernation(
+    host_config: Callable[..., HostConfig], zig_echo: Manifest
 ) -> None:
-    kind = native_echo.name
+    kind = zig_echo.name
     async with open_host(host_config()) as host:
-        await host.deploy(native_echo)
+        await host.deploy(zig_echo)
         assert await host.send(f"{kind}/alice", "hello") == [{"echo": "hello", "count": 1}]
         assert await host.send(f"{kind}/alice", {"n": [1, 2], "b": b"\x00"}) == [
             {"echo": {"n": [1, 2], "b": b"\x00"}, "count": 2}
         ]
         assert await host.send(f"{kind}/bob", "hi") == [{"echo": "hi", "count": 1}]
-
-
-async def test_native_echo_state_survives_hibernation(
-    host_config: Callable[..., HostConfig], native_echo: Manifest
-) -> None:
-    kind = native_echo.name
-    async with open_host(host_config()) as host:
-        await host.deploy(native_echo)
-        await host.send(f"{kind}/a", "one")
         host.hibernate_idle()
         await wait_all_tasks_blocked()
-        assert not host.is_resident(f"{kind}/a")
-        assert await host.send(f"{kind}/a", "two") == [{"echo": "two", "count": 2}]
+        assert not host.is_resident(f"{kind}/alice")
+        assert await host.send(f"{kind}/alice", "two") == [{"echo": "two", "count": 3}]
 
 
 async def test_zig_sdk_state_kv_sleep_and_errors(
@@ -206,20 +177,20 @@ async def test_native_instances_do_not_take_a_mapping_each(
 async def test_native_chat_agent_keeps_the_conversation(
     host_config: Callable[..., HostConfig], cache_dir: Path, tmp_path: Path
 ) -> None:
-    chat = _built(CHAT_EXAMPLE, tmp_path, cache_dir)
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_sim_llm, SimLLMConfig(completion_tokens=5))
-        async with open_host(host_config(llm_base_url=server.url)) as host:
-            await host.deploy(chat)
-            # The simulated model cycles the words of the last user message.
-            assert await host.send("chat-c/ann", "hello there") == ["hello there hello there hello"]
-            assert await host.send("chat-c/ann", "and again") == ["and again and again and"]
-            usage = (await host.agent_status("chat-c/ann")).usage_today
-            # The second request carried the whole conversation: 2 + (2 + 5 + 2) words.
-            assert (usage.llm_input_tokens, usage.llm_output_tokens) == (11, 10)
-            with pytest.raises(GuestTrap, match="send the chat agent text"):
-                await host.send("chat-c/ann", {"not": "text"})
-        nursery.cancel_scope.cancel()
+    chat = built(CHAT_EXAMPLE, tmp_path, cache_dir)
+    async with (
+        sim_llm(completion_tokens=5) as server,
+        open_host(host_config(llm_base_url=server.url)) as host,
+    ):
+        await host.deploy(chat)
+        # The simulated model cycles the words of the last user message.
+        assert await host.send("chat-c/ann", "hello there") == ["hello there hello there hello"]
+        assert await host.send("chat-c/ann", "and again") == ["and again and again and"]
+        usage = (await host.agent_status("chat-c/ann")).usage_today
+        # The second request carried the whole conversation: 2 + (2 + 5 + 2) words.
+        assert (usage.llm_input_tokens, usage.llm_output_tokens) == (11, 10)
+        with pytest.raises(GuestTrap, match="send the chat agent text"):
+            await host.send("chat-c/ann", {"not": "text"})
 
 
 def _rss_bytes() -> int:
@@ -230,13 +201,12 @@ def _rss_bytes() -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc/self/statm")
 async def test_hundred_thousand_resident_native_agents(
-    host_config: Callable[..., HostConfig], cache_dir: Path, tmp_path: Path
+    host_config: Callable[..., HostConfig], c_echo_manifest: Manifest
 ) -> None:
     """The dense tier's target: 100,000 resident native agents in one process, each
     costing under 64 KiB (instance, linear memory and the host's actor together)."""
     agents = 100_000
-    echo = _built(ECHO_EXAMPLES["c"] / "agent.toml", tmp_path, cache_dir)
-    echo = with_limits(echo, idle_timeout_s=24 * 3600)  # resident until the test ends
+    echo = with_limits(c_echo_manifest, idle_timeout_s=24 * 3600)  # resident until the test ends
     async with open_host(host_config(max_resident_agents=agents)) as host:
         await host.deploy(echo)
         await host.send("echo-c/0", "warm")
@@ -258,44 +228,7 @@ async def test_hundred_thousand_resident_native_agents(
         assert await host.send(f"echo-c/{agents - 1}", "again") == [{"echo": "again", "count": 2}]
 
 
-# -- the behavioural suite, natively -------------------------------------------------------------
-
-
-async def test_state_survives_host_restart(
-    host_config: Callable[..., HostConfig], native_probe: Manifest
-) -> None:
-    config = host_config()
-    async with open_host(config) as host:
-        await host.deploy(native_probe)
-        assert await host.send("nprobe/a", "count") == [1]
-        assert await host.send("nprobe/a", {"op": "kv_set", "key": "k", "value": b"v"}) == ["ok"]
-        assert await host.send("nprobe/a", "count") == [2]
-    async with open_host(config) as host:
-        await host.deploy(native_probe)
-        assert await host.send("nprobe/a", "count") == [3]
-        assert await host.send("nprobe/a", {"op": "kv_get", "key": "k"}) == [b"v"]
-        assert (await host.statistics()).activations == 1
-
-
-async def test_state_survives_hibernate_and_wake(nprobe_host: Host) -> None:
-    assert await nprobe_host.send("nprobe/a", "count") == [1]
-    nprobe_host.hibernate_idle()
-    await wait_all_tasks_blocked()
-    assert not nprobe_host.is_resident("nprobe/a")
-    assert await nprobe_host.send("nprobe/a", "count") == [2]
-    stats = await nprobe_host.statistics()
-    assert (stats.resident, stats.activations, stats.hibernations) == (1, 2, 1)
-
-
-async def test_kv_is_private_to_each_agent(nprobe_host: Host) -> None:
-    await nprobe_host.send("nprobe/alice", {"op": "kv_set", "key": "secret", "value": b"A"})
-    await nprobe_host.send("nprobe/alice", {"op": "kv_set", "key": "x/y", "value": b"B"})
-    for key in ["secret", "x/y", "alice/secret", "nprobe/alice/secret", "../alice/secret", "%"]:
-        assert await nprobe_host.send("nprobe/bob", {"op": "kv_get", "key": key}) == [None]
-    assert await nprobe_host.send("nprobe/bob", {"op": "kv_keys"}) == [[]]
-    assert await nprobe_host.send("nprobe/alice", {"op": "kv_keys"}) == [["secret", "x/y"]]
-    await nprobe_host.send("nprobe/bob", {"op": "kv_delete", "key": "secret"})
-    assert await nprobe_host.send("nprobe/alice", {"op": "kv_get", "key": "secret"}) == [b"A"]
+# -- the C SDK on the event loop and at its limits ----------------------------------------------
 
 
 async def test_keys_that_are_not_utf8_are_refused_by_the_sdk(nprobe_host: Host) -> None:
@@ -304,40 +237,19 @@ async def test_keys_that_are_not_utf8_are_refused_by_the_sdk(nprobe_host: Host) 
         "nprobe/a", {"op": "kv_try_set", "key": b"k\xff", "value": b"v"}
     )
     assert "UTF-8" in reply["error"]
+    assert await nprobe_host.send("nprobe/a", {"op": "kv_keys"}) == [[]]
     assert await nprobe_host.send("nprobe/a", "count") == [1]
-
-
-async def test_kv_quota_is_enforced(nprobe_host: Host) -> None:
-    [reply] = await nprobe_host.send(
-        "nprobe/a", {"op": "kv_try_set", "key": "k", "value": b"v" * 5000}
-    )
-    assert "max_value_bytes" in reply["error"]
-    for i in range(4):
-        chunk = {"op": "kv_try_set", "key": f"k{i}", "value": b"v" * 4000}
-        assert await nprobe_host.send("nprobe/a", chunk) == ["ok"]
-    [reply] = await nprobe_host.send(
-        "nprobe/a", {"op": "kv_try_set", "key": "k9", "value": b"v" * 4000}
-    )
-    assert "max_kv_bytes" in reply["error"]
-
-
-async def test_failed_turn_commits_nothing_and_agent_recovers(nprobe_host: Host) -> None:
-    assert await nprobe_host.send("nprobe/a", "count") == [1]
-    with pytest.raises(GuestTrap, match="boom after writing"):
-        await nprobe_host.send(
-            "nprobe/a", {"op": "kv_set_then_raise", "key": "k", "value": b"lost"}
-        )
-    assert await nprobe_host.send("nprobe/a", {"op": "kv_get", "key": "k"}) == [None]
-    assert await nprobe_host.send("nprobe/a", "count") == [2]
 
 
 async def test_event_turns_run_on_the_event_loop_until_one_overruns_its_slice(
-    host_config: Callable[..., HostConfig], native_probe: Manifest, caplog: pytest.LogCaptureFixture
+    host_config: Callable[..., HostConfig],
+    native_probe_manifest: Manifest,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="roost.guest")
     # Slices of 2 ms (plus up to one 1 ms tick); the probe's CPU deadline is 300 ms.
     async with open_host(host_config(epoch_tick_ms=1, inline_slice_ms=2)) as host:
-        await host.deploy(native_probe)
+        await host.deploy(native_probe_manifest)
         assert await host.send("nprobe/a", {"op": "spin", "count": 0}) == [1]
         assert _spin_lines(caplog) == [("spin start", "MainThread"), ("spin done", "MainThread")]
         caplog.clear()
@@ -366,36 +278,10 @@ def _spin_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
     ]
 
 
-@pytest.mark.parametrize(
-    ("message", "error"),
-    [
-        ({"op": "loop"}, CpuDeadlineExceeded),
-        ({"op": "bomb"}, MemoryLimitExceeded),
-        ({"op": "big_state", "size": 100_000}, LimitExceeded),
-        ({"op": "big_reply", "size": 100_000}, LimitExceeded),
-    ],
-)
-async def test_runaway_guest_fails_only_its_own_turn(
-    nprobe_host: Host, message: dict[str, object], error: type[Exception]
+async def test_memory_cannot_grow_past_the_cap(
+    nprobe_host: Host, native_probe_manifest: Manifest
 ) -> None:
-    assert await nprobe_host.send("nprobe/bad", "count") == [1]
-    assert await nprobe_host.send("nprobe/good", "count") == [1]
-    neighbour: list[object] = []
-
-    async def runaway() -> None:
-        with pytest.raises(error):
-            await nprobe_host.send("nprobe/bad", message)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(runaway)
-        for _ in range(5):
-            neighbour.extend(await nprobe_host.send("nprobe/good", "count"))
-    assert neighbour == [2, 3, 4, 5, 6]
-    assert await nprobe_host.send("nprobe/bad", "count") == [2]
-
-
-async def test_memory_cannot_grow_past_the_cap(nprobe_host: Host, native_probe: Manifest) -> None:
-    cap = native_probe.limits.max_memory_bytes
+    cap = native_probe_manifest.limits.max_memory_bytes
     [reached] = await nprobe_host.send("nprobe/a", {"op": "grow"})
     assert cap - 1024 * 1024 < reached <= cap
     # A message the guest has no room for fails that agent's turn only.
@@ -403,78 +289,6 @@ async def test_memory_cannot_grow_past_the_cap(nprobe_host: Host, native_probe: 
         await nprobe_host.send("nprobe/a", {"op": "count", "pad": b"x" * cap})
     assert await nprobe_host.send("nprobe/b", "count") == [1]
     assert await nprobe_host.send("nprobe/a", "count") == [1]
-
-
-async def test_guest_sees_host_clock_random_and_config(nprobe_host: Host) -> None:
-    [first] = await nprobe_host.send("nprobe/a", "env")
-    [second] = await nprobe_host.send("nprobe/a", "env")
-    assert first["address"] == "nprobe/a"
-    assert first["config"] == {"greeting": "hello"}
-    assert first["now"] > 1.7e9
-    assert first["random"] != second["random"] or first["now"] != second["now"]
-
-
-async def test_deploy_rejects_ungranted_imports(
-    host_config: Callable[..., HostConfig], native_probe: Manifest
-) -> None:
-    narrow = native_probe.model_copy(update={"capabilities": {"log": {}, "clock": {}}})
-    async with open_host(host_config()) as host:
-        with pytest.raises(DeployError) as info:
-            await host.deploy(narrow)
-    for name in ("kv", "random", "timers"):
-        assert f"roost:agent/{name}@0.1.0" in str(info.value)
-
-
-# -- async op re-entry ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def clock() -> MockClock:
-    return MockClock()  # no autojump: time moves only when the test jumps it
-
-
-async def test_sleep_completes_by_reentry_while_others_run(
-    clock: MockClock, host_config: Callable[..., HostConfig], native_probe: Manifest
-) -> None:
-    async with open_host(host_config()) as host:
-        await host.deploy(with_limits(native_probe, idle_timeout_s=5))
-        replies: list[object] = []
-        started_at = trio.current_time()
-
-        async def sleeper() -> None:
-            replies.extend(await host.send("nprobe/sleepy", {"op": "sleep", "seconds": 60}))
-            replies.append(trio.current_time() - started_at)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(sleeper)
-            await until(lambda: host._services.counters.turns >= 1)
-            for expected in (1, 2, 3):
-                assert await host.send("nprobe/busy", "count") == [expected]
-            assert replies == []
-            await until(lambda: host._registry.in_flight == 1)
-            await wait_all_tasks_blocked()
-            clock.jump(59)
-            await wait_all_tasks_blocked()
-            assert replies == []
-            assert host.is_resident("nprobe/sleepy")
-            clock.jump(1)
-        assert replies == ["before", {"after": 1}, 60]
-        assert await host.send("nprobe/sleepy", {"op": "sleep", "seconds": 0}) == [
-            "before",
-            {"after": 2},
-        ]
-
-
-async def test_two_sleeps_in_one_handler_and_a_refused_sleep(
-    host_config: Callable[..., HostConfig], native_probe: Manifest, autojump_clock: MockClock
-) -> None:
-    async with open_host(host_config()) as host:
-        await host.deploy(native_probe)
-        start = trio.current_time()
-        assert await host.send("nprobe/a", {"op": "sleep_twice", "seconds": 30}) == ["twice"]
-        assert trio.current_time() - start >= 60
-        [reply] = await host.send("nprobe/a", {"op": "sleep_bad"})
-        assert "non-negative" in reply["error"]
 
 
 # -- malformed canonical-ABI values --------------------------------------------------------------
@@ -518,9 +332,9 @@ async def test_malformed_abi_values_fail_only_that_agent(
 
 
 @pytest.fixture(scope="module")
-def echo_sandbox(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Sandbox:
+def echo_sandbox(cache_dir: Path, c_echo_manifest: Manifest) -> Sandbox:
     """The C echo example in a bare sandbox: no host, no turn (its log lines go nowhere)."""
-    manifest = _built(ECHO_EXAMPLES["c"] / "agent.toml", tmp_path_factory.mktemp("e"), cache_dir)
+    manifest = c_echo_manifest
     assert manifest.component is not None
     engine = WasmEngine(cache_dir=cache_dir, epoch_tick_ms=10)
     capabilities = bind_capabilities({"log": {}}, offline_services())
@@ -549,42 +363,3 @@ def test_bytes_cross_the_abi_intact(echo_sandbox: Sandbox, payload: bytes, event
 def test_unknown_event_kind_is_the_guests_error(echo_sandbox: Sandbox) -> None:
     with pytest.raises(GuestTrap, match="unknown event kind"):
         echo_sandbox.on_event(1, "gossip", b"\xc0")
-
-
-# -- building ----------------------------------------------------------------------------------
-
-
-def test_native_builds_are_cached(cache_dir: Path, tmp_path: Path) -> None:
-    source = ECHO_EXAMPLES["c"] / "agent.c"
-    first = build_agent(source, tmp_path / "a.wasm", cache_dir=cache_dir)
-    second = build_agent(source, tmp_path / "b.wasm", cache_dir=cache_dir)
-    assert second.cached
-    assert first.digest == second.digest
-    assert (tmp_path / "a.wasm").read_bytes() == (tmp_path / "b.wasm").read_bytes()
-    assert first.capabilities == ("log",)
-
-
-@pytest.mark.parametrize(
-    ("name", "body", "line"),
-    [
-        ("agent.c", '#include "roost.h"\n\nint roost_on_message(x) {\n  return y;\n}\n', 3),
-        ("agent.zig", 'const roost = @import("roost");\n\npub fn f() void {\n    x;\n}\n', 4),
-    ],
-)
-def test_compiler_errors_name_file_and_line(
-    tmp_path: Path, cache_dir: Path, name: str, body: str, line: int
-) -> None:
-    source = tmp_path / name
-    source.write_text(body)
-    with pytest.raises(BuildError) as info:
-        build_agent(source, tmp_path / "out.wasm", cache_dir=cache_dir, capabilities=())
-    assert str(info.value).startswith(f"{source}:{line}:")
-    assert "error:" in str(info.value).splitlines()[0]
-
-
-def test_calling_an_ungranted_capability_is_a_build_error(tmp_path: Path, cache_dir: Path) -> None:
-    source = ECHO_EXAMPLES["c"] / "agent.c"
-    with pytest.raises(BuildError) as info:
-        build_agent(source, tmp_path / "out.wasm", cache_dir=cache_dir, capabilities=("kv",))
-    assert "roost:agent/log@0.1.0" in str(info.value)
-    assert "[capabilities.log]" in str(info.value)

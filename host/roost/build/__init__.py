@@ -32,10 +32,9 @@ import roost_sdk
 
 from ..abi import WIT_DIR
 from ..capabilities import registry
-from .native import NATIVE_SUFFIXES, build_native
 from ..errors import BuildError
 from ..manifest import Manifest, load_manifest
-
+from .native import NATIVE_SUFFIXES, build_native
 
 _ENTRY_MODULE = "_roost_entry"
 _BUILD_WORLD = "roost-build"
@@ -58,7 +57,7 @@ def build_agent(
     capabilities: tuple[str, ...] | None = None,
 ) -> BuildResult:
     """Compile ``source``: a Python module defining one ``roost_sdk.Agent`` subclass, or a
-    C or Zig agent written against ``guest_sdk/roost_sdk/c/roost.h`` or ``guest_sdk/roost_sdk/zig/roost.zig``."""
+    C or Zig agent written against the SDK's ``c/roost.h`` or ``zig/roost.zig``."""
     source = source.resolve()
     if not source.is_file():
         raise BuildError(f"{source}: no such file; pass the path of the agent's source file")
