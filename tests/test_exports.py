@@ -32,4 +32,3 @@ def test_exports_are_the_embedding_api_and_every_error() -> None:
     }
     modules = {name for name, obj in vars(roost).items() if inspect.ismodule(obj)}
     assert public - modules == EXPECTED | error_names
-
