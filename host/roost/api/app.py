@@ -44,6 +44,7 @@ from ._state import ApiState
 from ._status import error_body, error_headers, error_status
 from ._streams import MessageStream, agent_json, sse
 from .auth import Credentials, bearer, require_admin, require_agent
+from .console import console_routes
 from .openapi import openapi_document
 
 _MAX_PAGE = 1000
@@ -69,6 +70,7 @@ def create_app(host: Host, settings: ServerConfig, credentials: Credentials) -> 
     async def websocket_endpoint(websocket: WebSocket) -> None:
         await _agent_socket(state, websocket)
 
+    console_routes_, console = console_routes(state)
     app = Starlette(
         routes=[
             route("/healthz", _healthz, ["GET"]),
@@ -84,9 +86,11 @@ def create_app(host: Host, settings: ServerConfig, credentials: Credentials) -> 
             route("/v1/agents/{kind}/{id}/fork", _fork_agent, ["POST"]),
             route("/v1/agents/{kind}/{id}/export", _export_agent, ["GET"]),
             WebSocketRoute("/v1/agents/{kind}/{id}/ws", websocket_endpoint),
+            *console_routes_,
         ],
     )
     app.state.api = state
+    app.state.console = console
     app.add_middleware(_ShutdownDeadline, state=state)
     if host.telemetry.tracing:
         app.add_middleware(_TracingMiddleware, telemetry=host.telemetry)
