@@ -30,8 +30,8 @@ class Series:
 def format_value(value: float | None, unit: str) -> str:
     if value is None:
         return "—"
-    if value == 0:
-        text = "0"
+    if float(value).is_integer() and abs(value) < 1e15:
+        text = f"{int(value):,}"
     elif abs(value) >= 100:
         text = f"{value:,.0f}"
     elif abs(value) >= 10:

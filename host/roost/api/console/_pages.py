@@ -89,14 +89,14 @@ def ago(at: float | None, now: float | None = None) -> str:
     if at is None:
         return "never"
     seconds = (time.time() if now is None else now) - at
+    if abs(seconds) < 1:
+        return "just now"
     if seconds < 0:
         return f"in {_duration(-seconds)}"
     return f"{_duration(seconds)} ago"
 
 
 def _duration(seconds: float) -> str:
-    if seconds < 1:
-        return "just now" if seconds < 0.5 else "1 s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 90 * 60:
@@ -388,7 +388,7 @@ def usage_rows(status: AgentStatus, budgets: Budgets | None) -> list[UsageRow]:
     return [
         UsageRow("LLM tokens", usage.llm_tokens, b.llm_tokens_per_day, "tokens"),
         UsageRow("HTTP calls", usage.http_calls, b.http_calls_per_day, "calls"),
-        UsageRow("CPU time", round(usage.cpu_ms, 1), b.cpu_ms_per_day, "ms"),
+        UsageRow("CPU time (ms)", round(usage.cpu_ms, 1), b.cpu_ms_per_day, "ms"),
         UsageRow(
             "Storage (state + kv)", status.state_bytes + status.kv_bytes, b.storage_bytes, "bytes"
         ),

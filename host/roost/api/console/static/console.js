@@ -157,12 +157,18 @@
       const table = document.querySelector("#recent-turns tbody");
       if (table) {
         const row = table.insertRow(0);
-        const cells = [turn.time, turn.export, turn.outcome, turn.latency];
-        cells.forEach((value, index) => {
-          const cell = row.insertCell();
-          cell.textContent = value;
-          if (index === 3) cell.className = "num";
+        const time = document.createElement("time");
+        time.dateTime = new Date(turn.at * 1000).toISOString();
+        time.textContent = turn.time;
+        const code = document.createElement("code");
+        code.textContent = turn.export;
+        const outcome = document.createElement("span");
+        outcome.className = "outcome " + (turn.outcome === "ok" ? "ok" : "failed");
+        outcome.textContent = turn.outcome;
+        [time, code, outcome, document.createTextNode(turn.latency)].forEach((node) => {
+          row.insertCell().append(node);
         });
+        row.cells[3].className = "num";
       }
     });
     source.addEventListener("push", (event) => {
