@@ -25,8 +25,8 @@ from roost.build import build_agent
 
 from .api import conftest as api_conftest
 from .api.conftest import Serve
+from .capabilities.test_timers import sim_llm
 from .conftest import sse_events, until
-from .test_async_capabilities import sim_llm
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -25,8 +25,8 @@ from roost.api import Credentials, create_app
 from roost.config import ServerConfig, TelemetryConfig, load_telemetry_config
 from roost.telemetry import InMemoryTelemetry, JsonLogFormatter, Telemetry, in_memory_telemetry
 
+from .capabilities.test_timers import sim_llm
 from .conftest import until, with_limits
-from .test_async_capabilities import sim_llm
 
 ADMIN = "telemetry-admin-token"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -8,8 +8,8 @@ from trio_websocket import open_websocket_url
 
 from roost import Manifest
 
+from ..capabilities.test_timers import sim_llm
 from ..conftest import sse_events
-from ..test_async_capabilities import sim_llm
 from .conftest import Serve
 
 

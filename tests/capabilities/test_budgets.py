@@ -9,7 +9,7 @@ import pytest
 
 from roost import HostConfig, Manifest, QuotaExceeded
 
-from .test_async_capabilities import caller_host, sim_llm
+from .test_timers import caller_host, sim_llm
 
 
 def _with_budgets(manifest: Manifest, **budgets: Any) -> Manifest:

@@ -15,7 +15,7 @@ import pytest
 from roost import CapabilityDenied, HostConfig, Manifest
 from roost.capabilities.http import HttpGrant, fetch_checked, refused_address
 
-from .test_async_capabilities import caller_host, sim_llm
+from .test_timers import caller_host, sim_llm
 
 TRICKS = {
     "http://127.0.0.1/": "loopback",

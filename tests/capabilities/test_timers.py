@@ -17,7 +17,7 @@ from roost import GuestTrap, Host, HostConfig, Manifest, open_host
 from roost.address import AgentAddress
 from roost.store.protocol import Commit, Delivery
 
-from .conftest import until
+from ..conftest import until
 
 CALLER = "caller"
 

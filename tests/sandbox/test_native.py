@@ -40,7 +40,7 @@ from roost.errors import GuestAbiError, GuestError
 from roost.sandbox import WasmEngine
 from roost.sandbox.protocol import Sandbox
 
-from .conftest import ROOT, offline_services, until, with_limits
+from ..conftest import ROOT, offline_services, until, with_limits
 
 NATIVE_PROBE_DIR = ROOT / "tests" / "agents" / "native_probe"
 ZIG_PROBE_DIR = ROOT / "tests" / "agents" / "zig_probe"
