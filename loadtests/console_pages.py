@@ -22,6 +22,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -260,6 +261,7 @@ async def measure(
         "all_under_limit": worst < LIMIT_MS,
         "pages": results,
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "data_dir": str(data_dir),
     }
 
 
@@ -353,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     warmup_s = args.warmup_s if args.warmup_s is not None else (30.0 if args.screenshots else 0)
     report = trio.run(measure, args.agents, args.repeat, args.screenshots, warmup_s)
+    shutil.rmtree(report.pop("data_dir"), ignore_errors=True)
     print(json.dumps(report, indent=2))
     if not report["all_under_limit"]:
         sys.exit(1)
