@@ -19,7 +19,7 @@ import httpx
 import trio
 
 from ._lifetime import open_service_nursery
-from .address import AgentAddress, validate_kind_name
+from .address import AgentAddress, validate_agent_id, validate_kind_name
 from .capabilities import HostServices, bind_capabilities, link_table
 from .config import HostConfig, load_config, load_telemetry_config
 from .core.deliveries import DeliveryLoop
@@ -63,6 +63,18 @@ class AgentStatus:
     open_sockets: int = 0
     """WebSockets open to the agent. They do not keep it resident: it hibernates under an
     open socket and the next frame wakes it."""
+
+
+@dataclass(frozen=True)
+class Residency:
+    """Whether an agent is in memory and what holds it there: the part of
+    :class:`AgentStatus` the host knows without reading the store."""
+
+    resident: bool
+    held_resident_by: tuple[str, ...] = ()
+    """See :attr:`AgentStatus.held_resident_by`."""
+    pending_ops: int = 0
+    mailbox_depth: int = 0
 
 
 @asynccontextmanager
@@ -202,6 +214,11 @@ class Host:
     def kinds(self) -> list[KindInfo]:
         return [kind.info() for kind in self._kinds]
 
+    def manifest(self, kind: str) -> Manifest:
+        """The manifest ``kind`` is deployed with (grants, limits, budgets, config); raises
+        UnknownKind when no such kind is deployed."""
+        return self._kinds.of(AgentAddress(kind, "-")).manifest
+
     async def send(
         self,
         address: AgentAddress | str,
@@ -310,6 +327,60 @@ class Host:
         """One page of the agents of ``kind`` that have committed state, ordered by id."""
         validate_kind_name(kind)
         return await self._stores.run(self.store.list_agents, kind, after=after, limit=limit)
+
+    async def find_agents(
+        self, kind: str, prefix: str, *, after: str | None = None, limit: int = 100
+    ) -> list[AgentSummary]:
+        """One page of the agents of ``kind`` whose id starts with ``prefix``, ordered by id
+        (after ``after``, when given). Ids sharing a prefix sort together, right after the
+        prefix itself, so a page costs one point read and one range read."""
+        validate_kind_name(kind)
+        if not prefix:
+            return await self.list_agents(kind, after=after, limit=limit)
+        validate_agent_id(prefix)
+        return await self._stores.run(self._find_agents, kind, prefix, after, limit)
+
+    def _find_agents(
+        self, kind: str, prefix: str, after: str | None, limit: int
+    ) -> list[AgentSummary]:
+        found: list[AgentSummary] = []
+        if after is None or after < prefix:
+            record = self.store.read_agent(AgentAddress(kind, prefix))
+            if record is not None:
+                found.append(
+                    AgentSummary(
+                        prefix,
+                        len(record.state or b""),
+                        record.kv_bytes,
+                        record.turns,
+                        record.created_at,
+                        record.updated_at,
+                    )
+                )
+            after = prefix
+        for summary in self.store.list_agents(kind, after=after, limit=limit - len(found)):
+            if not summary.id.startswith(prefix):
+                break
+            found.append(summary)
+        return found
+
+    async def count_agents(self, kind: str | None = None) -> int:
+        """Agents (of ``kind``, or all) that have committed state."""
+        if kind is not None:
+            validate_kind_name(kind)
+        return await self._stores.run(self.store.count_agents, kind)
+
+    def residency(self, address: AgentAddress | str) -> Residency:
+        """Whether the agent is resident and what holds it, without reading the store."""
+        actor = self._registry.actor(_address(address))
+        if actor is None:
+            return Residency(resident=False)
+        return Residency(
+            resident=True,
+            held_resident_by=actor.held_by(trio.current_time()),
+            pending_ops=actor.pending_ops,
+            mailbox_depth=actor.queued,
+        )
 
     def subscribe(
         self, address: AgentAddress | str

@@ -33,6 +33,7 @@ import importlib.metadata
 import json
 import logging
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -220,6 +221,98 @@ class HostStatistics:
     """Pauses of Python's cyclic garbage collector (the whole process), by generation."""
 
 
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    """One turn of one agent, as :class:`TurnRecorder` keeps it."""
+
+    at: float
+    """Unix time the turn ended."""
+    export: str
+    """The guest export it called: ``on-event`` (an event's first turn) or ``on-complete``
+    (an awaited op's result)."""
+    outcome: str
+    """``ok`` (committed), or why it failed: the :func:`trap_name` of its error
+    (``guest_trap``, ``cpu_deadline_exceeded``, ``turn_slice_exceeded``, ...)."""
+    seconds: float
+    """Latency: waiting for a worker, the guest call, the commit."""
+
+
+TURNS_PER_AGENT = 20
+RECORDED_AGENTS = 2_000
+
+
+class TurnRecorder:
+    """The last turns of the most recently active agents, in bounded memory: at most
+    ``max_agents`` agents (the one active least recently is forgotten first) and at most
+    ``per_agent`` turns each, about 100 bytes a turn (4 MB at the defaults). In memory only:
+    a restart starts it empty. Used from the trio thread only.
+
+    Listeners (the console's live event stream) see each turn of one agent as it ends."""
+
+    def __init__(
+        self,
+        *,
+        max_agents: int = RECORDED_AGENTS,
+        per_agent: int = TURNS_PER_AGENT,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_agents < 1 or per_agent < 1:
+            raise ValueError("a turn recorder keeps at least one turn of one agent")
+        self._max_agents = max_agents
+        self._per_agent = per_agent
+        self._clock = clock
+        self._turns: OrderedDict[AgentAddress, deque[TurnRecord]] = OrderedDict()
+        self._listeners: dict[AgentAddress, list[Callable[[TurnRecord], None]]] = {}
+
+    def record(self, address: AgentAddress, export: str, outcome: str, seconds: float) -> None:
+        turn = TurnRecord(self._clock(), export, outcome, seconds)
+        turns = self._turns.get(address)
+        if turns is None:
+            if len(self._turns) >= self._max_agents:
+                self._turns.popitem(last=False)
+            turns = self._turns[address] = deque(maxlen=self._per_agent)
+        else:
+            self._turns.move_to_end(address)
+        turns.append(turn)
+        for listener in self._listeners.get(address, ()):
+            listener(turn)
+
+    def turns(self, address: AgentAddress) -> list[TurnRecord]:
+        """The agent's recorded turns, newest first (none if it was not active lately)."""
+        return list(reversed(self._turns.get(address, ())))
+
+    def recent(self, limit: int, kind: str | None = None) -> list[tuple[AgentAddress, TurnRecord]]:
+        """Up to ``limit`` agents (of ``kind``, or any) with their last turn, the most
+        recently active first."""
+        found: list[tuple[AgentAddress, TurnRecord]] = []
+        for address in reversed(self._turns):
+            if len(found) >= limit:
+                break
+            if kind is None or address.kind == kind:
+                found.append((address, self._turns[address][-1]))
+        return found
+
+    def __len__(self) -> int:
+        """Agents with recorded turns."""
+        return len(self._turns)
+
+    def listen(
+        self, address: AgentAddress, listener: Callable[[TurnRecord], None]
+    ) -> Callable[[], None]:
+        """Call ``listener`` with each turn of ``address`` as it ends (on the trio thread;
+        it must not block). Returns the function that stops it."""
+        listeners = self._listeners.setdefault(address, [])
+        listeners.append(listener)
+
+        def stop() -> None:
+            if listener in listeners:
+                listeners.remove(listener)
+            if not listeners and self._listeners.get(address) is listeners:
+                del self._listeners[address]
+
+        return stop
+
+
 def trap_name(error: BaseException) -> str:
     """``CpuDeadlineExceeded`` -> ``cpu_deadline_exceeded``: the ``trap`` label."""
     name = type(error).__name__
@@ -227,13 +320,16 @@ def trap_name(error: BaseException) -> str:
 
 
 class HostMetrics:
-    """The host's own counters and histograms, kept whether or not OpenTelemetry is on.
+    """The host's own counters and histograms, kept whether or not OpenTelemetry is on,
+    and the recent turns of recently active agents (:attr:`turns`).
 
     Used from the trio thread only (capability denials are counted by the capabilities).
     With a meter, each histogram observation is also recorded on an OpenTelemetry
     histogram."""
 
-    def __init__(self, meter: Meter | None = None) -> None:
+    def __init__(self, meter: Meter | None = None, turns: TurnRecorder | None = None) -> None:
+        self.turns = turns or TurnRecorder()
+        """The last turns of the most recently active agents."""
         self._wake: dict[str, _Histogram] = {}
         self._turn: dict[str, _Histogram] = {}
         self._traps: dict[tuple[str, str], int] = {}
@@ -268,11 +364,16 @@ class HostMetrics:
         if self._otel_wake is not None:
             self._otel_wake.record(seconds, {"agent.kind": kind})
 
-    def observe_turn(self, kind: str, seconds: float) -> None:
+    def observe_turn(
+        self, address: AgentAddress, seconds: float, export: str, outcome: str
+    ) -> None:
+        """One turn ended: ``outcome`` is ``ok`` or the :func:`trap_name` of its error."""
+        kind = address.kind
         histogram = self._turn.get(kind)
         if histogram is None:
             histogram = self._turn[kind] = _Histogram()
         histogram.observe(seconds)
+        self.turns.record(address, export, outcome, seconds)
         if self._otel_turn is not None:
             self._otel_turn.record(seconds, {"agent.kind": kind})
 

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
-import msgpack
 import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,46 +27,29 @@ from ..errors import (
     AuthError,
     InvalidMessage,
     ManifestError,
-    MessageTooLarge,
     Overloaded,
     RoostError,
 )
 from ..host import Host
-from ..manifest import parse_manifest
 from ..payload import to_json
 from ..telemetry import Telemetry
-from ._saved_kinds import save_deployment
+from ._admin import (
+    DEPLOY_BODY_FACTOR,
+    deploy_upload,
+    export_document,
+    limited_request,
+    too_large,
+)
+from ._state import ApiState
 from ._status import error_body, error_headers, error_status
+from ._streams import MessageStream, agent_json, sse
 from .auth import Credentials, bearer, require_admin, require_agent
-from .metrics import MetricsRecorder
+from .console import console_routes
 from .openapi import openapi_document
 
 _MAX_PAGE = 1000
-_DEPLOY_BODY_FACTOR = 64
-"""Deploy uploads (a component) may be this many times ``max_body_bytes``."""
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-class ApiState:
-    """What every request handler shares."""
-
-    def __init__(self, host: Host, settings: ServerConfig, credentials: Credentials) -> None:
-        self.host = host
-        self.settings = settings
-        self.credentials = credentials
-        self.metrics = MetricsRecorder(host.metrics())
-        self.shutting_down = trio.Event()
-        """Set on the first shutdown signal: sockets close with 1001, readiness fails."""
-        self._requests: set[trio.CancelScope] = set()
-        """The HTTP requests being served, to cut short when the grace period ends."""
-
-    def expire_requests(self) -> int:
-        """End every request still running (the graceful timeout passed): each answers 503
-        with Retry-After if it has not started its response. Returns how many there were."""
-        for scope in self._requests:
-            scope.cancel()
-        return len(self._requests)
 
 
 def create_app(host: Host, settings: ServerConfig, credentials: Credentials) -> Starlette:
@@ -90,6 +70,7 @@ def create_app(host: Host, settings: ServerConfig, credentials: Credentials) -> 
     async def websocket_endpoint(websocket: WebSocket) -> None:
         await _agent_socket(state, websocket)
 
+    console_routes_, console = console_routes(state)
     app = Starlette(
         routes=[
             route("/healthz", _healthz, ["GET"]),
@@ -105,9 +86,11 @@ def create_app(host: Host, settings: ServerConfig, credentials: Credentials) -> 
             route("/v1/agents/{kind}/{id}/fork", _fork_agent, ["POST"]),
             route("/v1/agents/{kind}/{id}/export", _export_agent, ["GET"]),
             WebSocketRoute("/v1/agents/{kind}/{id}/ws", websocket_endpoint),
+            *console_routes_,
         ],
     )
     app.state.api = state
+    app.state.console = console
     app.add_middleware(_ShutdownDeadline, state=state)
     if host.telemetry.tracing:
         app.add_middleware(_TracingMiddleware, telemetry=host.telemetry)
@@ -156,9 +139,7 @@ class _ShutdownDeadline:
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         tail = (
-            _sse("error", {**error_body(error), "status": 503})
-            if "event-stream" in started
-            else b""
+            sse("error", {**error_body(error), "status": 503}) if "event-stream" in started else b""
         )
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
@@ -225,17 +206,13 @@ def _token(request: Request | WebSocket) -> str | None:
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+        raise too_large(limit)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
     return bytes(body)
-
-
-def _too_large(limit: int) -> MessageTooLarge:
-    return MessageTooLarge(f"request body is larger than the {limit}-byte limit (max_body_bytes)")
 
 
 async def _read_json(request: Request, limit: int) -> Any:
@@ -292,8 +269,8 @@ async def _deploy_kind(state: ApiState, request: Request) -> Response:
     """Deploy an uploaded kind, then keep it for restarts: a rejected upload (bad manifest,
     bad component, ungranted imports, too large) leaves nothing behind."""
     require_admin(state.credentials, _token(request))
-    limit = state.settings.max_body_bytes * _DEPLOY_BODY_FACTOR
-    limited = _limited(request, limit)
+    limit = state.settings.max_body_bytes * DEPLOY_BODY_FACTOR
+    limited = limited_request(request, limit)
     async with limited.form(max_files=1, max_fields=4, max_part_size=limit) as form:
         manifest_field = form.get("manifest")
         component_field = form.get("component")
@@ -307,45 +284,11 @@ async def _deploy_kind(state: ApiState, request: Request) -> Response:
                 "`component` file (.wasm)"
             )
         wasm = await component_field.read()
-    try:
-        data = tomllib.loads(manifest_field)
-    except tomllib.TOMLDecodeError as exc:
-        raise ManifestError(f"manifest is not valid TOML: {exc}") from None
-    data.pop("component", None)
-    data.pop("source", None)
-    manifest = parse_manifest(data, base_dir=Path("."), origin="uploaded manifest")
-    info = await state.host.deploy(manifest, wasm=wasm)
-    await trio.to_thread.run_sync(
-        save_deployment, state.host.config.data_dir, manifest.name, manifest_field, wasm
-    )
+    info = await deploy_upload(state.host, manifest_field, wasm)
     return _json({"kind": asdict(info)}, status=201)
 
 
-def _limited(request: Request, limit: int) -> Request:
-    """``request`` with its body cut off at ``limit`` bytes (MessageTooLarge past it),
-    whether the client declared a length or streams it in chunks."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    received = 0
-
-    async def receive() -> Message:
-        nonlocal received
-        message = await request.receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise _too_large(limit)
-        return message
-
-    return Request(request.scope, receive)
-
-
 # -- agents -------------------------------------------------------------------------------
-
-
-async def _agent_json(state: ApiState, address: AgentAddress) -> dict[str, Any]:
-    return asdict(await state.host.agent_status(address))
 
 
 async def _post_message(state: ApiState, request: Request) -> Response:
@@ -354,11 +297,11 @@ async def _post_message(state: ApiState, request: Request) -> Response:
     message = _message_of(await _read_json(request, state.settings.max_body_bytes))
     key = request.headers.get("idempotency-key")
     if "text/event-stream" in request.headers.get("accept", ""):
-        return _SseResponse(state, address, message, key)
+        return MessageStream(state, address, message, key)
     timing = EventTiming()
     replies = await state.host.send(address, message, idempotency_key=key, timing=timing)
     return _json(
-        {"replies": replies, "agent": await _agent_json(state, address)},
+        {"replies": replies, "agent": await agent_json(state, address)},
         headers={"Server-Timing": _server_timing(timing)},
     )
 
@@ -369,68 +312,10 @@ def _server_timing(timing: EventTiming) -> str:
     return f'ops;dur={timing.ops_s * 1000:.1f};desc="async ops (llm, http, ask, sleep)"'
 
 
-class _SseResponse(Response):
-    """Replies as server-sent events while the handler runs: ``reply`` per reply,
-    then ``done`` (with the agent's status) or ``error``."""
-
-    media_type = "text/event-stream"
-
-    def __init__(
-        self, state: ApiState, address: AgentAddress, message: Any, key: str | None
-    ) -> None:
-        super().__init__(headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
-        # A stream has no length: drop the Content-Length: 0 of the empty body.
-        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
-        self._state = state
-        self._address = address
-        self._message = message
-        self._key = key
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        sender, events = trio.open_memory_channel[bytes](math.inf)
-
-        def on_reply(reply: Any) -> None:
-            sender.send_nowait(_sse("reply", reply))
-
-        def on_token(token: str) -> None:
-            sender.send_nowait(_sse("token", token))
-
-        async def run() -> None:
-            async with sender:
-                try:
-                    await self._state.host.send(
-                        self._address,
-                        self._message,
-                        idempotency_key=self._key,
-                        on_reply=on_reply,
-                        on_token=on_token,
-                    )
-                except RoostError as exc:
-                    status = error_status(exc)
-                    if status in (429, 503):
-                        self._state.metrics.rejected(status)
-                    sender.send_nowait(_sse("error", {**error_body(exc), "status": status}))
-                else:
-                    agent = await _agent_json(self._state, self._address)
-                    sender.send_nowait(_sse("done", {"agent": agent}))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run)
-            async with events:
-                async for event in events:
-                    await send({"type": "http.response.body", "body": event, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {to_json(data)}\n\n".encode()
-
-
 async def _agent_status(state: ApiState, request: Request) -> Response:
     address = _address(request)
     require_agent(state.credentials, _token(request), address)
-    return _json({"agent": await _agent_json(state, address)})
+    return _json({"agent": await agent_json(state, address)})
 
 
 async def _erase_agent(state: ApiState, request: Request) -> Response:
@@ -446,7 +331,7 @@ async def _fork_agent(state: ApiState, request: Request) -> Response:
     if not isinstance(body, dict) or not isinstance(body.get("new_id"), str):
         raise InvalidMessage('expected a JSON object {"new_id": "..."}')
     target = await state.host.fork(_address(request), body["new_id"])
-    return _json({"agent": await _agent_json(state, target)}, status=201)
+    return _json({"agent": await agent_json(state, target)}, status=201)
 
 
 async def _list_agents(state: ApiState, request: Request) -> Response:
@@ -469,41 +354,7 @@ async def _list_agents(state: ApiState, request: Request) -> Response:
 
 async def _export_agent(state: ApiState, request: Request) -> Response:
     require_admin(state.credentials, _token(request))
-    address = _address(request)
-    exported = await state.host.export(address)
-    if exported is None:
-        return _json({"agent": str(address), "exists": False, "state": None, "kv": {}})
-    record = exported.record
-    state_value = (
-        msgpack.unpackb(record.state, raw=False, strict_map_key=False) if record.state else None
-    )
-    return _json(
-        {
-            "agent": str(address),
-            "exists": True,
-            "state": state_value,
-            "kv": exported.kv,
-            "usage": {
-                "turns": record.turns,
-                "kv_bytes": record.kv_bytes,
-                "state_bytes": len(record.state or b""),
-            },
-            "recorded_responses": exported.responses,
-            "created_at": record.created_at,
-            "updated_at": record.updated_at,
-            "timers": [
-                {
-                    "id": d.delivery_id,
-                    "kind": d.event_kind,
-                    "due_at": d.due_at,
-                    "every_s": d.every_s,
-                    "catch_up": d.catch_up,
-                    "payload": msgpack.unpackb(d.payload, raw=False, strict_map_key=False),
-                }
-                for d in exported.deliveries
-            ],
-        }
-    )
+    return _json(await export_document(state.host, _address(request)))
 
 
 # -- websocket ----------------------------------------------------------------------------

@@ -145,6 +145,7 @@ async def serve(
             if handle_signals:
                 watchers.start_soon(_watch_signals, api.shutting_down)
             watchers.start_soon(expire_after_grace)
+            await watchers.start(app.state.console.history.run)  # the console's charts
             async with trio.open_nursery() as server:
                 urls = await server.start(
                     partial(

@@ -27,7 +27,7 @@ from ..limits import Budgets, Limits
 from ..payload import pack, unpack
 from ..sandbox.protocol import TurnOutput, TurnSliceExceeded
 from ..store.protocol import Commit, TurnReads, Usage
-from ..telemetry import TurnTrace
+from ..telemetry import TurnTrace, trap_name
 from ..wall_clock import utc_day
 from .envelope import Envelope
 from .kind import Kind
@@ -171,6 +171,7 @@ class TurnRunner:
                 self.address, envelope.kind, export, envelope.trace_context
             )
         started = time.perf_counter()
+        outcome = "ok"
         try:
             if inline:
                 output, commit, replies = self._execute(call, turn, envelope, event_id, op_usage)
@@ -183,19 +184,22 @@ class TurnRunner:
                     return executed
 
                 output, commit, replies = await services.workers.run(on_worker)
-        except TurnSliceExceeded:
+        except TurnSliceExceeded as exc:
+            outcome = trap_name(exc)
             if turn.trace is not None:
                 attributes = self._attributes(turn, None)
                 turn.trace.end(None, {**attributes, "roost.turn.slice_exceeded": True})
             raise
         except BaseException as exc:
+            outcome = trap_name(exc)
             if turn.trace is not None:
                 turn.trace.end(exc, self._attributes(turn, None))
             if isinstance(exc, Exception):
                 await self._record_failure(turn)
             raise
         finally:
-            services.metrics.observe_turn(self.address.kind, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            services.metrics.observe_turn(self.address, seconds, export, outcome)
         if turn.trace is not None:
             turn.trace.end(None, self._attributes(turn, output))
         if commit.deliveries:

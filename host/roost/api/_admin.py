@@ -1,0 +1,104 @@
+"""Operator actions shared by the API and its console: deploying an uploaded kind, and an
+agent's export as a JSON document."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+from starlette.requests import Request
+from starlette.types import Message
+
+from ..address import AgentAddress
+from ..core.kind import KindInfo
+from ..errors import ManifestError, MessageTooLarge
+from ..host import Host
+from ..manifest import parse_manifest
+from ._saved_kinds import save_deployment
+
+DEPLOY_BODY_FACTOR = 64
+"""Deploy uploads (a component) may be this many times ``max_body_bytes``."""
+
+
+async def deploy_upload(host: Host, manifest_text: str, wasm: bytes) -> KindInfo:
+    """Deploy an uploaded manifest (TOML text) and component, then keep them for restarts.
+    Nothing is saved unless the host deployed it: a rejected upload (bad manifest, bad
+    component, ungranted imports) leaves nothing behind."""
+    try:
+        data = tomllib.loads(manifest_text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"manifest is not valid TOML: {exc}") from None
+    data.pop("component", None)
+    data.pop("source", None)
+    manifest = parse_manifest(data, base_dir=Path("."), origin="uploaded manifest")
+    info = await host.deploy(manifest, wasm=wasm)
+    await trio.to_thread.run_sync(
+        save_deployment, host.config.data_dir, manifest.name, manifest_text, wasm
+    )
+    return info
+
+
+def limited_request(request: Request, limit: int) -> Request:
+    """``request`` with its body cut off at ``limit`` bytes (MessageTooLarge past it),
+    whether the client declared a length or streams it in chunks."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise too_large(limit)
+        return message
+
+    return Request(request.scope, receive)
+
+
+def too_large(limit: int) -> MessageTooLarge:
+    return MessageTooLarge(f"request body is larger than the {limit}-byte limit (max_body_bytes)")
+
+
+async def export_document(host: Host, address: AgentAddress) -> dict[str, Any]:
+    """Everything the host keeps for one agent, as JSON-ready values (state decoded from
+    msgpack; kv values stay bytes)."""
+    exported = await host.export(address)
+    if exported is None:
+        return {"agent": str(address), "exists": False, "state": None, "kv": {}}
+    record = exported.record
+    return {
+        "agent": str(address),
+        "exists": True,
+        "state": unpack_state(record.state),
+        "kv": exported.kv,
+        "usage": {
+            "turns": record.turns,
+            "kv_bytes": record.kv_bytes,
+            "state_bytes": len(record.state or b""),
+        },
+        "recorded_responses": exported.responses,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "timers": [
+            {
+                "id": d.delivery_id,
+                "kind": d.event_kind,
+                "due_at": d.due_at,
+                "every_s": d.every_s,
+                "catch_up": d.catch_up,
+                "payload": msgpack.unpackb(d.payload, raw=False, strict_map_key=False),
+            }
+            for d in exported.deliveries
+        ],
+    }
+
+
+def unpack_state(state: bytes | None) -> Any:
+    """An agent's committed state (msgpack) as a value, or None if it has none."""
+    return msgpack.unpackb(state, raw=False, strict_map_key=False) if state else None

@@ -1,0 +1,81 @@
+"""A message's replies as server-sent events, while its handler runs (the API's
+``Accept: text/event-stream`` messages and the console's chat)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+import trio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from ..address import AgentAddress
+from ..errors import RoostError
+from ..payload import to_json
+from ._state import ApiState
+from ._status import error_body, error_status
+
+
+def sse(event: str, data: Any) -> bytes:
+    """One server-sent event: its name and its data as JSON."""
+    return f"event: {event}\ndata: {to_json(data)}\n\n".encode()
+
+
+async def agent_json(state: ApiState, address: AgentAddress) -> dict[str, Any]:
+    return asdict(await state.host.agent_status(address))
+
+
+class MessageStream(Response):
+    """Replies as server-sent events while the handler runs: ``reply`` per reply,
+    then ``done`` (with the agent's status) or ``error``."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self, state: ApiState, address: AgentAddress, message: Any, key: str | None
+    ) -> None:
+        super().__init__(headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        # A stream has no length: drop the Content-Length: 0 of the empty body.
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self._state = state
+        self._address = address
+        self._message = message
+        self._key = key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        sender, events = trio.open_memory_channel[bytes](math.inf)
+
+        def on_reply(reply: Any) -> None:
+            sender.send_nowait(sse("reply", reply))
+
+        def on_token(token: str) -> None:
+            sender.send_nowait(sse("token", token))
+
+        async def run() -> None:
+            async with sender:
+                try:
+                    await self._state.host.send(
+                        self._address,
+                        self._message,
+                        idempotency_key=self._key,
+                        on_reply=on_reply,
+                        on_token=on_token,
+                    )
+                except RoostError as exc:
+                    status = error_status(exc)
+                    if status in (429, 503):
+                        self._state.metrics.rejected(status)
+                    sender.send_nowait(sse("error", {**error_body(exc), "status": status}))
+                else:
+                    agent = await agent_json(self._state, self._address)
+                    sender.send_nowait(sse("done", {"agent": agent}))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            async with events:
+                async for event in events:
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
