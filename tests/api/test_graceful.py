@@ -7,7 +7,7 @@ import trio
 
 from roost import Manifest
 
-from ..conftest import sse_events
+from ..conftest import sse_events, until
 from .conftest import Serve
 
 
@@ -34,8 +34,7 @@ async def test_requests_still_running_after_the_grace_period_get_503(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(plain)
                 nursery.start_soon(streamed)
-                while served.host._registry.in_flight < 2:
-                    await trio.sleep(0.01)
+                await until(lambda: served.host._registry.in_flight == 2)
                 served.serving.shut_down()
     status, headers, body = results["plain"]  # type: ignore[misc]
     assert status == 503

@@ -14,7 +14,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -36,7 +35,8 @@ from ..errors import (
 )
 from ..host import Host
 from ..manifest import parse_manifest
-from ..payload import to_json
+from ..payload import to_json, unpack
+from ..store.protocol import INBOX_KINDS
 from ..telemetry import Telemetry
 from ._saved_kinds import save_deployment
 from ._status import error_body, error_headers, error_status
@@ -474,9 +474,7 @@ async def _export_agent(state: ApiState, request: Request) -> Response:
     if exported is None:
         return _json({"agent": str(address), "exists": False, "state": None, "kv": {}})
     record = exported.record
-    state_value = (
-        msgpack.unpackb(record.state, raw=False, strict_map_key=False) if record.state else None
-    )
+    state_value = _decoded(record.state) if record.state else None
     return _json(
         {
             "agent": str(address),
@@ -498,12 +496,50 @@ async def _export_agent(state: ApiState, request: Request) -> Response:
                     "due_at": d.due_at,
                     "every_s": d.every_s,
                     "catch_up": d.catch_up,
-                    "payload": msgpack.unpackb(d.payload, raw=False, strict_map_key=False),
+                    "attempts": d.attempts,
+                    "last_error": d.last_error,
+                    "payload": _decoded(d.payload),
                 }
                 for d in exported.deliveries
+                if d.event_kind not in INBOX_KINDS
+            ],
+            "inbox": [
+                {
+                    "id": d.delivery_id,
+                    "kind": d.event_kind,
+                    "accepted_at": d.due_at,
+                    "idempotency_key": d.idempotency_key,
+                    "attempts": d.attempts,
+                    "message": _decoded(d.payload),
+                }
+                for d in exported.deliveries
+                if d.event_kind in INBOX_KINDS
+            ],
+            "dead_letters": [
+                {
+                    "id": d.delivery_id,
+                    "kind": d.event_kind,
+                    "attempts": d.attempts,
+                    "last_error": d.last_error,
+                    "failed_at": d.failed_at,
+                    "payload": _decoded(d.payload),
+                }
+                for d in exported.dead_letters
+            ],
+            "pending_ops": [
+                {"id": op.op_key, "capability": op.capability, "call": op.call, "then": op.handler}
+                for op in exported.pending_ops
             ],
         }
     )
+
+
+def _decoded(payload: bytes) -> Any:
+    """A stored msgpack payload for JSON (its repr if it does not decode)."""
+    try:
+        return unpack(payload)
+    except Exception:
+        return {"undecodable": payload.hex()}
 
 
 # -- websocket ----------------------------------------------------------------------------
