@@ -19,6 +19,7 @@ from .errors import AgentBusy as AgentBusy
 from .errors import AgentError as AgentError
 from .errors import AgentExists as AgentExists
 from .errors import AgentUnavailable as AgentUnavailable
+from .errors import AlreadyHandled as AlreadyHandled
 from .errors import AuthError as AuthError
 from .errors import BuildError as BuildError
 from .errors import CapabilityDenied as CapabilityDenied
@@ -29,6 +30,7 @@ from .errors import DeployError as DeployError
 from .errors import GuestAbiError as GuestAbiError
 from .errors import GuestError as GuestError
 from .errors import GuestTrap as GuestTrap
+from .errors import IdempotencyKeyReused as IdempotencyKeyReused
 from .errors import InvalidAddress as InvalidAddress
 from .errors import InvalidMessage as InvalidMessage
 from .errors import LimitExceeded as LimitExceeded

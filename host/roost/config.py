@@ -22,6 +22,8 @@ DEFAULT_WORKER_THREADS = 4
 DEFAULT_EPOCH_TICK_MS = 10
 DEFAULT_INLINE_SLICE_MS = 20
 DEFAULT_MAX_IN_FLIGHT = 10_000
+DEFAULT_IDEMPOTENCY_RETENTION_S = 24 * 3600.0
+DEFAULT_MAX_DELIVERY_ATTEMPTS = 10
 
 
 def _default_cache_dir() -> Path:
@@ -62,6 +64,12 @@ class HostConfig(BaseSettings):
     """Let the http capability reach loopback/private addresses (development only)."""
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     """NORMAL survives a process kill; FULL also survives power loss, at a write cost."""
+    idempotency_retention_s: float = Field(DEFAULT_IDEMPOTENCY_RETENTION_S, gt=0)
+    """How long the replies recorded under an idempotency key are kept: a retry later than
+    this is handled as a new message. Pruned periodically."""
+    max_delivery_attempts: int = Field(DEFAULT_MAX_DELIVERY_ATTEMPTS, ge=1)
+    """Attempts at a timer, message or continuation whose handler keeps failing before it
+    moves to the agent's dead letters."""
 
     @property
     def database_path(self) -> Path:

@@ -11,7 +11,8 @@
     │   ├── UnknownKind          no kind of that name is deployed
     │   ├── InvalidAddress       a kind or id with characters an address may not hold
     │   ├── InvalidMessage       an event payload that msgpack cannot carry
-    │   │   └── MessageTooLarge  a request body over the size limit
+    │   │   ├── MessageTooLarge  a request body over the size limit
+    │   │   └── IdempotencyKeyReused  a key reused for a different message
     │   ├── UnknownAgent         an operation needs an agent's committed state and it has none
     │   ├── AgentExists          a fork target that already has state
     │   ├── GuestError           the guest failed a turn: it raised, trapped, or broke a limit
@@ -26,6 +27,7 @@
     │   ├── CapabilityDenied     the call is outside the kind's grant
     │   └── QuotaExceeded        the call would pass a per-agent quota
     ├── StorageError             the state store failed; the turn was not committed; retry helps
+    │   └── AlreadyHandled       the delivery a commit handles was handled already
     ├── Overloaded               the host is at capacity; retry after ``retry_after_s``
     └── AuthError                a request's credentials are missing, malformed or expired
         └── AccessDenied         valid credentials, but not for this call or this agent
@@ -81,6 +83,11 @@ class InvalidMessage(AgentError):
 
 class MessageTooLarge(InvalidMessage):
     """Raised when a request body is larger than ``max_body_bytes``. Send less."""
+
+
+class IdempotencyKeyReused(InvalidMessage):
+    """Raised when an idempotency key that answered one message comes with another. Use a
+    new key for a new message."""
 
 
 class UnknownAgent(AgentError):
@@ -151,6 +158,13 @@ class StorageError(RoostError):
     """Raised when the state store fails. The turn was not committed; a retry may succeed."""
 
     retryable = True
+
+
+class AlreadyHandled(StorageError):
+    """Raised when a commit names a delivery as handled that is gone or was moved since it
+    was read: another commit handled that occurrence. Nothing of the commit was written."""
+
+    retryable = False
 
 
 class Overloaded(RoostError):

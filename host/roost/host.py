@@ -26,14 +26,23 @@ from .core.deliveries import DeliveryLoop
 from .core.dispatch import Dispatcher, Pushes
 from .core.envelope import EventTiming
 from .core.kind import Kind, KindInfo, KindTable
+from .core.ops import Continuations
 from .core.registry import Registry
 from .core.services import CoreCounters, CoreServices, Doorbell, WorkerPool
-from .errors import AgentExists, DeployError, ManifestError, UnknownAgent
+from .errors import AgentExists, DeployError, ManifestError, RoostError, UnknownAgent
 from .manifest import Manifest, load_manifest
 from .sandbox import WasmEngine, open_engine
 from .sandbox.protocol import SandboxFactory
 from .store.async_store import AsyncStore
-from .store.protocol import AgentExport, AgentRecord, AgentSummary, StateStore, Usage
+from .store.protocol import (
+    INBOX_KINDS,
+    AgentExport,
+    AgentRecord,
+    AgentSummary,
+    Delivery,
+    StateStore,
+    Usage,
+)
 from .store.sqlite import open_sqlite_store
 from .telemetry import HostMetrics, HostStatistics, Telemetry, gc_pause_seconds
 from .wall_clock import WallClock, utc_day
@@ -63,6 +72,12 @@ class AgentStatus:
     open_sockets: int = 0
     """WebSockets open to the agent. They do not keep it resident: it hibernates under an
     open socket and the next frame wakes it."""
+    pending_timers: int = 0
+    """Durable timers set and not fired yet."""
+    inbox: int = 0
+    """Messages accepted whose handler has not finished (resumed after a crash)."""
+    dead_letters: int = 0
+    """Deliveries that kept failing and were given up (see the agent's export)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +125,8 @@ async def open_host(
         async with open_service_nursery() as nursery:
             host = Host(config, store, engine, nursery, http_client, telemetry)
             await nursery.start(host._deliveries.run)
+            nursery.start_soon(host._continuations.resume)
+            nursery.start_soon(host._prune_responses)
             if telemetry.meter is not None:
                 telemetry.observe_host(lambda: host.last_statistics)
                 nursery.start_soon(host._refresh_statistics, telemetry.refresh_interval_s)
@@ -150,15 +167,23 @@ class Host:
             inline_slice_ms=config.inline_slice_ms,
         )
         self._kinds = KindTable()
+        self._continuations = Continuations(self._services, self._kinds, nursery)
         self._registry = Registry(
             self._services,
             nursery,
+            self._continuations,
             max_resident=config.max_resident_agents,
             max_in_flight=config.max_in_flight,
         )
         self._dispatcher = Dispatcher(self._services, self._kinds, self._registry)
         self._pushes = Pushes()
-        self._deliveries = DeliveryLoop(self._services, self._dispatcher, self._pushes)
+        self._deliveries = DeliveryLoop(
+            self._services,
+            self._kinds,
+            self._dispatcher,
+            self._pushes,
+            max_attempts=config.max_delivery_attempts,
+        )
         self._capability_services = HostServices(
             settings=config,
             http_client=http_client,
@@ -209,6 +234,7 @@ class Host:
         kind = Kind(manifest, capabilities, factory, hashlib.sha256(code).hexdigest())
         self._kinds.put(kind)
         self._deliveries.kind_deployed(manifest.name)
+        self._continuations.kind_deployed(manifest.name)
         return kind.info()
 
     def kinds(self) -> list[KindInfo]:
@@ -273,7 +299,9 @@ class Host:
         an event has zero turns."""
         address = _address(address)
         day = utc_day(self._services.clock.now())
-        record, usage = await trio.to_thread.run_sync(self._read_status, address, day)
+        record, usage, deliveries, dead = await trio.to_thread.run_sync(
+            self._read_status, address, day
+        )
         actor = self._registry.actor(address)
         return AgentStatus(
             address=str(address),
@@ -288,11 +316,23 @@ class Host:
             pending_ops=0 if actor is None else actor.pending_ops,
             mailbox_depth=0 if actor is None else actor.queued,
             open_sockets=self._pushes.count(address),
+            pending_timers=sum(1 for d in deliveries if d.event_kind == "timer"),
+            inbox=sum(1 for d in deliveries if d.event_kind in INBOX_KINDS),
+            dead_letters=dead,
         )
 
-    def _read_status(self, address: AgentAddress, day: str) -> tuple[AgentRecord | None, Usage]:
-        """The agent's record and its usage on ``day``, in one worker-thread trip."""
-        return self.store.read_agent(address), self.store.read_usage(address, day)
+    def _read_status(
+        self, address: AgentAddress, day: str
+    ) -> tuple[AgentRecord | None, Usage, list[Delivery], int]:
+        """The agent's record, its usage on ``day``, its deliveries and how many dead
+        letters it has, in one worker-thread trip."""
+        store = self.store
+        return (
+            store.read_agent(address),
+            store.read_usage(address, day),
+            store.read_deliveries(address),
+            len(store.read_dead_letters(address)),
+        )
 
     async def erase(self, address: AgentAddress | str) -> bool:
         """Drop the agent's instance and erase everything held for it. Returns whether
@@ -405,6 +445,7 @@ class Host:
         counters = self._services.counters
         metrics = self._services.metrics
         stored = await self._stores.run(self.store.count_agents)
+        dead_letters = await self._stores.run(self.store.count_dead_letters)
         resident = registry.resident
         self.last_statistics = statistics = HostStatistics(
             resident=resident,
@@ -428,8 +469,24 @@ class Host:
             wake_seconds=metrics.wake_seconds(),
             turn_seconds=metrics.turn_seconds(),
             gc_pause_seconds=gc_pause_seconds(),
+            dead_letters=dead_letters,
         )
         return statistics
+
+    async def _prune_responses(self) -> None:
+        """Delete the idempotency records older than ``idempotency_retention_s``, every
+        tenth of that (at most hourly)."""
+        retention = self.config.idempotency_retention_s
+        while True:
+            await trio.sleep(min(retention / 10, _PRUNE_EVERY_MAX_S))
+            older_than = self._services.clock.now() - retention
+            try:
+                pruned = await self._stores.run(self.store.prune_responses, older_than)
+            except RoostError as exc:
+                logger.warning("pruning idempotency records failed: %s", exc)
+            else:
+                if pruned:
+                    logger.info("pruned %d idempotency records", pruned)
 
     async def _refresh_statistics(self, interval_s: float) -> None:
         """Keep :attr:`last_statistics` fresh for the metric exporter's thread."""
@@ -449,6 +506,7 @@ class Host:
 
 
 logger = logging.getLogger("roost.host")
+_PRUNE_EVERY_MAX_S = 3600.0
 
 
 def _address(address: AgentAddress | str) -> AgentAddress:

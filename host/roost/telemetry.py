@@ -218,6 +218,8 @@ class HostStatistics:
     turn_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
     """Turn latency (worker wait, guest call, commit), by kind."""
     gc_pause_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    """Deliveries held in dead letters (they kept failing), by kind."""
     """Pauses of Python's cyclic garbage collector (the whole process), by generation."""
 
 
@@ -335,6 +337,7 @@ class HostMetrics:
         self._traps: dict[tuple[str, str], int] = {}
         self._tokens: dict[tuple[str, str], int] = {}
         self._rejected: dict[int, int] = {429: 0, 503: 0}
+        self._dead_letters: dict[str, int] = {}
         self.websockets_open = 0
         self._otel_wake = self._otel_turn = self._otel_tokens = None
         if meter is not None:
@@ -396,6 +399,14 @@ class HostMetrics:
                         "agent.kind": kind,
                     },
                 )
+
+    def dead_letter(self, kind: str) -> None:
+        """A delivery to an agent of ``kind`` gave up and became a dead letter."""
+        self._dead_letters[kind] = self._dead_letters.get(kind, 0) + 1
+
+    def dead_letters(self) -> dict[str, int]:
+        """Deliveries moved to dead letters since the host opened, by kind."""
+        return dict(self._dead_letters)
 
     def rejected(self, status: int) -> None:
         """A request refused for backpressure (429 or 503)."""

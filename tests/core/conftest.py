@@ -37,6 +37,7 @@ from roost.config import HostConfig
 from roost.core.deliveries import DeliveryLoop
 from roost.core.dispatch import Dispatcher, Pushes
 from roost.core.kind import Kind, KindTable
+from roost.core.ops import Continuations
 from roost.core.registry import Registry
 from roost.core.services import CoreCounters, CoreServices, Doorbell
 from roost.limits import Limits
@@ -44,7 +45,7 @@ from roost.manifest import Manifest
 from roost.payload import pack, unpack
 from roost.sandbox.protocol import GuestReply, TurnOutput
 from roost.store.async_store import AsyncStore
-from roost.store.protocol import AgentRecord, Commit, Delivery
+from roost.store.protocol import AgentRecord, CatchUp, Commit, Delivery
 from roost.store.sqlite import SqliteStore, open_sqlite_store
 from roost.telemetry import Telemetry
 from roost.wall_clock import WallClock
@@ -139,6 +140,33 @@ class Call:
     def sleep(self, seconds: float) -> int:
         return self.start_op("timers", "sleep", seconds)
 
+    def ask(
+        self,
+        target: str,
+        message: Any,
+        *,
+        timeout_s: float = 60.0,
+        then: str | None = None,
+        tag: Any = None,
+    ) -> int:
+        """``agents.ask`` of ``target`` (``kind/id``). Awaited by this event, unless ``then``
+        names the handler that receives its result (the continuation form)."""
+        kind, agent_id = target.split("/", 1)
+        request: dict[str, Any] = {
+            "kind": kind,
+            "id": agent_id,
+            "message": message,
+            "timeout_s": timeout_s,
+        }
+        if then is None:
+            return self.start_op("agents", "ask", pack(request))
+        request.update(then=then, tag=tag)
+        op_id = self.host("agents", "ask", pack(request))
+        if isinstance(op_id, HostCallError):
+            raise AssertionError(f"agents.ask failed: {op_id.message}")
+        assert isinstance(op_id, int)
+        return op_id
+
 
 Handler = Callable[[Call], None]
 
@@ -156,6 +184,8 @@ class ScriptedSandbox:
         self.closed = False
         self.ops: dict[int, int] = {}
         """Op id -> the event that awaits it."""
+        self.memo: dict[Any, Any] = {}
+        """Free for a handler to keep what it needs across the turns of this instance."""
 
     def init(self, config: bytes, state: bytes | None, *, slice_ms: int | None = None) -> None:
         assert not self.closed
@@ -329,6 +359,7 @@ class Core:
     deliveries: DeliveryLoop
     host_services: HostServices
     workers: InlineWorkers
+    continuations: Continuations
 
     @property
     def store(self) -> SqliteStore:
@@ -341,6 +372,7 @@ class Core:
         kind = build_kind(manifest, factory, self.host_services)
         self.kinds.put(kind)
         self.deliveries.kind_deployed(kind.name)
+        self.continuations.kind_deployed(kind.name)
         return kind
 
     async def send(
@@ -359,12 +391,20 @@ class Core:
         payload: Any = None,
         every_s: float | None = None,
         event_kind: str = "timer",
+        catch_up: CatchUp = "once",
     ) -> Delivery:
-        """Write a delivery into the store the way the host does, and ring the doorbell."""
+        """Write a delivery into the store the way the host does, and ring the doorbell
+        (``after_s`` may be negative: a delivery that fell due while the host was down)."""
         now = self.services.clock.now()
         target = AgentAddress.parse(address)
         delivery = Delivery(
-            target, delivery_id, now + after_s, event_kind, pack(payload), every_s=every_s
+            target,
+            delivery_id,
+            now + after_s,
+            event_kind,
+            pack(payload),
+            every_s=every_s,
+            catch_up=catch_up,
         )
         await self.services.stores.commit(Commit(target, at=now, turn=False, deliveries=[delivery]))
         self.services.deliveries_due.ring()
@@ -388,14 +428,20 @@ async def open_core(
     max_resident: int = 1000,
     max_in_flight: int = 1000,
     inline_slice_ms: int = 0,
+    max_delivery_attempts: int = 100,
+    wall_clock: WallClock | None = None,
 ) -> AsyncIterator[Core]:
-    """The core on ``store``, with its delivery loop running; cancelled on exit."""
+    """The core on ``store``, with its delivery loop running; cancelled on exit.
+
+    A core opened again on the same store after the first one was cancelled is the host
+    restarting after a crash; pass the first core's ``services.clock`` as ``wall_clock``
+    so that unix times stored before the crash keep their place in virtual time."""
     telemetry = Telemetry.off()
     workers = InlineWorkers()
     services = CoreServices(
         store=store,
         stores=AsyncStore(store, inline=True),
-        clock=whole_second_wall_clock(),
+        clock=wall_clock if wall_clock is not None else whole_second_wall_clock(),
         telemetry=telemetry,
         metrics=telemetry.host_metrics(),
         workers=workers,
@@ -406,12 +452,19 @@ async def open_core(
     )
     kinds = KindTable()
     async with httpx.AsyncClient() as http_client, open_service_nursery() as nursery:
+        continuations = Continuations(services, kinds, nursery)
         registry = Registry(
-            services, nursery, max_resident=max_resident, max_in_flight=max_in_flight
+            services,
+            nursery,
+            continuations,
+            max_resident=max_resident,
+            max_in_flight=max_in_flight,
         )
         dispatcher = Dispatcher(services, kinds, registry)
         pushes = Pushes()
-        deliveries = DeliveryLoop(services, dispatcher, pushes)
+        deliveries = DeliveryLoop(
+            services, kinds, dispatcher, pushes, max_attempts=max_delivery_attempts
+        )
         host_services = HostServices(
             settings=HostConfig.model_validate({}),  # defaults, not the environment
             http_client=http_client,
@@ -421,7 +474,15 @@ async def open_core(
         await nursery.start(deliveries.run)
         try:
             yield Core(
-                services, kinds, registry, dispatcher, pushes, deliveries, host_services, workers
+                services,
+                kinds,
+                registry,
+                dispatcher,
+                pushes,
+                deliveries,
+                host_services,
+                workers,
+                continuations,
             )
         finally:
             nursery.cancel_scope.cancel()

@@ -32,14 +32,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from roost.address import AgentAddress
-from roost.errors import StorageError
+from roost.errors import AlreadyHandled, StorageError
 from roost.store import (
     AgentExport,
     AgentRecord,
     AgentSummary,
     AsyncStore,
     Commit,
+    DeadLetter,
     Delivery,
+    FailedDelivery,
+    Handled,
+    IdempotencyRecord,
+    JournalEntry,
+    PendingOp,
     StateStore,
     Usage,
 )
@@ -341,33 +347,33 @@ async def test_count_agents_and_stored_bytes_per_kind(store: StateStore) -> None
 
 async def test_idempotency_record_commits_with_the_turn(store: StateStore) -> None:
     store.commit(_turn(ALICE, b"s1", {"k": b"v"}, kv_bytes=2, at=1.0))
-    assert store.read_response(ALICE, "req-1") is None
+    assert _response(store, ALICE, "req-1") is None
     # A turn that changes neither state nor kv, committed only for its response.
     store.commit(_turn(ALICE, at=2.0, key="req-1", response=b"r1"))
-    assert store.read_response(ALICE, "req-1") == b"r1"
+    assert _response(store, ALICE, "req-1") == b"r1"
     assert store.read_agent(ALICE) == AgentRecord(
         state=b"s1", kv_bytes=2, turns=2, created_at=1.0, updated_at=2.0
     )
     assert store.read_kv(ALICE, "k") == b"v"
     # With effects, the record lands with them.
     store.commit(_turn(ALICE, b"s3", {"j": b"w"}, kv_bytes=4, at=3.0, key="req-2", response=b""))
-    assert store.read_response(ALICE, "req-2") == b""
+    assert _response(store, ALICE, "req-2") == b""
     assert store.read_kv(ALICE, "j") == b"w"
     # Keys belong to one agent; a response without a key records nothing.
     store.commit(_turn(BOB, b"b", at=4.0, response=b"ignored"))
-    assert store.read_response(BOB, "req-1") is None
-    assert store.read_response(OTHER_ALICE, "req-1") is None
-    assert store.read_response(ALICE, "req-3") is None
+    assert _response(store, BOB, "req-1") is None
+    assert _response(store, OTHER_ALICE, "req-1") is None
+    assert _response(store, ALICE, "req-3") is None
     # An agent's first turn may be a response-only one.
     store.commit(_turn(OTHER_ALICE, at=5.0, key="req-1", response=b"o"))
     assert store.read_agent(OTHER_ALICE) == AgentRecord(
         state=None, kv_bytes=0, turns=1, created_at=5.0, updated_at=5.0
     )
-    assert store.read_response(OTHER_ALICE, "req-1") == b"o"
+    assert _response(store, OTHER_ALICE, "req-1") == b"o"
     # The same key for another agent is another record.
     store.commit(_turn(BOB, at=6.0, key="req-1", response=b"bob"))
-    assert store.read_response(BOB, "req-1") == b"bob"
-    assert store.read_response(ALICE, "req-1") == b"r1"
+    assert _response(store, BOB, "req-1") == b"bob"
+    assert _response(store, ALICE, "req-1") == b"r1"
 
 
 async def test_duplicate_idempotency_key_fails_the_whole_commit(store: StateStore) -> None:
@@ -393,13 +399,13 @@ async def test_duplicate_idempotency_key_fails_the_whole_commit(store: StateStor
         response=b"other",
         deliveries=[_delivery(ALICE, "t2", 5.0), _delivery(BOB, "msg", 0.0)],
         cancelled=["t1"],
-        handled=("t1", None),
+        handled=Handled("t1", None),
         usage=Usage(llm_input_tokens=7, turns=1),
         usage_day="d",
     )
     with pytest.raises(StorageError, match="already recorded"):
         store.commit(duplicate)
-    assert store.read_response(ALICE, "a") == b"1"
+    assert _response(store, ALICE, "a") == b"1"
     assert _snapshot(store, ALICE) == before
     assert store.read_deliveries(BOB) == []
     assert store.read_agent(BOB) is None
@@ -410,7 +416,7 @@ async def test_commit_with_key_but_no_response_fails(store: StateStore) -> None:
     before = _snapshot(store, ALICE)
     with pytest.raises(StorageError):
         store.commit(_turn(ALICE, b"t", {"k": b"w"}, kv_bytes=2, at=2.0, key="c"))
-    assert store.read_response(ALICE, "c") is None
+    assert _response(store, ALICE, "c") is None
     assert _snapshot(store, ALICE) == before
 
 
@@ -418,12 +424,12 @@ async def test_prune_responses_by_age(store: StateStore) -> None:
     for i, address in enumerate([ALICE, BOB, OTHER_ALICE, ALICE], start=1):
         store.commit(_turn(address, b"s", at=float(i), key=f"r{i}", response=f"{i}".encode()))
     assert store.prune_responses(1.0) == 0  # strictly older only
-    assert store.read_response(ALICE, "r1") == b"1"
+    assert _response(store, ALICE, "r1") == b"1"
     assert store.prune_responses(2.5) == 2
-    assert store.read_response(ALICE, "r1") is None
-    assert store.read_response(BOB, "r2") is None
-    assert store.read_response(OTHER_ALICE, "r3") == b"3"
-    assert store.read_response(ALICE, "r4") == b"4"
+    assert _response(store, ALICE, "r1") is None
+    assert _response(store, BOB, "r2") is None
+    assert _response(store, OTHER_ALICE, "r3") == b"3"
+    assert _response(store, ALICE, "r4") == b"4"
     assert store.prune_responses(2.5) == 0
     # Pruning touches only idempotency records.
     record = store.read_agent(ALICE)
@@ -433,13 +439,13 @@ async def test_prune_responses_by_age(store: StateStore) -> None:
     assert store.count_agents() == 3
     # A pruned key may be recorded again.
     store.commit(_turn(ALICE, None, at=5.0, key="r1", response=b"again"))
-    assert store.read_response(ALICE, "r1") == b"again"
+    assert _response(store, ALICE, "r1") == b"again"
     export = store.export_agent(ALICE)
     assert export is not None
     assert export.responses == 2
     assert store.prune_responses(100.0) == 3
-    assert store.read_response(ALICE, "r4") is None
-    assert store.read_response(ALICE, "r1") is None
+    assert _response(store, ALICE, "r4") is None
+    assert _response(store, ALICE, "r1") is None
 
 
 # -- deliveries ---------------------------------------------------------------------------------
@@ -500,25 +506,25 @@ async def test_handled_deletes_or_rearms_the_delivery(store: StateStore) -> None
     store.commit(Commit(ALICE, deliveries=[recurring, _delivery(ALICE, "once", 12.0)]))
     store.commit(Commit(BOB, deliveries=[_delivery(BOB, "once", 12.0)]))
     # Handling a recurring timer moves it to its next due time and keeps everything else.
-    store.commit(Commit(ALICE, at=10.0, state=b"s", handled=("tick", 20.0)))
+    store.commit(Commit(ALICE, at=10.0, state=b"s", handled=Handled("tick", 20.0)))
     assert store.read_deliveries(ALICE) == [
         _delivery(ALICE, "once", 12.0),
         Delivery(ALICE, "tick", 20.0, "timer", b"tick", every_s=10.0, catch_up="all"),
     ]
     # Handling a one-shot delivery deletes it; only the committing agent's.
-    store.commit(Commit(ALICE, at=12.0, handled=("once", None)))
+    store.commit(Commit(ALICE, at=12.0, handled=Handled("once", None)))
     assert _ids(store.read_deliveries(ALICE)) == ["tick"]
     assert _ids(store.read_deliveries(BOB)) == ["once"]
     # Handling an id that is not there (already handled, or cancelled) is no error.
-    store.commit(Commit(ALICE, at=13.0, handled=("once", None)))
-    store.commit(Commit(ALICE, at=13.0, handled=("gone", 99.0)))
+    store.commit(Commit(ALICE, at=13.0, handled=Handled("once", None)))
+    store.commit(Commit(ALICE, at=13.0, handled=Handled("gone", 99.0)))
     assert store.read_deliveries(ALICE) == [
         Delivery(ALICE, "tick", 20.0, "timer", b"tick", every_s=10.0, catch_up="all")
     ]
     # The host's own moves (turn=False) do the same without touching the record.
-    store.commit(Commit(ALICE, at=14.0, turn=False, handled=("tick", 40.0)))
+    store.commit(Commit(ALICE, at=14.0, turn=False, handled=Handled("tick", 40.0)))
     assert [d.due_at for d in store.read_deliveries(ALICE)] == [40.0]
-    store.commit(Commit(ALICE, at=15.0, turn=False, handled=("tick", None)))
+    store.commit(Commit(ALICE, at=15.0, turn=False, handled=Handled("tick", None)))
     assert store.read_deliveries(ALICE) == []
     record = store.read_agent(ALICE)
     assert record is not None
@@ -533,7 +539,7 @@ async def test_handled_and_cancelled_apply_before_new_deliveries(store: StateSto
     store.commit(
         Commit(
             ALICE,
-            handled=("t", None),
+            handled=Handled("t", None),
             cancelled=["u"],
             deliveries=[_delivery(ALICE, "t", 60.0, b"new"), _delivery(ALICE, "u", 70.0)],
         )
@@ -544,7 +550,9 @@ async def test_handled_and_cancelled_apply_before_new_deliveries(store: StateSto
     ]
     # Re-arming a recurring timer the same turn replaces keeps the replacement.
     store.commit(
-        Commit(ALICE, handled=("t", 120.0), deliveries=[_delivery(ALICE, "t", 90.0, b"newer")])
+        Commit(
+            ALICE, handled=Handled("t", 120.0), deliveries=[_delivery(ALICE, "t", 90.0, b"newer")]
+        )
     )
     assert store.read_deliveries(ALICE)[-1] == _delivery(ALICE, "t", 90.0, b"newer")
 
@@ -569,9 +577,9 @@ async def test_due_deliveries_order_limit_and_next_due_at(store: StateStore) -> 
     due = store.due_deliveries(10.0, 1)[0]
     assert due == _delivery(BOB, "to-bob", 10.0)
     # Handling the earliest moves next_due_at on.
-    store.commit(Commit(BOB, at=10.0, handled=("to-bob", None)))
+    store.commit(Commit(BOB, at=10.0, handled=Handled("to-bob", None)))
     assert store.next_due_at() == 20.0
-    store.commit(Commit(OTHER_ALICE, at=20.0, turn=False, handled=("n2", 35.0)))
+    store.commit(Commit(OTHER_ALICE, at=20.0, turn=False, handled=Handled("n2", 35.0)))
     assert store.next_due_at() == 30.0
     assert _ids(store.due_deliveries(1e18, 10)) == ["a3", "n2", "b4"]
     store.commit(Commit(ALICE, cancelled=["a3"]))
@@ -624,7 +632,7 @@ async def test_bookkeeping_commit_creates_no_record(store: StateStore) -> None:
             usage_day="d",
         )
     )
-    store.commit(Commit(ALICE, at=6.0, turn=False, handled=("op:1", 2.0)))
+    store.commit(Commit(ALICE, at=6.0, turn=False, handled=Handled("op:1", 2.0)))
     assert store.read_agent(ALICE) is None
     assert store.export_agent(ALICE) is None
     assert store.count_agents() == 0
@@ -695,7 +703,7 @@ async def test_failed_commit_writes_nothing(store: StateStore, bad: str, wait: b
         bad_commit,
         deliveries=[*bad_commit.deliveries, _delivery(BOB, "also", 2.0)],
         cancelled=["t"],
-        handled=("t", None),
+        handled=Handled("t", None),
         usage=Usage(llm_input_tokens=3),
         usage_day="d",
     )
@@ -707,7 +715,7 @@ async def test_failed_commit_writes_nothing(store: StateStore, bad: str, wait: b
         assert not wait
         assert written is False
     assert _snapshot(store, ALICE) == before
-    assert store.read_response(ALICE, "r") is None
+    assert _response(store, ALICE, "r") is None
     assert store.read_deliveries(BOB) == []
     # The store still works.
     store.commit(_turn(ALICE, b"next", at=10.0))
@@ -748,7 +756,7 @@ async def test_delete_agent_removes_everything(store: StateStore) -> None:
     assert store.read_agent(ALICE) is None
     assert store.read_kv_keys(ALICE, "", 10) == []
     assert store.read_kv(ALICE, "a") is None
-    assert store.read_response(ALICE, "r") is None
+    assert _response(store, ALICE, "r") is None
     assert store.read_deliveries(ALICE) == []
     assert store.read_usage(ALICE, "d") == Usage()
     assert store.export_agent(ALICE) is None
@@ -759,7 +767,7 @@ async def test_delete_agent_removes_everything(store: StateStore) -> None:
     # including what Alice sent to Bob.
     for address in (BOB, OTHER_ALICE):
         assert store.read_kv_keys(address, "", 10) == ["a", "b"]
-        assert store.read_response(address, "r") == b"x"
+        assert _response(store, address, "r") == b"x"
         assert store.read_usage(address, "d") == Usage(turns=1)
     assert _ids(store.read_deliveries(BOB)) == ["from-alice", "own"]
     assert _ids(store.read_deliveries(OTHER_ALICE)) == ["own"]
@@ -771,7 +779,7 @@ async def test_delete_agent_removes_everything(store: StateStore) -> None:
     assert store.read_agent(ALICE) == AgentRecord(
         state=b"new", kv_bytes=0, turns=1, created_at=9.0, updated_at=9.0
     )
-    assert store.read_response(ALICE, "r") is None
+    assert _response(store, ALICE, "r") is None
     assert store.read_usage(ALICE, "d") == Usage()
 
 
@@ -818,7 +826,7 @@ async def test_fork_copies_state_and_kv(store: StateStore) -> None:
         assert store.read_kv_keys(address, "", 10) == ["a", "b"]
         assert store.read_kv(address, "a") == b"1"
         # Responses, deliveries and usage belong to the source's turns; the copy has none.
-        assert store.read_response(address, "r") is None
+        assert _response(store, address, "r") is None
         assert store.read_deliveries(address) == []
         assert store.read_usage(address, "d") == Usage()
         export = store.export_agent(address)
@@ -1205,7 +1213,7 @@ async def test_commit_without_waiting_is_all_or_nothing(store: StateStore) -> No
     def check(address: AgentAddress, written: bool) -> None:
         assert (store.read_agent(address) is not None) is written, address
         assert (store.read_kv(address, "k") == b"v") is written, address
-        assert (store.read_response(address, "r") == b"x") is written, address
+        assert (_response(store, address, "r") == b"x") is written, address
         assert len(store.read_deliveries(address)) == int(written), address
         assert store.read_usage(address, "d") == (Usage(turns=1) if written else Usage())
 
@@ -1376,7 +1384,7 @@ async def test_contents_persist_across_reopen(open_store: StoreFactory, store_di
         )
         assert store.read_kv(ALICE, "k") == b"v"
         assert store.read_kv(ALICE, "j") is None
-        assert store.read_response(ALICE, "r") == b"resp"
+        assert _response(store, ALICE, "r") == b"resp"
         assert store.count_agents() == 2
         assert store.next_due_at() == 8.0
         assert {a: _snapshot(store, a, "2024-05-01") for a in before} == before
@@ -1384,7 +1392,7 @@ async def test_contents_persist_across_reopen(open_store: StoreFactory, store_di
         assert store.fork_agent(OTHER_ALICE, AgentAddress("notes", "copy")) == "forked"
         assert store.delete_agent(OTHER_ALICE) is True
         assert store.prune_responses(3.0) == 1
-        store.commit(Commit(ALICE, turn=False, handled=("t", None)))
+        store.commit(Commit(ALICE, turn=False, handled=Handled("t", None)))
     async with open_store(store_dir) as store:
         record = store.read_agent(ALICE)
         assert record is not None
@@ -1393,8 +1401,8 @@ async def test_contents_persist_across_reopen(open_store: StoreFactory, store_di
         copy = store.read_agent(AgentAddress("notes", "copy"))
         assert copy is not None
         assert (copy.state, copy.turns) == (b"other", 0)
-        assert store.read_response(ALICE, "r") is None
-        assert store.read_response(ALICE, "r2") == b"resp2"
+        assert _response(store, ALICE, "r") is None
+        assert _response(store, ALICE, "r2") == b"resp2"
         assert _ids(store.read_deliveries(ALICE)) == []
         assert _ids(store.due_deliveries(1e18, 10)) == ["m"]
 
@@ -1547,3 +1555,438 @@ def test_state_and_kv_round_trip(
 
     with tempfile.TemporaryDirectory() as directory:
         trio.run(main, Path(directory))
+
+
+def _response(store: StateStore, address: AgentAddress, key: str) -> bytes | None:
+    """The response recorded under ``key``, or None."""
+    record = store.read_response(address, key)
+    return None if record is None else record.response
+
+
+# -- exactly once: conditional handling, failed deliveries, journal, pending ops ----------------
+
+
+def _journal(message_id: str, seq: int, value: bytes = b"v", *, ok: bool = True) -> JournalEntry:
+    return JournalEntry(message_id, seq, "timers", "sleep", f"sha-{message_id}-{seq}", ok, value)
+
+
+def _op(address: AgentAddress, op_key: str, *, tag: bytes = b"\xc0") -> PendingOp:
+    return PendingOp(address, op_key, "agents", "ask", b"ask " + op_key.encode(), "on_done", tag)
+
+
+@pytest.mark.parametrize("wait", [True, False], ids=["wait", "no-wait"])
+async def test_handled_with_due_at_refuses_a_delivery_moved_or_gone(
+    store: StateStore, wait: bool
+) -> None:
+    assert issubclass(AlreadyHandled, StorageError)
+    store.commit(
+        Commit(
+            ALICE,
+            turn=False,
+            deliveries=[_delivery(ALICE, "t", 10.0), _delivery(ALICE, "u", 11.0)],
+        )
+    )
+    store.commit(_turn(ALICE, b"s0", {"k": b"0"}, kv_bytes=2, at=1.0))
+    before = _snapshot(store, ALICE)
+    # Read as due at 9, but it is due at 10 now: another commit moved it. One of everything
+    # else a commit can write rides along; none of it is written.
+    stale = Commit(
+        ALICE,
+        at=2.0,
+        state=b"s1",
+        kv_writes={"k": b"1"},
+        kv_bytes=2,
+        idempotency_key="r",
+        response=b"x",
+        request_sha="h",
+        deliveries=[_delivery(BOB, "m", 3.0)],
+        cancelled=["u"],
+        handled=Handled("t", None, 9.0),
+        journal=[_journal("m1", 1)],
+        clear_journal="m0",
+        ops_started=[_op(ALICE, "m1/1")],
+        usage=Usage(turns=1),
+        usage_day="d",
+    )
+    try:
+        written = store.commit(stale, wait=wait)
+    except AlreadyHandled:
+        pass
+    else:  # without waiting, a store may decline before even looking at the commit
+        assert not wait
+        assert written is False
+    assert _snapshot(store, ALICE) == before
+    assert store.read_response(ALICE, "r") is None
+    assert store.read_deliveries(BOB) == []
+    assert store.read_journal(ALICE, "m1") == []
+    assert store.pending_ops(10) == []
+    # As it was read: handled (re-armed at 20).
+    store.commit(Commit(ALICE, at=3.0, state=b"s1", handled=Handled("t", 20.0, 10.0)))
+    assert [(d.delivery_id, d.due_at) for d in store.read_deliveries(ALICE)] == [
+        ("u", 11.0),
+        ("t", 20.0),
+    ]
+    # That occurrence again (read at 10 by a second reader): refused, turn or bookkeeping.
+    with pytest.raises(AlreadyHandled):
+        store.commit(Commit(ALICE, at=4.0, state=b"s2", handled=Handled("t", 30.0, 10.0)))
+    with pytest.raises(AlreadyHandled):
+        store.commit(
+            Commit(
+                ALICE,
+                at=4.0,
+                turn=False,
+                handled=Handled("t", None, 10.0),
+                usage=Usage(errors=1),
+                usage_day="d",
+            )
+        )
+    # Another agent's delivery of the same id is not this one.
+    with pytest.raises(AlreadyHandled):
+        store.commit(Commit(BOB, at=4.0, state=b"b", handled=Handled("t", None, 20.0)))
+    assert store.read_agent(BOB) is None
+    assert store.read_usage(ALICE, "d") == Usage()
+    # The next occurrence, as read: deleted. Then it is gone: refused.
+    store.commit(Commit(ALICE, at=5.0, handled=Handled("t", None, 20.0)))
+    assert _ids(store.read_deliveries(ALICE)) == ["u"]
+    with pytest.raises(AlreadyHandled):
+        store.commit(Commit(ALICE, at=6.0, state=b"s3", handled=Handled("t", None, 20.0)))
+    # Without due_at there is no check: a missing delivery is no error, a present one is
+    # handled wherever it is.
+    store.commit(Commit(ALICE, at=7.0, handled=Handled("t", None)))
+    store.commit(Commit(ALICE, at=7.0, handled=Handled("u", 50.0)))
+    assert [(d.delivery_id, d.due_at) for d in store.read_deliveries(ALICE)] == [("u", 50.0)]
+    assert store.read_agent(ALICE) == AgentRecord(
+        state=b"s1", kv_bytes=2, turns=5, created_at=1.0, updated_at=7.0
+    )
+    assert store.read_kv(ALICE, "k") == b"0"
+
+
+async def test_failed_delivery_counts_attempts_then_moves_it_to_the_dead_letters(
+    store: StateStore,
+) -> None:
+    store.commit(
+        Commit(
+            ALICE,
+            turn=False,
+            deliveries=[_delivery(ALICE, "t", 10.0, b"payload"), _delivery(ALICE, "u", 10.0)],
+        )
+    )
+    store.commit(
+        Commit(ALICE, at=11.0, turn=False, failed_delivery=FailedDelivery("t", "boom 1", 12.0))
+    )
+    assert store.read_deliveries(ALICE) == [
+        _delivery(ALICE, "u", 10.0),
+        dataclasses.replace(
+            _delivery(ALICE, "t", 12.0, b"payload"), attempts=1, last_error="boom 1"
+        ),
+    ]
+    store.commit(
+        Commit(ALICE, at=13.0, turn=False, failed_delivery=FailedDelivery("t", "boom 2", 14.0))
+    )
+    assert _ids(store.due_deliveries(13.0, 10)) == ["u"]
+    (retried,) = [d for d in store.due_deliveries(14.0, 10) if d.delivery_id == "t"]
+    assert (retried.due_at, retried.attempts, retried.last_error) == (14.0, 2, "boom 2")
+    assert store.read_dead_letters(ALICE) == []
+    assert store.count_dead_letters() == {}
+    # Given up: the delivery leaves the deliveries for the dead letters, with this attempt.
+    store.commit(
+        Commit(ALICE, at=15.0, turn=False, failed_delivery=FailedDelivery("t", "boom 3", None))
+    )
+    assert _ids(store.read_deliveries(ALICE)) == ["u"]
+    assert store.read_dead_letters(ALICE) == [
+        DeadLetter(ALICE, "t", "timer", b"payload", 3, "boom 3", 15.0)
+    ]
+    assert store.read_agent(ALICE) is None
+    assert store.count_dead_letters() == {"chat": 1}
+    assert store.count_dead_letters("chat") == {"chat": 1}
+    assert store.count_dead_letters("notes") == {}
+    # Per agent, oldest first, counted by kind.
+    store.commit(
+        Commit(
+            OTHER_ALICE,
+            turn=False,
+            deliveries=[_delivery(OTHER_ALICE, "x", 1.0, event_kind="agent")],
+        )
+    )
+    store.commit(
+        Commit(OTHER_ALICE, at=16.0, turn=False, failed_delivery=FailedDelivery("x", "no", None))
+    )
+    store.commit(Commit(ALICE, at=17.0, turn=False, failed_delivery=FailedDelivery("u", "u", None)))
+    assert store.read_dead_letters(ALICE) == [
+        DeadLetter(ALICE, "t", "timer", b"payload", 3, "boom 3", 15.0),
+        DeadLetter(ALICE, "u", "timer", b"p", 1, "u", 17.0),
+    ]
+    assert store.read_dead_letters(OTHER_ALICE) == [
+        DeadLetter(OTHER_ALICE, "x", "agent", b"p", 1, "no", 16.0)
+    ]
+    assert store.read_dead_letters(BOB) == []
+    assert store.count_dead_letters() == {"chat": 2, "notes": 1}
+    assert store.count_dead_letters("notes") == {"notes": 1}
+    assert store.next_due_at() is None
+    assert store.due_deliveries(1e18, 10) == []
+
+
+async def test_a_failed_delivery_in_a_failing_commit_is_not_moved(store: StateStore) -> None:
+    store.commit(Commit(ALICE, turn=False, deliveries=[_delivery(ALICE, "t", 10.0)]))
+    before = _snapshot(store, ALICE)
+    for retry_at in (None, 20.0):
+        with pytest.raises(StorageError):
+            store.commit(
+                Commit(
+                    ALICE,
+                    at=11.0,
+                    turn=False,
+                    failed_delivery=FailedDelivery("t", "x", retry_at),
+                    deliveries=[_delivery(BOB, "bad", 1.0, _BAD)],
+                )
+            )
+        assert _snapshot(store, ALICE) == before
+        assert store.read_dead_letters(ALICE) == []
+        assert store.count_dead_letters() == {}
+
+
+async def test_journal_entries_by_message_and_seq(store: StateStore) -> None:
+    assert store.read_journal(ALICE, "m1") == []
+    store.commit(Commit(ALICE, at=1.0, turn=False, journal=[_journal("m1", 2), _journal("m2", 1)]))
+    store.commit(Commit(ALICE, at=2.0, turn=False, journal=[_journal("m1", 1, b"first")]))
+    store.commit(Commit(BOB, at=2.0, turn=False, journal=[_journal("m1", 1, b"bob")]))
+    store.commit(Commit(OTHER_ALICE, at=2.0, turn=False, journal=[_journal("m1", 1, b"other")]))
+    assert store.read_journal(ALICE, "m1") == [_journal("m1", 1, b"first"), _journal("m1", 2)]
+    assert store.read_agent(ALICE) is None
+    # The same seq again replaces the entry; failures and any bytes round trip.
+    failed = JournalEntry("m1", 2, "agents", "ask", "sha-2", False, "timed out é".encode())
+    store.commit(Commit(ALICE, at=3.0, turn=False, journal=[failed]))
+    binary = _journal("m1", 3, bytes(range(256)))
+    store.commit(Commit(ALICE, at=3.0, turn=False, journal=[binary]))
+    assert store.read_journal(ALICE, "m1") == [_journal("m1", 1, b"first"), failed, binary]
+    # Clearing deletes that message's entries of that agent only.
+    store.commit(Commit(ALICE, at=4.0, state=b"s", clear_journal="m1"))
+    assert store.read_journal(ALICE, "m1") == []
+    assert store.read_journal(ALICE, "m2") == [_journal("m2", 1)]
+    assert store.read_journal(BOB, "m1") == [_journal("m1", 1, b"bob")]
+    assert store.read_journal(OTHER_ALICE, "m1") == [_journal("m1", 1, b"other")]
+    store.commit(Commit(ALICE, at=5.0, turn=False, clear_journal="nothing"))
+    assert store.read_journal(ALICE, "m2") == [_journal("m2", 1)]
+
+
+async def test_pending_ops_oldest_first_until_finished(store: StateStore) -> None:
+    assert store.pending_ops(10) == []
+    first = _op(ALICE, "m1/1", tag=b"\x81\xa1t\x01")
+    bobs = _op(BOB, "m1/1")
+    second = _op(ALICE, "m2/1")
+    third = _op(ALICE, "m2/2")
+    store.commit(Commit(ALICE, at=1.0, state=b"s", ops_started=[first]))
+    store.commit(Commit(BOB, at=2.0, turn=False, ops_started=[bobs]))
+    store.commit(Commit(ALICE, at=3.0, turn=False, ops_started=[second]))
+    store.commit(Commit(ALICE, at=4.0, turn=False, ops_started=[third]))
+    assert store.pending_ops(10) == [first, bobs, second, third]
+    assert store.pending_ops(2) == [first, bobs]
+    assert store.pending_ops(0) == []
+    # The commit that delivers an op's result removes it: the agent's own only.
+    result = _delivery(ALICE, "c-m1/1", 5.0, event_kind="continuation")
+    store.commit(Commit(ALICE, at=5.0, turn=False, op_finished="m1/1", deliveries=[result]))
+    assert store.pending_ops(10) == [bobs, second, third]
+    assert store.read_deliveries(ALICE) == [result]
+    store.commit(Commit(ALICE, at=6.0, turn=False, op_finished="unknown"))
+    assert store.pending_ops(10) == [bobs, second, third]
+    record = store.read_agent(ALICE)
+    assert record is not None and record.turns == 1
+
+
+async def test_read_response_returns_the_request_digest(store: StateStore) -> None:
+    store.commit(
+        Commit(ALICE, at=1.0, idempotency_key="r1", response=b"resp", request_sha="abc123")
+    )
+    store.commit(_turn(ALICE, at=2.0, key="r2", response=b"old"))
+    assert store.read_response(ALICE, "r1") == IdempotencyRecord(b"resp", "abc123")
+    assert store.read_response(ALICE, "r2") == IdempotencyRecord(b"old", None)
+    assert store.read_response(BOB, "r1") is None
+    assert store.read_response(OTHER_ALICE, "r1") is None
+
+
+async def test_a_turn_commit_adds_its_turns_to_the_record(store: StateStore) -> None:
+    store.commit(Commit(ALICE, at=1.0, turns=3, state=b"s"))
+    assert store.read_agent(ALICE) == AgentRecord(
+        state=b"s", kv_bytes=0, turns=3, created_at=1.0, updated_at=1.0
+    )
+    store.commit(Commit(ALICE, at=2.0, turns=2))
+    store.commit(Commit(ALICE, at=3.0))
+    store.commit(Commit(ALICE, at=4.0, turn=False, turns=7, usage=Usage(errors=1), usage_day="d"))
+    assert store.read_agent(ALICE) == AgentRecord(
+        state=b"s", kv_bytes=0, turns=6, created_at=1.0, updated_at=3.0
+    )
+    (summary,) = store.list_agents("chat", after=None, limit=10)
+    assert summary.turns == 6
+
+
+async def test_delete_agent_removes_journal_pending_ops_and_dead_letters(
+    store: StateStore,
+) -> None:
+    for address in (ALICE, BOB):
+        store.commit(
+            Commit(
+                address,
+                at=1.0,
+                state=b"s",
+                deliveries=[_delivery(address, "dead", 1.0)],
+                journal=[_journal("m", 1)],
+                ops_started=[_op(address, "m/1")],
+            )
+        )
+        store.commit(
+            Commit(address, at=2.0, turn=False, failed_delivery=FailedDelivery("dead", "x", None))
+        )
+    assert store.delete_agent(ALICE) is True
+    assert store.read_journal(ALICE, "m") == []
+    assert store.read_dead_letters(ALICE) == []
+    assert store.pending_ops(10) == [_op(BOB, "m/1")]
+    assert store.count_dead_letters() == {"chat": 1}
+    assert store.read_journal(BOB, "m") == [_journal("m", 1)]
+    assert [d.delivery_id for d in store.read_dead_letters(BOB)] == ["dead"]
+    assert store.delete_agent(ALICE) is False
+
+
+_EXACTLY_ONCE_ROWS: dict[str, Callable[[AgentAddress], list[Commit]]] = {
+    "journal": lambda a: [Commit(a, turn=False, journal=[_journal("m", 1)])],
+    "pending op": lambda a: [Commit(a, turn=False, ops_started=[_op(a, "m/1")])],
+    "dead letter": lambda a: [
+        Commit(a, turn=False, deliveries=[_delivery(a, "d", 1.0)]),
+        Commit(a, turn=False, failed_delivery=FailedDelivery("d", "x", None)),
+    ],
+}
+
+
+@pytest.mark.parametrize("row", sorted(_EXACTLY_ONCE_ROWS))
+async def test_delete_agent_removes_exactly_once_rows_without_a_record(
+    store: StateStore, row: str
+) -> None:
+    for commit in _EXACTLY_ONCE_ROWS[row](ALICE):
+        store.commit(commit)
+    assert store.delete_agent(ALICE) is True
+    assert store.read_journal(ALICE, "m") == []
+    assert store.pending_ops(10) == []
+    assert store.read_dead_letters(ALICE) == []
+    assert store.count_dead_letters() == {}
+    assert store.delete_agent(ALICE) is False
+
+
+@pytest.mark.parametrize("row", sorted(_EXACTLY_ONCE_ROWS))
+async def test_fork_refuses_a_target_holding_exactly_once_rows(store: StateStore, row: str) -> None:
+    store.commit(_turn(BOB, b"s", {"k": b"v"}, kv_bytes=2, at=1.0))
+    for commit in _EXACTLY_ONCE_ROWS[row](ALICE):
+        store.commit(commit)
+    assert store.fork_agent(BOB, ALICE) == "target_exists"
+    assert store.read_agent(ALICE) is None
+    assert store.read_kv(ALICE, "k") is None
+
+
+async def test_export_includes_dead_letters_and_pending_ops(store: StateStore) -> None:
+    store.commit(
+        Commit(
+            ALICE,
+            at=1.0,
+            state=b"s",
+            deliveries=[
+                _delivery(ALICE, "d1", 1.0),
+                _delivery(ALICE, "d2", 2.0),
+                _delivery(ALICE, "live", 50.0),
+            ],
+            ops_started=[_op(ALICE, "m/1")],
+        )
+    )
+    store.commit(Commit(ALICE, at=2.0, turn=False, failed_delivery=FailedDelivery("d2", "2", None)))
+    store.commit(
+        Commit(
+            ALICE,
+            at=3.0,
+            turn=False,
+            failed_delivery=FailedDelivery("d1", "1", None),
+            ops_started=[_op(ALICE, "m/2")],
+        )
+    )
+    store.commit(
+        Commit(
+            BOB,
+            at=4.0,
+            turn=False,
+            deliveries=[_delivery(BOB, "d", 1.0)],
+            ops_started=[_op(BOB, "b/1")],
+        )
+    )
+    store.commit(Commit(BOB, at=5.0, turn=False, failed_delivery=FailedDelivery("d", "b", None)))
+    assert store.export_agent(ALICE) == AgentExport(
+        record=AgentRecord(state=b"s", kv_bytes=0, turns=1, created_at=1.0, updated_at=1.0),
+        kv={},
+        responses=0,
+        deliveries=[_delivery(ALICE, "live", 50.0)],
+        dead_letters=[
+            DeadLetter(ALICE, "d2", "timer", b"p", 1, "2", 2.0),
+            DeadLetter(ALICE, "d1", "timer", b"p", 1, "1", 3.0),
+        ],
+        pending_ops=[_op(ALICE, "m/1"), _op(ALICE, "m/2")],
+    )
+    # Rows of an agent that never committed a turn (nor kv) export nothing.
+    assert store.export_agent(BOB) is None
+
+
+async def test_a_bookkeeping_commit_carries_journal_ops_and_a_failed_delivery(
+    store: StateStore,
+) -> None:
+    # A handler's progress: its message in the inbox, an op result, a continuation op.
+    inbox = Delivery(ALICE, "in-1", 1.0, "message", b"hello", idempotency_key="key")
+    op = _op(ALICE, "in-1/2")
+    store.commit(
+        Commit(
+            ALICE,
+            at=1.0,
+            turn=False,
+            deliveries=[inbox],
+            journal=[_journal("in-1", 1)],
+            ops_started=[op],
+            usage=Usage(llm_input_tokens=5),
+            usage_day="d",
+        )
+    )
+    assert store.read_agent(ALICE) is None
+    assert store.count_agents() == 0
+    assert store.read_deliveries(ALICE) == [inbox]
+    assert store.read_journal(ALICE, "in-1") == [_journal("in-1", 1)]
+    assert store.pending_ops(10) == [op]
+    assert store.read_usage(ALICE, "d") == Usage(llm_input_tokens=5)
+    # A failed attempt, an op's result and another journal entry, still without a turn.
+    store.commit(
+        Commit(
+            ALICE,
+            at=2.0,
+            turn=False,
+            failed_delivery=FailedDelivery("in-1", "e", 3.0),
+            op_finished=op.op_key,
+            journal=[_journal("in-1", 2)],
+        )
+    )
+    assert store.read_agent(ALICE) is None
+    assert store.read_deliveries(ALICE) == [
+        dataclasses.replace(inbox, due_at=3.0, attempts=1, last_error="e")
+    ]
+    assert store.pending_ops(10) == []
+    assert store.read_journal(ALICE, "in-1") == [_journal("in-1", 1), _journal("in-1", 2)]
+    # The handler's final commit: its turns, its response, the entry (as read) and journal.
+    store.commit(
+        Commit(
+            ALICE,
+            at=4.0,
+            turns=3,
+            state=b"done",
+            idempotency_key="key",
+            response=b"r",
+            request_sha="h",
+            handled=Handled("in-1", None, 3.0),
+            clear_journal="in-1",
+        )
+    )
+    assert store.read_agent(ALICE) == AgentRecord(
+        state=b"done", kv_bytes=0, turns=3, created_at=4.0, updated_at=4.0
+    )
+    assert store.read_deliveries(ALICE) == []
+    assert store.read_journal(ALICE, "in-1") == []
+    assert store.read_response(ALICE, "key") == IdempotencyRecord(b"r", "h")

@@ -328,7 +328,7 @@ async def test_version_1_database_is_migrated_with_its_data(
                 usage_day="d",
             )
         )
-        assert store.read_response(ALICE, "r") == b"x"
+        assert _response(store, ALICE, "r") == b"x"
         assert store.next_due_at() == 5.0
         assert store.read_usage(ALICE, "d") == Usage(turns=1)
 
@@ -369,7 +369,7 @@ async def test_closed_store_raises(db_path: Path) -> None:
         lambda: store.commit(_turn(ALICE, b"t")),
         lambda: store.commit(_turn(ALICE, b"t"), wait=False),
         lambda: store.commit(Commit(ALICE, turn=False, usage=Usage(), usage_day="d")),
-        lambda: store.read_response(ALICE, "k"),
+        lambda: _response(store, ALICE, "k"),
         lambda: store.due_deliveries(1.0, 10),
         lambda: store.next_due_at(),
         lambda: store.prune_responses(1.0),
@@ -694,7 +694,7 @@ async def test_failing_commit_in_batch_records_no_response(
 
         assert failures == [3]
         for i in range(6):
-            response = store.read_response(AgentAddress("chat", f"u{i}"), f"r{i}")
+            response = _response(store, AgentAddress("chat", f"u{i}"), f"r{i}")
             assert response == (None if i == 3 else f"{i}".encode())
         assert store.read_agent(AgentAddress("chat", "u3")) is None
 
@@ -897,3 +897,9 @@ async def test_adapter_commits_on_the_loop_only_without_fsync(
         assert (threads == [threading.get_ident()]) is on_loop
         assert len(threads) == 1
         assert store.read_agent(ALICE) is not None
+
+
+def _response(store: StateStore, address: AgentAddress, key: str) -> bytes | None:
+    """The response recorded under ``key``, or None."""
+    record = store.read_response(address, key)
+    return None if record is None else record.response

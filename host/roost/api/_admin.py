@@ -7,7 +7,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import trio
 from starlette.requests import Request
 from starlette.types import Message
@@ -17,6 +16,8 @@ from ..core.kind import KindInfo
 from ..errors import ManifestError, MessageTooLarge
 from ..host import Host
 from ..manifest import parse_manifest
+from ..payload import unpack
+from ..store.protocol import INBOX_KINDS
 from ._saved_kinds import save_deployment
 
 DEPLOY_BODY_FACTOR = 64
@@ -92,13 +93,51 @@ async def export_document(host: Host, address: AgentAddress) -> dict[str, Any]:
                 "due_at": d.due_at,
                 "every_s": d.every_s,
                 "catch_up": d.catch_up,
-                "payload": msgpack.unpackb(d.payload, raw=False, strict_map_key=False),
+                "attempts": d.attempts,
+                "last_error": d.last_error,
+                "payload": _decoded(d.payload),
             }
             for d in exported.deliveries
+            if d.event_kind not in INBOX_KINDS
+        ],
+        "inbox": [
+            {
+                "id": d.delivery_id,
+                "kind": d.event_kind,
+                "accepted_at": d.due_at,
+                "idempotency_key": d.idempotency_key,
+                "attempts": d.attempts,
+                "message": _decoded(d.payload),
+            }
+            for d in exported.deliveries
+            if d.event_kind in INBOX_KINDS
+        ],
+        "dead_letters": [
+            {
+                "id": d.delivery_id,
+                "kind": d.event_kind,
+                "attempts": d.attempts,
+                "last_error": d.last_error,
+                "failed_at": d.failed_at,
+                "payload": _decoded(d.payload),
+            }
+            for d in exported.dead_letters
+        ],
+        "pending_ops": [
+            {"id": op.op_key, "capability": op.capability, "call": op.call, "then": op.handler}
+            for op in exported.pending_ops
         ],
     }
 
 
 def unpack_state(state: bytes | None) -> Any:
     """An agent's committed state (msgpack) as a value, or None if it has none."""
-    return msgpack.unpackb(state, raw=False, strict_map_key=False) if state else None
+    return _decoded(state) if state else None
+
+
+def _decoded(payload: bytes) -> Any:
+    """A stored msgpack payload for JSON (its bytes in hex if it does not decode)."""
+    try:
+        return unpack(payload)
+    except Exception:
+        return {"undecodable": payload.hex()}

@@ -82,6 +82,14 @@ class MetricsRecorder:
         for kind, count in sorted(stats.mailbox_depth.items()):
             depth.add_metric([kind], count)
         families.append(depth)
+        dead = GaugeMetricFamily(
+            "roost_dead_letters",
+            "Deliveries given up after repeated failures, held for the operator.",
+            labels=["kind"],
+        )
+        for kind, count in sorted(stats.dead_letters.items()):
+            dead.add_metric([kind], count)
+        families.append(dead)
         held = GaugeMetricFamily(
             "roost_agents_held_resident",
             "Agents resident past their idle timeout, by what holds them.",

@@ -19,6 +19,8 @@ from ._base import BaseGrant as BaseGrant
 from ._base import Capability as Capability
 from ._base import Continuation as Continuation
 from ._base import HostServices as HostServices
+from ._base import OpContext as OpContext
+from ._base import OpFailed as OpFailed
 from ._base import OpResult as OpResult
 from ._base import OpRunner as OpRunner
 from ._base import TurnEffects as TurnEffects

@@ -12,7 +12,12 @@ interface ``roost:agent/<name>``) owns everything about one WIT interface:
 - its **per-turn state**: :meth:`Capability.begin_turn` makes it the first time a turn uses
   the capability (buffered writes, timers set...), :meth:`Capability.state` finds it;
 - the **effects it adds to the commit**: :meth:`Capability.add_effects` moves that state
-  into the turn's :class:`TurnEffects`, which the turn commits atomically.
+  into the turn's :class:`TurnEffects`, which the turn commits atomically;
+- its **async ops**, if any: a host call checks the request and starts the op with
+  ``turn.start_op(name, call, request)``: data (the capability, the call, the request
+  bytes), not a closure, so that the host can run it later, replay its journaled result
+  after a crash, or run it again with the same idempotency key. :meth:`Capability.op`
+  turns that data into the coroutine that runs it.
 
 Host calls must never raise into wasm. :func:`host_call` declares what a call returns when
 it fails: calls whose WIT result is ``result<_, string>`` return the error text to the
@@ -62,7 +67,34 @@ class OpResult:
 
 
 OpRunner = Callable[[], Awaitable[OpResult]]
-"""Runs an async op on the trio loop. A failure the guest should see is a CapabilityError."""
+"""Runs an async op on the trio loop. A failure the guest should see is a CapabilityError
+(an :class:`OpFailed` when the failed op still used something)."""
+
+
+class OpFailed(CapabilityError):
+    """An op failed in a way the guest is told about, having used ``usage`` (an HTTP call
+    that was made, LLM tokens spent before a stream broke)."""
+
+    def __init__(self, message: str, usage: Usage) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+@dataclass(frozen=True, slots=True)
+class OpContext:
+    """What an op runs with, besides its request."""
+
+    address: AgentAddress
+    """The agent that started it."""
+    idempotency_key: str
+    """Stable across re-runs of the op (after a crash): sent to providers so that a
+    request they already served is not served twice."""
+    chain: tuple[str, ...] = ()
+    """The chain of asks that led to the event that started it."""
+    on_token: Callable[[str], None] | None = None
+    """Streams LLM tokens to whoever sent that event (None once nobody listens)."""
+    trace: TurnTrace | None = None
+    """The span of the turn that started it (tracing on)."""
 
 
 class BaseGrant(BaseModel):
@@ -81,7 +113,8 @@ class Continuation:
 
 
 class Ask(Protocol):
-    """Deliver an ``agent`` event from ``sender`` to ``target`` and return its replies."""
+    """Deliver an ``agent`` event from ``sender`` to ``target`` and return its replies;
+    the target handles an ask of one ``idempotency_key`` once."""
 
     async def __call__(
         self,
@@ -91,6 +124,7 @@ class Ask(Protocol):
         *,
         timeout_s: float,
         chain: tuple[str, ...],
+        idempotency_key: str | None = None,
     ) -> list[Any]: ...
 
 
@@ -161,9 +195,13 @@ class TurnView(Protocol):
         ...
 
     def start_op(
-        self, capability: str, run: OpRunner, continuation: Continuation | None = None
+        self,
+        capability: str,
+        call: str,
+        request: bytes,
+        continuation: Continuation | None = None,
     ) -> int:
-        """Start an async op once the turn commits; returns its op id."""
+        """Start an async op (see :meth:`Capability.op`); returns its op id."""
         ...
 
     def check_budget(self, what: str, used: float, adding: float, budget: float | None) -> None:
@@ -231,6 +269,11 @@ class Capability(Generic[S]):
 
     def add_effects(self, state: S, effects: TurnEffects) -> None:
         """Add what the turn did through this capability to its commit."""
+
+    def op(self, call: str, request: bytes, context: OpContext) -> OpRunner:
+        """The coroutine that runs an op this capability's host call ``call`` started with
+        ``request`` (already checked when it started)."""
+        raise NotImplementedError(f"the {self.name} capability starts no async ops")
 
     # -- host calls ------------------------------------------------------------------------
 

@@ -19,7 +19,17 @@ from ..address import AgentAddress
 from ..errors import CapabilityDenied, InvalidAddress, QuotaExceeded, RoostError
 from ..payload import pack, unpack
 from ..store.protocol import Delivery
-from ._base import BaseGrant, Capability, HostServices, OpResult, TurnEffects, TurnView, host_call
+from ._base import (
+    BaseGrant,
+    Capability,
+    HostServices,
+    OpContext,
+    OpResult,
+    OpRunner,
+    TurnEffects,
+    TurnView,
+    host_call,
+)
 from ._ops import continuation_of, decode_request, encode_result
 
 DEFAULT_ASK_TIMEOUT_S = 30.0
@@ -100,14 +110,33 @@ class Agents(Capability[list[Delivery]]):
                 f"ask cycle: {' -> '.join((*chain, str(target)))}; the asked agent is "
                 "already waiting on this chain of asks"
             )
+        ask = {
+            "kind": target.kind,
+            "id": target.id,
+            "message": fields.get("message"),
+            "timeout_s": timeout_s,
+        }
+        return turn.start_op(self.name, "ask", pack(ask), continuation_of(fields))
+
+    def op(self, call: str, request: bytes, context: OpContext) -> OpRunner:
+        fields = unpack(request)
+        target = AgentAddress(fields["kind"], fields["id"])
+        timeout_s = float(fields["timeout_s"])
+        sender = context.address
+        chain = (*context.chain, str(sender))
         ask = self._ask
-        sender = turn.address
-        message = fields.get("message")
 
         async def run() -> OpResult:
             try:
                 with trio.fail_after(timeout_s):
-                    replies = await ask(sender, target, message, timeout_s=timeout_s, chain=chain)
+                    replies = await ask(
+                        sender,
+                        target,
+                        fields["message"],
+                        timeout_s=timeout_s,
+                        chain=chain,
+                        idempotency_key=context.idempotency_key,
+                    )
             except trio.TooSlowError:
                 raise CapabilityDenied(
                     f"ask {sender} -> {target} timed out after {timeout_s}s "
@@ -117,4 +146,4 @@ class Agents(Capability[list[Delivery]]):
                 raise CapabilityDenied(f"ask {sender} -> {target} failed: {exc}") from None
             return OpResult(encode_result(replies))
 
-        return turn.start_op(self.name, run, continuation_of(fields))
+        return run

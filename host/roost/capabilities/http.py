@@ -30,9 +30,20 @@ import trio
 from pydantic import Field
 
 from ..errors import CapabilityDenied, CapabilityError
+from ..payload import pack, unpack
 from ..store.protocol import Usage
 from ..telemetry import fail_span, inject_traceparent
-from ._base import BaseGrant, Capability, HostServices, OpResult, TurnEffects, TurnView, host_call
+from ._base import (
+    BaseGrant,
+    Capability,
+    HostServices,
+    OpContext,
+    OpResult,
+    OpRunner,
+    TurnEffects,
+    TurnView,
+    host_call,
+)
 from ._ops import continuation_of, decode_request, encode_result
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -51,7 +62,8 @@ class HttpGrant(BaseGrant):
 @dataclass(slots=True)
 class HttpTurn:
     calls: int = 0
-    """Fetches the turn started: each counts in the day's usage when the turn commits."""
+    """Fetches the handler started: each counts against the day's budget from the moment
+    it starts, and in the day's usage when the handler commits."""
 
 
 class Http(Capability[HttpTurn]):
@@ -90,14 +102,25 @@ class Http(Capability[HttpTurn]):
             used = turn.reads.read_usage(turn.address, turn.day).http_calls + state.calls
             turn.check_budget("http_calls_per_day", used, 1, budget)
         state.calls += 1
-        client = self._client
-        allow_private = self._allow_private
         headers = {str(k): str(v) for k, v in (fields.get("headers") or {}).items()}
         body = fields.get("body")
         if body is not None and not isinstance(body, bytes):
             body = str(body).encode()
+        fetch = {"url": url, "method": method, "headers": headers, "body": body}
+        return turn.start_op(self.name, "fetch", pack(fetch), continuation_of(fields))
+
+    def op(self, call: str, request: bytes, context: OpContext) -> OpRunner:
+        fields = unpack(request)
+        url: str = fields["url"]
+        method: str = fields["method"]
+        body: bytes | None = fields["body"]
+        headers: dict[str, str] = fields["headers"]
+        if not any(name.lower() == "idempotency-key" for name in headers):
+            headers["Idempotency-Key"] = context.idempotency_key
+        client = self._client
+        allow_private = self._allow_private
         grant = self.grant
-        trace = turn.trace
+        trace = context.trace
 
         async def fetch(request_headers: dict[str, str]) -> dict[str, Any]:
             with trio.move_on_after(grant.timeout_s) as scope:
@@ -137,7 +160,7 @@ class Http(Capability[HttpTurn]):
                     fail_span(span, str(result["status"]))
             return OpResult(encode_result(result))
 
-        return turn.start_op(self.name, run, continuation_of(fields))
+        return run
 
 
 def check_url(url: str, allowed_hosts: list[str]) -> httpx.URL:

@@ -17,9 +17,19 @@ from opentelemetry.trace import Span
 from pydantic import Field
 
 from ..errors import CapabilityDenied, CapabilityError, QuotaExceeded
+from ..payload import pack, unpack
 from ..store.protocol import Usage
 from ..telemetry import fail_span, inject_traceparent
-from ._base import BaseGrant, Capability, HostServices, OpResult, TurnView, host_call
+from ._base import (
+    BaseGrant,
+    Capability,
+    HostServices,
+    OpContext,
+    OpResult,
+    OpRunner,
+    TurnView,
+    host_call,
+)
 from ._ops import continuation_of, decode_request, encode_result
 
 
@@ -70,19 +80,29 @@ class Llm(Capability[None]):
                 "llm: the host has no model provider; set ROOST_LLM_BASE_URL "
                 "(and ROOST_LLM_API_KEY)"
             )
-        stream = bool(fields.get("stream"))
         body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
         if fields.get("temperature") is not None:
             body["temperature"] = float(fields["temperature"])
-        url = self._base_url.rstrip("/") + "/chat/completions"
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        address = turn.address
-        on_token = turn.on_token
+        if fields.get("stream"):
+            body["stream"] = True
+        return turn.start_op(self.name, "chat", pack(body), continuation_of(fields))
+
+    def op(self, call: str, request: bytes, context: OpContext) -> OpRunner:
+        body: dict[str, Any] = unpack(request)
+        stream = bool(body.pop("stream", False))
+        model = body["model"]
+        base_url = self._base_url or ""
+        url = base_url.rstrip("/") + "/chat/completions"
+        headers = {"Idempotency-Key": context.idempotency_key}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
         client = self._client
         metrics = self._metrics
-        trace = turn.trace
+        trace = context.trace
+        on_token = context.on_token
+        address = context.address
 
-        async def call(span: Span | None) -> dict[str, Any]:
+        async def send(span: Span | None) -> dict[str, Any]:
             request_headers = dict(headers)
             inject_traceparent(request_headers, span)
             try:
@@ -96,11 +116,11 @@ class Llm(Capability[None]):
 
         async def run() -> OpResult:
             if trace is None:
-                result = await call(None)
+                result = await send(None)
             else:
                 with trace.client_span(f"chat {model}", _request_attributes(url, body)) as span:
                     try:
-                        result = await call(span)
+                        result = await send(span)
                     except CapabilityError as exc:
                         fail_span(span, exc)
                         raise
@@ -112,7 +132,7 @@ class Llm(Capability[None]):
             )
             return OpResult(encode_result(result), used)
 
-        return turn.start_op(self.name, run, continuation_of(fields))
+        return run
 
 
 def _request_attributes(url: str, body: dict[str, Any]) -> dict[str, Any]:

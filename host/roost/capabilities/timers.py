@@ -1,9 +1,17 @@
 """``timers``: ``sleep`` (an async op) and durable timers (``schedule``/``cancel``).
 
-No host thread waits: a sleep is a trio task started once the turn commits, so it follows
-the trio clock (and ``MockClock`` in tests). A scheduled timer is a row committed with the
-turn; the host's delivery loop fires it as a ``timer`` event, waking a hibernated agent,
-and the turn that handles it deletes (or re-arms) it in the same transaction.
+No host thread waits: a sleep is a trio task, so it follows the trio clock (and
+``MockClock`` in tests). A sleep that was running when the host died runs again, whole,
+when the handler that awaited it is re-run.
+
+A scheduled timer is a row committed with the turn; the host's delivery loop fires it as a
+``timer`` event, waking a hibernated agent, and the handler's final commit deletes (or
+re-arms) it in the same transaction, so each occurrence is handled once. A timer that fell
+due while the host was down fires once the host is back, late; with ``catch_up="skip"`` a
+one-shot more than a second late is dropped instead. A recurring timer catches up on the
+occurrences it missed as its ``catch_up`` says: ``once`` fires one and moves on to the next
+future one, ``skip`` moves on without firing, ``all`` fires each missed occurrence, but at
+most ``max_catch_up`` of them (the grant), skipping the older ones.
 """
 
 from __future__ import annotations
@@ -17,8 +25,18 @@ import trio
 from pydantic import Field
 
 from ..errors import CapabilityDenied, QuotaExceeded
+from ..payload import pack, unpack
 from ..store.protocol import CatchUp, Delivery
-from ._base import BaseGrant, Capability, OpResult, TurnEffects, TurnView, host_call
+from ._base import (
+    BaseGrant,
+    Capability,
+    OpContext,
+    OpResult,
+    OpRunner,
+    TurnEffects,
+    TurnView,
+    host_call,
+)
 
 _NIL = b"\xc0"  # msgpack nil
 _CATCH_UP: dict[str, CatchUp] = {"once": "once", "all": "all", "skip": "skip"}
@@ -29,18 +47,22 @@ class TimersGrant(BaseGrant):
     max_sleep_s: float = Field(24 * 3600.0, gt=0)
     """Longest single sleep."""
     max_timers: int = Field(100, ge=1)
-    """Timers one agent may set in one turn."""
+    """Timers one agent may have pending at once."""
     min_every_s: float = Field(1.0, gt=0)
     """Shortest repeat period."""
+    max_catch_up: int = Field(10, ge=1)
+    """Most missed occurrences a recurring ``catch_up="all"`` timer fires after an outage."""
 
 
 @dataclass(slots=True)
 class TimersTurn:
-    """The timers a turn set and cancelled."""
+    """The timers a handler set and cancelled."""
 
     scheduled: dict[str, Delivery] = field(default_factory=dict)
     """By timer id."""
     cancelled: set[str] = field(default_factory=set)
+    pending: set[str] | None = None
+    """The ids of the agent's committed timers, read once when first needed."""
 
 
 class Timers(Capability[TimersTurn]):
@@ -69,11 +91,16 @@ class Timers(Capability[TimersTurn]):
                 f"{self.grant.max_sleep_s}"
             )
 
+        return turn.start_op(self.name, "sleep", pack(seconds))
+
+    def op(self, call: str, request: bytes, context: OpContext) -> OpRunner:
+        seconds = float(unpack(request))
+
         async def run() -> OpResult:
             await trio.sleep(seconds)
             return OpResult(_NIL)
 
-        return turn.start_op(self.name, run)
+        return run
 
     @host_call("schedule", ok_is_text=True)
     def schedule(self, turn: TurnView, record: Any) -> str:
@@ -99,9 +126,11 @@ class Timers(Capability[TimersTurn]):
         timer_id = spec.id or f"t-{uuid.uuid4().hex[:16]}"
         if not 0 < len(timer_id) <= _MAX_ID:
             raise CapabilityDenied(f"timer ids are 1-{_MAX_ID} characters")
-        if timer_id not in state.scheduled and len(state.scheduled) >= self.grant.max_timers:
+        pending = self._pending(turn, state)
+        if timer_id not in pending and len(pending) >= self.grant.max_timers:
             raise QuotaExceeded(
-                f"more than {self.grant.max_timers} timers in one turn (timers grant max_timers)"
+                f"agent {turn.address} has {len(pending)} timers pending; the timers grant "
+                f"allows max_timers = {self.grant.max_timers} (cancel one, or reuse an id)"
             )
         state.cancelled.discard(timer_id)
         state.scheduled[timer_id] = Delivery(
@@ -118,11 +147,20 @@ class Timers(Capability[TimersTurn]):
     @host_call("cancel", fallback=False)
     def cancel(self, turn: TurnView, timer_id: str) -> bool:
         state = self.state(turn)
-        dropped = state.scheduled.pop(timer_id, None) is not None
+        existed = timer_id in self._pending(turn, state)
+        state.scheduled.pop(timer_id, None)
         state.cancelled.add(timer_id)
-        return dropped or timer_id in {
-            d.delivery_id for d in turn.reads.read_deliveries(turn.address)
-        }
+        return existed
+
+    def _pending(self, turn: TurnView, state: TimersTurn) -> set[str]:
+        """The ids of the agent's timers once this handler commits."""
+        if state.pending is None:
+            state.pending = {
+                d.delivery_id
+                for d in turn.reads.read_deliveries(turn.address)
+                if d.event_kind == "timer"
+            }
+        return (state.pending - state.cancelled) | set(state.scheduled)
 
 
 @dataclass(frozen=True)

@@ -21,17 +21,16 @@ import trio
 
 from .._lifetime import open_service_nursery
 from ..address import AgentAddress
-from ..capabilities import bound_turn
+from ..capabilities import OpContext, bound_turn
 from ..errors import AgentBusy, AgentUnavailable, GuestAbiError, GuestError, RoostError
 from ..payload import pack
 from ..sandbox.protocol import Sandbox, TurnOutput, TurnSliceExceeded
-from ..store.protocol import Usage
 from ..telemetry import end_span
 from .envelope import Envelope
 from .kind import Kind
-from .ops import Completion, Continuations, StartedOp, run_op
+from .ops import Completion, Continuations, StartedOp, replayed, run_op
 from .services import CoreServices
-from .turn import GuestCall, TurnContext, TurnResult, TurnRunner
+from .turn import GuestCall, Handling, TurnContext, TurnResult, TurnRunner
 
 logger = logging.getLogger("roost.actor")
 
@@ -198,9 +197,10 @@ class AgentActor:
             self.kind, self._redeployed = self._redeployed, None
             self._turns = TurnRunner(self.address, self.kind, self._services)
             self._inline = True
+        handling = Handling(envelope.message_id, replay=envelope.replay)
         error: RoostError | None = None
         try:
-            await self._handle_in(envelope)
+            await self._handle_in(envelope, handling)
         except RoostError as exc:
             error = exc
         except Exception as exc:  # a host bug must not take the host down
@@ -210,10 +210,11 @@ class AgentActor:
             self._drop_instance()
             if isinstance(error, GuestError):
                 self._services.metrics.trap(self.address.kind, error)
+            await self._turns.record_failure(envelope, handling, error)
         self.pending_ops = 0
         envelope.finish(error)
 
-    async def _handle_in(self, envelope: Envelope) -> None:
+    async def _handle_in(self, envelope: Envelope, handling: Handling) -> None:
         event_id = next(self._event_ids)
         activate = None if self._sandbox is not None else self._activation()
 
@@ -230,32 +231,49 @@ class AgentActor:
 
         inline = self._inline and self.kind.factory.light and self._services.inline_slice_ms > 0
         try:
-            result = await self._turn(first, envelope, event_id, "on-event", inline=inline)
+            result = await self._turn(
+                first, envelope, handling, event_id, "on-event", inline=inline
+            )
         except TurnSliceExceeded:
             # Too long for the event loop. Nothing of it counts: run it again, from the
             # committed state, on a worker thread, as every later turn of this agent.
             self._inline = False
             self._drop_instance()
+            handling = Handling(handling.message_id, replay=handling.replay)
             activate = self._activation()
-            result = await self._turn(first, envelope, event_id, "on-event")
-        if event_id in result.output.done:
+            result = await self._turn(first, envelope, handling, event_id, "on-event")
+        if result.final:
             return  # ops the handler started without awaiting them end with the event
         async with open_service_nursery() as ops:
-            await self._await_ops(envelope, event_id, result.awaited, ops)
+            await self._await_ops(envelope, handling, event_id, result.awaited, ops)
             ops.cancel_scope.cancel()
 
     async def _await_ops(
         self,
         envelope: Envelope,
+        handling: Handling,
         event_id: int,
         awaited: list[StartedOp],
         ops: trio.Nursery,
     ) -> None:
-        """Run the ops the handler awaits and one turn per completion, until it finishes."""
+        """Run the ops the handler awaits (or replay their journaled results) and one turn
+        per completion, until the handler finishes."""
         completions_send, completions = trio.open_memory_channel[Completion](math.inf)
 
         async def run(op: StartedOp) -> None:
-            await completions_send.send(await run_op(op, self.address))
+            if op.replayed is not None:
+                await completions_send.send(replayed(op))
+                return
+            capability = self.kind.capabilities[op.capability]
+            context = OpContext(
+                address=self.address,
+                idempotency_key=f"{handling.message_id}/{op.seq}",
+                chain=envelope.chain,
+                on_token=envelope.on_token,
+                trace=op.trace,
+            )
+            runner = capability.op(op.call, op.request, context)
+            await completions_send.send(await run_op(op, runner, self.address))
 
         outstanding = 0
         while True:
@@ -281,12 +299,12 @@ class AgentActor:
             def resume(
                 turn: TurnContext, c: Completion = completion, sandbox: Sandbox = sandbox
             ) -> TurnOutput:
-                return sandbox.on_complete(c.op_id, c.ok, c.value, slice_ms=turn.slice_ms)
+                return sandbox.on_complete(c.op.op_id, c.ok, c.value, slice_ms=turn.slice_ms)
 
             result = await self._turn(
-                resume, envelope, event_id, "on-complete", op_usage=completion.usage
+                resume, envelope, handling, event_id, "on-complete", completion=completion
             )
-            if event_id in result.output.done:
+            if result.final:
                 return
             awaited = result.awaited
 
@@ -294,21 +312,23 @@ class AgentActor:
         self,
         call: GuestCall,
         envelope: Envelope,
+        handling: Handling,
         event_id: int,
         export: str,
         *,
         inline: bool = False,
-        op_usage: Usage | None = None,
+        completion: Completion | None = None,
     ) -> TurnResult:
         self.in_turn = True
         try:
             result = await self._turns.run(
                 call,
                 envelope,
+                handling,
                 event_id,
                 export,
                 inline=inline,
-                op_usage=op_usage,
+                completion=completion,
             )
         finally:
             self.in_turn = False
@@ -317,8 +337,8 @@ class AgentActor:
                 self._services.metrics.observe_wake(self.address.kind, self._activation_s)
                 self._activation_s = None
         self.last_active = trio.current_time()
-        for op in result.continued:
-            self._continuations.start(self.address, op)
+        for pending in result.continued:
+            self._continuations.start(pending)
         return result
 
     def _activation(self) -> Callable[[TurnContext], None]:
@@ -329,7 +349,9 @@ class AgentActor:
         )
         turns = self._turns
         limits = self.kind.manifest.limits
-        init_turn = turns.new_turn()  # on the event loop: it reads the clock
+        # On the event loop (it reads the clock). What init does through capabilities is
+        # not committed: init restores; events change.
+        init_turn = turns.new_turn(Handling("init", replay=False))
 
         def activate(turn: TurnContext) -> None:
             trace = turn.trace

@@ -1,24 +1,41 @@
-"""The delivery loop: fires due timers and hands messages between agents.
+"""The delivery loop: fires due timers, hands messages between agents, delivers the results
+of continuation-form ops, and resumes the messages a crash cut short.
 
 Deliveries are rows in the store (see ``roost.store.protocol.Delivery``). The loop reads the
-ones that are due, delivers each as an event (waking a hibernated agent), and leaves the
-row for the handling turn to delete or re-arm in its own commit, so a delivery is handled
-at least once, even across a crash. Recurring timers that fell behind (the host was down)
-follow their catch-up policy.
+ones that are due and delivers each as an event (waking a hibernated agent); the handler's
+final commit removes (or re-arms) the row, on the condition that it is still there as it
+was read (``Handled.due_at``), so each occurrence is handled once even if it is read twice.
+Rows being handled by this host right now (a message whose handler spans turns sits in
+the inbox meanwhile) are left alone.
+
+A delivery whose handler fails is retried with exponential back-off (1 s, 2 s, ... capped
+at a minute); the attempts are counted in the row, and after ``max_attempts`` the delivery
+moves to the agent's dead letters. Deliveries for kinds not deployed (yet) wait for the
+deployment, without counting attempts. Recurring timers that fell behind (the host was
+down) follow their catch-up policy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 
 import trio
 
 from ..address import AgentAddress
-from ..errors import AgentError, GuestError, Overloaded, RoostError, UnknownKind
+from ..errors import (
+    AgentBusy,
+    AgentUnavailable,
+    AlreadyHandled,
+    Overloaded,
+    RoostError,
+    UnknownKind,
+)
 from ..payload import unpack
-from ..store.protocol import Commit, Delivery
+from ..store.protocol import INBOX_KINDS, Commit, Delivery, FailedDelivery, Handled
 from .dispatch import Dispatcher, Pushes
+from .kind import KindTable
 from .services import CoreServices
 
 logger = logging.getLogger("roost.deliveries")
@@ -27,20 +44,35 @@ BATCH = 256
 """Due deliveries read at once."""
 LATE_GRACE_S = 1.0
 """A one-shot timer later than this when found is 'missed' (matters for catch_up=skip)."""
+DEFAULT_MAX_CATCH_UP = 10
+"""Missed occurrences a ``catch_up="all"`` timer fires when its kind does not say."""
 _RETRY_BASE_S = 1.0
 _RETRY_MAX_S = 60.0
 _IDLE_RECHECK_S = 60.0
+_TRANSIENT = (Overloaded, AgentBusy, AgentUnavailable)
+"""Failures of the host, not of the delivery: retried without counting an attempt."""
 
 
 class DeliveryLoop:
     """Fires due deliveries as events (see the module docstring)."""
 
-    def __init__(self, services: CoreServices, dispatcher: Dispatcher, pushes: Pushes) -> None:
+    def __init__(
+        self,
+        services: CoreServices,
+        kinds: KindTable,
+        dispatcher: Dispatcher,
+        pushes: Pushes,
+        *,
+        max_attempts: int,
+    ) -> None:
         self._services = services
+        self._kinds = kinds
         self._dispatcher = dispatcher
         self._pushes = pushes
+        self._max_attempts = max_attempts
         self._in_flight: set[tuple[AgentAddress, str]] = set()
         self._retry_at: dict[tuple[AgentAddress, str], tuple[float, int]] = {}
+        """In-memory back-off for transient failures (not counted as attempts)."""
         self._kind_missing: set[tuple[AgentAddress, str]] = set()
         """Deliveries for kinds not deployed (yet): retried when a kind is deployed."""
 
@@ -59,16 +91,23 @@ class DeliveryLoop:
             while True:
                 services.deliveries_due.rearm()
                 now = clock.now()
-                for delivery in await stores.run(stores.store.due_deliveries, now, BATCH):
+                read = self._dispatcher.begin_read()
+                due = await stores.run(stores.store.due_deliveries, now, BATCH)
+                for delivery in due:
                     key = (delivery.address, delivery.delivery_id)
-                    retry = self._retry_at.get(key)
-                    if key in self._in_flight or (retry is not None and retry[0] > now):
+                    if self._dispatcher.stale(*key, read) or self._skip(key, now):
                         continue
                     self._in_flight.add(key)
                     nursery.start_soon(self._deliver, delivery, now)
                 wake_at = await self._next_wake(now)
                 with trio.move_on_at(clock.trio_time(wake_at)):
                     await services.deliveries_due.wait()
+
+    def _skip(self, key: tuple[AgentAddress, str], now: float) -> bool:
+        if key in self._in_flight:
+            return True
+        retry = self._retry_at.get(key)
+        return retry is not None and retry[0] > now
 
     async def _next_wake(self, now: float) -> float:
         stores = self._services.stores
@@ -87,8 +126,13 @@ class DeliveryLoop:
             # Waits for the kind's deployment (see kind_deployed) rather than retrying.
             self._kind_missing.add(key)
             self._retry_at[key] = (math.inf, 0)
-        except (Overloaded, GuestError, AgentError, RoostError) as exc:
-            self._back_off(key, delivery, exc)
+        except AlreadyHandled:
+            self._retry_at.pop(key, None)
+        except _TRANSIENT as exc:
+            self._back_off_in_memory(key, delivery, exc)
+        except RoostError as exc:
+            self._retry_at.pop(key, None)
+            await self._failed(delivery, exc)
         else:
             self._retry_at.pop(key, None)
         finally:
@@ -104,7 +148,14 @@ class DeliveryLoop:
             if delivery.catch_up == "skip" and missed >= 1:
                 await self._reschedule(delivery, first_future)
                 return
-            next_due = delivery.due_at + every if delivery.catch_up == "all" else first_future
+            if delivery.catch_up == "all":
+                limit = self._max_catch_up(delivery.address)
+                if missed > limit:  # fire only the latest `limit` missed ones, and this
+                    await self._reschedule(delivery, delivery.due_at + (missed - limit) * every)
+                    return
+                next_due = delivery.due_at + every
+            else:
+                next_due = first_future
         elif delivery.catch_up == "skip" and now - delivery.due_at > LATE_GRACE_S:
             await self._reschedule(delivery, None)
             return
@@ -113,31 +164,82 @@ class DeliveryLoop:
             address,
             delivery.event_kind,
             unpack(delivery.payload),
-            handled=(delivery.delivery_id, next_due),
+            idempotency_key=delivery.idempotency_key
+            if delivery.event_kind in INBOX_KINDS
+            else None,
+            handled=Handled(delivery.delivery_id, next_due, delivery.due_at),
             on_reply=lambda reply: self._pushes.publish(address, reply),
         )
 
+    def _max_catch_up(self, address: AgentAddress) -> int:
+        try:
+            timers = self._kinds.of(address).capabilities.get("timers")
+        except UnknownKind:
+            return DEFAULT_MAX_CATCH_UP
+        return int(getattr(getattr(timers, "grant", None), "max_catch_up", DEFAULT_MAX_CATCH_UP))
+
     async def _reschedule(self, delivery: Delivery, due_at: float | None) -> None:
         """Move a delivery to ``due_at``, or drop it (None), without handling it."""
-        await self._services.stores.commit(
-            Commit(
-                delivery.address,
-                at=self._services.clock.now(),
-                turn=False,
-                handled=(delivery.delivery_id, due_at),
+        with contextlib.suppress(AlreadyHandled):  # another pass moved it already
+            await self._services.stores.commit(
+                Commit(
+                    delivery.address,
+                    at=self._services.clock.now(),
+                    turn=False,
+                    handled=Handled(delivery.delivery_id, due_at, delivery.due_at),
+                )
             )
-        )
 
-    def _back_off(self, key: tuple[AgentAddress, str], delivery: Delivery, exc: Exception) -> None:
+    async def _failed(self, delivery: Delivery, exc: RoostError) -> None:
+        """Count a failed attempt in the row: retry after a back-off, or give up."""
+        attempts = delivery.attempts + 1
+        now = self._services.clock.now()
+        error = f"{type(exc).__name__}: {exc}"
+        if attempts >= self._max_attempts:
+            retry_at = None
+            logger.error(
+                "delivery %s of %s to %s failed %d times; moved to its dead letters: %s",
+                delivery.delivery_id,
+                delivery.event_kind,
+                delivery.address,
+                attempts,
+                exc,
+            )
+            self._services.metrics.dead_letter(delivery.address.kind)
+        else:
+            retry_at = now + min(_RETRY_BASE_S * 2 ** (attempts - 1), _RETRY_MAX_S)
+            logger.warning(
+                "delivery %s of %s to %s failed (attempt %d of %d, retrying in %.0fs): %s",
+                delivery.delivery_id,
+                delivery.event_kind,
+                delivery.address,
+                attempts,
+                self._max_attempts,
+                retry_at - now,
+                exc,
+            )
+        try:
+            await self._services.stores.commit(
+                Commit(
+                    delivery.address,
+                    at=now,
+                    turn=False,
+                    failed_delivery=FailedDelivery(delivery.delivery_id, error, retry_at),
+                )
+            )
+        except RoostError as commit_error:
+            logger.warning("recording the failed delivery failed: %s", commit_error)
+
+    def _back_off_in_memory(
+        self, key: tuple[AgentAddress, str], delivery: Delivery, exc: Exception
+    ) -> None:
         _, attempts = self._retry_at.get(key, (0.0, 0))
         delay = min(_RETRY_BASE_S * 2**attempts, _RETRY_MAX_S)
         self._retry_at[key] = (self._services.clock.now() + delay, attempts + 1)
-        logger.warning(
-            "delivery %s of %s to %s failed (attempt %d, retrying in %.0fs): %s",
+        logger.info(
+            "delivery %s to %s put off %.0fs: %s",
             delivery.delivery_id,
-            delivery.event_kind,
             delivery.address,
-            attempts + 1,
             delay,
             exc,
         )

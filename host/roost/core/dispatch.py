@@ -1,14 +1,19 @@
 """Events into agents: encoding, idempotency, asks, and pushes to subscribers.
 
 :class:`Dispatcher` is the one way an event reaches an agent, whoever sends it (the facade,
-the delivery loop, another agent's ``ask``). A message with an idempotency key is handled
-at most once per key: a retry waits for a handler of the same key still running, then
-returns the recorded replies.
+the delivery loop, another agent's ``ask``). Each event gets a message id (the id of the
+delivery it came from, or a new one) that names it in the agent's inbox and journal should
+its handler span turns. A message with an idempotency key is handled once per key, across
+crashes: a retry waits for a handler of the same key still running, returns the recorded
+replies once there are some, picks up the key's inbox entry if a crash cut its handler
+short, and is refused (IdempotencyKeyReused) if the key answered another message.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,10 +21,11 @@ from typing import Any
 import trio
 
 from ..address import AgentAddress
-from ..errors import InvalidMessage
+from ..errors import AlreadyHandled, IdempotencyKeyReused, InvalidMessage
 from ..payload import pack, unpack
+from ..store.protocol import Delivery, Handled
 from .envelope import Envelope, EventTiming
-from .kind import KindTable
+from .kind import Kind, KindTable
 from .registry import Registry
 from .services import CoreServices
 
@@ -37,6 +43,28 @@ class Dispatcher:
         self._kinds = kinds
         self._registry = registry
         self._idempotent_in_flight: dict[tuple[AgentAddress, str], trio.Event] = {}
+        self._handling: set[tuple[AgentAddress, str]] = set()
+        self._reads = 0
+        self._finished: dict[tuple[AgentAddress, str], int] = {}
+        """Events handled since a read of due deliveries began, by the read's number."""
+
+    def is_handling(self, address: AgentAddress, message_id: str) -> bool:
+        """Whether this host is handling the event of that delivery (or inbox entry) now."""
+        return (address, message_id) in self._handling
+
+    def begin_read(self) -> int:
+        """Number a read of due deliveries about to start (see :meth:`stale`)."""
+        self._reads += 1
+        for key in [k for k, read in self._finished.items() if read < self._reads - 1]:
+            del self._finished[key]
+        return self._reads
+
+    def stale(self, address: AgentAddress, message_id: str, read: int) -> bool:
+        """Whether a delivery found by read number ``read`` must be left alone: this host
+        is handling its event now, or finished handling it after that read began (the row
+        may have been read before its handler's commit removed it)."""
+        key = (address, message_id)
+        return self.is_handling(address, message_id) or self._finished.get(key, 0) >= read
 
     async def deliver(
         self,
@@ -48,17 +76,21 @@ class Dispatcher:
         on_reply: Callable[[Any], None] | None = None,
         on_token: Callable[[str], None] | None = None,
         chain: tuple[str, ...] = (),
-        handled: tuple[str, float | None] | None = None,
+        handled: Handled | None = None,
         timing: EventTiming | None = None,
     ) -> list[Any]:
         """Deliver one event and return the replies of its whole handler (see
-        ``Host.send``)."""
+        ``Host.send``). ``handled`` names the stored delivery (or inbox entry) the event
+        comes from."""
         kind = self._kinds.of(address)
+        packed = pack(payload)
         envelope = Envelope(
             event_kind,
-            pack(payload),
-            idempotency_key,
-            on_reply,
+            packed,
+            message_id=handled.delivery_id if handled is not None else f"in-{uuid.uuid4().hex}",
+            replay=handled is not None,
+            idempotency_key=idempotency_key,
+            on_reply=on_reply,
             on_token=on_token,
             chain=chain,
             handled=handled,
@@ -66,26 +98,74 @@ class Dispatcher:
             timing=timing,
         )
         if idempotency_key is None:
-            return await self._registry.deliver(address, kind, envelope)
+            return await self._post(address, kind, envelope)
         check_idempotency_key(idempotency_key)
+        envelope.request_sha = _request_digest(event_kind, packed)
         slot = (address, idempotency_key)
         while (running := self._idempotent_in_flight.get(slot)) is not None:
             await running.wait()
         # No checkpoint between the check above and taking the slot: one runner per key.
         self._idempotent_in_flight[slot] = done = trio.Event()
         try:
-            stores = self._services.stores
-            cached = await stores.run(stores.store.read_response, address, idempotency_key)
-            if cached is not None:
-                replies: list[Any] = unpack(cached)
-                if on_reply is not None:
-                    for reply in replies:
-                        on_reply(reply)
-                return replies
-            return await self._registry.deliver(address, self._kinds.of(address), envelope)
+            recorded = await self._recorded(address, idempotency_key, envelope.request_sha)
+            if recorded is not None:
+                return _replay(recorded, on_reply)
+            if handled is None:
+                # A message of this key may sit in the inbox, its handler cut short by a
+                # crash: handle that entry (replaying its journal), not a second copy.
+                envelope.message_id = _inbox_id(address, idempotency_key)
+                inbox = await self._inbox_entry(address, envelope.message_id)
+                if inbox is not None:
+                    if _request_digest(inbox.event_kind, inbox.payload) != envelope.request_sha:
+                        raise IdempotencyKeyReused(
+                            f"idempotency key {idempotency_key!r} is taken by another message "
+                            f"to {address} (still being handled); use a new key for a new "
+                            "message",
+                            address=str(address),
+                        )
+                    envelope.handled = Handled(inbox.delivery_id, None, inbox.due_at)
+                    envelope.replay = True
+            try:
+                return await self._post(address, self._kinds.of(address), envelope)
+            except AlreadyHandled:
+                recorded = await self._recorded(address, idempotency_key, envelope.request_sha)
+                if recorded is None:
+                    raise
+                return _replay(recorded, on_reply)
         finally:
             del self._idempotent_in_flight[slot]
             done.set()
+
+    async def _post(self, address: AgentAddress, kind: Kind, envelope: Envelope) -> list[Any]:
+        handling = (address, envelope.message_id)
+        self._handling.add(handling)
+        try:
+            return await self._registry.deliver(address, kind, envelope)
+        finally:
+            self._handling.discard(handling)
+            self._finished[handling] = self._reads
+
+    async def _recorded(
+        self, address: AgentAddress, key: str, request_sha: str | None
+    ) -> bytes | None:
+        """The response recorded under ``key``; IdempotencyKeyReused if it answered
+        another message."""
+        stores = self._services.stores
+        record = await stores.run(stores.store.read_response, address, key)
+        if record is None:
+            return None
+        if record.request_sha is not None and record.request_sha != request_sha:
+            raise IdempotencyKeyReused(
+                f"idempotency key {key!r} already answered a different message to {address}; "
+                "use a new key for a new message",
+                address=str(address),
+            )
+        return record.response
+
+    async def _inbox_entry(self, address: AgentAddress, message_id: str) -> Delivery | None:
+        stores = self._services.stores
+        deliveries = await stores.run(stores.store.read_deliveries, address)
+        return next((d for d in deliveries if d.delivery_id == message_id), None)
 
     async def ask(
         self,
@@ -95,13 +175,40 @@ class Dispatcher:
         *,
         timeout_s: float,
         chain: tuple[str, ...],
+        idempotency_key: str | None = None,
     ) -> list[Any]:
         """An ``agent`` event from ``sender``, and the target's replies (the agents
-        capability's ``ask``)."""
+        capability's ``ask``). An ask op run again after a crash carries the same key, and
+        the target handles it once."""
+        key = None
+        if idempotency_key is not None:
+            digest = hashlib.sha256(f"{sender}\0{idempotency_key}".encode()).hexdigest()
+            key = f"ask-{digest[:40]}"
         with trio.fail_after(timeout_s):
             return await self.deliver(
-                target, "agent", {"sender": str(sender), "message": message}, chain=chain
+                target,
+                "agent",
+                {"sender": str(sender), "message": message},
+                chain=chain,
+                idempotency_key=key,
             )
+
+
+def _request_digest(event_kind: str, payload: bytes) -> str:
+    return hashlib.sha256(event_kind.encode() + b"\0" + payload).hexdigest()
+
+
+def _inbox_id(address: AgentAddress, key: str) -> str:
+    """The inbox entry of the message with idempotency key ``key``: one per key."""
+    return "in-" + hashlib.sha256(f"{address}\0{key}".encode()).hexdigest()[:32]
+
+
+def _replay(recorded: bytes, on_reply: Callable[[Any], None] | None) -> list[Any]:
+    replies: list[Any] = unpack(recorded)
+    if on_reply is not None:
+        for reply in replies:
+            on_reply(reply)
+    return replies
 
 
 class Pushes:

@@ -8,6 +8,8 @@ from typing import Any
 
 import trio
 
+from ..store.protocol import Handled
+
 
 @dataclass(slots=True)
 class EventTiming:
@@ -26,16 +28,24 @@ class Envelope:
     """``message``, ``timer``, ``agent`` or ``continuation``."""
     payload: bytes
     """msgpack."""
+    message_id: str
+    """Names the event in the agent's inbox and journal: the id of the delivery it came
+    from, or one made for it."""
+    replay: bool = False
+    """The event may have been handled partly before a crash (it came from the store)."""
     idempotency_key: str | None = None
     """When set, the final turn records the replies under this key in the same commit."""
+    request_sha: str | None = None
+    """A digest of the message, recorded with the replies under the idempotency key."""
     on_reply: Callable[[Any], None] | None = None
     """Called with each reply once the turn that produced it has committed."""
     on_token: Callable[[str], None] | None = None
     """Called with LLM tokens streamed while the event is handled."""
     chain: tuple[str, ...] = ()
     """The chain of asks that led to this event."""
-    handled: tuple[str, float | None] | None = None
-    """The stored delivery this event comes from: removed (or re-armed) by its final turn."""
+    handled: Handled | None = None
+    """The stored delivery this event comes from (or its inbox entry, once its handler
+    spans turns): removed or re-armed by its final commit."""
     trace_context: Any = None
     """The trace context the event was sent from (tracing on): parent of its turns."""
     timing: EventTiming | None = None

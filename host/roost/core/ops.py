@@ -1,26 +1,34 @@
-"""Async ops: what a turn started, running them, and the ones that outlive their turn.
+"""Async ops: what a handler started, running them, and the ones that outlive their turn.
 
-An op a handler awaits runs in the actor's nursery while the agent stays resident; its
-result re-enters the guest as an ``on-complete`` turn. A continuation-form op (``then=``)
-runs detached here, and its result becomes a ``continuation`` delivery, so the agent may
-hibernate meanwhile.
+An op is data: the capability, the call and the request bytes its host call checked. The
+capability's ``op()`` turns it into the coroutine that runs it, with an idempotency key
+that is the same every time the op runs (``<message id>/<seq>``), so a provider that
+honours ``Idempotency-Key`` serves a re-run after a crash once.
+
+An op the handler awaits runs in the actor's nursery while the agent stays resident; its
+result re-enters the guest as an ``on-complete`` turn, and is journaled so that a handler
+re-run after a crash replays it rather than running the op again. A continuation-form op
+(``then=``) is committed with the handler's final commit as a pending op; it runs detached
+here, and the commit that hands its result to the agent (a ``continuation`` delivery)
+removes it, so an op in flight when the host died runs again after the restart.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
 
 from ..address import AgentAddress
-from ..capabilities import Continuation, OpRunner
-from ..errors import CapabilityError
+from ..capabilities import Continuation, OpContext, OpFailed, OpRunner
+from ..errors import CapabilityError, UnknownKind
 from ..payload import pack, unpack
-from ..store.protocol import Commit, Delivery, Usage
+from ..store.protocol import Commit, Delivery, JournalEntry, PendingOp, Usage
 from ..wall_clock import utc_day
+from .kind import KindTable
 from .services import CoreServices
 
 if TYPE_CHECKING:
@@ -28,84 +36,180 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("roost.ops")
 
+PENDING_OPS_BATCH = 1000
+"""Pending ops read at once when resuming them after a start."""
+
 
 @dataclass(slots=True)
 class StartedOp:
-    """An async op the guest started; it runs once the turn that started it commits."""
+    """An async op the guest started."""
 
     op_id: int
+    """The guest's handle for it (unique within the instance)."""
+    seq: int
+    """Its place among the ops the handler started (1, 2, ...): how a re-run handler's op
+    finds its journaled result."""
     capability: str
-    run: OpRunner
+    call: str
+    request: bytes
     continuation: Continuation | None = None
     trace: TurnTrace | None = None
     """The span of the turn that started the op (None when tracing is off)."""
+    replayed: JournalEntry | None = None
+    """The op's result, journaled before a crash: it completes with it, without running."""
+
+    @property
+    def request_sha(self) -> str:
+        return request_digest(self.capability, self.call, self.request)
+
+
+def request_digest(capability: str, call: str, request: bytes) -> str:
+    """What identifies an op's request in the journal."""
+    return hashlib.sha256(f"{capability}.{call}\0".encode() + request).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
     """How an op ended: ``value`` is its msgpack result when ``ok``, else the error text."""
 
-    op_id: int
+    op: StartedOp
     ok: bool
     value: bytes | str
     usage: Usage | None = None
+    fresh: bool = True
+    """Ran now (not replayed from the journal): its result is journaled."""
+
+    def journal_entry(self, message_id: str) -> JournalEntry:
+        value = self.value if isinstance(self.value, bytes) else self.value.encode()
+        return JournalEntry(
+            message_id=message_id,
+            seq=self.op.seq,
+            capability=self.op.capability,
+            call=self.op.call,
+            request_sha=self.op.request_sha,
+            ok=self.ok,
+            value=value,
+        )
 
 
-async def run_op(op: StartedOp, address: AgentAddress) -> Completion:
+def replayed(op: StartedOp) -> Completion:
+    """The completion of an op whose result was journaled before a crash."""
+    entry = op.replayed
+    assert entry is not None
+    value: bytes | str = entry.value if entry.ok else entry.value.decode()
+    return Completion(op, entry.ok, value, None, fresh=False)
+
+
+async def run_op(op: StartedOp, runner: OpRunner, address: AgentAddress) -> Completion:
     """Run ``op`` (with the span of the turn that started it as the current span, so what
     it sends on is traced under that turn). Failures come back as an error completion."""
     try:
         if op.trace is None:
-            result = await op.run()
+            result = await runner()
         else:
             with op.trace.activated():
-                result = await op.run()
+                result = await runner()
+    except OpFailed as exc:
+        return Completion(op, False, str(exc), exc.usage)
     except CapabilityError as exc:
-        return Completion(op.op_id, False, str(exc))
+        return Completion(op, False, str(exc))
     except Exception as exc:
         logger.exception("agent %s: %s op failed", address, op.capability)
-        return Completion(op.op_id, False, f"{op.capability} failed: {exc}")
-    return Completion(op.op_id, True, result.value, result.usage)
+        return Completion(op, False, f"{op.capability} failed: {exc}")
+    return Completion(op, True, result.value, result.usage)
 
 
 class Continuations:
-    """Runs continuation-form ops detached from the agent's instance; each result is
-    committed as a ``continuation`` delivery for the agent (with the op's usage)."""
+    """Runs continuation-form ops detached from the agent's instance, from their pending
+    rows, and resumes the ones a previous run of the host left in flight."""
 
-    def __init__(self, services: CoreServices, nursery: trio.Nursery) -> None:
+    def __init__(self, services: CoreServices, kinds: KindTable, nursery: trio.Nursery) -> None:
         self._services = services
+        self._kinds = kinds
         self._nursery = nursery
+        self._running: set[tuple[AgentAddress, str]] = set()
+        self._waiting: dict[str, list[PendingOp]] = {}
+        """Pending ops of kinds not deployed yet, by kind."""
 
-    def start(self, address: AgentAddress, op: StartedOp) -> None:
-        self._nursery.start_soon(self._run, address, op)
+    def start(self, pending: PendingOp) -> None:
+        """Run a committed pending op (once per process)."""
+        key = (pending.address, pending.op_key)
+        if key in self._running:
+            return
+        try:
+            kind = self._kinds.of(pending.address)
+        except UnknownKind:
+            self._waiting.setdefault(pending.address.kind, []).append(pending)
+            return
+        capability = kind.capabilities.get(pending.capability)
+        if capability is None:
+            logger.error(
+                "agent %s: pending %s op %s dropped: the kind no longer grants %s",
+                pending.address,
+                pending.capability,
+                pending.op_key,
+                pending.capability,
+            )
+            self._nursery.start_soon(
+                self._deliver,
+                pending,
+                Completion(
+                    StartedOp(0, 0, pending.capability, pending.call, pending.request),
+                    False,
+                    f"{pending.capability} is no longer granted to this kind",
+                ),
+            )
+            return
+        context = OpContext(address=pending.address, idempotency_key=pending.op_key)
+        runner = capability.op(pending.call, pending.request, context)
+        self._running.add(key)
+        self._nursery.start_soon(self._run, pending, runner)
 
-    async def _run(self, address: AgentAddress, op: StartedOp) -> None:
-        continuation = op.continuation
-        assert continuation is not None
-        completion = await run_op(op, address)
+    async def resume(self) -> None:
+        """Start every pending op left in the store (after a restart)."""
+        stores = self._services.stores
+        for pending in await stores.run(stores.store.pending_ops, PENDING_OPS_BATCH):
+            self.start(pending)
+
+    def kind_deployed(self, kind: str) -> None:
+        for pending in self._waiting.pop(kind, []):
+            self.start(pending)
+
+    async def _run(self, pending: PendingOp, runner: OpRunner) -> None:
+        op = StartedOp(0, 0, pending.capability, pending.call, pending.request)
+        try:
+            completion = await run_op(op, runner, pending.address)
+            await self._deliver(pending, completion)
+        finally:
+            self._running.discard((pending.address, pending.op_key))
+
+    async def _deliver(self, pending: PendingOp, completion: Completion) -> None:
+        """Hand the result to the agent: a ``continuation`` delivery, committed with the
+        removal of the pending op (and the op's usage)."""
         value = unpack(completion.value) if isinstance(completion.value, bytes) else None
         payload = pack(
             {
-                "handler": continuation.handler,
-                "tag": continuation.tag,
+                "handler": pending.handler,
+                "tag": unpack(pending.tag),
                 "ok": completion.ok,
                 "value": value if completion.ok else completion.value,
             }
         )
         now = self._services.clock.now()
         delivery = Delivery(
-            address=address,
-            delivery_id=f"c-{uuid.uuid4().hex}",
+            address=pending.address,
+            delivery_id=f"c-{pending.op_key}",
             due_at=now,
             event_kind="continuation",
             payload=payload,
         )
         await self._services.stores.commit(
             Commit(
-                address,
+                pending.address,
                 at=now,
                 turn=False,
                 deliveries=[delivery],
+                op_finished=pending.op_key,
                 usage=completion.usage,
                 usage_day=utc_day(now),
             )

@@ -28,13 +28,14 @@ class Registry:
         self,
         services: CoreServices,
         nursery: trio.Nursery,
+        continuations: Continuations,
         *,
         max_resident: int,
         max_in_flight: int,
     ) -> None:
         self._services = services
         self._nursery = nursery
-        self._continuations = Continuations(services, nursery)
+        self._continuations = continuations
         self._max_resident = max_resident
         self._max_in_flight = max_in_flight
         self._actors: OrderedDict[AgentAddress, AgentActor] = OrderedDict()

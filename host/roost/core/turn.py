@@ -3,12 +3,19 @@ commit that records it.
 
 A turn is one call into the guest (``init`` aside: ``on-event`` or ``on-complete``). It runs
 on a worker thread (or, for a light kind's event turn, on the event loop within a slice),
-with the turn bound for host calls. Everything it does is buffered (in the per-turn state of
-each capability it used, and the ops it started) and reaches the store in one commit, built
-and written on the same thread: state, kv writes, timers and messages, usage and, for the
-event's final turn, its recorded response and the delivery it handled. A host-side fault is
-recorded rather than raised into wasm, and fails the turn once the guest returns. A failed
-turn commits nothing but its usage (an error, the CPU it spent).
+with the turn bound for host calls. A host-side fault is recorded rather than raised into
+wasm, and fails the turn once the guest returns.
+
+Exactly once per message. The turns that handle one event share a :class:`Handling`: what
+they did through capabilities (kv writes, timers, messages sent), the state the guest last
+handed back, the usage, and the ops started. Nothing of it is committed until the
+handler's final turn, whose commit applies all of it at once, with the event's recorded
+response and the removal of the delivery it came from. The turns before commit only what
+makes a crash survivable: the message itself, in the agent's inbox (a delivery the host
+re-runs after a restart), and the results of the ops they consumed, in the journal. A
+handler re-run after a crash starts from the last committed state and gets the journaled
+results of its ops again, in order, instead of running them again. So whatever the
+handler awaits and whenever the host dies, its effects apply once.
 """
 
 from __future__ import annotations
@@ -18,31 +25,51 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..address import AgentAddress
-from ..capabilities import Capability, Continuation, OpRunner, TurnEffects, bound_turn
+from ..capabilities import Capability, Continuation, TurnEffects, bound_turn
 from ..errors import GuestAbiError, LimitExceeded, QuotaExceeded, RoostError
 from ..limits import Budgets, Limits
 from ..payload import pack, unpack
 from ..sandbox.protocol import TurnOutput, TurnSliceExceeded
-from ..store.protocol import Commit, TurnReads, Usage
+from ..store.protocol import Commit, Delivery, Handled, JournalEntry, PendingOp, TurnReads, Usage
 from ..telemetry import TurnTrace, trap_name
 from ..wall_clock import utc_day
 from .envelope import Envelope
 from .kind import Kind
-from .ops import StartedOp
+from .ops import Completion, StartedOp
 from .services import CoreServices
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger("roost.turn")
 
 GuestCall = Callable[["TurnContext"], TurnOutput]
 """Runs the guest for one turn (given the turn: its ``slice_ms``); returns its output."""
 
-_MISSING = object()
+
+@dataclass(slots=True)
+class Handling:
+    """One event's handler, across the turns it takes (see the module docstring)."""
+
+    message_id: str
+    """Names the message in the inbox and the journal (a delivery's id, or a new one)."""
+    replay: bool
+    """The handler may have run before a crash: look for journaled op results."""
+    effects: dict[str, tuple[Capability[Any], Any]] = field(default_factory=dict)
+    """Each capability's state, held until the final turn."""
+    state: bytes | None = None
+    """The state the guest last handed back, not committed yet."""
+    turns: int = 0
+    cpu_ms: float = 0.0
+    usage: Usage = field(default_factory=Usage)
+    """Usage of the ops whose results the turns consumed and did not journal."""
+    op_seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    journal: dict[int, JournalEntry] | None = None
+    """Journaled op results (read on the first op of a replay)."""
+    journaled: bool = False
+    """Entries exist in the journal for this message (to clear at the end)."""
+    continued: list[StartedOp] = field(default_factory=list)
+    """Continuation-form ops, started once the final commit is in."""
 
 
 @dataclass(slots=True)
@@ -57,6 +84,7 @@ class TurnContext:
     now: float
     """Wall-clock time at the start of the turn (unix seconds)."""
     next_op_id: Callable[[], int]
+    handling: Handling
     day: str = ""
     """UTC day of ``now`` (``YYYY-MM-DD``), the unit of daily budgets."""
     chain: tuple[str, ...] = ()
@@ -73,7 +101,6 @@ class TurnContext:
     """Wall-clock time of the guest call."""
     ops: list[StartedOp] = field(default_factory=list)
     fault: RoostError | None = None
-    _locals: dict[str, tuple[Capability[Any], Any]] = field(default_factory=dict)
 
     def fail(self, error: RoostError) -> None:
         """Record a host-side fault; the first one wins and fails the turn."""
@@ -81,11 +108,47 @@ class TurnContext:
             self.fault = error
 
     def start_op(
-        self, capability: str, run: OpRunner, continuation: Continuation | None = None
+        self,
+        capability: str,
+        call: str,
+        request: bytes,
+        continuation: Continuation | None = None,
     ) -> int:
-        op_id = self.next_op_id()
-        self.ops.append(StartedOp(op_id, capability, run, continuation, self.trace))
-        return op_id
+        handling = self.handling
+        op = StartedOp(
+            op_id=self.next_op_id(),
+            seq=next(handling.op_seq),
+            capability=capability,
+            call=call,
+            request=request,
+            continuation=continuation,
+            trace=self.trace,
+        )
+        if continuation is None and handling.replay:
+            if handling.journal is None:
+                entries = self.reads.read_journal(self.address, handling.message_id)
+                handling.journal = {entry.seq: entry for entry in entries}
+                handling.journaled = bool(entries)
+            entry = handling.journal.get(op.seq)
+            if entry is not None:
+                if (entry.capability, entry.call, entry.request_sha) == (
+                    capability,
+                    call,
+                    op.request_sha,
+                ):
+                    op.replayed = entry
+                else:
+                    logger.warning(
+                        "agent %s: op %d of message %s differs from the one journaled before "
+                        "the restart (%s.%s); it runs again",
+                        self.address,
+                        op.seq,
+                        handling.message_id,
+                        entry.capability,
+                        entry.call,
+                    )
+        self.ops.append(op)
+        return op.op_id
 
     def check_budget(self, what: str, used: float, adding: float, budget: float | None) -> None:
         """Refuse with QuotaExceeded when ``used + adding`` passes ``budget``."""
@@ -96,30 +159,32 @@ class TurnContext:
             )
 
     def local(self, capability: Capability[Any]) -> Any:
-        """``capability``'s state in this turn, made on first use."""
-        entry = self._locals.get(capability.name)
+        """``capability``'s state in this handler, made on first use."""
+        entry = self.handling.effects.get(capability.name)
         if entry is None:
             entry = (capability, capability.begin_turn(self))
-            self._locals[capability.name] = entry
+            self.handling.effects[capability.name] = entry
         return entry[1]
 
     def effects(self) -> TurnEffects:
-        """What the capabilities this turn used add to its commit."""
+        """What the capabilities this handler used add to its commit."""
         effects = TurnEffects()
-        for capability, state in self._locals.values():
+        for capability, state in self.handling.effects.values():
             capability.add_effects(state, effects)
         return effects
 
 
 @dataclass(frozen=True, slots=True)
 class TurnResult:
-    """A committed turn."""
+    """A turn that ran (and committed what it had to)."""
 
     output: TurnOutput
+    final: bool
+    """The handler finished in this turn."""
     awaited: list[StartedOp]
     """The ops the handler awaits, for the actor to run."""
-    continued: list[StartedOp]
-    """Continuation-form ops, to run detached."""
+    continued: list[PendingOp]
+    """Continuation-form ops the final commit kept, to run detached now."""
 
 
 class TurnRunner:
@@ -133,7 +198,7 @@ class TurnRunner:
         self.state_bytes = 0
         """Size of the last committed state (set when the agent is activated)."""
 
-    def new_turn(self, envelope: Envelope | None = None) -> TurnContext:
+    def new_turn(self, handling: Handling, envelope: Envelope | None = None) -> TurnContext:
         """A fresh context for a turn of the event in ``envelope`` (or for ``init``)."""
         now = self._services.clock.now()
         manifest = self.kind.manifest
@@ -144,6 +209,7 @@ class TurnRunner:
             reads=self._services.store,
             now=now,
             next_op_id=self._op_ids.__next__,
+            handling=handling,
             day=utc_day(now),
             chain=envelope.chain if envelope is not None else (),
             on_token=envelope.on_token if envelope is not None else None,
@@ -153,17 +219,18 @@ class TurnRunner:
         self,
         call: GuestCall,
         envelope: Envelope,
+        handling: Handling,
         event_id: int,
         export: str,
         *,
         inline: bool = False,
-        op_usage: Usage | None = None,
+        completion: Completion | None = None,
     ) -> TurnResult:
-        """Run one turn, check it, commit it, and hand out its replies. ``inline`` runs it
-        on the event loop within the host's slice (TurnSliceExceeded when it overruns);
-        ``op_usage`` is what the op whose result this turn receives used."""
+        """Run one turn, check it, commit what it must, and hand out its replies. ``inline``
+        runs it on the event loop within the host's slice (TurnSliceExceeded when it
+        overruns); ``completion`` is the op result this turn receives."""
         services = self._services
-        turn = self.new_turn(envelope)
+        turn = self.new_turn(handling, envelope)
         if inline:
             turn.slice_ms = services.inline_slice_ms
         if services.telemetry.tracing:
@@ -174,13 +241,15 @@ class TurnRunner:
         outcome = "ok"
         try:
             if inline:
-                output, commit, replies = self._execute(call, turn, envelope, event_id, op_usage)
-                await services.stores.commit(commit)
+                output, commit, replies = self._execute(call, turn, envelope, event_id, completion)
+                if commit is not None:
+                    await services.stores.commit(commit)
             else:
 
-                def on_worker() -> tuple[TurnOutput, Commit, list[Any]]:
-                    executed = self._execute(call, turn, envelope, event_id, op_usage)
-                    services.store.commit(executed[1])
+                def on_worker() -> tuple[TurnOutput, Commit | None, list[Any]]:
+                    executed = self._execute(call, turn, envelope, event_id, completion)
+                    if executed[1] is not None:
+                        services.store.commit(executed[1])
                     return executed
 
                 output, commit, replies = await services.workers.run(on_worker)
@@ -194,26 +263,32 @@ class TurnRunner:
             outcome = trap_name(exc)
             if turn.trace is not None:
                 turn.trace.end(exc, self._attributes(turn, None))
-            if isinstance(exc, Exception):
-                await self._record_failure(turn)
             raise
         finally:
             seconds = time.perf_counter() - started
             services.metrics.observe_turn(self.address, seconds, export, outcome)
+        final = event_id in output.done
         if turn.trace is not None:
             turn.trace.end(None, self._attributes(turn, output))
-        if commit.deliveries:
-            services.deliveries_due.ring()
-        if output.state is not None:
-            self.state_bytes = len(output.state)
+        if commit is not None:
+            if commit.deliveries:
+                services.deliveries_due.ring()
+            if final and commit.state is not None:
+                self.state_bytes = len(commit.state)
+            if not final and commit.deliveries:  # the message is in the inbox now
+                inbox = commit.deliveries[0]
+                envelope.handled = Handled(inbox.delivery_id, None, inbox.due_at)
+            if commit.journal:
+                handling.journaled = True
         services.counters.turns += 1
         envelope.replies.extend(replies)
         if envelope.on_reply is not None:
             for reply in replies:
                 envelope.on_reply(reply)
         awaited = [op for op in turn.ops if op.continuation is None]
-        continued = [op for op in turn.ops if op.continuation is not None]
-        return TurnResult(output, awaited, continued)
+        handling.continued += [op for op in turn.ops if op.continuation is not None]
+        continued = list(commit.ops_started) if final and commit is not None else []
+        return TurnResult(output, final, awaited, continued)
 
     def _execute(
         self,
@@ -221,8 +296,8 @@ class TurnRunner:
         turn: TurnContext,
         envelope: Envelope,
         event_id: int,
-        op_usage: Usage | None,
-    ) -> tuple[TurnOutput, Commit, list[Any]]:
+        completion: Completion | None,
+    ) -> tuple[TurnOutput, Commit | None, list[Any]]:
         """Run the guest and build the commit (on the thread the turn runs on)."""
         budgets = self.kind.manifest.budgets
         if budgets.cpu_ms_per_day is not None:
@@ -240,23 +315,29 @@ class TurnRunner:
         finally:
             turn.cpu_ms = (time.thread_time() - cpu_started) * 1000
             turn.wall_ms = (time.perf_counter() - wall_started) * 1000
+            turn.handling.cpu_ms += turn.cpu_ms
         if turn.fault is not None:
             raise turn.fault
-        commit, replies = self._commit_of(output, turn, envelope, event_id, op_usage)
+        replies = self._checked_replies(output, envelope, event_id)
+        handling = turn.handling
+        handling.turns += 1
+        if output.state is not None:
+            if len(output.state) > self.kind.manifest.limits.max_state_bytes:
+                raise LimitExceeded(
+                    f"state is {len(output.state)} bytes; the kind allows "
+                    f"limits.max_state_bytes = {self.kind.manifest.limits.max_state_bytes}",
+                    address=str(self.address),
+                )
+            handling.state = output.state
+        commit: Commit | None
+        if event_id in output.done:
+            commit = self._final_commit(turn, envelope, replies, completion)
+        else:
+            commit = self._progress_commit(turn, envelope, completion)
         return output, commit, replies
 
-    def _commit_of(
-        self,
-        output: TurnOutput,
-        turn: TurnContext,
-        envelope: Envelope,
-        event_id: int,
-        op_usage: Usage | None,
-    ) -> tuple[Commit, list[Any]]:
-        """Check the turn's output against the kind's limits and budgets; the commit that
-        records it and its decoded replies."""
+    def _checked_replies(self, output: TurnOutput, envelope: Envelope, event_id: int) -> list[Any]:
         limits = self.kind.manifest.limits
-        budgets = self.kind.manifest.budgets
         payloads = []
         for reply in output.replies:
             if reply.event_id != event_id:
@@ -269,62 +350,143 @@ class TurnRunner:
                 f"limits.max_reply_bytes = {limits.max_reply_bytes}",
                 address=str(self.address),
             )
-        if output.state is not None and len(output.state) > limits.max_state_bytes:
-            raise LimitExceeded(
-                f"state is {len(output.state)} bytes; the kind allows "
-                f"limits.max_state_bytes = {limits.max_state_bytes}",
-                address=str(self.address),
+        replies = [_decode_reply(p) for p in payloads]
+        envelope.reply_bytes = reply_bytes
+        return replies
+
+    def _progress_commit(
+        self, turn: TurnContext, envelope: Envelope, completion: Completion | None
+    ) -> Commit | None:
+        """What a turn that did not finish the handler commits: the message into the
+        inbox (the first time), the op result it consumed into the journal. None when
+        there is nothing to keep."""
+        handling = turn.handling
+        deliveries = []
+        if envelope.handled is None:
+            deliveries.append(
+                Delivery(
+                    address=self.address,
+                    delivery_id=handling.message_id,
+                    due_at=turn.now,
+                    event_kind=envelope.kind,
+                    payload=envelope.payload,
+                    idempotency_key=envelope.idempotency_key,
+                )
             )
+        journal = []
+        usage = None
+        if completion is not None and completion.fresh:
+            journal.append(completion.journal_entry(handling.message_id))
+            usage = completion.usage
+        if not deliveries and not journal:
+            return None
+        return Commit(
+            address=self.address,
+            at=turn.now,
+            turn=False,
+            deliveries=deliveries,
+            journal=journal,
+            usage=usage,
+            usage_day=turn.day,
+        )
+
+    def _final_commit(
+        self,
+        turn: TurnContext,
+        envelope: Envelope,
+        replies: list[Any],
+        completion: Completion | None,
+    ) -> Commit:
+        """The handler's effects, all of them, with the event's response and the removal
+        of the delivery (or inbox entry) it came from."""
+        budgets = self.kind.manifest.budgets
+        handling = turn.handling
         effects = turn.effects()
-        if budgets.storage_bytes is not None and output.state is not None:
+        if budgets.storage_bytes is not None and (
+            handling.state is not None or effects.kv_bytes is not None
+        ):
+            record = turn.reads.read_agent(self.address)
+            state_bytes = (
+                len(handling.state)
+                if handling.state is not None
+                else (0 if record is None or record.state is None else len(record.state))
+            )
             kv_bytes = effects.kv_bytes
             if kv_bytes is None:
-                record = turn.reads.read_agent(self.address)
                 kv_bytes = 0 if record is None else record.kv_bytes
-            stored = len(output.state) + kv_bytes
+            stored = state_bytes + kv_bytes
             if stored > budgets.storage_bytes:
                 raise QuotaExceeded(
                     f"agent {self.address} would store {stored} bytes of state and kv; "
                     f"budgets.storage_bytes = {budgets.storage_bytes}",
                 )
-        replies = [_decode_reply(p) for p in payloads]
-        envelope.reply_bytes = reply_bytes
-        final = event_id in output.done
-        record_response = final and envelope.idempotency_key is not None
-        usage = effects.usage + Usage(turns=1, cpu_ms=turn.cpu_ms)
-        if op_usage is not None:
-            usage += op_usage
-        commit = Commit(
+        usage = effects.usage + handling.usage + Usage(turns=handling.turns, cpu_ms=handling.cpu_ms)
+        if completion is not None and completion.fresh and completion.usage is not None:
+            usage += completion.usage
+        key = envelope.idempotency_key
+        continued = [
+            PendingOp(
+                address=self.address,
+                op_key=f"{handling.message_id}/{op.seq}",
+                capability=op.capability,
+                call=op.call,
+                request=op.request,
+                handler=op.continuation.handler,
+                tag=pack(op.continuation.tag),
+            )
+            for op in handling.continued + [o for o in turn.ops if o.continuation is not None]
+            if op.continuation is not None
+        ]
+        return Commit(
             address=self.address,
             at=turn.now,
-            state=output.state,
+            turns=handling.turns,
+            state=handling.state,
             kv_writes=effects.kv_writes,
             kv_bytes=effects.kv_bytes,
-            idempotency_key=envelope.idempotency_key if record_response else None,
-            response=pack(envelope.replies + replies) if record_response else None,
+            idempotency_key=key,
+            response=pack(envelope.replies + replies) if key is not None else None,
+            request_sha=envelope.request_sha if key is not None else None,
             deliveries=effects.deliveries,
             cancelled=effects.cancelled,
-            handled=envelope.handled if final else None,
+            handled=envelope.handled,
+            clear_journal=handling.message_id if handling.journaled else None,
+            ops_started=continued,
             usage=usage,
             usage_day=turn.day,
         )
-        return commit, replies
 
-    async def _record_failure(self, turn: TurnContext) -> None:
-        """A failed turn commits nothing, but its error and CPU count in the usage."""
+    async def record_failure(
+        self, envelope: Envelope, handling: Handling, error: BaseException
+    ) -> None:
+        """A failed handler commits nothing of its effects, but its error and CPU count in
+        the usage. A message that failed leaves the inbox (its sender was told; a retry is a
+        new attempt), while a delivery stays for the delivery loop to retry."""
+        now = self._services.clock.now()
+        inbox_entry = (
+            envelope.handled
+            if envelope.handled is not None
+            and envelope.handled.delivery_id == handling.message_id
+            and not handling.replay
+            else None
+        )
         try:
             await self._services.stores.commit(
                 Commit(
                     self.address,
-                    at=turn.now,
+                    at=now,
                     turn=False,
-                    usage=Usage(errors=1, cpu_ms=turn.cpu_ms),
-                    usage_day=turn.day,
+                    handled=inbox_entry,
+                    clear_journal=handling.message_id
+                    if inbox_entry is not None and handling.journaled
+                    else None,
+                    usage=Usage(errors=1, cpu_ms=handling.cpu_ms),
+                    usage_day=utc_day(now),
                 )
             )
         except Exception as exc:
             logger.warning(
-                "agent %s: could not record a failed turn's usage: %s",
+                "agent %s: could not record a failed handler's usage: %s",
                 self.address,
                 exc,
                 extra={"agent_kind": self.address.kind, "agent_id": self.address.id},

@@ -5,8 +5,14 @@ from .protocol import AgentExport as AgentExport
 from .protocol import AgentRecord as AgentRecord
 from .protocol import AgentSummary as AgentSummary
 from .protocol import Commit as Commit
+from .protocol import DeadLetter as DeadLetter
 from .protocol import Delivery as Delivery
+from .protocol import FailedDelivery as FailedDelivery
 from .protocol import ForkResult as ForkResult
+from .protocol import Handled as Handled
+from .protocol import IdempotencyRecord as IdempotencyRecord
+from .protocol import JournalEntry as JournalEntry
+from .protocol import PendingOp as PendingOp
 from .protocol import StateStore as StateStore
 from .protocol import TurnReads as TurnReads
 from .protocol import Usage as Usage

@@ -80,6 +80,51 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (kind, id, day)
     ) WITHOUT ROWID;
     """,
+    # 5: exactly-once messages: the inbox (deliveries of kind message/agent with the key of
+    # the message), the journal of op results a running handler consumed, continuation ops
+    # in flight, attempts and dead letters, and the request behind each idempotency record.
+    """
+    ALTER TABLE deliveries ADD COLUMN idempotency_key TEXT;
+    ALTER TABLE deliveries ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deliveries ADD COLUMN last_error TEXT;
+    ALTER TABLE idempotency ADD COLUMN request_sha TEXT;
+    CREATE TABLE journal (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        capability TEXT NOT NULL,
+        call TEXT NOT NULL,
+        request_sha TEXT NOT NULL,
+        ok INTEGER NOT NULL,
+        value BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (kind, id, message_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE pending_ops (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        op_key TEXT NOT NULL,
+        capability TEXT NOT NULL,
+        call TEXT NOT NULL,
+        request BLOB NOT NULL,
+        handler TEXT NOT NULL,
+        tag BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (kind, id, op_key)
+    ) WITHOUT ROWID;
+    CREATE TABLE dead_letters (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        delivery_id TEXT NOT NULL,
+        event_kind TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_error TEXT NOT NULL,
+        failed_at REAL NOT NULL,
+        PRIMARY KEY (kind, id, delivery_id)
+    ) WITHOUT ROWID;
+    """,
 ]
 """Migration scripts, applied in order. Append only."""
 

@@ -63,6 +63,94 @@ class Delivery:
     every_s: float | None = None
     """Repeat period for recurring timers."""
     catch_up: CatchUp = "once"
+    idempotency_key: str | None = None
+    """For a message kept in the inbox (a handler that spans turns): its idempotency key."""
+    attempts: int = 0
+    """Failed attempts to deliver it so far."""
+    last_error: str | None = None
+    """Why the last attempt failed."""
+
+
+INBOX_KINDS = ("message", "agent")
+"""Event kinds of deliveries that are inbox entries: messages accepted, handler running."""
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """The delivery a commit handles. The commit fails (AlreadyHandled) and writes nothing
+    when the delivery is gone or was moved since ``due_at`` was read: each occurrence is
+    handled once."""
+
+    delivery_id: str
+    next_due: float | None = None
+    """Re-arm a recurring timer at this time; None deletes the delivery."""
+    due_at: float | None = None
+    """The due time the handler saw (None: do not check it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailedDelivery:
+    """An attempt to deliver failed: retry at ``retry_at``, or give up (None) and move the
+    delivery to the agent's dead letters."""
+
+    delivery_id: str
+    error: str
+    retry_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A delivery that kept failing, kept for the operator."""
+
+    address: AgentAddress
+    delivery_id: str
+    event_kind: str
+    payload: bytes
+    attempts: int
+    last_error: str
+    failed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """The result of one op a running handler consumed, kept until the handler's final
+    commit, so that a handler re-run after a crash replays it instead of running the op
+    again."""
+
+    message_id: str
+    seq: int
+    """The op's place among the ops the handler started (1, 2, ...)."""
+    capability: str
+    call: str
+    request_sha: str
+    ok: bool
+    value: bytes
+    """The result (msgpack) when ``ok``, else the error text (UTF-8)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingOp:
+    """A continuation-form op in flight: committed with the turn that started it and
+    removed by the commit that delivers its result, so it runs again after a crash."""
+
+    address: AgentAddress
+    op_key: str
+    """Unique per agent; also the op's idempotency key towards providers."""
+    capability: str
+    call: str
+    request: bytes
+    handler: str
+    tag: bytes
+    """msgpack."""
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """What was recorded under an idempotency key."""
+
+    response: bytes
+    request_sha: str | None
+    """A digest of the request that was handled (None for records of an earlier release)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +192,9 @@ class Commit:
     at: float = 0.0
     """Wall-clock time of the write (unix seconds)."""
     turn: bool = True
-    """Counts as a committed turn of the agent."""
+    """Records turns of the agent (its new state and kv with them)."""
+    turns: int = 1
+    """How many turns a turn commit records (a handler's turns commit together)."""
     state: bytes | None = None
     """New state, or None when unchanged."""
     kv_writes: Mapping[str, bytes | None] = field(default_factory=dict)
@@ -117,14 +207,25 @@ class Commit:
     commit fails (StorageError) and nothing of it is written."""
     response: bytes | None = None
     """The final response to the message (opaque bytes); required with ``idempotency_key``."""
+    request_sha: str | None = None
+    """A digest of the message the response answers, kept with it."""
     deliveries: Sequence[Delivery] = ()
     """Timers the turn set (for itself) and messages it sent (to others); a delivery with the
     id of an existing one of the same agent replaces it."""
     cancelled: Sequence[str] = ()
     """Ids of the agent's own deliveries to delete (cancelled timers)."""
-    handled: tuple[str, float | None] | None = None
-    """The delivery this commit handles: (id, next due time for a recurring timer, or None to
-    delete it)."""
+    handled: Handled | None = None
+    """The delivery this commit handles (removed, or re-armed)."""
+    failed_delivery: FailedDelivery | None = None
+    """A delivery whose attempt failed: retried later or moved to the dead letters."""
+    journal: Sequence[JournalEntry] = ()
+    """Op results a running handler consumed."""
+    clear_journal: str | None = None
+    """A message whose handler finished: its journal entries are deleted."""
+    ops_started: Sequence[PendingOp] = ()
+    """Continuation-form ops to keep until their result is delivered."""
+    op_finished: str | None = None
+    """The ``op_key`` of a pending op whose result this commit delivers."""
     usage: Usage | None = None
     """Usage to add for ``usage_day``."""
     usage_day: str = ""
@@ -155,6 +256,10 @@ class AgentExport:
     """Number of idempotency records held for the agent."""
     deliveries: list[Delivery] = field(default_factory=list)
     """Its pending timers and the messages waiting for it, earliest first."""
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    """Deliveries that kept failing, oldest first."""
+    pending_ops: list[PendingOp] = field(default_factory=list)
+    """Continuation-form ops in flight."""
 
 
 ForkResult: TypeAlias = Literal["forked", "source_missing", "target_exists"]
@@ -184,6 +289,10 @@ class TurnReads(Protocol):
         """The agent's pending deliveries (timers and messages to it), earliest first."""
         ...
 
+    def read_journal(self, address: AgentAddress, message_id: str) -> list[JournalEntry]:
+        """The op results journaled for a message of the agent, by ``seq``."""
+        ...
+
 
 class StateStore(TurnReads, Protocol):
     """Durable per-agent state, kv and bookkeeping. Every method is thread-safe and blocks."""
@@ -201,9 +310,21 @@ class StateStore(TurnReads, Protocol):
 
     # -- the admin side -------------------------------------------------------------------
 
-    def read_response(self, address: AgentAddress, key: str) -> bytes | None:
-        """The response committed with idempotency key ``key`` for the agent, or None if no
+    def read_response(self, address: AgentAddress, key: str) -> IdempotencyRecord | None:
+        """What was committed with idempotency key ``key`` for the agent, or None if no
         commit of the agent recorded that key (or its record was pruned)."""
+        ...
+
+    def pending_ops(self, limit: int) -> list[PendingOp]:
+        """Continuation-form ops in flight, oldest first (to resume after a restart)."""
+        ...
+
+    def read_dead_letters(self, address: AgentAddress) -> list[DeadLetter]:
+        """The agent's dead letters, oldest first."""
+        ...
+
+    def count_dead_letters(self, kind: str | None = None) -> dict[str, int]:
+        """Dead letters held, by kind (of one kind, or all)."""
         ...
 
     def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
@@ -221,7 +342,8 @@ class StateStore(TurnReads, Protocol):
 
     def delete_agent(self, address: AgentAddress) -> bool:
         """Delete everything held for the agent (record, kv, idempotency records, deliveries,
-        usage) in one transaction. Returns whether there was anything to delete."""
+        usage, journal, pending ops, dead letters) in one transaction. Returns whether there
+        was anything to delete."""
         ...
 
     def fork_agent(self, source: AgentAddress, target: AgentAddress) -> ForkResult:

@@ -53,15 +53,21 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 import trio
 
 from ..address import AgentAddress
-from ..errors import ConfigError, StorageError
+from ..errors import AlreadyHandled, ConfigError, StorageError
 from . import _schema
 from .protocol import (
     AgentExport,
     AgentRecord,
     AgentSummary,
     Commit,
+    DeadLetter,
     Delivery,
+    FailedDelivery,
     ForkResult,
+    Handled,
+    IdempotencyRecord,
+    JournalEntry,
+    PendingOp,
     Usage,
 )
 
@@ -305,24 +311,16 @@ def _apply_commit(conn: sqlite3.Connection, commit: Commit) -> None:
             raise TypeError(f"idempotency key must be str, not {type(idempotency_key).__name__}")
         _check_bytes(commit.response, "response")
         cursor = conn.execute(
-            "INSERT INTO idempotency (kind, id, key, response, created_at)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, id, key) DO NOTHING",
-            (kind, agent_id, idempotency_key, commit.response, commit.at),
+            "INSERT INTO idempotency (kind, id, key, response, created_at, request_sha)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, id, key) DO NOTHING",
+            (kind, agent_id, idempotency_key, commit.response, commit.at, commit.request_sha),
         )
         if cursor.rowcount != 1:
             raise ValueError(f"idempotency key {idempotency_key!r} is already recorded")
     if commit.handled is not None:
-        handled_id, next_due = commit.handled
-        if next_due is None:
-            conn.execute(
-                "DELETE FROM deliveries WHERE kind = ? AND id = ? AND delivery_id = ?",
-                (kind, agent_id, handled_id),
-            )
-        else:
-            conn.execute(
-                "UPDATE deliveries SET due_at = ? WHERE kind = ? AND id = ? AND delivery_id = ?",
-                (float(next_due), kind, agent_id, handled_id),
-            )
+        _apply_handled(conn, commit.address, commit.handled)
+    if commit.failed_delivery is not None:
+        _apply_failed(conn, commit.address, commit.failed_delivery, commit.at)
     if commit.cancelled:
         conn.executemany(
             "DELETE FROM deliveries WHERE kind = ? AND id = ? AND delivery_id = ?",
@@ -330,13 +328,113 @@ def _apply_commit(conn: sqlite3.Connection, commit: Commit) -> None:
         )
     for delivery in commit.deliveries:
         _insert_delivery(conn, delivery, commit.at)
+    if commit.clear_journal is not None:
+        conn.execute(
+            "DELETE FROM journal WHERE kind = ? AND id = ? AND message_id = ?",
+            (kind, agent_id, commit.clear_journal),
+        )
+    if commit.journal:
+        conn.executemany(
+            "INSERT INTO journal (kind, id, message_id, seq, capability, call, request_sha,"
+            " ok, value, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (kind, id, message_id, seq) DO UPDATE SET capability ="
+            " excluded.capability, call = excluded.call, request_sha = excluded.request_sha,"
+            " ok = excluded.ok, value = excluded.value",
+            [
+                (
+                    kind,
+                    agent_id,
+                    e.message_id,
+                    e.seq,
+                    e.capability,
+                    e.call,
+                    e.request_sha,
+                    int(e.ok),
+                    _bytes(e.value, "journal value"),
+                    commit.at,
+                )
+                for e in commit.journal
+            ],
+        )
+    if commit.op_finished is not None:
+        conn.execute(
+            "DELETE FROM pending_ops WHERE kind = ? AND id = ? AND op_key = ?",
+            (kind, agent_id, commit.op_finished),
+        )
+    if commit.ops_started:
+        conn.executemany(
+            "INSERT INTO pending_ops (kind, id, op_key, capability, call, request, handler,"
+            " tag, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    kind,
+                    agent_id,
+                    op.op_key,
+                    op.capability,
+                    op.call,
+                    _bytes(op.request, "op request"),
+                    op.handler,
+                    _bytes(op.tag, "op tag"),
+                    commit.at,
+                )
+                for op in commit.ops_started
+            ],
+        )
     if commit.usage is not None:
         _add_usage(conn, commit.address, commit.usage_day, commit.usage)
 
 
+def _bytes(value: object, what: str) -> bytes:
+    _check_bytes(value, what)
+    assert isinstance(value, bytes)
+    return value
+
+
+def _apply_handled(conn: sqlite3.Connection, address: AgentAddress, handled: Handled) -> None:
+    """Remove or re-arm the handled delivery; AlreadyHandled if it is gone or was moved."""
+    params: tuple[object, ...] = (address.kind, address.id, handled.delivery_id)
+    condition = "kind = ? AND id = ? AND delivery_id = ?"
+    if handled.due_at is not None:
+        condition += " AND due_at = ?"
+        params += (float(handled.due_at),)
+    if handled.next_due is None:
+        cursor = conn.execute(f"DELETE FROM deliveries WHERE {condition}", params)
+    else:
+        cursor = conn.execute(
+            f"UPDATE deliveries SET due_at = ?, attempts = 0, last_error = NULL WHERE {condition}",
+            (float(handled.next_due), *params),
+        )
+    if handled.due_at is not None and cursor.rowcount != 1:
+        raise AlreadyHandled(f"delivery {handled.delivery_id!r} of {address} was handled already")
+
+
+def _apply_failed(
+    conn: sqlite3.Connection, address: AgentAddress, failed: FailedDelivery, at: float
+) -> None:
+    """Count a failed attempt: retry later, or move the delivery to the dead letters."""
+    params = (address.kind, address.id, failed.delivery_id)
+    if failed.retry_at is not None:
+        conn.execute(
+            "UPDATE deliveries SET due_at = ?, attempts = attempts + 1, last_error = ?"
+            " WHERE kind = ? AND id = ? AND delivery_id = ?",
+            (float(failed.retry_at), failed.error, *params),
+        )
+        return
+    conn.execute(
+        "INSERT INTO dead_letters (kind, id, delivery_id, event_kind, payload, attempts,"
+        " last_error, failed_at) SELECT kind, id, delivery_id, event_kind, payload,"
+        " attempts + 1, ?, ? FROM deliveries WHERE kind = ? AND id = ? AND delivery_id = ?"
+        " ON CONFLICT (kind, id, delivery_id) DO UPDATE SET event_kind = excluded.event_kind,"
+        " payload = excluded.payload, attempts = excluded.attempts,"
+        " last_error = excluded.last_error, failed_at = excluded.failed_at",
+        (failed.error, float(at), *params),
+    )
+    conn.execute("DELETE FROM deliveries WHERE kind = ? AND id = ? AND delivery_id = ?", params)
+
+
 def _upsert_record(conn: sqlite3.Connection, commit: Commit) -> None:
     """One more turn in the agent's record, with its new state and kv size if they changed."""
-    sets = ["turns = agents.turns + 1", "updated_at = excluded.updated_at"]
+    sets = ["turns = agents.turns + excluded.turns", "updated_at = excluded.updated_at"]
     if commit.state is not None:
         _check_bytes(commit.state, "state")
         sets += ["state = excluded.state", "state_bytes = excluded.state_bytes"]
@@ -345,7 +443,7 @@ def _upsert_record(conn: sqlite3.Connection, commit: Commit) -> None:
     state = commit.state
     conn.execute(
         "INSERT INTO agents (kind, id, state, state_bytes, kv_bytes, turns, created_at,"
-        " updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?)"
+        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         f" ON CONFLICT (kind, id) DO UPDATE SET {', '.join(sets)}",
         (
             commit.address.kind,
@@ -353,6 +451,7 @@ def _upsert_record(conn: sqlite3.Connection, commit: Commit) -> None:
             state,
             0 if state is None else len(state),
             commit.kv_bytes or 0,
+            commit.turns,
             commit.at,
             commit.at,
         ),
@@ -364,10 +463,12 @@ def _insert_delivery(conn: sqlite3.Connection, delivery: Delivery, created_at: f
     _check_bytes(delivery.payload, "delivery payload")
     conn.execute(
         "INSERT INTO deliveries (kind, id, delivery_id, due_at, event_kind, payload,"
-        " every_s, catch_up, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " every_s, catch_up, created_at, idempotency_key, attempts, last_error)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL)"
         " ON CONFLICT (kind, id, delivery_id) DO UPDATE SET due_at = excluded.due_at,"
         " event_kind = excluded.event_kind, payload = excluded.payload,"
-        " every_s = excluded.every_s, catch_up = excluded.catch_up",
+        " every_s = excluded.every_s, catch_up = excluded.catch_up,"
+        " idempotency_key = excluded.idempotency_key, attempts = 0, last_error = NULL",
         (
             delivery.address.kind,
             delivery.address.id,
@@ -378,11 +479,21 @@ def _insert_delivery(conn: sqlite3.Connection, delivery: Delivery, created_at: f
             delivery.every_s,
             delivery.catch_up,
             created_at,
+            delivery.idempotency_key,
         ),
     )
 
 
-_TABLES = ("agents", "kv", "idempotency", "deliveries", "usage")
+_TABLES = (
+    "agents",
+    "kv",
+    "idempotency",
+    "deliveries",
+    "usage",
+    "journal",
+    "pending_ops",
+    "dead_letters",
+)
 """Every table that holds rows of one agent, keyed by (kind, id)."""
 
 
@@ -430,11 +541,26 @@ def _apply_fork(conn: sqlite3.Connection, source: AgentAddress, target: AgentAdd
     return "forked"
 
 
-_DELIVERY_COLUMNS = "kind, id, delivery_id, due_at, event_kind, payload, every_s, catch_up"
+_DELIVERY_COLUMNS = (
+    "kind, id, delivery_id, due_at, event_kind, payload, every_s, catch_up, idempotency_key,"
+    " attempts, last_error"
+)
 
 
 def _delivery(row: tuple[Any, ...]) -> Delivery:
-    kind, agent_id, delivery_id, due_at, event_kind, payload, every_s, catch_up = row
+    (
+        kind,
+        agent_id,
+        delivery_id,
+        due_at,
+        event_kind,
+        payload,
+        every_s,
+        catch_up,
+        key,
+        attempts,
+        last_error,
+    ) = row
     return Delivery(
         address=AgentAddress(kind, agent_id),
         delivery_id=delivery_id,
@@ -443,6 +569,41 @@ def _delivery(row: tuple[Any, ...]) -> Delivery:
         payload=bytes(payload),
         every_s=None if every_s is None else float(every_s),
         catch_up=catch_up,
+        idempotency_key=key,
+        attempts=int(attempts),
+        last_error=last_error,
+    )
+
+
+_DEAD_LETTER_COLUMNS = "kind, id, delivery_id, event_kind, payload, attempts, last_error, failed_at"
+
+
+def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
+    kind, agent_id, delivery_id, event_kind, payload, attempts, last_error, failed_at = row
+    return DeadLetter(
+        address=AgentAddress(kind, agent_id),
+        delivery_id=str(delivery_id),
+        event_kind=str(event_kind),
+        payload=bytes(payload),
+        attempts=int(attempts),
+        last_error=str(last_error),
+        failed_at=float(failed_at),
+    )
+
+
+_PENDING_OP_COLUMNS = "kind, id, op_key, capability, call, request, handler, tag"
+
+
+def _pending_op(row: tuple[Any, ...]) -> PendingOp:
+    kind, agent_id, op_key, capability, call, request, handler, tag = row
+    return PendingOp(
+        address=AgentAddress(kind, agent_id),
+        op_key=str(op_key),
+        capability=str(capability),
+        call=str(call),
+        request=bytes(request),
+        handler=str(handler),
+        tag=bytes(tag),
     )
 
 
@@ -643,6 +804,19 @@ class SqliteStore:
             ).fetchall()
         return [_delivery(row) for row in rows]
 
+    def read_journal(self, address: AgentAddress, message_id: str) -> list[JournalEntry]:
+        """The op results journaled for a message of the agent, by ``seq``."""
+        with self._reading("read_journal", address) as conn:
+            rows = conn.execute(
+                "SELECT message_id, seq, capability, call, request_sha, ok, value FROM journal"
+                " WHERE kind = ? AND id = ? AND message_id = ? ORDER BY seq",
+                (address.kind, address.id, message_id),
+            ).fetchall()
+        return [
+            JournalEntry(str(m), int(s), str(c), str(f), str(r), bool(ok), bytes(v))
+            for m, s, c, f, r, ok, v in rows
+        ]
+
     def commit(self, commit: Commit, *, wait: bool = True) -> bool:
         """Apply one commit in one transaction, shared with whatever else is queued (group
         commit). With ``wait=False``: only if no other write is in progress and no fsync is
@@ -673,14 +847,53 @@ class SqliteStore:
 
     # -- the admin side --------------------------------------------------------------------
 
-    def read_response(self, address: AgentAddress, key: str) -> bytes | None:
-        """The response committed with idempotency key ``key`` for the agent, if any."""
+    def read_response(self, address: AgentAddress, key: str) -> IdempotencyRecord | None:
+        """What was committed with idempotency key ``key`` for the agent, if anything."""
         with self._reading("read_response", address) as conn:
             rows = conn.execute(
-                "SELECT response FROM idempotency WHERE kind = ? AND id = ? AND key = ?",
+                "SELECT response, request_sha FROM idempotency"
+                " WHERE kind = ? AND id = ? AND key = ?",
                 (address.kind, address.id, key),
             ).fetchall()
-        return bytes(rows[0][0]) if rows else None
+        if not rows:
+            return None
+        response, request_sha = rows[0]
+        return IdempotencyRecord(bytes(response), None if request_sha is None else str(request_sha))
+
+    def pending_ops(self, limit: int) -> list[PendingOp]:
+        """Continuation-form ops in flight, oldest first."""
+        if limit <= 0:
+            return []
+        with self._reading("pending_ops", None) as conn:
+            rows = conn.execute(
+                f"SELECT {_PENDING_OP_COLUMNS} FROM pending_ops ORDER BY created_at LIMIT ?",
+                (int(limit),),
+            ).fetchall()
+        return [_pending_op(row) for row in rows]
+
+    def read_dead_letters(self, address: AgentAddress) -> list[DeadLetter]:
+        """The agent's dead letters, oldest first."""
+        with self._reading("read_dead_letters", address) as conn:
+            rows = conn.execute(
+                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE kind = ? AND id = ?"
+                " ORDER BY failed_at",
+                (address.kind, address.id),
+            ).fetchall()
+        return [_dead_letter(row) for row in rows]
+
+    def count_dead_letters(self, kind: str | None = None) -> dict[str, int]:
+        """Dead letters held, by kind."""
+        with self._reading("count_dead_letters", None) as conn:
+            if kind is None:
+                rows = conn.execute(
+                    "SELECT kind, COUNT(*) FROM dead_letters GROUP BY kind"
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT kind, COUNT(*) FROM dead_letters WHERE kind = ? GROUP BY kind",
+                    (kind,),
+                ).fetchall()
+        return {str(k): int(n) for k, n in rows}
 
     def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
         """Deliveries due at or before ``now``, earliest first."""
@@ -769,6 +982,16 @@ class SqliteStore:
                     " ORDER BY due_at",
                     params,
                 ).fetchall()
+                dead_rows = conn.execute(
+                    f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE kind = ? AND id = ?"
+                    " ORDER BY failed_at",
+                    params,
+                ).fetchall()
+                op_rows = conn.execute(
+                    f"SELECT {_PENDING_OP_COLUMNS} FROM pending_ops WHERE kind = ? AND id = ?"
+                    " ORDER BY created_at",
+                    params,
+                ).fetchall()
             finally:
                 _schema.rollback_quietly(conn)
         if not agent_rows and not kv_rows:
@@ -779,8 +1002,14 @@ class SqliteStore:
         else:  # kv without a record: not written by this store, but report it faithfully
             size = sum(len(key.encode()) + len(value) for key, value in kv.items())
             record = AgentRecord(state=None, kv_bytes=size, turns=0, created_at=0.0, updated_at=0.0)
-        deliveries = [_delivery(row) for row in delivery_rows]
-        return AgentExport(record=record, kv=kv, responses=responses, deliveries=deliveries)
+        return AgentExport(
+            record=record,
+            kv=kv,
+            responses=responses,
+            deliveries=[_delivery(row) for row in delivery_rows],
+            dead_letters=[_dead_letter(row) for row in dead_rows],
+            pending_ops=[_pending_op(row) for row in op_rows],
+        )
 
     def count_agents(self, kind: str | None = None) -> int:
         """Number of agents with committed turns (of one kind, or all)."""
@@ -885,6 +1114,8 @@ class SqliteStore:
         return results
 
     def _op_error(self, op: _WriteOp[Any], exc: Exception) -> StorageError:
+        if isinstance(exc, StorageError):  # already says what failed (AlreadyHandled)
+            return exc
         error = StorageError(f"{op.name} failed{op.subject()} in {self._path}: {exc}")
         error.__cause__ = exc
         return error

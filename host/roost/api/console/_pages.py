@@ -406,8 +406,8 @@ class Column:
 @dataclass(frozen=True)
 class WaitingSection:
     """Something an agent has waiting, shown as a table on its page. Timers exist today;
-    dead letters and approvals are each one more entry in :data:`WAITING`, reading their
-    rows from the agent's export."""
+    approvals will be one more entry in :data:`WAITING`, reading their rows from the
+    agent's export."""
 
     title: str
     anchor: str
@@ -430,6 +430,45 @@ WAITING: tuple[WaitingSection, ...] = (
             Column("Payload", lambda t: pretty_json(t["payload"], PREVIEW_CHARS)),
         ),
         "No timers or messages waiting.",
+    ),
+    WaitingSection(
+        "Inbox (accepted, handler not finished)",
+        "inbox",
+        lambda export: list(export.get("inbox", [])),
+        (
+            Column("Id", lambda m: str(m["id"])),
+            Column("Event", lambda m: str(m["kind"])),
+            Column("Accepted", lambda m: f"{utc(m['accepted_at'])} ({ago(m['accepted_at'])})"),
+            Column("Key", lambda m: str(m["idempotency_key"] or "")),
+            Column("Attempts", lambda m: str(m["attempts"])),
+            Column("Message", lambda m: pretty_json(m["message"], PREVIEW_CHARS)),
+        ),
+        "No message waiting for its handler.",
+    ),
+    WaitingSection(
+        "Dead letters",
+        "dead-letters",
+        lambda export: list(export.get("dead_letters", [])),
+        (
+            Column("Id", lambda d: str(d["id"])),
+            Column("Event", lambda d: str(d["kind"])),
+            Column("Failed", lambda d: f"{utc(d['failed_at'])} ({ago(d['failed_at'])})"),
+            Column("Attempts", lambda d: str(d["attempts"])),
+            Column("Last error", lambda d: str(d["last_error"])),
+            Column("Payload", lambda d: pretty_json(d["payload"], PREVIEW_CHARS)),
+        ),
+        "No dead letters.",
+    ),
+    WaitingSection(
+        "Continuation ops in flight",
+        "pending-ops",
+        lambda export: list(export.get("pending_ops", [])),
+        (
+            Column("Id", lambda o: str(o["id"])),
+            Column("Op", lambda o: f"{o['capability']}.{o['call']}"),
+            Column("Continues in", lambda o: str(o["then"])),
+        ),
+        "No continuation op in flight.",
     ),
 )
 
