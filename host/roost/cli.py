@@ -2,11 +2,15 @@
 
 ::
 
+    roost new NAME [--template echo|chat|tools] [--lang python|c|zig] [--dir D]
+    roost dev [MANIFEST] [--port P] [--agent-id ID] [--data-dir D] [--chat | --no-chat]
     roost build AGENT.py -o OUT.wasm [--manifest M] [--capabilities a,b]
     roost run [COMPONENT] --manifest agent.toml [--message TEXT] [--agent-id ID] [--data-dir D]
+    roost serve [--deploy MANIFEST ...] [--dev] [--port P] [--data-dir D]
+    roost token KIND ID [--ttl S] [--data-dir D]
     roost bench footprint|wake --agents N [--manifest M] [--json]
     roost bench telemetry [--turns N] [--rounds N] [--json]
-    roost capacity [--json] [--plot FILE.png] [--density report.json] [inputs...]
+    roost capacity [--json] [--plot FILE.png] [--density report.json [--force]] [inputs...]
     roost version
 
 Results go to stdout; progress, logs and errors go to stderr. Every command returns 0 on
@@ -25,6 +29,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,8 +37,10 @@ from typing import Any
 import trio
 from pydantic import ValidationError
 
+from ._progress import progress
 from .address import AgentAddress
 from .build import build_agent, ensure_component
+from .build.native import NATIVE_SUFFIXES
 from .capacity import (
     CapacityInputs,
     apply_density,
@@ -43,16 +50,18 @@ from .capacity import (
     parse_density_report,
     parse_range,
     parse_share,
+    smoke_reason,
 )
 from .capacity._table import format_report
 from .config import HostConfig, load_config, load_log_settings, load_server_config
-from .errors import BuildError, ConfigError, GuestError, RoostError
+from .dev.chat import Console, chat, parse_message
+from .errors import BuildError, ConfigError, GuestError, ManifestError, RoostError
 from .host import Host, open_host
 from .manifest import Manifest, load_manifest
 from .payload import to_json
+from .scaffold import LANGUAGES, TEMPLATES, new_agent
 
 DEFAULT_AGENT_ID = "local"
-_QUIT_COMMANDS = frozenset({"/quit", "/exit"})
 _EXIT_FAILURE = 1
 _EXIT_INTERRUPTED = 130
 
@@ -96,6 +105,69 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version_line())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    new = commands.add_parser(
+        "new",
+        parents=[common],
+        help="write a new agent: source, manifest, test and README",
+        description="Write a working agent into NAME/ (or --dir): its source, its manifest "
+        "(agent.toml), a test that runs it in a real host (test_agent.py) and a short "
+        "README. It builds and passes its test as written; `roost dev` in that directory "
+        "serves it and reloads it on every save.",
+    )
+    new.add_argument("name", metavar="NAME", help="the kind's name (letters, digits, - and _)")
+    new.add_argument(
+        "--template",
+        choices=TEMPLATES,
+        default="echo",
+        help="echo (state), chat (the llm, with memory) or tools (the llm with a "
+        "plain-Python helper); default echo",
+    )
+    new.add_argument(
+        "--lang",
+        choices=LANGUAGES,
+        default="python",
+        help="default python (C: echo, chat; Zig: echo)",
+    )
+    new.add_argument("--dir", type=Path, metavar="D", help="where to write it (default: NAME/)")
+    new.set_defaults(handler=_cmd_new)
+
+    dev = commands.add_parser(
+        "dev",
+        parents=[common],
+        help="serve an agent locally and reload it on every save",
+        description="Serve the kind over HTTP (auth off, loopback) with a chat in the terminal "
+        "that shows replies, streamed tokens, pushes and the agent's logs. Every save "
+        "rebuilds and redeploys it in place; its agents keep their state. Python agents run "
+        "on the dev runtime, so a reload takes well under a second. Agents using the llm "
+        "capability get a SIMULATED model unless ROOST_LLM_BASE_URL is set.",
+    )
+    dev.add_argument(
+        "manifest",
+        nargs="?",
+        type=Path,
+        default=Path("agent.toml"),
+        metavar="MANIFEST",
+        help="the kind's manifest, or its directory (default: agent.toml here)",
+    )
+    dev.add_argument("--port", type=int, default=8470, metavar="P", help="default 8470; 0 = any")
+    dev.add_argument(
+        "--agent-id",
+        default=DEFAULT_AGENT_ID,
+        metavar="ID",
+        help=f"the agent the chat talks to (default: {DEFAULT_AGENT_ID})",
+    )
+    dev.add_argument(
+        "--data-dir", type=Path, metavar="D", help="state directory (default: .roost beside it)"
+    )
+    dev.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="chat in the terminal (default: when stdin is a terminal); without it, serve "
+        "until Ctrl-C",
+    )
+    dev.set_defaults(handler=_cmd_dev)
 
     build = commands.add_parser(
         "build",
@@ -292,7 +364,12 @@ def _add_capacity_parser(
         type=Path,
         metavar="report.json",
         help="a density report of the load test: its measured sessions per core and memory "
-        "per session replace the defaults",
+        "per session replace the defaults (a smoke run's report is refused)",
+    )
+    capacity.add_argument(
+        "--force",
+        action="store_true",
+        help="use a --density report even if it is from a smoke run",
     )
     who = capacity.add_argument_group("population")
     who.add_argument("--population", type=_quantity(parse_count), metavar="N")
@@ -428,6 +505,14 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
     host_config = load_config(**({"data_dir": args.data_dir} if args.data_dir else {}))
     settings = load_server_config()
+    secret = host_config.data_dir / "secret"
+    if settings.secret is None and not secret.is_file():
+        raise ConfigError(
+            f"no server secret at {secret.absolute()}: a token minted now would be signed "
+            "with a new secret that no server knows. Pass the --data-dir the server uses "
+            "(`roost serve` writes its secret there when it starts), or set ROOST_SECRET to "
+            "the server's"
+        )
     credentials = load_credentials(settings, host_config.data_dir)
     address = AgentAddress(args.kind, args.agent_id)
     ttl = args.ttl or settings.default_token_ttl_s
@@ -444,13 +529,14 @@ def _cmd_build(args: argparse.Namespace) -> int:
     config = load_config()
     started = time.perf_counter()
     try:
-        result = build_agent(
-            source,
-            output,
-            cache_dir=config.cache_dir,
-            manifest=args.manifest,
-            capabilities=args.capabilities,
-        )
+        with progress(_build_label(source)):
+            result = build_agent(
+                source,
+                output,
+                cache_dir=config.cache_dir,
+                manifest=args.manifest,
+                capabilities=args.capabilities,
+            )
     except BuildError as exc:
         print(exc, file=sys.stderr)
         return _EXIT_FAILURE
@@ -461,14 +547,64 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_label(source: Path) -> str:
+    tools = "zig and wasm-tools" if source.suffix in NATIVE_SUFFIXES else "componentize-py"
+    return f"building {source.name} with {tools} (cached by content afterwards)"
+
+
+# -- roost new / roost dev ---------------------------------------------------------------
+
+
+def _cmd_new(args: argparse.Namespace) -> int:
+    made = new_agent(args.name, template=args.template, lang=args.lang, directory=args.dir)
+    where = made.directory
+    print(f"wrote {where}/: {', '.join(str(f) for f in made.files)}")
+    print(f"next: cd {where} && roost dev        # serve it; every save reloads it")
+    print("      python -m pytest              # its tests, in a real host on virtual time")
+    return 0
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from .dev.session import DevOptions, run_dev
+
+    manifest = _manifest_path(args.manifest, None, explicit=True)
+    options = DevOptions(
+        manifest=manifest,
+        port=args.port,
+        agent_id=args.agent_id,
+        data_dir=args.data_dir,
+        chat=sys.stdin.isatty() if args.chat is None else args.chat,
+    )
+    trio.run(partial(run_dev, options, Console()))
+    return 0
+
+
+def _manifest_path(given: Path | None, component: Path | None, *, explicit: bool) -> Path:
+    """The manifest to use: ``given`` (a file, or a directory holding agent.toml), else
+    agent.toml beside ``component`` or here; ManifestError says where it looked."""
+    path = (
+        given
+        if given is not None
+        else (component.parent / "agent.toml" if component is not None else Path("agent.toml"))
+    )
+    if path.is_dir():
+        path = path / "agent.toml"
+    if not path.is_file():
+        how = (
+            ""
+            if given is not None and explicit
+            else ("; pass --manifest PATH, or run in the agent's directory")
+        )
+        raise ManifestError(f"no manifest: looked for {path.absolute()}{how}")
+    return path
+
+
 # -- roost run ---------------------------------------------------------------------------
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     component: Path | None = args.component
-    manifest_path: Path = args.manifest or (
-        component.parent / "agent.toml" if component is not None else Path("agent.toml")
-    )
+    manifest_path = _manifest_path(args.manifest, component, explicit=args.manifest is not None)
     overrides: dict[str, object] = {}
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
@@ -480,12 +616,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # With an explicit component there is nothing to build.
         deployable = manifest if component is not None else await _build_for(manifest, config)
         async with open_host(config) as host:
-            info = await host.deploy(deployable, component=component)
+            with progress(f"compiling {manifest.name} to native code (once per build; cached)"):
+                info = await host.deploy(deployable, component=component)
             caps = ", ".join(info.capabilities) or "none"
             _info(f"deployed {info.name} {info.version} (capabilities: {caps})")
             if args.message is not None:
-                return await _send_once(host, address, _parse_message(args.message))
-            return await _chat(host, address)
+                return await _send_once(host, address, parse_message(args.message))
+            await chat(host, address, Console())
+            return 0
 
     result: int = trio.run(session)
     return result
@@ -494,14 +632,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 async def _build_for(manifest: Manifest, config: HostConfig) -> Manifest:
     if manifest.source is None:
         return manifest
-    started = time.perf_counter()
-    built = await trio.to_thread.run_sync(
-        lambda: ensure_component(manifest, cache_dir=config.cache_dir)
-    )
-    elapsed = time.perf_counter() - started
-    if elapsed >= 1.0:
-        _info(f"built {built.component} in {elapsed:.1f}s")
-    return built
+    label = _build_label(manifest.source)
+    with progress(label) if manifest.source.is_file() else nullcontext():
+        return await trio.to_thread.run_sync(
+            lambda: ensure_component(manifest, cache_dir=config.cache_dir)
+        )
 
 
 async def _send_once(host: Host, address: AgentAddress, message: Any) -> int:
@@ -512,52 +647,6 @@ async def _send_once(host: Host, address: AgentAddress, message: Any) -> int:
         return _EXIT_FAILURE
     print(_to_json({"replies": replies}))
     return 0
-
-
-async def _chat(host: Host, address: AgentAddress) -> int:
-    _info(f"chatting with {address}; /quit or end of input to leave")
-    while True:
-        line = await trio.to_thread.run_sync(_read_line, "you> ", abandon_on_cancel=True)
-        if line is None:
-            break
-        text = line.strip()
-        if text in _QUIT_COMMANDS:
-            break
-        if not text:
-            continue
-        try:
-            replies = await host.send(address, _parse_message(text))
-        except GuestError as exc:
-            print(f"error: {exc}", flush=True)
-            if exc.guest_traceback:
-                print(exc.guest_traceback.rstrip(), file=sys.stderr, flush=True)
-            continue
-        except RoostError as exc:
-            print(f"error: {exc}", flush=True)
-            continue
-        if not replies:
-            _info("(no replies)")
-        for reply in replies:
-            print(f"agent> {_to_json(reply, ensure_ascii=False)}", flush=True)
-    return 0
-
-
-def _read_line(prompt: str) -> str | None:
-    """One line of the chat, or None at end of input. Runs on a worker thread."""
-    try:
-        return input(prompt)
-    except EOFError:
-        if sys.stdin.isatty():
-            print()
-        return None
-
-
-def _parse_message(text: str) -> Any:
-    """A message as typed: the JSON value it spells, else the text itself."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def _to_json(value: Any, *, ensure_ascii: bool = True) -> str:
@@ -700,7 +789,16 @@ def _capacity_inputs(args: argparse.Namespace) -> CapacityInputs:
             text = args.density.read_text()
         except OSError as exc:
             raise ConfigError(f"--density {args.density}: {exc.strerror or exc}") from None
-        base = apply_density(base, parse_density_report(text), name=str(args.density))
+        report = parse_density_report(text)
+        reason = smoke_reason(report)
+        if reason is not None and not args.force:
+            raise ConfigError(
+                f"--density {args.density}: {reason}. Its figures say the harness works, not "
+                "what a core sustains, so the comparison with containers would be wrong. Run "
+                "the full `roost bench density` (about 20 minutes; docs/capacity.md), or pass "
+                "--force to use this report anyway"
+            )
+        base = apply_density(base, report, name=str(args.density))
     values = base.model_dump()
     for flag, field in _CAPACITY_FLAGS.items():
         if getattr(args, flag) is not None:
