@@ -16,6 +16,7 @@ Templates:
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,6 +28,7 @@ LANGUAGES = ("python", "c", "zig")
 TEMPLATES = ("echo", "chat", "tools")
 _SOURCE = {"python": "agent.py", "c": "agent.c", "zig": "agent.zig"}
 _TEMPLATE_DIR = "templates"
+_WIDTH = 90
 _GITIGNORE = "*.wasm\n.roost/\n__pycache__/\n.pytest_cache/\n.zig-cache/\n"
 
 
@@ -114,35 +116,44 @@ def _readme(name: str, template: str, lang: str) -> str:
         if lang == "python"
         else "every save rebuilds it (a second or two)"
     )
-    model = (
-        "\nIt talks to the model provider the host is configured with (`ROOST_LLM_BASE_URL`, "
-        "`ROOST_LLM_API_KEY`); `roost dev` gives it a SIMULATED model when none is set, and "
-        "the tests a scripted one (`fake_llm`). Name your provider's models in `agent.toml`.\n"
-        if template in ("chat", "tools")
-        else ""
+    paragraphs = [
+        f"A Roost agent ({lang}): {_WHAT[template]}. Made with "
+        f"`roost new {name} --template {template} --lang {lang}`."
+    ]
+    if template in ("chat", "tools"):
+        paragraphs.append(
+            "It talks to the model provider the host is configured with "
+            "(`ROOST_LLM_BASE_URL`, `ROOST_LLM_API_KEY`); `roost dev` gives it a SIMULATED "
+            "model when none is set, and the tests a scripted one (`fake_llm`). Name your "
+            "provider's models in `agent.toml`."
+        )
+    if template == "tools":
+        paragraphs.append(
+            "The agent decides what to compute and tells the model the results. Tool "
+            "calling, where the model asks for a tool, is not in Roost's SDK yet."
+        )
+    bullets = [
+        "`roost dev` serves it at http://127.0.0.1:8470 (auth off) with a chat in the "
+        "terminal that shows replies, streamed tokens, pushes and the agent's logs; "
+        f"{reload}, and its agents keep their state.",
+        "`python -m pytest` runs `test_agent.py`: the agent in a real host, on virtual time "
+        "(Roost's `docs/testing.md`; needs `pip install 'roost[testing]'`).",
+        "`roost run --message hi` builds it for production (cached by content) and sends "
+        "one message; `roost run` alone opens a chat.",
+        f"`roost build {source}` writes `{name}.wasm`; `roost serve --deploy agent.toml` "
+        "serves it with auth on, or upload both with `POST /v1/kinds`.",
+    ]
+    text = [f"# {name}", *(textwrap.fill(p, _WIDTH) for p in paragraphs), "In this directory:"]
+    text.append(
+        "\n".join(
+            textwrap.fill(b, _WIDTH, initial_indent="- ", subsequent_indent="  ") for b in bullets
+        )
     )
-    tools = (
-        "\nThe agent decides what to compute and tells the model the results. Tool calling, "
-        "where the model asks for a tool, is not in Roost's SDK yet.\n"
-        if template == "tools"
-        else ""
+    text.append(
+        textwrap.fill(
+            f"`agent.toml` grants the agent its capabilities and sets its limits; `{source}` "
+            "is the agent.",
+            _WIDTH,
+        )
     )
-    return f"""# {name}
-
-A Roost agent ({lang}): {_WHAT[template]}. Made with
-`roost new {name} --template {template} --lang {lang}`.
-{model}{tools}
-In this directory:
-
-- `roost dev` serves it at http://127.0.0.1:8470 (auth off) with a chat in the terminal
-  that shows replies, streamed tokens, pushes and the agent's logs; {reload}, and its
-  agents keep their state.
-- `python -m pytest` runs `test_agent.py`: the agent in a real host, on virtual time
-  (Roost's `docs/testing.md`; needs `pip install 'roost[testing]'`).
-- `roost run --message hi` builds it for production (cached by content) and sends one
-  message; `roost run` alone opens a chat.
-- `roost build {source}` writes `{name}.wasm`; `roost serve --deploy agent.toml` serves it
-  with auth on, or upload both with `POST /v1/kinds`.
-
-`agent.toml` grants the agent its capabilities and sets its limits; `{source}` is the agent.
-"""
+    return "\n\n".join(text) + "\n"
