@@ -20,6 +20,7 @@ Prints one JSON object: ``edit_to_reply_s`` (p50, max, every sample), ``first_re
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -87,8 +88,9 @@ def measure(edits: int, *, fresh_cache: bool = False, keep: Path | None = None) 
             stderr=subprocess.PIPE,
             text=True,
         )
+        reader, log, found = _read_stderr(proc)
         try:
-            url, log = _wait_for_url(proc)
+            url = _wait_for_url(reader, log, found)
             with httpx.Client(timeout=30.0) as client:
                 first = _reply_with(client, url, 0, started, START_TIMEOUT_S)
                 first_reply_s = time.perf_counter() - started
@@ -108,6 +110,9 @@ def measure(edits: int, *, fresh_cache: bool = False, keep: Path | None = None) 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            reader.join(timeout=30)
+            if proc.stderr is not None:
+                proc.stderr.close()
     return {
         "edits": edits,
         "edit_to_reply_s": {
@@ -117,7 +122,7 @@ def measure(edits: int, *, fresh_cache: bool = False, keep: Path | None = None) 
         },
         "first_reply_s": round(first_reply_s, 2),
         "dev_runtime_built": any("building the dev runtime" in line for line in log),
-        "state_kept": all(b > a for a, b in zip(counts, counts[1:], strict=False)),
+        "state_kept": all(b > a for a, b in itertools.pairwise(counts)),
         "machine": {
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
@@ -135,27 +140,38 @@ def _roost(args: list[str], env: dict[str, str]) -> None:
     )
 
 
-def _wait_for_url(proc: subprocess.Popen[str]) -> tuple[str, list[str]]:
-    """The URL ``roost dev`` serves at, from its stderr; the rest of stderr is kept."""
+def _read_stderr(
+    proc: subprocess.Popen[str],
+) -> tuple[threading.Thread, list[str], threading.Event]:
+    """A thread that keeps ``roost dev``'s stderr lines, and sets the event once one says
+    where it serves."""
     assert proc.stderr is not None
     stderr = proc.stderr
     log: list[str] = []
-    found: list[str] = []
-    ready = threading.Event()
+    found = threading.Event()
 
     def read() -> None:
         for line in stderr:
             log.append(line)
-            match = _LISTENING.search(line)
-            if match and not found:
-                found.append(match.group(1))
-                ready.set()
-        ready.set()
+            if _LISTENING.search(line):
+                found.set()
 
-    threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(START_TIMEOUT_S) or not found:
-        raise RuntimeError("roost dev did not start:\n" + "".join(log))
-    return found[0], log
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return reader, log, found
+
+
+def _wait_for_url(reader: threading.Thread, log: list[str], found: threading.Event) -> str:
+    """The URL ``roost dev`` serves at."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not found.wait(0.1):
+        if not reader.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("roost dev did not start:\n" + "".join(log))
+    for line in log:
+        match = _LISTENING.search(line)
+        if match:
+            return match.group(1)
+    raise RuntimeError("roost dev did not say where it serves")
 
 
 def _reply_with(

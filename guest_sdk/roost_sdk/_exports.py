@@ -249,7 +249,8 @@ def _world(runtime: _Runtime) -> type:
 
 
 _DRIVER_FILES = ("_roost_entry.py", "roost_sdk/_exports.py", "roost_sdk/_dev.py")
-"""Frames of the code that calls the agent, not of the agent: left out of tracebacks."""
+"""Frames of the code that calls the agent, not of the agent: left out of tracebacks, with
+those of the import machinery that loads it."""
 
 
 def format_guest_traceback(exc: BaseException, agent_root: str | None) -> str:
@@ -282,7 +283,11 @@ def _tidy(te: traceback.TracebackException, agent_root: str | None, seen: set[in
 
 
 def _is_driver(filename: str) -> bool:
-    return filename.endswith(_DRIVER_FILES)
+    return filename.endswith(_DRIVER_FILES) or _is_import_machinery(filename)
+
+
+def _is_import_machinery(filename: str) -> bool:
+    return filename.startswith("<frozen importlib") or filename.endswith("importlib/__init__.py")
 
 
 def _in_sdk(filename: str) -> bool:

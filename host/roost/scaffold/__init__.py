@@ -58,14 +58,11 @@ def new_agent(
         raise ConfigError(f"no language {lang!r}; choose one of {', '.join(LANGUAGES)}")
     choices = available(lang)
     if template not in choices:
-        raise ConfigError(
-            f"no {template!r} template for {lang}; {lang} has {', '.join(choices)}"
-        )
+        raise ConfigError(f"no {template!r} template for {lang}; {lang} has {', '.join(choices)}")
     target = directory if directory is not None else Path(name)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ConfigError(
-            f"{target.absolute()} already exists and is not empty; pick another "
-            "name or directory"
+            f"{target.absolute()} already exists and is not empty; pick another name or directory"
         )
     values = {
         "name": name,

@@ -160,10 +160,16 @@ class HostUnderTest:
             if done():
                 return
             step = trio.lowlevel.current_statistics().seconds_to_next_deadline
-            if math.isinf(step) or trio.current_time() + step - started > limit_s:
+            waited = trio.current_time() - started
+            if math.isinf(step):
                 raise AssertionError(
-                    f"{what} still waits after {trio.current_time() - started:g} virtual "
-                    "seconds, with nothing due that could end the wait"
+                    f"{what} still waits after {waited:g} virtual seconds, and nothing is due "
+                    "that could end the wait"
+                )
+            if waited + step > limit_s:
+                raise AssertionError(
+                    f"{what} still waits after {waited:g} virtual seconds (the limit is "
+                    f"{limit_s:g}); the next thing due is {step:g} s away"
                 )
             self.clock.jump(max(step, 1e-9))
 
@@ -227,13 +233,16 @@ class AgentUnderTest:
             finally:
                 finished.set()
 
+        stuck: list[AssertionError] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run)
             try:
                 await self._test_host._until(finished.is_set, within_s, f"{self.address}'s handler")
-            except BaseException:
+            except AssertionError as exc:
+                stuck.append(exc)
                 nursery.cancel_scope.cancel()
-                raise
+        if stuck:
+            raise stuck[0]
         if error:
             raise error[0]
         return result
