@@ -79,7 +79,7 @@ def unencodable(value: Any, what: str = "value") -> str | None:
         if isinstance(item, dict):
             children = []
             for key, v in item.items():
-                if key is not None and not isinstance(key, str | int | float | bool | bytes):
+                if key is not None and not isinstance(key, str | int | float | bytes | tuple):
                     return f"{path} has a key {key!r} of type {type(key).__name__}; use str keys"
                 children.append((v, f"{path}[{key!r}]", depth + 1))
             stack.extend(reversed(children))

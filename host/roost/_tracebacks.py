@@ -39,7 +39,7 @@ def with_source_paths(traceback_text: str, source_dir: Path) -> str:
         out.append(f'{indent}File "{path}", line {match.group("line")}{match.group("rest")}')
         number = int(match.group("line"))
         following = lines[index + 1] if index + 1 < len(lines) else ""
-        has_source = following.startswith(indent + "    ") and not _FRAME_RE.match(following)
+        has_source = following.startswith(indent + "  ") and not _FRAME_RE.match(following)
         if not has_source and 0 < number <= len(text) and text[number - 1].strip():
-            out.append(f"{indent}    {text[number - 1].strip()}")
+            out.append(f"{indent}  {text[number - 1].strip()}")
     return "\n".join(out) + ("\n" if traceback_text.endswith("\n") else "")

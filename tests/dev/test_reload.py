@@ -10,10 +10,10 @@ import pytest
 import trio
 
 from roost import GuestTrap
-from roost.dev.chat import Console
+from roost.dev.chat import Console, _show_pushes, send
 from roost.dev.session import Reloader
 from roost.dev.watch import changes
-from roost.testing import HostUnderTest
+from roost.testing import FakeLlm, HostUnderTest
 
 
 @pytest.fixture
@@ -116,3 +116,24 @@ def test_the_console_shows_tokens_then_the_reply_and_pushes() -> None:
         'agent~ Hello there\nagent> "Hello there"\npush> {"reminder": "stretch"}\n'
     )
     assert err.getvalue() == "log> info assistant/local: thinking\n"
+
+
+async def test_the_chat_shows_streamed_tokens_replies_and_pushes(
+    roost_host: HostUnderTest, fake_llm: FakeLlm
+) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    console = Console(out=out, err=err)
+    address = roost_host.agent("local").address
+    fake_llm.reply("Good morning")
+    await send(roost_host.host, address, {"do": "ask", "text": "hi"}, console)
+    await send(roost_host.host, address, {"do": "remind", "text": "stretch", "after": 5}, console)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_show_pushes, roost_host.host, address, console)
+        await roost_host.advance(5)
+        nursery.cancel_scope.cancel()
+    assert out.getvalue().splitlines() == [
+        "agent~ Good morning",
+        'agent> "Good morning"',
+        'agent> "set"',
+        'push> "Reminder: stretch"',
+    ]
