@@ -455,7 +455,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            serving = await nursery.start(partial(serve, host_config, settings, deploy=args.deploy))
+            serving = await nursery.start(
+                partial(serve, host_config, settings, deploy=args.deploy, show_progress=True)
+            )
             _settle_collector()
             urls = serving.urls
             for url in urls:
