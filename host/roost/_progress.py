@@ -23,9 +23,11 @@ TICK_S = 1.0
 
 @contextmanager
 def progress(
-    label: str, *, stream: TextIO | None = None, grace_s: float = GRACE_S
+    label: str, *, stream: TextIO | None = None, grace_s: float = GRACE_S, lead: str = ""
 ) -> Iterator[None]:
-    """Show ``label`` (``"building agent.py with componentize-py"``) while the block runs."""
+    """Show ``label`` (``"building agent.py with componentize-py"``) while the block runs;
+    ``lead`` is written once before anything else is (a newline, to start a line of its
+    own)."""
     out = stream if stream is not None else sys.stderr
     done = threading.Event()
     started = time.monotonic()
@@ -36,7 +38,7 @@ def progress(
         if done.wait(grace_s):
             return
         shown.set()
-        _write(out, f"{label} ..." if not terminal else f"\r{label} ... {grace_s:.0f}s")
+        _write(out, lead + (f"{label} ..." if not terminal else f"\r{label} ... {grace_s:.0f}s"))
         while not done.wait(TICK_S):
             elapsed = time.monotonic() - started
             _write(out, f"\r{label} ... {elapsed:.0f}s" if terminal else ".")

@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -16,6 +16,7 @@ import trio
 import trio.lowlevel
 from trio.testing import MockClock, wait_all_tasks_blocked
 
+from .._progress import progress
 from ..address import AgentAddress
 from ..build import ensure_component
 from ..build.dev import dev_build
@@ -27,6 +28,8 @@ from ..payload import unpack
 from ._fake_llm import FAKE_LLM_URL, FakeLlm
 
 BuildMode = Literal["dev", "release"]
+Progress = Callable[[str], AbstractContextManager[None]]
+"""Shows that a slow step (a build, native compilation) is under way."""
 REAL_TIMEOUT_S = 60.0
 """How long (real time) the host may stay busy before a test step gives up on it."""
 SEND_TIMEOUT_S = 24 * 3600.0
@@ -72,6 +75,7 @@ class HostUnderTest:
         llm: FakeLlm,
         nursery: trio.Nursery,
         build: BuildMode,
+        show_progress: Progress = progress,
     ) -> None:
         self.host = host
         self.clock = clock
@@ -82,6 +86,7 @@ class HostUnderTest:
         self.logs: list[GuestLog] = []
         """Every log line of every agent, oldest first."""
         self._nursery = nursery
+        self._progress = show_progress
         self._agents: dict[AgentAddress, AgentUnderTest] = {}
 
     # -- kinds and agents ------------------------------------------------------------------
@@ -93,15 +98,20 @@ class HostUnderTest:
             manifest = await trio.to_thread.run_sync(load_manifest, manifest)
         cache_dir = self.host.config.cache_dir
         source = manifest.source
+        name = source.name if source is not None else manifest.name
         if self.build == "dev" and source is not None and source.suffix == ".py":
-            deployable = (
-                await trio.to_thread.run_sync(partial(dev_build, manifest, cache_dir=cache_dir))
-            ).manifest
+            with self._progress(f"roost: building the dev runtime for {name} (once; cached)"):
+                built = await trio.to_thread.run_sync(
+                    partial(dev_build, manifest, cache_dir=cache_dir)
+                )
+            deployable = built.manifest
         else:
-            deployable = await trio.to_thread.run_sync(
-                partial(ensure_component, manifest, cache_dir=cache_dir)
-            )
-        info = await self.host.deploy(deployable)
+            with self._progress(f"roost: building {name} (cached by content)"):
+                deployable = await trio.to_thread.run_sync(
+                    partial(ensure_component, manifest, cache_dir=cache_dir)
+                )
+        with self._progress(f"roost: compiling {manifest.name} to native code (once; cached)"):
+            info = await self.host.deploy(deployable)
         if self.kind is None:
             self.kind = info.name
         return info
@@ -317,12 +327,14 @@ async def open_test_host(
     data_dir: Path,
     cache_dir: Path,
     build: BuildMode = "dev",
+    show_progress: Progress = progress,
     **settings: Any,
 ) -> AsyncIterator[HostUnderTest]:
     """A :class:`HostUnderTest` with ``manifest``'s kind deployed (if given). Must run under
     trio's ``MockClock`` (the pytest plugin arranges it for tests that use its fixtures;
     elsewhere ``trio.run(main, clock=MockClock())``). ``settings`` are more
-    :class:`~roost.HostConfig` fields."""
+    :class:`~roost.HostConfig` fields; ``show_progress`` shows a build or a compilation
+    that takes more than a second (on stderr by default)."""
     clock = trio.lowlevel.current_clock()
     if not isinstance(clock, MockClock):
         raise RuntimeError(
@@ -342,7 +354,7 @@ async def open_test_host(
     guest_logger.setLevel(logging.DEBUG)
     try:
         async with open_host(config, http_transport=llm) as host, trio.open_nursery() as nursery:
-            tested = HostUnderTest(host, clock, llm, nursery, build)
+            tested = HostUnderTest(host, clock, llm, nursery, build, show_progress)
             tested.logs = logs
             if manifest is not None:
                 await tested.deploy(manifest)

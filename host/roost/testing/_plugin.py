@@ -23,7 +23,9 @@ heavy until a test asks for a fixture.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -116,16 +118,38 @@ def roost_build(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def roost_host(
-    roost_manifest: Path, roost_cache_dir: Path, roost_build: str, tmp_path: Path
+    roost_manifest: Path,
+    roost_cache_dir: Path,
+    roost_build: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[HostUnderTest]:
     """A real host with the kind of ``roost_manifest`` deployed."""
     from ._harness import open_test_host
 
     mode: Literal["dev", "release"] = "release" if roost_build == "release" else "dev"
     async with open_test_host(
-        roost_manifest, data_dir=tmp_path / "roost-data", cache_dir=roost_cache_dir, build=mode
+        roost_manifest,
+        data_dir=tmp_path / "roost-data",
+        cache_dir=roost_cache_dir,
+        build=mode,
+        show_progress=partial(_shown_progress, request.config),
     ) as host:
         yield host
+
+
+@contextmanager
+def _shown_progress(config: pytest.Config, label: str) -> Iterator[None]:
+    """Progress of a build or compilation the test waits for, shown through pytest's output
+    capture: a first test that builds is not silent for half a minute."""
+    from .._progress import progress
+
+    capture = config.pluginmanager.getplugin("capturemanager")
+    with (
+        capture.global_and_fixture_disabled() if capture else nullcontext(),
+        progress(label, lead="\n"),
+    ):
+        yield
 
 
 @pytest.fixture
