@@ -4,6 +4,7 @@ runs the command)."""
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from roost.dev.chat import Console, _show_pushes, send
 from roost.dev.session import Reloader
 from roost.dev.watch import changes
 from roost.testing import FakeLlm, HostUnderTest
+
+from ..conftest import C_ECHO_DIR as ECHO_C
 
 
 @pytest.fixture
@@ -137,3 +140,16 @@ async def test_the_chat_shows_streamed_tokens_replies_and_pushes(
         'agent> "set"',
         'push> "Reminder: stretch"',
     ]
+
+
+async def test_a_native_agent_is_rebuilt_on_save(roost_host: HostUnderTest, tmp_path: Path) -> None:
+    agent_dir = Path(shutil.copytree(ECHO_C, tmp_path / "echo_c"))
+    reloader, _ = _reloader(roost_host, agent_dir / "agent.toml")
+    await reloader.reload(None)
+    agent = roost_host.agent("a", kind="echo-c")
+    assert await agent.send("hi") == [{"echo": "hi", "count": 1}]
+    source = agent_dir / "agent.c"
+    source.write_text(source.read_text().replace('(&reply, "count")', '(&reply, "n")'))
+    await reloader.reload({source})
+    assert reloader.version == 2
+    assert await agent.send("hi") == [{"echo": "hi", "n": 2}]

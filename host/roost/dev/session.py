@@ -41,7 +41,7 @@ from ..host import Host
 from ..manifest import Manifest, load_manifest
 from .chat import Console, GuestLogHandler, chat
 from .sim_llm import SimLLMConfig, serve_sim_llm
-from .watch import changes
+from .watch import Snapshot, changes, snapshot
 
 SIM_LATENCY_MS = 150.0
 SIM_TOKENS_PER_S = 40.0
@@ -93,10 +93,13 @@ async def run_dev(options: DevOptions, console: Console) -> None:
 
             serving: Serving = await nursery.start(server)
             reloader = Reloader(options.manifest, serving.host, console, config)
+            # Look at the files before the first build, so a save during it is not missed.
+            directory = (manifest.source or options.manifest).parent
+            before = await trio.to_thread.run_sync(snapshot, directory, [options.manifest])
             await reloader.reload(None)
             shown_llm = llm_url if "llm" in manifest.capabilities else None
             _banner(console, manifest, serving, options, shown_llm)
-            nursery.start_soon(reloader.watch)
+            nursery.start_soon(reloader.watch, directory, before)
             if options.chat:
                 await chat(serving.host, AgentAddress(manifest.name, options.agent_id), console)
                 serving.shut_down()
@@ -113,25 +116,27 @@ class Reloader:
         self.console = console
         self.cache_dir = config.cache_dir
         self.deployed: Manifest | None = None
+        self._deployed_key: object = None
+        """What the deployed version was built from: a new one is deployed only if this
+        changed (the manifest, and the sources or the native build's digest)."""
         self.version = 0
         self.reloads = 0
 
-    async def watch(self) -> None:
-        manifest = await trio.to_thread.run_sync(load_manifest, self.manifest_path)
-        directory = (manifest.source or self.manifest_path).parent
-        async for changed in changes(directory, [self.manifest_path]):
+    async def watch(self, directory: Path, since: Snapshot | None = None) -> None:
+        """Reload after every save in ``directory`` (or of the manifest) since ``since``."""
+        async for changed in changes(directory, [self.manifest_path], since=since):
             await self.reload(changed)
 
     async def reload(self, changed: set[Path] | None) -> None:
         started = time.perf_counter()
         try:
             manifest = await trio.to_thread.run_sync(load_manifest, self.manifest_path)
-            deployable = await self._build(manifest)
+            deployable, key = await self._build(manifest)
         except RoostError as exc:
             still = "; the last version that built keeps serving" if self.deployed else ""
             self.console.info(f"roost dev: {exc}{still}")
             return
-        if deployable == self.deployed:
+        if self.deployed is not None and key == self._deployed_key:
             return  # a file the agent does not use (a test, notes) changed
         try:
             label = f"compiling {manifest.name} to native code (once per build; cached)"
@@ -141,6 +146,7 @@ class Reloader:
             self.console.info(f"roost dev: {exc}")
             return
         self.deployed = deployable
+        self._deployed_key = key
         self.version += 1
         if changed is not None:
             self.reloads += 1
@@ -150,7 +156,8 @@ class Reloader:
                 f"in {time.perf_counter() - started:.2f}s"
             )
 
-    async def _build(self, manifest: Manifest) -> Manifest:
+    async def _build(self, manifest: Manifest) -> tuple[Manifest, object]:
+        """The manifest to deploy, and what it was built from."""
         source = manifest.source
         if source is None:
             raise ManifestError(
@@ -167,8 +174,9 @@ class Reloader:
                 capabilities=tuple(manifest.capabilities),
             )
             with progress(f"building {source.name} (cached by content)"):
-                await trio.to_thread.run_sync(build)
-            return manifest.with_component(component)
+                result = await trio.to_thread.run_sync(build)
+            deployable = manifest.with_component(component)
+            return deployable, (deployable, result.digest)
         sources = await trio.to_thread.run_sync(agent_sources, source.resolve())
         runtime = dev_runtime_path(manifest, sources, cache_dir=self.cache_dir)
         label = (
@@ -179,7 +187,7 @@ class Reloader:
             built = await trio.to_thread.run_sync(
                 partial(dev_build, manifest, cache_dir=self.cache_dir)
             )
-        return built.manifest
+        return built.manifest, built.manifest
 
 
 def _banner(

@@ -52,11 +52,18 @@ def _files(directory: Path) -> Iterable[Path]:
 
 
 async def changes(
-    directory: Path, extra: Iterable[Path] = (), *, poll_s: float = POLL_S
+    directory: Path,
+    extra: Iterable[Path] = (),
+    *,
+    poll_s: float = POLL_S,
+    since: Snapshot | None = None,
 ) -> AsyncIterator[set[Path]]:
-    """Yield the set of files that changed (added, edited or removed), once per save."""
+    """Yield the set of files that changed (added, edited or removed), once per save, since
+    ``since`` (a :func:`snapshot`; default: now)."""
     extra = tuple(extra)
-    before = await trio.to_thread.run_sync(snapshot, directory, extra)
+    before = (
+        since if since is not None else await trio.to_thread.run_sync(snapshot, directory, extra)
+    )
     while True:
         await trio.sleep(poll_s)
         now = await trio.to_thread.run_sync(snapshot, directory, extra)
