@@ -86,7 +86,8 @@ async def deploy_all(
     that take more than a second say so on stderr."""
     for saved in saved_kinds(host.config.data_dir):
         try:
-            await host.deploy(saved.manifest, component=saved.component)
+            with _maybe(show_progress, f"compiling {saved.name} to native code (cached)"):
+                await host.deploy(saved.manifest, component=saved.component)
         except RoostError as exc:
             logger.error(
                 "saved kind %r could not be deployed and is not served (%s, %s): %s",
