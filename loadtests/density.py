@@ -516,6 +516,7 @@ def _report(
             "load_core": LOAD_CORE,
         },
         "measured_on": time.strftime("%Y-%m-%d"),
+        "smoke": settings.steps == SMOKE.steps and settings.step_s == SMOKE.step_s,
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -26,12 +27,25 @@ ECHO_DIR = ROOT / "examples" / "echo"
 C_ECHO_DIR = ROOT / "examples" / "echo_c"
 PROBE_DIR = ROOT / "tests" / "agents" / "probe"
 NATIVE_PROBE_DIR = ROOT / "tests" / "agents" / "native_probe"
+DEVPROBE_DIR = ROOT / "tests" / "agents" / "devprobe"
 
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Build outputs and compiled components, shared by the whole session."""
     return tmp_path_factory.mktemp("roost-cache")
+
+
+@pytest.fixture(scope="session")
+def roost_cache_dir(cache_dir: Path) -> Path:
+    """roost.testing's fixtures build into the session's cache too."""
+    return cache_dir
+
+
+@pytest.fixture
+def devprobe_dir(tmp_path: Path) -> Path:
+    """A copy of tests/agents/devprobe that a test may edit."""
+    return Path(shutil.copytree(DEVPROBE_DIR, tmp_path / "devprobe"))
 
 
 def built(manifest_path: Path, out_dir: Path, cache_dir: Path) -> Manifest:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jwt
 import pytest
 
 import roost
@@ -178,3 +179,78 @@ def test_bench_wake_prints_every_number(capsys: pytest.CaptureFixture[str]) -> N
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["version"]) == 0
     assert capsys.readouterr().out.startswith("roost ")
+
+
+def test_run_without_a_manifest_says_where_it_looked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", "--message", "hi"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"no manifest: looked for {tmp_path / 'agent.toml'}" in err
+    assert "pass --manifest PATH, or run in the agent's directory" in err
+
+
+def test_a_manifest_directory_means_its_agent_toml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "run",
+            "--manifest",
+            str(ECHO_MANIFEST.parent),
+            "--message",
+            "hi",
+            "--data-dir",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    assert json.loads(capsys.readouterr().out) == {"replies": [{"echo": "hi", "count": 1}]}
+
+
+def test_token_refuses_a_data_dir_without_the_server_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ROOST_SECRET", raising=False)
+    code = main(["token", "echo", "alice", "--data-dir", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.out == ""
+    assert f"no server secret at {tmp_path / 'secret'}" in captured.err
+    assert not (tmp_path / "secret").exists()  # nothing made up
+
+    (tmp_path / "secret").write_text("the-server-secret-of-thirty-two-bytes\n")
+    assert main(["token", "echo", "alice", "--data-dir", str(tmp_path)]) == 0
+    token = capsys.readouterr().out.strip()
+    claims = jwt.decode(
+        token, "the-server-secret-of-thirty-two-bytes", algorithms=["HS256"], issuer="roost"
+    )
+    assert claims["sub"] == "echo/alice"
+
+
+def test_new_writes_an_agent_and_says_what_next(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["new", "hello", "--dir", str(tmp_path / "hello")]) == 0
+    out = capsys.readouterr().out
+    assert "agent.py, agent.toml, test_agent.py, README.md, .gitignore" in out
+    assert "roost dev" in out
+    assert (tmp_path / "hello" / "agent.toml").is_file()
+    assert main(["new", "hello", "--dir", str(tmp_path / "hello")]) == 1
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_a_test_file_beside_an_agent_does_not_rebuild_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    agent = tmp_path / "echo"
+    agent.mkdir()
+    (agent / "agent.py").write_bytes(ECHO_MANIFEST.with_name("agent.py").read_bytes())
+    (agent / "agent.toml").write_bytes(ECHO_MANIFEST.read_bytes())
+    (agent / "test_agent.py").write_text("def test_nothing():\n    pass\n")
+    code = main(["build", str(agent / "agent.py"), "-o", str(tmp_path / "echo.wasm")])
+    assert code == 0
+    # The echo example was built already; a test file beside a copy of it changes nothing.
+    assert capsys.readouterr().out == f"built {tmp_path / 'echo.wasm'} (cached)\n"

@@ -29,15 +29,69 @@ def _imports(name: str) -> Any:
     return module
 
 
-def pack(value: Any) -> bytes:
-    """msgpack-encode ``value`` the way the host decodes it."""
+def pack(value: Any, what: str = "value") -> bytes:
+    """msgpack-encode ``value`` the way the host decodes it. ``what`` names the value in the
+    error raised when it cannot be encoded (``state['tags'] is a set; use a list``)."""
     try:
         return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(
-            f"cannot encode {type(value).__name__} as msgpack ({exc}); "
-            "use None, bool, int, float, str, bytes, list and dict"
-        ) from None
+        problem = unencodable(value, what) or (
+            f"{what} cannot be encoded as msgpack ({exc}); use None, bool, int, float, str, "
+            "bytes, list and dict"
+        )
+        raise TypeError(problem) from None
+
+
+_MAX_DEPTH = 512
+"""msgpack's nesting limit."""
+_INT_RANGE = (-(2**63), 2**64 - 1)
+_ADVICE = {
+    "set": "use a list",
+    "frozenset": "use a list",
+    "datetime": "use a unix time (float) or an ISO 8601 string",
+    "date": "use an ISO 8601 string",
+    "time": "use an ISO 8601 string",
+    "timedelta": "use seconds (float)",
+    "Decimal": "use a str or a float",
+    "UUID": "use str(value)",
+    "complex": "use a [real, imaginary] list",
+    "memoryview": "use bytes(value)",
+}
+
+
+def unencodable(value: Any, what: str = "value") -> str | None:
+    """Where in ``value`` msgpack fails and why, as ``what['key'][0] is a set; use a list``;
+    None when every part of it can be encoded."""
+    stack: list[tuple[Any, str, int]] = [(value, what, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            return f"{path} is nested more than {_MAX_DEPTH} levels deep"
+        if item is None or isinstance(item, bool | float | str | bytes | bytearray):
+            continue
+        if isinstance(item, int):
+            if not _INT_RANGE[0] <= item <= _INT_RANGE[1]:
+                return f"{path} is an int too large for msgpack (64 bits); use a str"
+            continue
+        if isinstance(item, list | tuple):
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in reversed(list(enumerate(item))))
+            continue
+        if isinstance(item, dict):
+            children = []
+            for key, v in item.items():
+                if key is not None and not isinstance(key, str | int | float | bytes | tuple):
+                    return f"{path} has a key {key!r} of type {type(key).__name__}; use str keys"
+                children.append((v, f"{path}[{key!r}]", depth + 1))
+            stack.extend(reversed(children))
+            continue
+        name = type(item).__name__
+        advice = _ADVICE.get(name, "convert it to one of those types")
+        return f"{path} is {_article(name)} {name}; {advice}"
+    return None
+
+
+def _article(name: str) -> str:
+    return "an" if name[:1].lower() in "aeiou" else "a"
 
 
 def unpack(data: bytes) -> Any:
@@ -242,8 +296,9 @@ class Http:
 def _start(
     capability: str, call: str, request: dict[str, Any], then: str | None
 ) -> PendingOp[Any] | None:
+    payload = pack(request, f"{capability}.{call} request")
     try:
-        op_id = getattr(_imports(capability), call)(pack(request))
+        op_id = getattr(_imports(capability), call)(payload)
     except CapabilityError:
         raise
     except Exception as exc:
@@ -313,7 +368,8 @@ class Context:
         ("once", "all" or "skip") says what happens to occurrences missed while the host
         was down. Returns the timer's id (reuse ``timer_id`` to replace a timer)."""
         timers = _imports("timers")
-        spec = timers.TimerSpec(timer_id, after, at, every, catch_up, pack(payload))
+        packed = pack(payload, "timer payload")
+        spec = timers.TimerSpec(timer_id, after, at, every, catch_up, packed)
         try:
             return timers.schedule(spec)  # type: ignore[no-any-return]
         except Exception as exc:
@@ -325,8 +381,9 @@ class Context:
 
     def send(self, kind: str, agent_id: str, message: Any) -> None:
         """Send ``message`` to another agent once this turn commits (never if it fails)."""
+        packed = pack(message, "message")
         try:
-            _imports("agents").send(kind, agent_id, pack(message))
+            _imports("agents").send(kind, agent_id, packed)
         except Exception as exc:
             raise CapabilityError(_err_text(exc)) from None
 

@@ -4,11 +4,21 @@ Only imported inside a component built by ``roost build``, where ``wit_world`` e
 Handlers are coroutines. Each ``on-event`` starts one and runs it until it finishes or
 awaits an async op; the op's ``on-complete`` resumes it. The coroutine lives in guest memory
 between calls, which is what lets ``await ctx.sleep(...)`` span several turns.
+
+A component built for one agent (:func:`make_world`) has the agent's module baked in. The
+dev runtime (:func:`make_dev_world`, used by ``roost dev`` and ``roost.testing``) is built
+once and gets the agent's sources with ``init`` instead (:mod:`roost_sdk._dev`).
+
+Guest tracebacks are tidied before they reach the host: the SDK's own driver frames are
+dropped, and the agent's files are named relative to its directory (``agent.py``) instead
+of by the path the component mounts them at (``/1/agent.py``); the host names them by their
+real path when it knows where the agent's source is.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import traceback
 import types as _pytypes
 from collections.abc import Coroutine
@@ -19,6 +29,7 @@ import wit_world
 from componentize_py_types import Err
 from wit_world.imports import types as wit
 
+from . import _dev
 from ._agent import Agent
 from ._context import Context, OpError, PendingOp, pack, unpack
 
@@ -30,8 +41,13 @@ class _Handler:
 
 
 class _Runtime:
-    def __init__(self, agent_class: type[Agent]) -> None:
+    def __init__(self, agent_class: type[Agent] | None, agent_root: str | None) -> None:
         self.agent_class = agent_class
+        """None in the dev runtime until ``init`` loads the agent's sources."""
+        self.agent_root = agent_root
+        """Where the component mounts the agent's directory (``/1``), to name its files
+        relative to it in tracebacks; None when they carry their real paths (dev)."""
+        self.dev: _dev.DevAgent | None = None
         self.agent: Agent | None = None
         self.ctx: Context | None = None
         self.committed_state = b""
@@ -45,6 +61,12 @@ class _Runtime:
     def init(self, config: bytes, state: bytes | None) -> None:
         try:
             cfg = unpack(config) if config else {}
+            agent_config = cfg.get("config", {})
+            spec = agent_config.pop(_dev.DEV_KEY, None) if isinstance(agent_config, dict) else None
+            if self.agent_class is None:
+                self.dev = _dev.load(spec)
+                self.agent_class = self.dev.agent_class
+            self._turn_starts()
             restored = unpack(state) if state else {}
             if not isinstance(restored, dict):
                 raise TypeError(f"committed state is a {type(restored).__name__}, not a map")
@@ -52,16 +74,17 @@ class _Runtime:
             self.ctx = Context(
                 kind=cfg.get("kind", ""),
                 agent_id=cfg.get("id", ""),
-                config=cfg.get("config", {}),
+                config=agent_config,
                 state=restored,
             )
             self.agent = self.agent_class()
             self._run_to_end(self.agent.on_start(self.ctx))
-        except BaseException:
-            raise Err(traceback.format_exc()) from None
+        except BaseException as exc:
+            raise Err(self._traceback(exc)) from None
 
     def on_event(self, event: wit.Event) -> wit.TurnOutput:
         try:
+            self._turn_starts()
             agent, ctx = self._ready()
             payload = unpack(event.payload)
             if event.kind == "message":
@@ -76,11 +99,12 @@ class _Runtime:
                 raise ValueError(f"unknown event kind {event.kind!r}")
             self._step(_Handler(event.id, _as_coroutine(coro)), None, None)
             return self._output()
-        except BaseException:
-            raise Err(traceback.format_exc()) from None
+        except BaseException as exc:
+            raise Err(self._traceback(exc)) from None
 
     def on_complete(self, op: int, outcome: Any) -> wit.TurnOutput:
         try:
+            self._turn_starts()
             handler = self.waiting.pop(op, None)
             if handler is None:
                 # Started but not awaited yet (a handler awaits several ops in turn):
@@ -89,8 +113,15 @@ class _Runtime:
                 return self._output()
             self._resume(handler, outcome)
             return self._output()
-        except BaseException:
-            raise Err(traceback.format_exc()) from None
+        except BaseException as exc:
+            raise Err(self._traceback(exc)) from None
+
+    def _turn_starts(self) -> None:
+        if self.dev is not None:
+            self.dev.turn_starts()
+
+    def _traceback(self, exc: BaseException) -> str:
+        return format_guest_traceback(exc, self.agent_root)
 
     # -- driving handlers --------------------------------------------------------------
     def _resume(self, handler: _Handler, outcome: Any) -> None:
@@ -107,7 +138,7 @@ class _Runtime:
     def _step(self, handler: _Handler, value: Any, exc: BaseException | None) -> None:
         _, ctx = self._ready()
         ctx._reply_sink = lambda message: self.replies.append(
-            wit.Reply(handler.event_id, pack(message))
+            wit.Reply(handler.event_id, pack(message, "reply"))
         )
         try:
             yielded = handler.coro.throw(exc) if exc is not None else handler.coro.send(value)
@@ -137,7 +168,12 @@ class _Runtime:
 
     def _output(self) -> wit.TurnOutput:
         _, ctx = self._ready()
-        packed = pack(ctx.state)
+        try:
+            packed = pack(ctx.state, "state")
+        except TypeError as exc:
+            raise TypeError(
+                f"{exc} (ctx.state is saved as msgpack at the end of every turn)"
+            ) from None
         state = None
         if packed != self.committed_state:
             state = packed
@@ -189,8 +225,16 @@ def _find_agent_class(module: _pytypes.ModuleType) -> type[Agent]:
 
 def make_world(module: _pytypes.ModuleType) -> type:
     """Build the ``WitWorld`` export class for the agent defined in ``module``."""
-    runtime = _Runtime(_find_agent_class(module))
+    root = os.path.dirname(module.__file__) if module.__file__ else None
+    return _world(_Runtime(_find_agent_class(module), root))
 
+
+def make_dev_world() -> type:
+    """Build the ``WitWorld`` export class of the dev runtime: the agent comes with ``init``."""
+    return _world(_Runtime(None, None))
+
+
+def _world(runtime: _Runtime) -> type:
     class WitWorld(wit_world.WitWorld):  # type: ignore[misc]
         def init(self, config: bytes, state: bytes | None) -> None:
             runtime.init(config, state)
@@ -202,6 +246,61 @@ def make_world(module: _pytypes.ModuleType) -> type:
             return runtime.on_complete(op, outcome)
 
     return WitWorld
+
+
+_DRIVER_FILES = ("_roost_entry.py", "roost_sdk/_exports.py", "roost_sdk/_dev.py")
+"""Frames of the code that calls the agent, not of the agent: left out of tracebacks, with
+those of the import machinery that loads it."""
+
+
+def format_guest_traceback(exc: BaseException, agent_root: str | None) -> str:
+    """``exc``'s traceback as the host shows it: the driver's frames left out, the agent's
+    files named relative to its directory (see the module docstring)."""
+    try:
+        tidy = traceback.TracebackException.from_exception(exc)
+        _tidy(tidy, agent_root, set())
+        return "".join(tidy.format())
+    except Exception:  # never hide the error behind a formatting problem
+        return "".join(traceback.format_exception(exc))
+
+
+def _tidy(te: traceback.TracebackException, agent_root: str | None, seen: set[int]) -> None:
+    if id(te) in seen:
+        return
+    seen.add(id(te))
+    frames = [f for f in te.stack if not _is_driver(f.filename)]
+    if any(not _in_sdk(f.filename) for f in frames):
+        # The SDK's frames under the agent's last one say how the SDK noticed the
+        # problem, not where it is.
+        while frames and _in_sdk(frames[-1].filename):
+            frames.pop()
+    for frame in frames:
+        frame.filename = _display_path(frame.filename, agent_root)
+    te.stack = traceback.StackSummary.from_list(frames)
+    for chained in (te.__cause__, te.__context__, *(getattr(te, "exceptions", None) or ())):
+        if chained is not None:
+            _tidy(chained, agent_root, seen)
+
+
+def _is_driver(filename: str) -> bool:
+    return filename.endswith(_DRIVER_FILES) or _is_import_machinery(filename)
+
+
+def _is_import_machinery(filename: str) -> bool:
+    return filename.startswith("<frozen importlib") or filename.endswith("importlib/__init__.py")
+
+
+def _in_sdk(filename: str) -> bool:
+    return "roost_sdk/" in filename
+
+
+def _display_path(filename: str, agent_root: str | None) -> str:
+    if agent_root and filename.startswith(agent_root.rstrip("/") + "/"):
+        return filename[len(agent_root.rstrip("/")) + 1 :]
+    sdk = filename.rfind("/roost_sdk/")
+    if sdk >= 0 and filename.startswith("/0/"):
+        return filename[sdk + 1 :]
+    return filename
 
 
 def warm_up() -> None:

@@ -2,11 +2,15 @@
 
 ::
 
+    roost new NAME [--template echo|chat|tools] [--lang python|c|zig] [--dir D]
+    roost dev [MANIFEST] [--port P] [--agent-id ID] [--data-dir D] [--chat | --no-chat]
     roost build AGENT.py -o OUT.wasm [--manifest M] [--capabilities a,b]
     roost run [COMPONENT] --manifest agent.toml [--message TEXT] [--agent-id ID] [--data-dir D]
+    roost serve [--deploy MANIFEST ...] [--dev] [--port P] [--data-dir D]
+    roost token KIND ID [--ttl S] [--data-dir D]
     roost bench footprint|wake --agents N [--manifest M] [--json]
     roost bench telemetry [--turns N] [--rounds N] [--json]
-    roost capacity [--json] [--plot FILE.png] [--density report.json] [inputs...]
+    roost capacity [--json] [--plot FILE.png] [--density report.json [--force]] [inputs...]
     roost version
 
 Results go to stdout; progress, logs and errors go to stderr. Every command returns 0 on
@@ -24,35 +28,28 @@ import logging
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
-from pydantic import ValidationError
 
+from ._progress import progress
 from .address import AgentAddress
 from .build import build_agent, ensure_component
-from .capacity import (
-    CapacityInputs,
-    apply_density,
-    model_capacity,
-    parse_bytes,
-    parse_count,
-    parse_density_report,
-    parse_range,
-    parse_share,
-)
-from .capacity._table import format_report
+from .build.native import NATIVE_SUFFIXES
+from .capacity.cli import add_capacity_command, positive_int
 from .config import HostConfig, load_config, load_log_settings, load_server_config
-from .errors import BuildError, ConfigError, GuestError, RoostError
+from .dev.chat import Console, chat, parse_message
+from .errors import BuildError, ConfigError, GuestError, ManifestError, RoostError
 from .host import Host, open_host
 from .manifest import Manifest, load_manifest
 from .payload import to_json
+from .scaffold import LANGUAGES, TEMPLATES, new_agent
 
 DEFAULT_AGENT_ID = "local"
-_QUIT_COMMANDS = frozenset({"/quit", "/exit"})
 _EXIT_FAILURE = 1
 _EXIT_INTERRUPTED = 130
 
@@ -96,6 +93,69 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version_line())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    new = commands.add_parser(
+        "new",
+        parents=[common],
+        help="write a new agent: source, manifest, test and README",
+        description="Write a working agent into NAME/ (or --dir): its source, its manifest "
+        "(agent.toml), a test that runs it in a real host (test_agent.py) and a short "
+        "README. It builds and passes its test as written; `roost dev` in that directory "
+        "serves it and reloads it on every save.",
+    )
+    new.add_argument("name", metavar="NAME", help="the kind's name (letters, digits, - and _)")
+    new.add_argument(
+        "--template",
+        choices=TEMPLATES,
+        default="echo",
+        help="echo (state), chat (the llm, with memory) or tools (the llm with a "
+        "plain-Python helper); default echo",
+    )
+    new.add_argument(
+        "--lang",
+        choices=LANGUAGES,
+        default="python",
+        help="default python (C: echo, chat; Zig: echo)",
+    )
+    new.add_argument("--dir", type=Path, metavar="D", help="where to write it (default: NAME/)")
+    new.set_defaults(handler=_cmd_new)
+
+    dev = commands.add_parser(
+        "dev",
+        parents=[common],
+        help="serve an agent locally and reload it on every save",
+        description="Serve the kind over HTTP (auth off, loopback) with a chat in the terminal "
+        "that shows replies, streamed tokens, pushes and the agent's logs. Every save "
+        "rebuilds and redeploys it in place; its agents keep their state. Python agents run "
+        "on the dev runtime, so a reload takes well under a second. Agents using the llm "
+        "capability get a SIMULATED model unless ROOST_LLM_BASE_URL is set.",
+    )
+    dev.add_argument(
+        "manifest",
+        nargs="?",
+        type=Path,
+        default=Path("agent.toml"),
+        metavar="MANIFEST",
+        help="the kind's manifest, or its directory (default: agent.toml here)",
+    )
+    dev.add_argument("--port", type=int, default=8470, metavar="P", help="default 8470; 0 = any")
+    dev.add_argument(
+        "--agent-id",
+        default=DEFAULT_AGENT_ID,
+        metavar="ID",
+        help=f"the agent the chat talks to (default: {DEFAULT_AGENT_ID})",
+    )
+    dev.add_argument(
+        "--data-dir", type=Path, metavar="D", help="state directory (default: .roost beside it)"
+    )
+    dev.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="chat in the terminal (default: when stdin is a terminal); without it, serve "
+        "until Ctrl-C",
+    )
+    dev.set_defaults(handler=_cmd_dev)
 
     build = commands.add_parser(
         "build",
@@ -174,7 +234,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("benchmark", choices=("footprint", "wake", "density", "telemetry"))
     bench.add_argument(
-        "--agents", type=_positive_int, metavar="N", help="agents to create (footprint, wake)"
+        "--agents", type=positive_int, metavar="N", help="agents to create (footprint, wake)"
     )
     bench.add_argument(
         "--steps",
@@ -193,12 +253,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--turns",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="telemetry: timed turns per mode per round (default 500)",
     )
     bench.add_argument(
-        "--rounds", type=_positive_int, metavar="N", help="telemetry: rounds (default 5)"
+        "--rounds", type=positive_int, metavar="N", help="telemetry: rounds (default 5)"
     )
     bench.add_argument(
         "--manifest",
@@ -243,11 +303,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     token.add_argument("kind")
     token.add_argument("agent_id", metavar="ID")
-    token.add_argument("--ttl", type=_positive_int, metavar="S", help="lifetime in seconds")
+    token.add_argument("--ttl", type=positive_int, metavar="S", help="lifetime in seconds")
     token.add_argument("--data-dir", type=Path, metavar="D", help="state directory")
     token.set_defaults(handler=_cmd_token)
 
-    _add_capacity_parser(commands, common)
+    add_capacity_command(commands, common)
 
     version = commands.add_parser(
         "version", parents=[common], help="print the versions of roost and its runtime"
@@ -258,113 +318,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _capability_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _add_capacity_parser(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-) -> None:
-    capacity = commands.add_parser(
-        "capacity",
-        parents=[common],
-        help="CPUs, memory, machines and cost for a population, containers beside Roost",
-        description="The capacity model (docs/capacity.md). With no inputs: the published "
-        "scenario (100 M people, 15%% concurrency, ~24 M sessions, 25-50 sessions per CPU in "
-        "containers) beside this host's measured Python-tier figures. Counts take K/M/B "
-        "suffixes, sizes KB/MB/GB or KiB/MiB/GiB, shares 15%% or 0.15.",
-    )
-    capacity.add_argument("--json", action="store_true", help="print one JSON object")
-    capacity.add_argument(
-        "--plot", type=Path, metavar="FILE.png", help="draw CPUs needed against concurrency"
-    )
-    capacity.add_argument(
-        "--density",
-        type=Path,
-        metavar="report.json",
-        help="a density report of the load test: its measured sessions per core and memory "
-        "per session replace the defaults",
-    )
-    who = capacity.add_argument_group("population")
-    who.add_argument("--population", type=_quantity(parse_count), metavar="N")
-    who.add_argument("--concurrency", type=_quantity(parse_share), metavar="SHARE")
-    who.add_argument("--agents-per-person", type=_quantity(parse_count), metavar="N")
-    who.add_argument(
-        "--sessions",
-        type=_quantity(parse_count),
-        metavar="N",
-        help="simultaneous sessions as stated by a source (default: the published 24 M "
-        "unless a population input is given); both readings are shown",
-    )
-    containers = capacity.add_argument_group("containers")
-    containers.add_argument(
-        "--container-sessions-per-cpu",
-        type=_quantity(parse_range),
-        metavar="LOW[-HIGH]",
-        help="sessions per CPU in containers (default 25-50)",
-    )
-    containers.add_argument(
-        "--container-memory", type=_quantity(parse_bytes), metavar="SIZE", help="per session"
-    )
-    roost = capacity.add_argument_group("Roost, per session (defaults: measured)")
-    roost.add_argument(
-        "--sessions-per-core",
-        type=_quantity(parse_count),
-        metavar="N",
-        help="measured sessions per core at the SLO; replaces the CPU bound",
-    )
-    roost.add_argument("--resident-memory", type=_quantity(parse_bytes), metavar="SIZE")
-    roost.add_argument("--hibernated-memory", type=_quantity(parse_bytes), metavar="SIZE")
-    roost.add_argument(
-        "--resident-share",
-        type=_quantity(parse_share),
-        metavar="SHARE",
-        help="share of sessions whose agent is resident (default 100%%)",
-    )
-    roost.add_argument(
-        "--events-per-s", type=_quantity(parse_count), metavar="X", help="per session"
-    )
-    roost.add_argument("--cpu-ms-per-event", type=_quantity(parse_count), metavar="MS")
-    roost.add_argument("--wake-ms", type=_quantity(parse_count), metavar="MS")
-    roost.add_argument("--writes-per-event", type=_quantity(parse_count), metavar="X")
-    roost.add_argument("--store-write-iops", type=_quantity(parse_count), metavar="X")
-    machine = capacity.add_argument_group("machine and prices")
-    machine.add_argument("--machine-cores", type=_positive_int, metavar="N")
-    machine.add_argument("--machine-memory", type=_quantity(parse_bytes), metavar="SIZE")
-    machine.add_argument(
-        "--reserved-memory",
-        type=_quantity(parse_bytes),
-        metavar="SIZE",
-        help="per machine, not for sessions (default: 1 GiB + one host process per core)",
-    )
-    machine.add_argument(
-        "--cpu-price", type=_quantity(parse_count), metavar="USD", help="per CPU-month"
-    )
-    machine.add_argument(
-        "--gib-price", type=_quantity(parse_count), metavar="USD", help="per GiB-month"
-    )
-    capacity.set_defaults(handler=_cmd_capacity)
-
-
-def _quantity(parse: Callable[[str], object]) -> Callable[[str], object]:
-    """An argparse type from one of the capacity model's parsers."""
-
-    def convert(text: str) -> object:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return convert
 
 
 # -- roost serve / roost token -----------------------------------------------------------
@@ -378,7 +331,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            serving = await nursery.start(partial(serve, host_config, settings, deploy=args.deploy))
+            serving = await nursery.start(
+                partial(serve, host_config, settings, deploy=args.deploy, show_progress=True)
+            )
             _settle_collector()
             urls = serving.urls
             for url in urls:
@@ -428,6 +383,14 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
     host_config = load_config(**({"data_dir": args.data_dir} if args.data_dir else {}))
     settings = load_server_config()
+    secret = host_config.data_dir / "secret"
+    if settings.secret is None and not secret.is_file():
+        raise ConfigError(
+            f"no server secret at {secret.absolute()}: a token minted now would be signed "
+            "with a new secret that no server knows. Pass the --data-dir the server uses "
+            "(`roost serve` writes its secret there when it starts), or set ROOST_SECRET to "
+            "the server's"
+        )
     credentials = load_credentials(settings, host_config.data_dir)
     address = AgentAddress(args.kind, args.agent_id)
     ttl = args.ttl or settings.default_token_ttl_s
@@ -444,13 +407,14 @@ def _cmd_build(args: argparse.Namespace) -> int:
     config = load_config()
     started = time.perf_counter()
     try:
-        result = build_agent(
-            source,
-            output,
-            cache_dir=config.cache_dir,
-            manifest=args.manifest,
-            capabilities=args.capabilities,
-        )
+        with progress(_build_label(source)):
+            result = build_agent(
+                source,
+                output,
+                cache_dir=config.cache_dir,
+                manifest=args.manifest,
+                capabilities=args.capabilities,
+            )
     except BuildError as exc:
         print(exc, file=sys.stderr)
         return _EXIT_FAILURE
@@ -461,14 +425,64 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_label(source: Path) -> str:
+    tools = "zig and wasm-tools" if source.suffix in NATIVE_SUFFIXES else "componentize-py"
+    return f"building {source.name} with {tools} (cached by content afterwards)"
+
+
+# -- roost new / roost dev ---------------------------------------------------------------
+
+
+def _cmd_new(args: argparse.Namespace) -> int:
+    made = new_agent(args.name, template=args.template, lang=args.lang, directory=args.dir)
+    where = made.directory
+    print(f"wrote {where}/: {', '.join(str(f) for f in made.files)}")
+    print(f"next: cd {where} && roost dev        # serve it; every save reloads it")
+    print("      python -m pytest              # its tests, in a real host on virtual time")
+    return 0
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from .dev.session import DevOptions, run_dev
+
+    manifest = _manifest_path(args.manifest, None, explicit=True)
+    options = DevOptions(
+        manifest=manifest,
+        port=args.port,
+        agent_id=args.agent_id,
+        data_dir=args.data_dir,
+        chat=sys.stdin.isatty() if args.chat is None else args.chat,
+    )
+    trio.run(partial(run_dev, options, Console()))
+    return 0
+
+
+def _manifest_path(given: Path | None, component: Path | None, *, explicit: bool) -> Path:
+    """The manifest to use: ``given`` (a file, or a directory holding agent.toml), else
+    agent.toml beside ``component`` or here; ManifestError says where it looked."""
+    path = (
+        given
+        if given is not None
+        else (component.parent / "agent.toml" if component is not None else Path("agent.toml"))
+    )
+    if path.is_dir():
+        path = path / "agent.toml"
+    if not path.is_file():
+        how = (
+            ""
+            if given is not None and explicit
+            else ("; pass --manifest PATH, or run in the agent's directory")
+        )
+        raise ManifestError(f"no manifest: looked for {path.absolute()}{how}")
+    return path
+
+
 # -- roost run ---------------------------------------------------------------------------
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     component: Path | None = args.component
-    manifest_path: Path = args.manifest or (
-        component.parent / "agent.toml" if component is not None else Path("agent.toml")
-    )
+    manifest_path = _manifest_path(args.manifest, component, explicit=args.manifest is not None)
     overrides: dict[str, object] = {}
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
@@ -480,12 +494,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # With an explicit component there is nothing to build.
         deployable = manifest if component is not None else await _build_for(manifest, config)
         async with open_host(config) as host:
-            info = await host.deploy(deployable, component=component)
+            with progress(f"compiling {manifest.name} to native code (once per build; cached)"):
+                info = await host.deploy(deployable, component=component)
             caps = ", ".join(info.capabilities) or "none"
             _info(f"deployed {info.name} {info.version} (capabilities: {caps})")
             if args.message is not None:
-                return await _send_once(host, address, _parse_message(args.message))
-            return await _chat(host, address)
+                return await _send_once(host, address, parse_message(args.message))
+            await chat(host, address, Console())
+            return 0
 
     result: int = trio.run(session)
     return result
@@ -494,14 +510,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 async def _build_for(manifest: Manifest, config: HostConfig) -> Manifest:
     if manifest.source is None:
         return manifest
-    started = time.perf_counter()
-    built = await trio.to_thread.run_sync(
-        lambda: ensure_component(manifest, cache_dir=config.cache_dir)
-    )
-    elapsed = time.perf_counter() - started
-    if elapsed >= 1.0:
-        _info(f"built {built.component} in {elapsed:.1f}s")
-    return built
+    label = _build_label(manifest.source)
+    with progress(label) if manifest.source.is_file() else nullcontext():
+        return await trio.to_thread.run_sync(
+            lambda: ensure_component(manifest, cache_dir=config.cache_dir)
+        )
 
 
 async def _send_once(host: Host, address: AgentAddress, message: Any) -> int:
@@ -512,52 +525,6 @@ async def _send_once(host: Host, address: AgentAddress, message: Any) -> int:
         return _EXIT_FAILURE
     print(_to_json({"replies": replies}))
     return 0
-
-
-async def _chat(host: Host, address: AgentAddress) -> int:
-    _info(f"chatting with {address}; /quit or end of input to leave")
-    while True:
-        line = await trio.to_thread.run_sync(_read_line, "you> ", abandon_on_cancel=True)
-        if line is None:
-            break
-        text = line.strip()
-        if text in _QUIT_COMMANDS:
-            break
-        if not text:
-            continue
-        try:
-            replies = await host.send(address, _parse_message(text))
-        except GuestError as exc:
-            print(f"error: {exc}", flush=True)
-            if exc.guest_traceback:
-                print(exc.guest_traceback.rstrip(), file=sys.stderr, flush=True)
-            continue
-        except RoostError as exc:
-            print(f"error: {exc}", flush=True)
-            continue
-        if not replies:
-            _info("(no replies)")
-        for reply in replies:
-            print(f"agent> {_to_json(reply, ensure_ascii=False)}", flush=True)
-    return 0
-
-
-def _read_line(prompt: str) -> str | None:
-    """One line of the chat, or None at end of input. Runs on a worker thread."""
-    try:
-        return input(prompt)
-    except EOFError:
-        if sys.stdin.isatty():
-            print()
-        return None
-
-
-def _parse_message(text: str) -> Any:
-    """A message as typed: the JSON value it spells, else the text itself."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def _to_json(value: Any, *, ensure_ascii: bool = True) -> str:
@@ -648,83 +615,6 @@ def _cmd_density(args: argparse.Namespace) -> int:
     else:
         print(f"sessions per core at the SLO: {report['sessions_per_core']} ({report['limit']})")
     return 0
-
-
-# -- roost capacity ----------------------------------------------------------------------
-
-_CAPACITY_FLAGS = {
-    "population": "population",
-    "concurrency": "concurrency",
-    "agents_per_person": "agents_per_person",
-    "container_memory": "container_memory_per_session_bytes",
-    "sessions_per_core": "sessions_per_core",
-    "resident_memory": "resident_bytes_per_session",
-    "hibernated_memory": "hibernated_bytes_per_session",
-    "resident_share": "resident_share",
-    "events_per_s": "events_per_session_per_s",
-    "cpu_ms_per_event": "cpu_ms_per_event",
-    "wake_ms": "wake_cpu_ms",
-    "writes_per_event": "writes_per_event",
-    "store_write_iops": "store_write_iops",
-}
-_MACHINE_FLAGS = {
-    "machine_cores": "cores",
-    "machine_memory": "memory_bytes",
-    "reserved_memory": "reserved_memory_bytes",
-    "cpu_price": "cpu_usd_per_month",
-    "gib_price": "memory_usd_per_gib_month",
-}
-
-
-def _cmd_capacity(args: argparse.Namespace) -> int:
-    inputs = _capacity_inputs(args)
-    report = model_capacity(inputs)
-    if args.json:
-        print(json.dumps(report.model_dump(mode="json")))
-    else:
-        print(format_report(report))
-    if args.plot is not None:
-        from .capacity._plot import plot_cpus_against_concurrency
-
-        plot_cpus_against_concurrency(report, args.plot)
-        _info(f"wrote {args.plot}")
-    return 0
-
-
-def _capacity_inputs(args: argparse.Namespace) -> CapacityInputs:
-    """The defaults, then the density report, then the flags given (each wins over the
-    one before)."""
-    base = CapacityInputs()
-    if args.density is not None:
-        try:
-            text = args.density.read_text()
-        except OSError as exc:
-            raise ConfigError(f"--density {args.density}: {exc.strerror or exc}") from None
-        base = apply_density(base, parse_density_report(text), name=str(args.density))
-    values = base.model_dump()
-    for flag, field in _CAPACITY_FLAGS.items():
-        if getattr(args, flag) is not None:
-            values[field] = getattr(args, flag)
-    for flag, field in _MACHINE_FLAGS.items():
-        if getattr(args, flag) is not None:
-            values["machine"][field] = getattr(args, flag)
-    if args.container_sessions_per_cpu is not None:
-        low, high = args.container_sessions_per_cpu
-        values["container_sessions_per_cpu_low"] = low
-        values["container_sessions_per_cpu_high"] = high
-    if args.sessions is not None:
-        values["stated_sessions"] = args.sessions
-    elif any(
-        getattr(args, f) is not None for f in ("population", "concurrency", "agents_per_person")
-    ):
-        values["stated_sessions"] = None
-    try:
-        return CapacityInputs.model_validate(values)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid capacity inputs: {problems}") from None
 
 
 # -- roost version -----------------------------------------------------------------------

@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import trio
 
 from ._lifetime import open_service_nursery
+from ._tracebacks import with_source_paths
 from .address import AgentAddress, validate_agent_id, validate_kind_name
 from .capabilities import HostServices, bind_capabilities, link_table
 from .config import HostConfig, load_config, load_telemetry_config
@@ -29,7 +30,14 @@ from .core.kind import Kind, KindInfo, KindTable
 from .core.ops import Continuations
 from .core.registry import Registry
 from .core.services import CoreCounters, CoreServices, Doorbell, WorkerPool
-from .errors import AgentExists, DeployError, ManifestError, RoostError, UnknownAgent
+from .errors import (
+    AgentExists,
+    DeployError,
+    GuestError,
+    ManifestError,
+    RoostError,
+    UnknownAgent,
+)
 from .manifest import Manifest, load_manifest
 from .sandbox import WasmEngine, open_engine
 from .sandbox.protocol import SandboxFactory
@@ -98,11 +106,14 @@ async def open_host(
     *,
     store: StateStore | None = None,
     telemetry: Telemetry | None = None,
+    http_transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Host]:
     """Open a host. Without ``store``, uses the embedded SQLite store in ``config.data_dir``.
     Without ``telemetry``, OpenTelemetry is set up from the ``OTEL_*`` environment (off
     unless it names an exporter or an endpoint) and shut down with the host; a given
-    ``telemetry`` stays the caller's.
+    ``telemetry`` stays the caller's. ``http_transport`` carries the host's outbound
+    requests (the llm and http capabilities) instead of the network, e.g. to a fake model
+    provider in tests (``roost.testing``).
 
     Leaving the block stops accepting events, lets in-flight events finish, hibernates every
     agent and closes the store.
@@ -120,7 +131,11 @@ async def open_host(
             open_engine(cache_dir=config.cache_dir, epoch_tick_ms=config.epoch_tick_ms)
         )
         http_client = await stack.enter_async_context(
-            httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=False)
+            httpx.AsyncClient(
+                timeout=httpx.Timeout(60.0, connect=10.0),
+                follow_redirects=False,
+                transport=http_transport,
+            )
         )
         async with open_service_nursery() as nursery:
             host = Host(config, store, engine, nursery, http_client, telemetry)
@@ -154,13 +169,14 @@ class Host:
         self.store = store
         self._stores = AsyncStore(store)
         self._engine = engine
+        self._workers = _CountedWorkers(WorkerPool(config.worker_threads))
         self._services = CoreServices(
             store=store,
             stores=self._stores,
             clock=WallClock(),
             telemetry=self.telemetry,
             metrics=self.telemetry.host_metrics(),
-            workers=WorkerPool(config.worker_threads),
+            workers=self._workers,
             counters=CoreCounters(),
             deliveries_due=Doorbell(),
             epoch_tick_ms=config.epoch_tick_ms,
@@ -283,16 +299,30 @@ class Host:
         on_token: Callable[[str], None] | None = None,
         timing: EventTiming | None = None,
     ) -> list[Any]:
-        """Deliver any event kind (``message``, ``timer``, ``agent``, ``continuation``)."""
-        return await self._dispatcher.deliver(
-            _address(address),
-            event_kind,
-            payload,
-            idempotency_key=idempotency_key,
-            on_reply=on_reply,
-            on_token=on_token,
-            timing=timing,
-        )
+        """Deliver any event kind (``message``, ``timer``, ``agent``, ``continuation``).
+
+        A guest error's traceback names the agent's files by their real paths when the kind
+        was deployed from a manifest with a ``source``."""
+        address = _address(address)
+        try:
+            return await self._dispatcher.deliver(
+                address,
+                event_kind,
+                payload,
+                idempotency_key=idempotency_key,
+                on_reply=on_reply,
+                on_token=on_token,
+                timing=timing,
+            )
+        except GuestError as exc:
+            self._point_home(address, exc)
+            raise
+
+    def _point_home(self, address: AgentAddress, exc: GuestError) -> None:
+        kind = next((k for k in self._kinds if k.name == address.kind), None)
+        source = None if kind is None else kind.manifest.source
+        if source is not None and exc.guest_traceback:
+            exc.guest_traceback = with_source_paths(exc.guest_traceback, source.parent)
 
     async def agent_status(self, address: AgentAddress | str) -> AgentStatus:
         """What the host keeps about one agent. Agents are virtual: one that never handled
@@ -433,6 +463,18 @@ class Host:
         """The host's counters and histograms (also what the API records into)."""
         return self._services.metrics
 
+    def now(self) -> float:
+        """Unix time as the host sees it: what ``ctx.now()`` returns and timers are due
+        against. It follows trio's clock, so a test's ``MockClock`` moves it."""
+        return self._services.clock.now()
+
+    @property
+    def turns_running(self) -> int:
+        """Guest calls running on (or waiting for) a worker thread now. With the default
+        thread limiter's borrowed tokens (store calls), it tells a test driving a virtual
+        clock whether the host is waiting on real work or only on time."""
+        return self._workers.running
+
     def is_resident(self, address: AgentAddress | str) -> bool:
         return self._registry.is_resident(_address(address))
 
@@ -507,6 +549,24 @@ class Host:
 
 logger = logging.getLogger("roost.host")
 _PRUNE_EVERY_MAX_S = 3600.0
+
+T = TypeVar("T")
+
+
+class _CountedWorkers:
+    """A worker pool that counts the calls it is running (implements the core's
+    ``Workers``)."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self._pool = pool
+        self.running = 0
+
+    async def run(self, call: Callable[[], T]) -> T:
+        self.running += 1
+        try:
+            return await self._pool.run(call)
+        finally:
+            self.running -= 1
 
 
 def _address(address: AgentAddress | str) -> AgentAddress:

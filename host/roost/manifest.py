@@ -83,11 +83,17 @@ def parse_manifest(data: dict[str, Any], *, base_dir: Path, origin: str) -> Mani
 
 
 def load_manifest(path: Path) -> Manifest:
-    """Read and validate a TOML manifest file."""
+    """Read and validate a TOML manifest file (``agent.toml`` in it, for a directory)."""
+    if path.is_dir():
+        path = path / "agent.toml"
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ManifestError(f"{path}: manifest not found") from None
+        raise ManifestError(f"{path}: manifest not found (looked for {path.absolute()})") from None
+    except IsADirectoryError:
+        raise ManifestError(f"{path}: a directory, not a manifest file") from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ManifestError(f"{path}: not valid TOML: {exc}") from None
     return parse_manifest(data, base_dir=path.parent.resolve(), origin=str(path))

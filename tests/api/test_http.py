@@ -382,3 +382,22 @@ async def test_deploy_over_http_persists_across_restart(
         assert (await served.message("echo2/a", "hi")).json()["replies"] == [
             {"echo": "hi", "count": 2}
         ]
+
+
+def test_the_openapi_document_describes_streams() -> None:
+    from roost.api.openapi import openapi_document
+
+    spec = openapi_document()
+    message = spec["paths"]["/v1/agents/{kind}/{id}/messages"]["post"]["responses"]["200"]
+    events = message["content"]["text/event-stream"]["schema"]["oneOf"]
+    assert {ref["$ref"].rsplit("/", 1)[1] for ref in events} == {
+        "SseTokenEvent",
+        "SseReplyEvent",
+        "SseDoneEvent",
+        "SseErrorEvent",
+    }
+    frames = spec["paths"]["/v1/agents/{kind}/{id}/ws"]["get"]["x-roost-frames"]["server"]
+    assert {ref["$ref"].rsplit("/", 1)[1] for ref in frames} >= {"WsTokenFrame", "WsPushFrame"}
+    schemas = spec["components"]["schemas"]
+    assert schemas["WsPushFrame"]["properties"]["type"]["const"] == "push"
+    assert schemas["SseTokenEvent"]["properties"]["data"]["type"] == "string"

@@ -19,12 +19,14 @@ def test_roost_token_mints_a_token_for_exactly_one_agent(
 ) -> None:
     monkeypatch.delenv("ROOST_SECRET", raising=False)
     monkeypatch.delenv("ROOST_ADMIN_TOKEN", raising=False)
+    # No server has kept a secret there yet: a token would be signed with one nobody knows.
+    assert main(["token", "echo", "alice", "--ttl", "60", "--data-dir", str(tmp_path)]) == 1
+    assert "no server secret" in capsys.readouterr().err
+    # The server generates its secret at start, kept owner-only; tokens are signed with it.
+    credentials = load_credentials(ServerConfig(), tmp_path)
+    assert (tmp_path / "secret").stat().st_mode & 0o777 == 0o600
     assert main(["token", "echo", "alice", "--ttl", "60", "--data-dir", str(tmp_path)]) == 0
     token = capsys.readouterr().out.strip()
-    # The generated secret was kept, owner-only, and the server will use the same one.
-    secret_file = tmp_path / "secret"
-    assert secret_file.stat().st_mode & 0o777 == 0o600
-    credentials = load_credentials(ServerConfig(), tmp_path)
     require_agent(credentials, token, AgentAddress("echo", "alice"))
     with pytest.raises(AccessDenied):
         require_agent(credentials, token, AgentAddress("echo", "bob"))

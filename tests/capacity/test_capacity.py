@@ -26,6 +26,7 @@ from roost.capacity import (
     parse_density_report,
     parse_range,
     parse_share,
+    smoke_reason,
 )
 from roost.cli import main
 from roost.errors import ConfigError
@@ -236,6 +237,62 @@ def test_invalid_density_report_names_the_field(
     code, _, err = _run(capsys, "--density", str(tmp_path / "missing.json"))
     assert code == 1
     assert "missing.json" in err
+
+
+def _smoke_step(sessions: int) -> dict[str, Any]:
+    return {
+        "sessions": sessions,
+        "throughput_rps": 10.0,
+        "host_added_p50_ms": 2.0,
+        "host_added_p99_ms": 9.0,
+        "errors": 0,
+        "host_cpu_share": 0.05,
+        "host_rss_bytes": 200_000_000,
+        "resident_agents": sessions,
+        "hibernated_agents": 0,
+        "slo_met": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"smoke": True}, "it is a smoke run's report"),
+        (
+            {"steps": [_smoke_step(10), _smoke_step(20)], "sessions_per_core": 20},
+            "its largest step held 20 sessions",
+        ),
+        ({"settings": {"step_s": 8.0}}, "its steps lasted 8 s"),
+    ],
+)
+def test_a_smoke_report_is_refused_unless_forced(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    overrides: dict[str, Any],
+    reason: str,
+) -> None:
+    path = tmp_path / "density.json"
+    path.write_text(json.dumps(_density_report(**overrides)))
+    code, out, err = _run(capsys, "--json", "--density", str(path))
+    assert code == 1
+    assert out == ""
+    assert reason in err
+    assert "--force" in err and "roost bench density" in err
+    code, out, _ = _run(capsys, "--json", "--density", str(path), "--force")
+    assert code == 0
+    assert json.loads(out)["inputs"]["sessions_per_core"] == overrides.get(
+        "sessions_per_core", 2_500
+    )
+
+
+def test_a_smoke_report_whose_steps_all_met_the_slo_says_it_is_only_a_floor() -> None:
+    steps = [_smoke_step(10), _smoke_step(20)]
+    report = DensityReport.model_validate(_density_report(steps=steps, smoke=True))
+    assert smoke_reason(report) == (
+        "it is a smoke run's report (roost bench density --smoke), and no step broke the "
+        "SLO: 20 sessions per core is a floor, not a limit"
+    )
+    assert smoke_reason(DensityReport.model_validate(_density_report())) is None
 
 
 # -- output --------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from loadtests.density import SMOKE, run_density
-from roost.capacity import parse_density_report
+from roost.capacity import parse_density_report, smoke_reason
 
 
 @pytest.mark.slow
@@ -35,3 +35,5 @@ def test_density_smoke_run_produces_a_report_capacity_reads(tmp_path: Path) -> N
     assert "Sessions per core" in (tmp_path / "density.md").read_text()
     density = parse_density_report((tmp_path / "density.json").read_text())
     assert density.sessions_per_core == SMOKE.steps[-1]
+    assert density.smoke  # so roost capacity --density refuses it
+    assert smoke_reason(density) is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,6 +55,91 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class StreamError(ErrorResponse):
+    status: int = Field(description="The HTTP status a JSON request would have got.")
+
+
+class StreamDone(BaseModel):
+    agent: AgentInfo
+
+
+class SseTokenEvent(BaseModel):
+    """``event: token``: a token of an llm answer the agent streams (``stream=True``), as
+    the model produces it, before the turn commits."""
+
+    event: Literal["token"]
+    data: str = Field(description="The token's text.")
+
+
+class SseReplyEvent(BaseModel):
+    """``event: reply``: a reply, once the turn that produced it committed."""
+
+    event: Literal["reply"]
+    data: Any
+
+
+class SseDoneEvent(BaseModel):
+    """``event: done``: the handler finished; the stream ends."""
+
+    event: Literal["done"]
+    data: StreamDone
+
+
+class SseErrorEvent(BaseModel):
+    """``event: error``: the event failed; the stream ends."""
+
+    event: Literal["error"]
+    data: StreamError
+
+
+class WsMessageFrame(BaseModel):
+    """Sent by the client: one message to the agent."""
+
+    message: Any
+
+
+class WsTokenFrame(BaseModel):
+    """A streamed llm token of the message being handled."""
+
+    type: Literal["token"]
+    text: str
+
+
+class WsReplyFrame(BaseModel):
+    """A reply to the message being handled, once its turn committed."""
+
+    type: Literal["reply"]
+    message: Any
+
+
+class WsPushFrame(BaseModel):
+    """A reply to an event nobody was waiting on (a durable timer, another agent's message,
+    a continuation), at any time."""
+
+    type: Literal["push"]
+    message: Any
+
+
+class WsDoneFrame(BaseModel):
+    """The message's handler finished."""
+
+    type: Literal["done"]
+
+
+class WsErrorFrame(StreamError):
+    """The message failed."""
+
+    type: Literal["error"]
+
+
+_SSE_EVENTS: list[type[BaseModel]] = [SseTokenEvent, SseReplyEvent, SseDoneEvent, SseErrorEvent]
+_WS_FRAMES: list[type[BaseModel]] = [
+    WsTokenFrame,
+    WsReplyFrame,
+    WsPushFrame,
+    WsDoneFrame,
+    WsErrorFrame,
+]
 _MODELS: list[type[BaseModel]] = [
     MessageRequest,
     ForkRequest,
@@ -62,6 +147,9 @@ _MODELS: list[type[BaseModel]] = [
     MessageResponse,
     ErrorDetail,
     ErrorResponse,
+    WsMessageFrame,
+    *_SSE_EVENTS,
+    *_WS_FRAMES,
 ]
 
 
@@ -118,7 +206,22 @@ def openapi_document() -> dict[str, Any]:
                     },
                 ],
                 "requestBody": _json_body(MessageRequest),
-                "responses": {"200": _ok("Replies", MessageResponse), **_ERRORS},
+                "responses": {
+                    "200": {
+                        "description": "Replies (JSON), or with Accept: text/event-stream a "
+                        "stream of server-sent events: each an `event:` line naming its type "
+                        "(token, reply, done, error) and a `data:` line of JSON, as the "
+                        "schemas Sse*Event describe (`event` is the line's name, `data` its "
+                        "data)",
+                        "content": {
+                            "application/json": {"schema": _ref(MessageResponse)},
+                            "text/event-stream": {
+                                "schema": {"oneOf": [_ref(m) for m in _SSE_EVENTS]}
+                            },
+                        },
+                    },
+                    **_ERRORS,
+                },
                 "security": _AGENT_OR_ADMIN,
             }
         },
@@ -155,10 +258,22 @@ def openapi_document() -> dict[str, Any]:
         },
         "/v1/agents/{kind}/{id}/ws": {
             "get": {
-                "summary": 'WebSocket: send {"message": ...} frames, receive reply/done/error '
-                "frames; the agent may hibernate while the socket stays open",
+                "summary": 'WebSocket: send {"message": ...} frames, receive token, reply, '
+                "done, error and push frames; the agent may hibernate while the socket "
+                "stays open",
                 "parameters": _AGENT,
-                "responses": {"101": {"description": "Switching protocols"}},
+                "responses": {
+                    "101": {
+                        "description": "Switching protocols. The client sends WsMessageFrame "
+                        "text frames; the server sends JSON text frames told apart by `type`: "
+                        "token, reply, done and error for the message being handled, push at "
+                        "any time (x-roost-frames lists their schemas)."
+                    }
+                },
+                "x-roost-frames": {
+                    "client": [_ref(WsMessageFrame)],
+                    "server": [_ref(m) for m in _WS_FRAMES],
+                },
                 "security": _AGENT_OR_ADMIN,
             }
         },

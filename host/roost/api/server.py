@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,6 +22,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from .._progress import progress
 from ..build import ensure_component
 from ..config import HostConfig, ServerConfig
 from ..errors import ConfigError, RoostError
@@ -74,14 +76,18 @@ def check_dev_mode(settings: ServerConfig) -> None:
         )
 
 
-async def deploy_all(host: Host, manifests: Sequence[Path | Manifest]) -> None:
+async def deploy_all(
+    host: Host, manifests: Sequence[Path | Manifest], *, show_progress: bool = False
+) -> None:
     """Kinds deployed over the API earlier, then the given manifests (built if needed).
 
     A saved kind that cannot be deployed any more is logged, with its files, and left out:
-    the server serves the others."""
+    the server serves the others. With ``show_progress``, builds and native compilation
+    that take more than a second say so on stderr."""
     for saved in saved_kinds(host.config.data_dir):
         try:
-            await host.deploy(saved.manifest, component=saved.component)
+            with _maybe(show_progress, f"compiling {saved.name} to native code (cached)"):
+                await host.deploy(saved.manifest, component=saved.component)
         except RoostError as exc:
             logger.error(
                 "saved kind %r could not be deployed and is not served (%s, %s): %s",
@@ -95,10 +101,17 @@ async def deploy_all(host: Host, manifests: Sequence[Path | Manifest]) -> None:
             manifest = item
         else:
             manifest = await trio.to_thread.run_sync(load_manifest, item)
-        built = await trio.to_thread.run_sync(
-            partial(ensure_component, manifest, cache_dir=host.config.cache_dir)
-        )
-        await host.deploy(built)
+        source = manifest.source.name if manifest.source else manifest.name
+        with _maybe(show_progress, f"building {source} (cached by content)"):
+            built = await trio.to_thread.run_sync(
+                partial(ensure_component, manifest, cache_dir=host.config.cache_dir)
+            )
+        with _maybe(show_progress, f"compiling {manifest.name} to native code (cached)"):
+            await host.deploy(built)
+
+
+def _maybe(show: bool, label: str) -> AbstractContextManager[None]:
+    return progress(label) if show else nullcontext()
 
 
 async def serve(
@@ -107,6 +120,7 @@ async def serve(
     *,
     deploy: Sequence[Path | Manifest],
     handle_signals: bool = True,
+    show_progress: bool = False,
     task_status: trio.TaskStatus[Serving] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the server until a shutdown signal, :meth:`Serving.shut_down`, or cancellation.
@@ -116,7 +130,7 @@ async def serve(
     manifests += manifests_to_deploy([p for p in deploy if not isinstance(p, Manifest)])
     credentials = await trio.to_thread.run_sync(load_credentials, settings, host_config.data_dir)
     async with open_host(host_config) as host:
-        await deploy_all(host, manifests)
+        await deploy_all(host, manifests, show_progress=show_progress)
         app = create_app(host, settings, credentials)
         api = app.state.api
         config = HypercornConfig()

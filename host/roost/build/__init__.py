@@ -1,20 +1,24 @@
 """``roost build``: compile an agent to a WebAssembly component.
 
 Python agents (``.py``) are built here; C and Zig agents (``.c``, ``.zig``) by
-:mod:`roost.build.native`, under the same capability rule and the same cache.
+:mod:`roost.build.native`, under the same capability rule and the same cache. The dev
+runtime that ``roost dev`` and ``roost.testing`` run Python agents on is built by
+:mod:`roost.build.dev`.
 
 The build runs componentize-py on a small staging tree: a generated entry module, the
-agent's own directory, and copies of ``roost_sdk`` and ``msgpack`` (its pure-Python
-fallback). The component imports only the capabilities the agent's manifest grants
-(``--manifest``, or ``agent.toml`` beside the source), so it deploys under that manifest.
+agent's own sources (:mod:`roost.build._sources`: its module and the modules of its
+directory it imports, not the tests beside it), and copies of ``roost_sdk`` and ``msgpack``
+(its pure-Python fallback). The component imports only the capabilities the agent's manifest
+grants (``--manifest``, or ``agent.toml`` beside the source), so it deploys under that
+manifest.
 
-Outputs are cached by a content hash of everything that goes in: the agent's Python files,
-the SDK, the WIT, the granted capabilities and the componentize-py version.
+Outputs are cached by a content hash of everything that goes in: the agent's own sources,
+the names and versions of the packages it imports, the SDK, the WIT, the granted
+capabilities and the componentize-py version.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import importlib.metadata
 import os
@@ -23,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +39,11 @@ from ..abi import WIT_DIR
 from ..capabilities import registry
 from ..errors import BuildError
 from ..manifest import Manifest, load_manifest
+from ._sources import AgentSources, agent_sources
 from .native import NATIVE_SUFFIXES, build_native
 
-_ENTRY_MODULE = "_roost_entry"
-_BUILD_WORLD = "roost-build"
+ENTRY_MODULE = "_roost_entry"
+BUILD_WORLD = "roost-build"
 
 
 @dataclass(frozen=True)
@@ -70,11 +76,8 @@ def build_agent(
             f"{source}: roost build compiles Python (.py), C (.c) and Zig (.zig) agents"
         )
     caps = _resolve_capabilities(source, manifest, capabilities)
-    agent_files = _agent_files(source.parent)
-    for path in agent_files:
-        _check_syntax(path)
-
-    digest = _digest(source, agent_files, caps)
+    sources = agent_sources(source)
+    digest = _digest(sources, caps)
     cached_path = cache_dir / "build" / f"{digest}.wasm"
     output.parent.mkdir(parents=True, exist_ok=True)
     if cached_path.is_file():
@@ -82,13 +85,11 @@ def build_agent(
         return BuildResult(output, True, digest, caps)
 
     with tempfile.TemporaryDirectory(prefix="roost-build-") as tmp:
-        staged = _stage(Path(tmp), source, caps)
+        staged = _stage(Path(tmp), _entry_source(sources, caps), caps)
+        agent_dir = stage_sources(Path(tmp) / "agent", sources)
         tmp_out = Path(tmp) / "out.wasm"
-        _run_componentize(staged, source, tmp_out)
-        cached_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached_path.with_suffix(f".{os.getpid()}.partial")
-        shutil.copyfile(tmp_out, partial)
-        os.replace(partial, cached_path)
+        run_componentize(staged, [agent_dir], tmp_out, sources.root)
+        store_in_cache(tmp_out, cached_path)
     shutil.copyfile(cached_path, output)
     return BuildResult(output, False, digest, caps)
 
@@ -128,17 +129,6 @@ def _resolve_capabilities(
     return tuple(c for c in known if c in chosen)
 
 
-def _agent_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*.py") if "__pycache__" not in p.parts)
-
-
-def _check_syntax(path: Path) -> None:
-    try:
-        ast.parse(path.read_bytes(), filename=str(path))
-    except SyntaxError as exc:
-        raise BuildError(f"{path}:{exc.lineno}: {exc.msg}") from None
-
-
 def _sdk_files() -> list[Path]:
     sdk = Path(roost_sdk.__file__).parent
     return sorted(p for p in sdk.rglob("*") if p.is_file() and p.suffix in {".py", ".wit"})
@@ -148,24 +138,31 @@ def _msgpack_dir() -> Path:
     return Path(msgpack.__file__).parent
 
 
-def _digest(source: Path, agent_files: list[Path], caps: tuple[str, ...]) -> str:
-    h = hashlib.sha256()
+def toolchain_digest(h: hashlib._Hash) -> None:
+    """Feed ``h`` what every Python build depends on besides the agent: the tool versions
+    and the SDK's files."""
     h.update(f"componentize-py {importlib.metadata.version('componentize-py')}\n".encode())
     h.update(f"msgpack {importlib.metadata.version('msgpack')}\n".encode())
-    h.update(_entry_source(source, caps).encode())
-    h.update(_build_world(caps).encode())
-    root = source.parent
-    for path in agent_files:
-        h.update(f"agent {path.relative_to(root)}\n".encode())
-        h.update(path.read_bytes())
     sdk_root = Path(roost_sdk.__file__).parent
     for path in _sdk_files():
         h.update(f"sdk {path.relative_to(sdk_root)}\n".encode())
         h.update(path.read_bytes())
+
+
+def _digest(sources: AgentSources, caps: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    toolchain_digest(h)
+    h.update(_entry_source(sources, caps).encode())
+    h.update(_build_world(caps).encode())
+    for path in sources.files:
+        h.update(f"agent {sources.relative(path)}\n".encode())
+        h.update(path.read_bytes())
+    for name, version in sources.packages:
+        h.update(f"package {name}=={version}\n".encode())
     return h.hexdigest()[:32]
 
 
-def _stage(tmp: Path, source: Path, caps: tuple[str, ...]) -> Path:
+def _stage(tmp: Path, entry: str, caps: tuple[str, ...]) -> Path:
     wit = tmp / "wit"
     shutil.copytree(WIT_DIR, wit)
     app = tmp / "app"
@@ -173,23 +170,68 @@ def _stage(tmp: Path, source: Path, caps: tuple[str, ...]) -> Path:
     shutil.copytree(
         Path(roost_sdk.__file__).parent,
         app / "roost_sdk",
-        ignore=shutil.ignore_patterns("__pycache__", "wit", "*.pyi"),
+        ignore=shutil.ignore_patterns("__pycache__", "wit", "*.pyi", "c", "zig"),
     )
     shutil.copytree(
         _msgpack_dir(), app / "msgpack", ignore=shutil.ignore_patterns("__pycache__", "*.so")
     )
-    (app / f"{_ENTRY_MODULE}.py").write_text(_entry_source(source, caps), encoding="utf-8")
+    (app / f"{ENTRY_MODULE}.py").write_text(entry, encoding="utf-8")
     (wit / "build.wit").write_text(_build_world(caps), encoding="utf-8")
     return tmp
 
 
-def _entry_source(source: Path, caps: tuple[str, ...]) -> str:
-    # componentize-py bundles only the modules imported at build time, so import the
-    # binding of every granted capability here; the SDK looks them up lazily.
-    bindings = "".join(f"import wit_world.imports.{cap}\n" for cap in caps)
+def stage_sources(directory: Path, sources: AgentSources) -> Path:
+    """Copy the agent's own sources into ``directory``, keeping their relative paths."""
+    for path in sources.files:
+        target = directory / sources.relative(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def store_in_cache(built: Path, cached_path: Path) -> None:
+    cached_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached_path.with_suffix(f".{os.getpid()}.partial")
+    shutil.copyfile(built, partial)
+    os.replace(partial, cached_path)
+
+
+def capability_bindings(caps: Iterable[str]) -> str:
+    """Entry-module lines importing the binding of every granted capability:
+    componentize-py bundles only the modules imported at build time, and the SDK looks
+    them up lazily."""
+    return "".join(f"import wit_world.imports.{cap}\n" for cap in caps)
+
+
+def preload(modules: Iterable[str]) -> str:
+    """Entry-module lines importing ``modules`` if they can be (so that componentize-py
+    bundles the ones the agent imports lazily); failures are left to the agent's own
+    import to report."""
+    names = ", ".join(repr(m) for m in modules)
     return (
-        bindings + f"import {source.stem} as _agent_module\n"
-        "from roost_sdk._exports import make_world, warm_up\n"
+        "def _preload(names):\n"
+        "    import importlib\n"
+        "    for name in names:\n"
+        "        try:\n"
+        "            importlib.import_module(name)\n"
+        "        except Exception:\n"
+        "            pass\n"
+        f"_preload(({names}{',' if names else ''}))\n"
+    )
+
+
+def _entry_source(sources: AgentSources, caps: tuple[str, ...]) -> str:
+    own = [
+        ".".join(sources.relative(p).removesuffix(".py").removesuffix("/__init__").split("/"))
+        for p in sources.files[1:]
+    ]
+    return (
+        capability_bindings(caps)
+        + preload(sources.imports)
+        + f"import {sources.module} as _agent_module\n"
+        + "".join(f"import {name}\n" for name in own)
+        + "from roost_sdk._exports import make_world, warm_up\n"
         "WitWorld = make_world(_agent_module)\n"
         "warm_up()\n"
     )
@@ -197,10 +239,13 @@ def _entry_source(source: Path, caps: tuple[str, ...]) -> str:
 
 def _build_world(caps: tuple[str, ...]) -> str:
     imports = "".join(f"  import {cap};\n" for cap in caps)
-    return f"world {_BUILD_WORLD} {{\n  include agent-core;\n{imports}}}\n"
+    return f"world {BUILD_WORLD} {{\n  include agent-core;\n{imports}}}\n"
 
 
-def _run_componentize(staged: Path, source: Path, output: Path) -> None:
+def run_componentize(staged: Path, paths: list[Path], output: Path, agent_root: Path) -> None:
+    """componentize-py on the staging tree (``staged/wit``, ``staged/app``) and ``paths``
+    (mounted in the component as ``/1``, ``/2``, ...); a failure is a BuildError that names
+    the agent's file and line under ``agent_root``."""
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     cmd = [
         sys.executable,
@@ -210,46 +255,72 @@ def _run_componentize(staged: Path, source: Path, output: Path) -> None:
         "-d",
         str(staged / "wit"),
         "-w",
-        _BUILD_WORLD,
+        BUILD_WORLD,
         "componentize",
         "-p",
         str(staged / "app"),
-        "-p",
-        str(source.parent),
-        _ENTRY_MODULE,
+        *[arg for path in paths for arg in ("-p", str(path))],
+        ENTRY_MODULE,
         "-o",
         str(output),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0 or not output.is_file():
-        raise BuildError(_explain_failure(proc.stdout + proc.stderr, source))
+        raise BuildError(explain_failure(proc.stdout + proc.stderr, agent_root))
 
 
-_FRAME_RE = re.compile(r'File "([^"]+)", line (\d+)')
-_EXC_LINE_RE = re.compile(r"^\s*[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
+_FRAME_RE = re.compile(r'^\s*File "([^"]+)", line (\d+)')
+_EXC_LINE_RE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b.*")
+_AGENT_MOUNT_RE = re.compile(r"(?<![\w/.])/1/")
+_SDK_MOUNT_RE = re.compile(r"(?<![\w/.])/0/(?=roost_sdk/)")
 
 
-def _explain_failure(output: str, source: Path) -> str:
-    """Turn componentize-py's output into ``file:line: error`` pointing at the agent."""
-    lines = output.strip().splitlines()
-    python_tb = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
-    if python_tb:
-        tb = lines[python_tb[-1] :]
-        cut = next((i for i, line in enumerate(tb) if line.startswith("Stack backtrace")), None)
+def explain_failure(output: str, agent_root: Path) -> str:
+    """componentize-py's output as ``file:line: error`` and the agent's traceback, with the
+    agent's files named by their real paths and componentize-py's own frames and report
+    left out."""
+    text = _AGENT_MOUNT_RE.sub(f"{agent_root}/", output)
+    text = _SDK_MOUNT_RE.sub("", text)
+    lines = text.strip().splitlines()
+    starts = [
+        i
+        for i, line in enumerate(lines)
+        if line.lstrip().endswith("Traceback (most recent call last):")
+    ]
+    if not starts:
+        return "componentize-py failed:\n" + "\n".join(lines[-40:])
+    tb = lines[starts[-1] :]
+    tb[0] = "Traceback (most recent call last):"
+    for marker in ("Caused by:", "Stack backtrace:"):
+        cut = next((i for i, line in enumerate(tb) if line.strip() == marker), None)
         tb = tb[:cut] if cut is not None else tb
-        location = ""
-        for line in tb:
-            match = _FRAME_RE.search(line)
-            if match and Path(match.group(1)).name in _names_in(source.parent):
-                location = f"{source.parent / Path(match.group(1)).name}:{match.group(2)}"
-        message = next(
-            (m.group(0).strip() for line in reversed(tb) if (m := _EXC_LINE_RE.match(line))),
-            tb[-1].strip() if tb else "",
-        )
-        head = f"{location}: {message}" if location else message
-        return f"{head}\n\n" + "\n".join(tb)
-    return "componentize-py failed:\n" + "\n".join(lines[-40:])
+    tb = _without_entry_frames(tb)
+    while tb and not tb[-1].strip():
+        tb.pop()
+    location = ""
+    for line in tb:
+        match = _FRAME_RE.match(line)
+        if match and Path(match.group(1)).is_relative_to(agent_root):
+            location = f"{match.group(1)}:{match.group(2)}"
+    message = next(
+        (m.group(0).strip() for line in reversed(tb) if (m := _EXC_LINE_RE.match(line))),
+        tb[-1].strip() if tb else "",
+    )
+    head = f"{location}: {message}" if location else message
+    return f"{head}\n\n" + "\n".join(tb)
 
 
-def _names_in(directory: Path) -> set[str]:
-    return {p.name for p in _agent_files(directory)}
+def _without_entry_frames(tb: list[str]) -> list[str]:
+    """``tb`` without the frames of the generated entry module (each frame's ``File`` line
+    and the indented source lines under it)."""
+    kept: list[str] = []
+    skipping = False
+    for line in tb:
+        match = _FRAME_RE.match(line)
+        if match:
+            skipping = match.group(1).endswith(f"{ENTRY_MODULE}.py")
+        elif skipping and not line.startswith("    "):
+            skipping = False
+        if not skipping:
+            kept.append(line)
+    return kept

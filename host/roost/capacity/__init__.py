@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -294,6 +294,33 @@ class DensityReport(BaseModel):
     machine: DensityMachine
     baseline: DensityBaseline | None = None
     measured_on: str | None = None
+    smoke: bool = False
+    """Written by ``roost bench density --smoke``: a run that checks the harness works."""
+    settings: dict[str, Any] | None = None
+    """The harness's settings (steps, seconds per step, ...)."""
+
+
+SMOKE_MAX_SESSIONS = 100
+"""A report whose largest step has fewer sessions than this measured no capacity."""
+SMOKE_MAX_STEP_S = 30.0
+"""...nor one whose steps lasted less than this."""
+
+
+def smoke_reason(report: DensityReport) -> str | None:
+    """Why ``report`` is a smoke run's and no measure of capacity, or None if it is not."""
+    largest = max((s.sessions for s in report.steps), default=0)
+    step_s = (report.settings or {}).get("step_s")
+    if report.smoke:
+        why = "it is a smoke run's report (roost bench density --smoke)"
+    elif largest < SMOKE_MAX_SESSIONS:
+        why = f"its largest step held {largest} sessions (a full run goes to thousands)"
+    elif isinstance(step_s, int | float) and step_s < SMOKE_MAX_STEP_S:
+        why = f"its steps lasted {step_s:g} s (a full run measures each for 90 s)"
+    else:
+        return None
+    if not any(not s.slo_met for s in report.steps):
+        why += f", and no step broke the SLO: {largest} sessions per core is a floor, not a limit"
+    return why
 
 
 def parse_density_report(text: str) -> DensityReport:

@@ -31,6 +31,11 @@ _ABI_MARKERS = (
 )
 """What wasmtime says when it cannot lift a value the guest handed over (a return value or
 an import's arguments): a broken canonical ABI, not a guest bug the guest could report."""
+_DEV_DEADLINE = "roost_sdk.DeadlineExceeded: "
+"""How the dev runtime's watchdog reports a turn it stopped short of the CPU deadline."""
+_PYTHON_FRAMES = ("componentize_py", "libpython")
+"""Names in the wasm backtrace of a Python guest: its frames are the interpreter's, so they
+say nothing about the agent's code."""
 
 
 class WasmSandbox:
@@ -140,6 +145,10 @@ def _guest_failure(traceback_text: str, export: str) -> GuestError:
     lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
     last = lines[-1] if lines else "guest failed without a message"
     error_type: Callable[..., GuestError] = GuestTrap
+    if last.startswith(_DEV_DEADLINE):
+        return CpuDeadlineExceeded(
+            f"guest {export} {last[len(_DEV_DEADLINE) :]}", guest_traceback=traceback_text
+        )
     if any(marker in last for marker in _MEMORY_MARKERS):
         error_type = MemoryLimitExceeded
     return error_type(f"guest {export} failed: {last}", guest_traceback=traceback_text)
@@ -153,6 +162,12 @@ def _classify_trap(exc: wasmtime.WasmtimeError, export: str) -> GuestError:
             f"guest {export} handed the host a malformed value: {cause}", guest_traceback=text
         )
     if "interrupt" in text:
+        if any(name in text for name in _PYTHON_FRAMES):
+            return CpuDeadlineExceeded(
+                f"guest {export} ran past the kind's CPU deadline (limits.cpu_deadline_ms); "
+                "it was stopped inside the interpreter, where no Python line is known: run "
+                "the agent under `roost dev` or roost.testing to see the line it was on"
+            )
         return CpuDeadlineExceeded(
             f"guest {export} ran past the kind's CPU deadline (limits.cpu_deadline_ms)",
             guest_traceback=text,
