@@ -16,7 +16,7 @@ import trio
 from loadtests.sim_llm import reply_words
 from roost import Manifest
 
-from ...capabilities.test_timers import sim_llm
+from ...conftest import sim_llm
 from ..conftest import ADMIN_TOKEN, Serve
 from .conftest import Browser, browser_test
 
