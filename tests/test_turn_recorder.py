@@ -1,5 +1,5 @@
-"""The recent turns the host keeps per agent, in bounded memory (``TurnRecorder``), fed by
-every turn the host runs."""
+"""The recent turns the host keeps, in bounded memory (``TurnRecorder``), fed by every
+turn the host runs."""
 
 from __future__ import annotations
 
@@ -29,10 +29,10 @@ def test_keeps_the_last_turns_of_each_agent_newest_first() -> None:
     assert recorder.turns(B) == []
 
 
-def test_forgets_the_agent_active_least_recently_past_its_bound() -> None:
-    recorder = _recorder(max_agents=2)
+def test_forgets_the_oldest_turns_past_its_capacity() -> None:
+    recorder = _recorder(capacity=3)
+    recorder.record(B, "on-event", "ok", 0.001)  # forgotten last: it is the oldest turn
     recorder.record(A, "on-event", "ok", 0.001)
-    recorder.record(B, "on-event", "ok", 0.001)
     recorder.record(A, "on-complete", "guest_trap", 0.002)  # A is now the most recent
     recorder.record(C, "on-event", "ok", 0.001)  # B goes
     assert len(recorder) == 2

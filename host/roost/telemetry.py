@@ -33,7 +33,7 @@ import importlib.metadata
 import json
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -240,63 +240,63 @@ class TurnRecord:
 
 
 TURNS_PER_AGENT = 20
-RECORDED_AGENTS = 2_000
+RECORDED_TURNS = 20_000
 
 
 class TurnRecorder:
-    """The last turns of the most recently active agents, in bounded memory: at most
-    ``max_agents`` agents (the one active least recently is forgotten first) and at most
-    ``per_agent`` turns each, about 100 bytes a turn (4 MB at the defaults). In memory only:
-    a restart starts it empty. Used from the trio thread only.
+    """The host's most recent turns, in bounded memory: one ring of the last ``capacity``
+    turns of any agent (about 150 bytes a turn: 3 MB at the default), nothing per agent.
+    In memory only: a restart starts it empty. Used from the trio thread only.
 
     Listeners (the console's live event stream) see each turn of one agent as it ends."""
 
     def __init__(
         self,
         *,
-        max_agents: int = RECORDED_AGENTS,
+        capacity: int = RECORDED_TURNS,
         per_agent: int = TURNS_PER_AGENT,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if max_agents < 1 or per_agent < 1:
-            raise ValueError("a turn recorder keeps at least one turn of one agent")
-        self._max_agents = max_agents
+        if capacity < 1 or per_agent < 1:
+            raise ValueError("a turn recorder keeps at least one turn")
         self._per_agent = per_agent
         self._clock = clock
-        self._turns: OrderedDict[AgentAddress, deque[TurnRecord]] = OrderedDict()
+        self._ring: deque[tuple[AgentAddress, TurnRecord]] = deque(maxlen=capacity)
         self._listeners: dict[AgentAddress, list[Callable[[TurnRecord], None]]] = {}
 
     def record(self, address: AgentAddress, export: str, outcome: str, seconds: float) -> None:
         turn = TurnRecord(self._clock(), export, outcome, seconds)
-        turns = self._turns.get(address)
-        if turns is None:
-            if len(self._turns) >= self._max_agents:
-                self._turns.popitem(last=False)
-            turns = self._turns[address] = deque(maxlen=self._per_agent)
-        else:
-            self._turns.move_to_end(address)
-        turns.append(turn)
-        for listener in self._listeners.get(address, ()):
-            listener(turn)
+        self._ring.append((address, turn))
+        listeners = self._listeners.get(address)
+        if listeners:
+            for listener in listeners:
+                listener(turn)
 
     def turns(self, address: AgentAddress) -> list[TurnRecord]:
-        """The agent's recorded turns, newest first (none if it was not active lately)."""
-        return list(reversed(self._turns.get(address, ())))
+        """The agent's recorded turns (at most ``per_agent``), newest first; none if it was
+        not active lately."""
+        found: list[TurnRecord] = []
+        for recorded, turn in reversed(self._ring):
+            if recorded == address:
+                found.append(turn)
+                if len(found) >= self._per_agent:
+                    break
+        return found
 
     def recent(self, limit: int, kind: str | None = None) -> list[tuple[AgentAddress, TurnRecord]]:
         """Up to ``limit`` agents (of ``kind``, or any) with their last turn, the most
         recently active first."""
-        found: list[tuple[AgentAddress, TurnRecord]] = []
-        for address in reversed(self._turns):
+        found: dict[AgentAddress, TurnRecord] = {}
+        for address, turn in reversed(self._ring):
             if len(found) >= limit:
                 break
-            if kind is None or address.kind == kind:
-                found.append((address, self._turns[address][-1]))
-        return found
+            if address not in found and (kind is None or address.kind == kind):
+                found[address] = turn
+        return list(found.items())
 
     def __len__(self) -> int:
         """Agents with recorded turns."""
-        return len(self._turns)
+        return len({address for address, _ in self._ring})
 
     def listen(
         self, address: AgentAddress, listener: Callable[[TurnRecord], None]

@@ -28,4 +28,12 @@ class WallClock:
 
 def utc_day(unix_time: float) -> str:
     """The UTC day of ``unix_time`` (``YYYY-MM-DD``), the unit of daily budgets."""
-    return time.strftime("%Y-%m-%d", time.gmtime(unix_time))
+    global _last_day
+    number = int(unix_time // _SECONDS_PER_DAY)
+    if _last_day[0] != number:  # formatted once a day, not once a turn
+        _last_day = (number, time.strftime("%Y-%m-%d", time.gmtime(unix_time)))
+    return _last_day[1]
+
+
+_SECONDS_PER_DAY = 86_400
+_last_day: tuple[int, str] = (-1, "")

@@ -38,6 +38,29 @@ logger = logging.getLogger("roost.actor")
 class AgentActor:
     """The resident form of one agent."""
 
+    __slots__ = (
+        "_activation_s",
+        "_continuations",
+        "_event_ids",
+        "_idle_scope",
+        "_inline",
+        "_on_stopped",
+        "_receive",
+        "_redeployed",
+        "_sandbox",
+        "_send",
+        "_services",
+        "_turns",
+        "activated",
+        "address",
+        "closed",
+        "finished",
+        "in_turn",
+        "kind",
+        "last_active",
+        "pending_ops",
+    )
+
     def __init__(
         self,
         address: AgentAddress,

@@ -12,8 +12,9 @@ short, and is refused (IdempotencyKeyReused) if the key answered another message
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
-import uuid
+import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -87,7 +88,7 @@ class Dispatcher:
         envelope = Envelope(
             event_kind,
             packed,
-            message_id=handled.delivery_id if handled is not None else f"in-{uuid.uuid4().hex}",
+            message_id=handled.delivery_id if handled is not None else _new_message_id(),
             replay=handled is not None,
             idempotency_key=idempotency_key,
             on_reply=on_reply,
@@ -143,7 +144,8 @@ class Dispatcher:
             return await self._registry.deliver(address, kind, envelope)
         finally:
             self._handling.discard(handling)
-            self._finished[handling] = self._reads
+            if envelope.handled is not None:  # a stored delivery or inbox entry
+                self._finished[handling] = self._reads
 
     async def _recorded(
         self, address: AgentAddress, key: str, request_sha: str | None
@@ -192,6 +194,15 @@ class Dispatcher:
                 chain=chain,
                 idempotency_key=key,
             )
+
+
+_BOOT = secrets.token_hex(8)
+_MESSAGE_NUMBERS = itertools.count(1)
+
+
+def _new_message_id() -> str:
+    """A message id unique across restarts (a random prefix per process, then a count)."""
+    return f"in-{_BOOT}-{next(_MESSAGE_NUMBERS)}"
 
 
 def _request_digest(event_kind: str, payload: bytes) -> str:

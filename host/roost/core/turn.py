@@ -61,15 +61,18 @@ class Handling:
     """The state the guest last handed back, not committed yet."""
     turns: int = 0
     cpu_ms: float = 0.0
-    usage: Usage = field(default_factory=Usage)
-    """Usage of the ops whose results the turns consumed and did not journal."""
-    op_seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    ops_started: int = 0
     journal: dict[int, JournalEntry] | None = None
     """Journaled op results (read on the first op of a replay)."""
     journaled: bool = False
     """Entries exist in the journal for this message (to clear at the end)."""
-    continued: list[StartedOp] = field(default_factory=list)
+    continued: list[StartedOp] | None = None
     """Continuation-form ops, started once the final commit is in."""
+
+    def next_seq(self) -> int:
+        """The number of the next op the handler starts (1, 2, ...)."""
+        self.ops_started += 1
+        return self.ops_started
 
 
 @dataclass(slots=True)
@@ -117,7 +120,7 @@ class TurnContext:
         handling = self.handling
         op = StartedOp(
             op_id=self.next_op_id(),
-            seq=next(handling.op_seq),
+            seq=handling.next_seq(),
             capability=capability,
             call=call,
             request=request,
@@ -189,6 +192,8 @@ class TurnResult:
 
 class TurnRunner:
     """Runs the turns of one resident agent, one at a time."""
+
+    __slots__ = ("_op_ids", "_services", "address", "kind", "state_bytes")
 
     def __init__(self, address: AgentAddress, kind: Kind, services: CoreServices) -> None:
         self.address = address
@@ -285,9 +290,14 @@ class TurnRunner:
         if envelope.on_reply is not None:
             for reply in replies:
                 envelope.on_reply(reply)
-        awaited = [op for op in turn.ops if op.continuation is None]
-        handling.continued += [op for op in turn.ops if op.continuation is not None]
-        continued = list(commit.ops_started) if final and commit is not None else []
+        awaited = turn.ops
+        continued: list[PendingOp] = []
+        if turn.ops and any(op.continuation is not None for op in turn.ops):
+            awaited = [op for op in turn.ops if op.continuation is None]
+            new_continued = [op for op in turn.ops if op.continuation is not None]
+            handling.continued = (handling.continued or []) + new_continued
+            if final and commit is not None:
+                continued = list(commit.ops_started)
         return TurnResult(output, final, awaited, continued)
 
     def _execute(
@@ -420,7 +430,7 @@ class TurnRunner:
                     f"agent {self.address} would store {stored} bytes of state and kv; "
                     f"budgets.storage_bytes = {budgets.storage_bytes}",
                 )
-        usage = effects.usage + handling.usage + Usage(turns=handling.turns, cpu_ms=handling.cpu_ms)
+        usage = effects.usage + Usage(turns=handling.turns, cpu_ms=handling.cpu_ms)
         if completion is not None and completion.fresh and completion.usage is not None:
             usage += completion.usage
         key = envelope.idempotency_key
@@ -434,7 +444,7 @@ class TurnRunner:
                 handler=op.continuation.handler,
                 tag=pack(op.continuation.tag),
             )
-            for op in handling.continued + [o for o in turn.ops if o.continuation is not None]
+            for op in (handling.continued or []) + turn.ops
             if op.continuation is not None
         ]
         return Commit(
