@@ -16,13 +16,16 @@ A factory's contract:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import hashlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import pytest
 
+from loadtests.pg_server import scratch_postgres, why_not
 from roost.store import StateStore, open_sqlite_store
+from roost.store.postgres import open_postgres_store
 
 StoreFactory = Callable[[Path], AbstractAsyncContextManager[StateStore]]
 """Opens a store keeping its data under a directory; closes it on exit."""
@@ -34,15 +37,42 @@ async def _sqlite(directory: Path) -> AsyncIterator[StateStore]:
         yield store
 
 
+_POSTGRES: list[str] = []
+"""The URL of the session's throwaway PostgreSQL server, once started."""
+
+
+@asynccontextmanager
+async def _postgres(directory: Path) -> AsyncIterator[StateStore]:
+    # One schema per directory: a new directory is a new, empty store; the same one reopens.
+    schema = "t_" + hashlib.sha256(str(directory).encode()).hexdigest()[:24]
+    async with open_postgres_store(_POSTGRES[0], schema=schema) as store:
+        yield store
+
+
 BACKENDS: dict[str, StoreFactory] = {
     "sqlite": _sqlite,
+    "postgres": _postgres,
 }
 """Every store backend, by name. Adding a backend means adding one entry here."""
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL server for the session (skips without the server binaries)."""
+    reason = why_not()
+    if reason is not None:
+        pytest.skip(f"PostgreSQL store tests need a PostgreSQL server: {reason}")
+    with scratch_postgres() as server:
+        _POSTGRES[:] = [server.url]
+        yield server.url
+        _POSTGRES.clear()
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def open_store(request: pytest.FixtureRequest) -> StoreFactory:
     """The backend under test (the one parametrized fixture of the conformance suite)."""
+    if request.param == "postgres":
+        request.getfixturevalue("postgres_server")
     return BACKENDS[request.param]
 
 
