@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,9 +27,10 @@ from .core.deliveries import DeliveryLoop
 from .core.dispatch import Dispatcher, Pushes
 from .core.envelope import EventTiming
 from .core.kind import Kind, KindInfo, KindTable
+from .core.leases import LeaseKeeper, incarnation
 from .core.ops import Continuations
 from .core.registry import Registry
-from .core.services import CoreCounters, CoreServices, Doorbell, WorkerPool
+from .core.services import CoreCounters, CoreServices, Doorbell, Peers, WorkerPool
 from .errors import (
     AgentExists,
     DeployError,
@@ -51,6 +52,7 @@ from .store.protocol import (
     StateStore,
     Usage,
 )
+from .store.postgres import open_postgres_store
 from .store.sqlite import open_sqlite_store
 from .telemetry import HostMetrics, HostStatistics, Telemetry, gc_pause_seconds
 from .wall_clock import WallClock, utc_day
@@ -107,8 +109,12 @@ async def open_host(
     store: StateStore | None = None,
     telemetry: Telemetry | None = None,
     http_transport: httpx.AsyncBaseTransport | None = None,
+    peers: Peers | None = None,
 ) -> AsyncIterator[Host]:
-    """Open a host. Without ``store``, uses the embedded SQLite store in ``config.data_dir``.
+    """Open a host. Without ``store``, uses the PostgreSQL database of ``config.store_url``
+    when set, else the embedded SQLite store in ``config.data_dir``. On a store several
+    hosts share, ``peers`` forwards events for agents another host serves (``roost serve``
+    passes one that speaks HTTP); without it such events fail with OwnedElsewhere.
     Without ``telemetry``, OpenTelemetry is set up from the ``OTEL_*`` environment (off
     unless it names an exporter or an endpoint) and shut down with the host; a given
     ``telemetry`` stays the caller's. ``http_transport`` carries the host's outbound
@@ -123,7 +129,9 @@ async def open_host(
         if telemetry is None:
             telemetry = Telemetry.from_config(load_telemetry_config())
             stack.callback(telemetry.shutdown)
-        if store is None:
+        if store is None and config.store_url is not None:
+            store = await stack.enter_async_context(open_postgres_store(config.store_url))
+        elif store is None:
             store = await stack.enter_async_context(
                 open_sqlite_store(config.database_path, synchronous=config.sqlite_synchronous)
             )
@@ -138,7 +146,8 @@ async def open_host(
             )
         )
         async with open_service_nursery() as nursery:
-            host = Host(config, store, engine, nursery, http_client, telemetry)
+            host = Host(config, store, engine, nursery, http_client, telemetry, peers)
+            await nursery.start(host._leases.run)
             await nursery.start(host._deliveries.run)
             nursery.start_soon(host._continuations.resume)
             nursery.start_soon(host._prune_responses)
@@ -149,6 +158,8 @@ async def open_host(
                 yield host
             finally:
                 await host.aclose()
+                with trio.CancelScope(shield=True):
+                    await host._leases.aclose()
                 nursery.cancel_scope.cancel()
 
 
@@ -163,11 +174,15 @@ class Host:
         nursery: trio.Nursery,
         http_client: httpx.AsyncClient,
         telemetry: Telemetry | None = None,
+        peers: Peers | None = None,
     ) -> None:
         self.config = config
         self.telemetry = telemetry or Telemetry.off()
         self.store = store
         self._stores = AsyncStore(store)
+        self._leases = LeaseKeeper(
+            self._stores, owner=incarnation(config.host_id), ttl_s=config.lease_ttl_s
+        )
         self._engine = engine
         self._workers = _CountedWorkers(WorkerPool(config.worker_threads))
         self._services = CoreServices(
@@ -181,6 +196,9 @@ class Host:
             deliveries_due=Doorbell(),
             epoch_tick_ms=config.epoch_tick_ms,
             inline_slice_ms=config.inline_slice_ms,
+            leases=self._leases,
+            peers=peers,
+            recheck_s=_SHARED_RECHECK_S if self._leases.shared else _RECHECK_S,
         )
         self._kinds = KindTable()
         self._continuations = Continuations(self._services, self._kinds, nursery)
@@ -452,12 +470,43 @@ class Host:
             mailbox_depth=actor.queued,
         )
 
-    def subscribe(
+    @asynccontextmanager
+    async def subscribe(
         self, address: AgentAddress | str
-    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Any]]:
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[Any]]:
         """Replies the agent produces for events nobody is waiting on (timers, messages
-        from other agents, continuations), while the block is open. Used by WebSockets."""
-        return self._pushes.subscribe(_address(address))
+        from other agents, continuations), while the block is open. Used by WebSockets.
+
+        The host holds the agent's lease while the block is open, so that those events are
+        handled here; on a shared store, OwnedElsewhere if another host serves the agent
+        (subscribe there)."""
+        address = _address(address)
+        await self._leases.acquire(address)
+        self._leases.hold(address)
+        try:
+            async with self._pushes.subscribe(address) as channel:
+                yield channel
+        finally:
+            self._leases.unhold(address)
+
+    @property
+    def host_id(self) -> str:
+        """This host's lease holder name: ``"<host id>/<nonce>"``."""
+        return self._leases.owner
+
+    @property
+    def shared_store(self) -> bool:
+        """Whether the store is shared with other hosts (PostgreSQL)."""
+        return self._leases.shared
+
+    async def advertise(self, url: str) -> None:
+        """Announce the URL other hosts sharing the store reach this one at (forwarded
+        events). ``roost serve`` calls it once it listens."""
+        await self._leases.advertise(url)
+
+    def leases_held(self) -> int:
+        """Agents' leases this host holds now."""
+        return self._leases.held
 
     def metrics(self) -> HostMetrics:
         """The host's counters and histograms (also what the API records into)."""
@@ -549,6 +598,10 @@ class Host:
 
 logger = logging.getLogger("roost.host")
 _PRUNE_EVERY_MAX_S = 3600.0
+_RECHECK_S = 60.0
+_SHARED_RECHECK_S = 1.0
+"""On a shared store, other hosts add due work no doorbell here announces: look every
+second (one indexed query per host)."""
 
 T = TypeVar("T")
 

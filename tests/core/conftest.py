@@ -37,6 +37,7 @@ from roost.config import HostConfig
 from roost.core.deliveries import DeliveryLoop
 from roost.core.dispatch import Dispatcher, Pushes
 from roost.core.kind import Kind, KindTable
+from roost.core.leases import LeaseKeeper, incarnation
 from roost.core.ops import Continuations
 from roost.core.registry import Registry
 from roost.core.services import CoreCounters, CoreServices, Doorbell
@@ -438,9 +439,10 @@ async def open_core(
     so that unix times stored before the crash keep their place in virtual time."""
     telemetry = Telemetry.off()
     workers = InlineWorkers()
+    stores = AsyncStore(store, inline=True)
     services = CoreServices(
         store=store,
-        stores=AsyncStore(store, inline=True),
+        stores=stores,
         clock=wall_clock if wall_clock is not None else whole_second_wall_clock(),
         telemetry=telemetry,
         metrics=telemetry.host_metrics(),
@@ -449,6 +451,7 @@ async def open_core(
         deliveries_due=Doorbell(),
         epoch_tick_ms=10,
         inline_slice_ms=inline_slice_ms,
+        leases=LeaseKeeper(stores, owner=incarnation("test-host"), ttl_s=30.0),
     )
     kinds = KindTable()
     async with httpx.AsyncClient() as http_client, open_service_nursery() as nursery:
@@ -471,6 +474,7 @@ async def open_core(
             metrics=services.metrics,
             ask=dispatcher.ask,
         )
+        await nursery.start(services.leases.run)
         await nursery.start(deliveries.run)
         try:
             yield Core(

@@ -54,6 +54,7 @@ class AgentActor:
         "activated",
         "address",
         "closed",
+        "fence",
         "finished",
         "in_turn",
         "kind",
@@ -68,13 +69,16 @@ class AgentActor:
         services: CoreServices,
         continuations: Continuations,
         on_stopped: Callable[[AgentActor], None],
+        fence: int | None = None,
     ) -> None:
         self.address = address
         self.kind = kind
+        self.fence = fence
+        """The fencing token of the agent's lease this host holds."""
         self._services = services
         self._continuations = continuations
         self._on_stopped = on_stopped
-        self._turns = TurnRunner(address, kind, services)
+        self._turns = TurnRunner(address, kind, services, fence)
         limits = kind.manifest.limits
         self._send, self._receive = trio.open_memory_channel[Envelope](limits.mailbox_size)
         self._sandbox: Sandbox | None = None
@@ -218,7 +222,7 @@ class AgentActor:
         if self._redeployed is not None:
             self._drop_instance()
             self.kind, self._redeployed = self._redeployed, None
-            self._turns = TurnRunner(self.address, self.kind, self._services)
+            self._turns = TurnRunner(self.address, self.kind, self._services, self.fence)
             self._inline = True
         handling = Handling(envelope.message_id, replay=envelope.replay)
         error: RoostError | None = None

@@ -1,5 +1,10 @@
 """Address -> resident actor: admission, activation, LRU hibernation past the resident cap,
 and fencing (hold an agent's events off while its stored data changes underneath it).
+
+Before an agent is activated, the host takes its lease (``core/leases.py``): the actor's
+commits carry the lease's fencing token, and an agent another live host holds is not
+activated here (OwnedElsewhere: the dispatcher forwards the event to that host). A lease
+the store says was lost stops the agent's actor.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from opentelemetry import context as otel_context
 from ..address import AgentAddress
 from ..errors import AgentUnavailable, Overloaded
 from .actor import AgentActor
+from .leases import LeaseKeeper
 from .envelope import Envelope
 from .kind import Kind
 from .ops import Continuations
@@ -36,6 +42,8 @@ class Registry:
         self._services = services
         self._nursery = nursery
         self._continuations = continuations
+        self._leases: LeaseKeeper = services.leases
+        self._leases.on_lost.append(self._lease_lost)
         self._max_resident = max_resident
         self._max_in_flight = max_in_flight
         self._actors: OrderedDict[AgentAddress, AgentActor] = OrderedDict()
@@ -56,11 +64,13 @@ class Registry:
                 f"{self.in_flight} events in flight (max_in_flight); retry shortly",
                 retry_after_s=1.0,
             )
-        if address in self._fenced:
-            raise AgentUnavailable(
-                f"agent {address} is being erased or forked; retry shortly",
-                address=str(address),
-            )
+        self._check_fence(address)
+        actor = self._actors.get(address)
+        if (actor is None or actor.closed) and not self._leases.holds(address):
+            await self._leases.acquire(address)  # OwnedElsewhere: another host serves it
+            if not self.accepting:
+                raise Overloaded("the host is shutting down", retry_after_s=1.0)
+            self._check_fence(address)
         actor = self._actor_for(address, kind)
         actor.post(envelope)
         self.in_flight += 1
@@ -70,6 +80,13 @@ class Registry:
             self.in_flight -= 1
             if not self.accepting and self.in_flight == 0:
                 self._drained.set()
+
+    def _check_fence(self, address: AgentAddress) -> None:
+        if address in self._fenced:
+            raise AgentUnavailable(
+                f"agent {address} is being erased or forked; retry shortly",
+                address=str(address),
+            )
 
     async def drain(self) -> None:
         """Stop accepting events, wait for in-flight ones, then hibernate every agent."""
@@ -91,7 +108,10 @@ class Registry:
             del self._actors[address]
         if len(self._actors) >= self._max_resident:
             self._evict_one()
-        actor = AgentActor(address, kind, self._services, self._continuations, self._stopped)
+        fence = self._leases.hold(address)
+        actor = AgentActor(
+            address, kind, self._services, self._continuations, self._stopped, fence
+        )
         self._actors[address] = actor
         if self._services.telemetry.tracing:
             # Not the trace context of whoever happened to wake the agent: each turn gets
@@ -115,6 +135,14 @@ class Registry:
     def _stopped(self, actor: AgentActor) -> None:
         if self._actors.get(actor.address) is actor:
             del self._actors[actor.address]
+        self._leases.unhold(actor.address)
+
+    def _lease_lost(self, address: AgentAddress) -> None:
+        """Another host serves the agent now: its actor finishes what it is doing (its
+        commits are refused) and stops."""
+        actor = self._actors.get(address)
+        if actor is not None:
+            actor.stop()
 
     @asynccontextmanager
     async def fenced(self, address: AgentAddress) -> AsyncIterator[None]:
@@ -124,6 +152,8 @@ class Registry:
             raise AgentUnavailable(
                 f"agent {address} is already being erased or forked", address=str(address)
             )
+        await self._leases.acquire(address)  # erase and fork run where the agent is served
+        self._leases.hold(address)
         self._fenced.add(address)
         try:
             actor = self._actors.get(address)
@@ -133,6 +163,7 @@ class Registry:
             yield
         finally:
             self._fenced.discard(address)
+            self._leases.unhold(address)
 
     # -- inspection ---------------------------------------------------------------------
     @property
