@@ -88,7 +88,9 @@ def _as_server_user(command: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def scratch_postgres(*, fsync: bool = False, max_connections: int = 200) -> Iterator[ScratchPostgres]:
+def scratch_postgres(
+    *, fsync: bool = False, max_connections: int = 200
+) -> Iterator[ScratchPostgres]:
     """Start a new server in a temporary folder and stop it (and delete the folder) at the
     end. ``fsync=False`` (tests) skips flushing to disk: fast, and enough for anything but
     power loss; benchmarks pass ``fsync=True``."""
@@ -129,8 +131,19 @@ def scratch_postgres(*, fsync: bool = False, max_connections: int = 200) -> Iter
         )
         started = subprocess.run(
             _as_server_user(
-                [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w",
-                 "-t", "60", "start"]
+                [
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(log),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
             ),
             capture_output=True,
             text=True,

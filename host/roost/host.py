@@ -40,9 +40,11 @@ from .errors import (
     UnknownAgent,
 )
 from .manifest import Manifest, load_manifest
+from .payload import unpack
 from .sandbox import WasmEngine, open_engine
 from .sandbox.protocol import SandboxFactory
 from .store.async_store import AsyncStore
+from .store.postgres import open_postgres_store
 from .store.protocol import (
     INBOX_KINDS,
     AgentExport,
@@ -52,7 +54,6 @@ from .store.protocol import (
     StateStore,
     Usage,
 )
-from .store.postgres import open_postgres_store
 from .store.sqlite import open_sqlite_store
 from .telemetry import HostMetrics, HostStatistics, Telemetry, gc_pause_seconds
 from .wall_clock import WallClock, utc_day
@@ -335,6 +336,30 @@ class Host:
         except GuestError as exc:
             self._point_home(address, exc)
             raise
+
+    async def deliver_forwarded(
+        self,
+        address: AgentAddress,
+        event_kind: str,
+        payload: bytes,
+        *,
+        idempotency_key: str | None,
+        chain: tuple[str, ...],
+        on_reply: Callable[[Any], None] | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> list[Any]:
+        """An event another host sharing the store forwarded here (``payload`` is msgpack):
+        handled here or refused (OwnedElsewhere), never forwarded again."""
+        return await self._dispatcher.deliver(
+            address,
+            event_kind,
+            unpack(payload),
+            idempotency_key=idempotency_key,
+            chain=chain,
+            on_reply=on_reply,
+            on_token=on_token,
+            forward=False,
+        )
 
     def _point_home(self, address: AgentAddress, exc: GuestError) -> None:
         kind = next((k for k in self._kinds if k.name == address.kind), None)

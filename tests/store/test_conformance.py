@@ -2081,9 +2081,7 @@ async def test_renewal_extends_held_leases_and_reports_lost_ones(store: StateSto
     assert store.acquire_lease(ALICE, H2, 30.0).owner == H1
     taken = store.acquire_lease(BOB, H2, 30.0)
     assert taken.owner == H2
-    assert store.renew_leases(H1, "http://h1", {ALICE: alice.token, BOB: bob.token}, 0.5) == {
-        BOB
-    }
+    assert store.renew_leases(H1, "http://h1", {ALICE: alice.token, BOB: bob.token}, 0.5) == {BOB}
     # What a host announced is where the others find it.
     holder = store.acquire_lease(ALICE, H2, 30.0)
     assert (holder.owner, holder.owner_url) == (H1, "http://h1")

@@ -20,9 +20,9 @@ from opentelemetry import context as otel_context
 from ..address import AgentAddress
 from ..errors import AgentUnavailable, Overloaded
 from .actor import AgentActor
-from .leases import LeaseKeeper
 from .envelope import Envelope
 from .kind import Kind
+from .leases import LeaseKeeper
 from .ops import Continuations
 from .services import CoreServices
 
@@ -109,9 +109,7 @@ class Registry:
         if len(self._actors) >= self._max_resident:
             self._evict_one()
         fence = self._leases.hold(address)
-        actor = AgentActor(
-            address, kind, self._services, self._continuations, self._stopped, fence
-        )
+        actor = AgentActor(address, kind, self._services, self._continuations, self._stopped, fence)
         self._actors[address] = actor
         if self._services.telemetry.tracing:
             # Not the trace context of whoever happened to wake the agent: each turn gets

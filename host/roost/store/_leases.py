@@ -49,9 +49,12 @@ class MemoryLeases:
             self._urls[owner] = url
             for address, token in tokens.items():
                 held = self._leases.get(address)
-                if held is None or held.owner != owner or held.token != token:
-                    lost.add(address)
-                elif held.expires_at <= now:
+                if (
+                    held is None
+                    or held.owner != owner
+                    or held.token != token
+                    or held.expires_at <= now
+                ):
                     lost.add(address)
                 else:
                     self._leases[address] = Lease(address, owner, token, now + ttl_s)

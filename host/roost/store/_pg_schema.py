@@ -148,9 +148,7 @@ def migrate(conn: Any, where: str) -> int:
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS roost_schema (version INTEGER NOT NULL)"
-                )
+                conn.execute("CREATE TABLE IF NOT EXISTS roost_schema (version INTEGER NOT NULL)")
                 row = conn.execute("SELECT version FROM roost_schema").fetchone()
                 version = 0 if row is None else int(row[0])
                 if version > latest:

@@ -155,13 +155,13 @@ class PostgresStore:
                 raise self._error(operation, address, exc) from exc
             raise
 
-    def _error(self, operation: str, address: AgentAddress | None, exc: BaseException) -> StorageError:
+    def _error(
+        self, operation: str, address: AgentAddress | None, exc: BaseException
+    ) -> StorageError:
         subject = f" for {address}" if address is not None else ""
         return StorageError(f"{operation} failed{subject} in {self._where}: {exc}")
 
-    def _write(
-        self, operation: str, address: AgentAddress | None, work: Callable[[Any], _T]
-    ) -> _T:
+    def _write(self, operation: str, address: AgentAddress | None, work: Callable[[Any], _T]) -> _T:
         """Run ``work(conn)`` in one transaction, again if it deadlocked or did not
         serialize."""
         import psycopg
@@ -185,7 +185,9 @@ class PostgresStore:
             return result
         raise AssertionError("unreachable")
 
-    def _read(self, operation: str, address: AgentAddress | None, sql: str, params: Any) -> list[Any]:
+    def _read(
+        self, operation: str, address: AgentAddress | None, sql: str, params: Any
+    ) -> list[Any]:
         with self._conn(operation, address) as conn:
             return list(conn.execute(sql, params).fetchall())
 
@@ -274,7 +276,9 @@ class PostgresStore:
         try:
             statements = _commit_statements(commit)  # checks every value before writing
         except (TypeError, ValueError) as exc:
-            raise StorageError(f"commit failed for {commit.address} in {self._where}: {exc}") from exc
+            raise StorageError(
+                f"commit failed for {commit.address} in {self._where}: {exc}"
+            ) from exc
 
         def work(conn: Any) -> None:
             _run_commit(conn, commit, statements)
@@ -343,9 +347,7 @@ class PostgresStore:
             )
         return {str(k): int(n) for k, n in rows}
 
-    def due_deliveries(
-        self, now: float, limit: int, *, owner: str | None = None
-    ) -> list[Delivery]:
+    def due_deliveries(self, now: float, limit: int, *, owner: str | None = None) -> list[Delivery]:
         if limit <= 0:
             return []
         if owner is None:
@@ -587,7 +589,12 @@ class PostgresStore:
                 " FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS r(kind, id, token)"
                 " WHERE l.kind = r.kind AND l.id = r.id AND l.token = r.token"
                 " AND l.owner = %s",
-                ([a.kind for a, _ in items], [a.id for a, _ in items], [t for _, t in items], owner),
+                (
+                    [a.kind for a, _ in items],
+                    [a.id for a, _ in items],
+                    [t for _, t in items],
+                    owner,
+                ),
             )
 
         self._write("release_leases", None, work)
@@ -840,16 +847,13 @@ def _handled_statement(address: AgentAddress, handled: Handled) -> Statement:
     if handled.next_due is None:
         return (f"DELETE FROM deliveries WHERE {condition}", params, check)
     return (
-        "UPDATE deliveries SET due_at = %s, attempts = 0, last_error = NULL"
-        f" WHERE {condition}",
+        f"UPDATE deliveries SET due_at = %s, attempts = 0, last_error = NULL WHERE {condition}",
         (float(handled.next_due), *params),
         check,
     )
 
 
-def _failed_statements(
-    address: AgentAddress, failed: FailedDelivery, at: float
-) -> list[Statement]:
+def _failed_statements(address: AgentAddress, failed: FailedDelivery, at: float) -> list[Statement]:
     params = (address.kind, address.id, failed.delivery_id)
     if failed.retry_at is not None:
         return [

@@ -396,9 +396,7 @@ class StateStore(TurnReads, Protocol):
         """Dead letters held, by kind (of one kind, or all)."""
         ...
 
-    def due_deliveries(
-        self, now: float, limit: int, *, owner: str | None = None
-    ) -> list[Delivery]:
+    def due_deliveries(self, now: float, limit: int, *, owner: str | None = None) -> list[Delivery]:
         """Deliveries due at or before ``now``, earliest first. With ``owner``, only those of
         agents whose lease ``owner`` holds or could take (free, expired, or held by an
         earlier incarnation of its host): what that host may deliver."""

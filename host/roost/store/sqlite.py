@@ -910,9 +910,7 @@ class SqliteStore:
                 ).fetchall()
         return {str(k): int(n) for k, n in rows}
 
-    def due_deliveries(
-        self, now: float, limit: int, *, owner: str | None = None
-    ) -> list[Delivery]:
+    def due_deliveries(self, now: float, limit: int, *, owner: str | None = None) -> list[Delivery]:
         """Deliveries due at or before ``now``, earliest first (with ``owner``: of agents
         whose lease it holds or could take)."""
         if limit <= 0:
