@@ -31,7 +31,7 @@ HAPROXY_TEMPLATE = """\
 # share of agents moves. Correctness never depends on this: a host forwards a request for
 # an agent another host serves to that host.
 global
-    maxconn 50000
+    maxconn 4000            # raise with the process's file limit (ulimit -n)
 
 defaults
     mode http
