@@ -63,7 +63,7 @@ class FailoverSettings:
 
 
 @dataclass
-class _Host:
+class HostProcess:
     name: str
     port: int
     log: Path
@@ -83,16 +83,19 @@ class _Load:
     errors: Counter[str] = field(default_factory=Counter)
 
 
-async def _start_host(host: _Host, env: dict[str, str]) -> None:
+async def start_host(
+    host: HostProcess, env: dict[str, str], manifests: Sequence[Path] = (MANIFEST,)
+) -> None:
+    """Start ``roost serve`` as ``host`` (its log in a file), deploying ``manifests``."""
     log = host.log.open("ab")
+    deploy = [arg for manifest in manifests for arg in ("--deploy", str(manifest))]
     host.process = await trio.lowlevel.open_process(
         [
             sys.executable,
             "-m",
             "roost.cli",
             "serve",
-            "--deploy",
-            str(MANIFEST),
+            *deploy,
             "--port",
             str(host.port),
         ],
@@ -108,7 +111,8 @@ async def _start_host(host: _Host, env: dict[str, str]) -> None:
     log.close()
 
 
-async def _wait_ready(host: _Host) -> None:
+async def wait_ready(host: HostProcess) -> None:
+    """Wait until ``host`` answers ``/readyz``."""
     deadline = trio.current_time() + _START_TIMEOUT_S
     async with httpx.AsyncClient(timeout=2) as client:
         while True:
@@ -188,7 +192,9 @@ async def _run(
     run = _Run(settings=None, rng=rng)  # type: ignore[arg-type]
     run.settings_vias = settings.vias  # type: ignore[attr-defined]
     load = _Load(run)
-    hosts = [_Host(f"h{i}", free_port(), tmp / f"h{i}.log") for i in range(1, settings.hosts + 1)]
+    hosts = [
+        HostProcess(f"h{i}", free_port(), tmp / f"h{i}.log") for i in range(1, settings.hosts + 1)
+    ]
     proxy_port = free_port()
     async with trio.open_nursery() as nursery:
         llm = await nursery.start(
@@ -206,23 +212,24 @@ async def _run(
             "ROOST_LEASE_TTL_S": str(settings.lease_ttl_s),
         }
         # The first host compiles the agent into the shared cache; the others reuse it.
-        await _start_host(hosts[0], env)
-        await _wait_ready(hosts[0])
+        await start_host(hosts[0], env)
+        await wait_ready(hosts[0])
         for host in hosts[1:]:
-            await _start_host(host, env)
+            await start_host(host, env)
         for host in hosts[1:]:
-            await _wait_ready(host)
+            await wait_ready(host)
         config = tmp / "haproxy.cfg"
         config.write_text(
             haproxy_config(
                 f"127.0.0.1:{proxy_port}", [(h.name, f"127.0.0.1:{h.port}") for h in hosts]
             )
         )
-        proxy = subprocess.Popen(
-            [haproxy_binary(), "-f", str(config), "-db"],
-            stdout=(tmp / "haproxy.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        with (tmp / "haproxy.log").open("wb") as proxy_log:
+            proxy = await trio.lowlevel.open_process(
+                [haproxy_binary(), "-f", str(config), "-db"],
+                stdout=proxy_log,
+                stderr=subprocess.STDOUT,
+            )
         try:
             run.url = f"http://127.0.0.1:{proxy_port}"
             report(f"{settings.hosts} hosts and the proxy are up; load on {settings.agents} agents")
@@ -250,8 +257,8 @@ async def _run(
                         for a in affected
                     }
                     report(f"restarting {victim.name}")
-                    await _start_host(victim, env)
-                    await _wait_ready(victim)
+                    await start_host(victim, env)
+                    await wait_ready(victim)
                     await trio.sleep(3)
                     stop.set()
                 rejoined = await _served_by(client, victim)
@@ -259,7 +266,8 @@ async def _run(
             marks = await _read_marks(run)
         finally:
             proxy.terminate()
-            proxy.wait(timeout=10)
+            with trio.move_on_after(10):
+                await proxy.wait()
             for host in hosts:
                 if host.process is not None and host.process.poll() is None:
                     host.process.send_signal(signal.SIGTERM)
@@ -290,7 +298,7 @@ async def _run(
     return verdict
 
 
-async def _served_by(client: httpx.AsyncClient, host: _Host) -> bool:
+async def _served_by(client: httpx.AsyncClient, host: HostProcess) -> bool:
     """Whether the restarted host serves a message sent to it directly."""
     response = await client.post(
         f"{host.url}/v1/agents/ledger/rejoin-check/messages",

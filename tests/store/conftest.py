@@ -17,13 +17,12 @@ A factory's contract:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import pytest
 
-from loadtests.pg_server import scratch_postgres, why_not
 from roost.store import StateStore, open_sqlite_store
 from roost.store.postgres import open_postgres_store
 
@@ -56,23 +55,11 @@ BACKENDS: dict[str, StoreFactory] = {
 """Every store backend, by name. Adding a backend means adding one entry here."""
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """A throwaway PostgreSQL server for the session (skips without the server binaries)."""
-    reason = why_not()
-    if reason is not None:
-        pytest.skip(f"PostgreSQL store tests need a PostgreSQL server: {reason}")
-    with scratch_postgres() as server:
-        _POSTGRES[:] = [server.url]
-        yield server.url
-        _POSTGRES.clear()
-
-
 @pytest.fixture(params=sorted(BACKENDS))
 def open_store(request: pytest.FixtureRequest) -> StoreFactory:
     """The backend under test (the one parametrized fixture of the conformance suite)."""
     if request.param == "postgres":
-        request.getfixturevalue("postgres_server")
+        _POSTGRES[:] = [request.getfixturevalue("postgres_server")]
     return BACKENDS[request.param]
 
 
