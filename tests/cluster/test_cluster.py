@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,26 @@ import trio
 from loadtests.crash import CrashSettings, run_crash
 from loadtests.failover import FailoverSettings, run_failover
 
-from .conftest import ClusterFactory
+from .conftest import Cluster, ClusterFactory
 
 # A kill cuts the client's requests short: httpx then leaves their body generators to the
 # garbage collector, which Python reports as unraisable.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:
+    """Poll ``check`` (what other processes did) until it holds."""
+    with trio.fail_after(timeout_s):
+        while True:
+            if await check():
+                return
+            await trio.sleep(0.1)
+
+
+async def _marks(c: Cluster, url: str, agent: str, field: str) -> list[Any]:
+    state = (await c.export(url, "ledger", agent))["state"] or {}
+    marks: list[Any] = state.get(field, [])
+    return marks
 
 
 async def _post(client: httpx.AsyncClient, url: str, agent: str, message: Any) -> httpx.Response:
@@ -71,9 +87,11 @@ async def test_a_paused_host_loses_its_lease_and_its_late_commit_is_refused(
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(first)
-                with trio.fail_after(30):  # h1 holds the lease, the message is in the inbox
-                    while c.owner("ledger", "p") != "h1" or not c.deliveries("ledger", "p"):
-                        await trio.sleep(0.05)
+
+                async def handling_on_h1() -> bool:  # h1 holds the lease; the inbox has it
+                    return c.owner("ledger", "p") == "h1" and c.deliveries("ledger", "p") > 0
+
+                await _until(handling_on_h1)
                 assert h1.process is not None
                 h1.process.send_signal(signal.SIGSTOP)  # paused past its lease
                 await trio.sleep(2.5)
@@ -85,11 +103,11 @@ async def test_a_paused_host_loses_its_lease_and_its_late_commit_is_refused(
                 h1.process.send_signal(signal.SIGCONT)  # h1 wakes up and commits late
         assert outcome["status"] == 503, outcome
         assert outcome["body"]["error"]["type"] == "LeaseLost"
-        with trio.fail_after(30):  # h2's delivery loop runs message 1 again, once
-            while 1 not in ((await c.export(h2.url, "ledger", "p"))["state"] or {}).get(
-                "after", []
-            ):
-                await trio.sleep(0.1)
+
+        async def resumed_on_h2() -> bool:  # h2's delivery loop runs message 1 again, once
+            return 1 in await _marks(c, h2.url, "p", "after")
+
+        await _until(resumed_on_h2)
         exported = await c.export(h2.url, "ledger", "p")
         state = exported["state"]
         assert Counter(state["before"]) == Counter({1: 1, 2: 1}), state
@@ -117,11 +135,11 @@ async def test_an_ask_and_a_timer_cross_hosts(cluster: ClusterFactory) -> None:
         assert h1.process is not None
         h1.process.send_signal(signal.SIGTERM)
         await h1.process.wait()
-        with trio.fail_after(30):
-            while 2 not in ((await c.export(h2.url, "ledger", "x"))["state"] or {}).get(
-                "fired", []
-            ):
-                await trio.sleep(0.2)
+
+        async def fired_on_h2() -> bool:
+            return 2 in await _marks(c, h2.url, "x", "fired")
+
+        await _until(fired_on_h2)
         assert c.owner("ledger", "x") in ("h2", None)
         assert (await c.export(h2.url, "ledger", "x"))["state"]["fired"] == [2]
 

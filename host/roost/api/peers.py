@@ -86,6 +86,15 @@ class HttpPeers:
                     elif name == "error":
                         raise _remote_error(int(data.get("status", 500)), data, owner_url)
         except httpx.HTTPError as exc:
+            if not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) and (
+                idempotency_key is None
+            ):
+                # Cut off after the owner may have handled it: only a keyed event is safe
+                # to send again.
+                raise RoostError(
+                    f"the host at {owner_url} serving agent {address} went away while "
+                    f"handling the event ({type(exc).__name__}); its outcome is unknown"
+                ) from None
             raise errors.AgentUnavailable(
                 f"agent {address} is served by the host at {owner_url}, which did not answer "
                 f"({type(exc).__name__}); retry shortly",

@@ -27,7 +27,13 @@ from typing import Any
 import trio
 
 from ..address import AgentAddress
-from ..errors import AlreadyHandled, IdempotencyKeyReused, InvalidMessage, OwnedElsewhere
+from ..errors import (
+    AgentUnavailable,
+    AlreadyHandled,
+    IdempotencyKeyReused,
+    InvalidMessage,
+    OwnedElsewhere,
+)
 from ..payload import pack, unpack
 from ..store.protocol import Delivery, Handled
 from .envelope import Envelope, EventTiming
@@ -38,6 +44,9 @@ from .services import CoreServices
 logger = logging.getLogger("roost.dispatch")
 
 IDEMPOTENCY_KEY_MAX = 255
+_FORWARD_RETRY_S = 0.25
+_FORWARD_GRACE_S = 2.0
+"""How long past a lease's time to live a forwarded event keeps trying its agent's host."""
 _PUSH_BUFFER = 256
 
 
@@ -151,22 +160,31 @@ class Dispatcher:
         handling = (address, envelope.message_id)
         self._handling.add(handling)
         try:
-            try:
-                return await self._registry.deliver(address, kind, envelope)
-            except OwnedElsewhere as exc:
-                peers = self._services.peers
-                if not forward or peers is None or exc.owner_url is None:
-                    raise
-                return await peers.deliver(
-                    exc.owner_url,
-                    address,
-                    envelope.kind,
-                    envelope.payload,
-                    idempotency_key=envelope.idempotency_key,
-                    chain=envelope.chain,
-                    on_reply=envelope.on_reply,
-                    on_token=envelope.on_token,
-                )
+            # An owner that does not answer (it died, or is stopping) keeps its lease until
+            # the lease expires: try again until then, when this host takes the agent over.
+            deadline = trio.current_time() + self._services.leases.ttl_s + _FORWARD_GRACE_S
+            while True:
+                try:
+                    return await self._registry.deliver(address, kind, envelope)
+                except OwnedElsewhere as exc:
+                    peers = self._services.peers
+                    if not forward or peers is None or exc.owner_url is None:
+                        raise
+                    try:
+                        return await peers.deliver(
+                            exc.owner_url,
+                            address,
+                            envelope.kind,
+                            envelope.payload,
+                            idempotency_key=envelope.idempotency_key,
+                            chain=envelope.chain,
+                            on_reply=envelope.on_reply,
+                            on_token=envelope.on_token,
+                        )
+                    except AgentUnavailable:
+                        if trio.current_time() > deadline:
+                            raise
+                        await trio.sleep(_FORWARD_RETRY_S)
         finally:
             self._handling.discard(handling)
             if envelope.handled is not None:  # a stored delivery or inbox entry
