@@ -1,7 +1,8 @@
 """The :class:`~roost.store.StateStore` conformance suite: what a new store backend must pass.
 
 Every test here is written against the protocol only (plus :class:`~roost.store.AsyncStore`)
-and runs once per backend of ``tests/store/conftest.py``. Backend internals (SQL, files,
+and runs once per backend of ``tests/store/conftest.py``; so do the approvals' tests in
+``test_conformance_approvals.py``. Backend internals (SQL, files,
 batching, statistics) are tested in the backend's own module, e.g. ``test_sqlite.py``.
 
 Conventions every backend must follow, beyond the protocol text:

@@ -4,6 +4,8 @@ from .async_store import AsyncStore as AsyncStore
 from .protocol import AgentExport as AgentExport
 from .protocol import AgentRecord as AgentRecord
 from .protocol import AgentSummary as AgentSummary
+from .protocol import Approval as Approval
+from .protocol import ApprovalDecision as ApprovalDecision
 from .protocol import Commit as Commit
 from .protocol import DeadLetter as DeadLetter
 from .protocol import Delivery as Delivery

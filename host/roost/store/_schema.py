@@ -125,6 +125,23 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (kind, id, delivery_id)
     ) WITHOUT ROWID;
     """,
+    # 6: approvals an agent asked a person for, waiting and decided (until pruned).
+    """
+    CREATE TABLE approvals (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        approval_id TEXT NOT NULL,
+        request BLOB NOT NULL,
+        requested_at REAL NOT NULL,
+        expires_at REAL,
+        decision TEXT,
+        decided_at REAL,
+        decided_by TEXT,
+        note TEXT,
+        PRIMARY KEY (kind, id, approval_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX approvals_decided_at ON approvals (decided_at);
+    """,
 ]
 """Migration scripts, applied in order. Append only."""
 

@@ -159,6 +159,36 @@ class PendingOp:
     """msgpack."""
 
 
+ApprovalDecision = Literal["approved", "rejected", "expired"]
+"""How an approval was decided: by a person (``approved``, ``rejected``), or by nobody
+before it expired."""
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """A person's decision an agent asked for (the ``approval`` capability): kept from the
+    moment the agent's op asks until it is pruned after its decision. The row is the op's
+    durable result: an op run again after a crash finds it by ``approval_id`` (derived
+    from the op's idempotency key), decided or not."""
+
+    address: AgentAddress
+    approval_id: str
+    """Unique per agent; URL-safe (``[A-Za-z0-9_-]``)."""
+    request: bytes
+    """msgpack ``{action, details}``: what the agent wants to do."""
+    requested_at: float
+    """Unix time."""
+    expires_at: float | None = None
+    """When it is decided ``expired`` if nobody decided it before (unix time)."""
+    decision: ApprovalDecision | None = None
+    """None while it waits."""
+    decided_at: float | None = None
+    decided_by: str | None = None
+    """Who decided (free text from the decider's credentials; ``roost`` for an expiry)."""
+    note: str | None = None
+    """The decider's comment."""
+
+
 @dataclass(frozen=True, slots=True)
 class IdempotencyRecord:
     """What was recorded under an idempotency key."""
@@ -332,6 +362,11 @@ class TurnReads(Protocol):
         """The op results journaled for a message of the agent, by ``seq``."""
         ...
 
+    def read_approvals(self, address: AgentAddress) -> list[Approval]:
+        """The agent's approvals, waiting and decided (until pruned), oldest first (by
+        ``requested_at``, then ``approval_id``)."""
+        ...
+
 
 class StateStore(TurnReads, Protocol):
     """Durable per-agent state, kv and bookkeeping. Every method is thread-safe and blocks."""
@@ -406,6 +441,35 @@ class StateStore(TurnReads, Protocol):
         """When the earliest delivery is due, or None if there are none."""
         ...
 
+    def request_approval(self, approval: Approval) -> Approval:
+        """Record ``approval`` (undecided: its decision fields are ignored) unless the agent
+        holds an approval with its ``approval_id`` already, and return the row the store
+        holds under that id afterwards: an op asking again after a crash gets the earlier
+        row, with its decision if it was decided meanwhile. Thread-safe and atomic: two
+        callers with the same id get the same row."""
+        ...
+
+    def decide_approval(
+        self,
+        address: AgentAddress,
+        approval_id: str,
+        decision: ApprovalDecision,
+        *,
+        at: float,
+        by: str,
+        note: str | None = None,
+    ) -> Approval | None:
+        """Decide the agent's approval ``approval_id`` if it is undecided (setting
+        ``decision``, ``decided_at = at``, ``decided_by = by`` and ``note``), and return the
+        row afterwards. An approval decided already is left as it is (the first decision
+        stands) and returned as stored. None when the agent holds no such approval."""
+        ...
+
+    def prune_approvals(self, decided_before: float) -> int:
+        """Delete every approval decided before ``decided_before`` (unix seconds). Undecided
+        ones are kept. Returns how many were deleted."""
+        ...
+
     def prune_responses(self, older_than: float) -> int:
         """Delete every idempotency record created before ``older_than`` (unix seconds, the
         ``at`` of the commit that recorded it). Returns how many were deleted."""
@@ -413,15 +477,16 @@ class StateStore(TurnReads, Protocol):
 
     def delete_agent(self, address: AgentAddress) -> bool:
         """Delete everything held for the agent (record, kv, idempotency records, deliveries,
-        usage, journal, pending ops, dead letters) in one transaction. Returns whether there
-        was anything to delete."""
+        usage, journal, pending ops, dead letters, approvals) in one transaction. Returns
+        whether there was anything to delete."""
         ...
 
     def fork_agent(self, source: AgentAddress, target: AgentAddress) -> ForkResult:
         """Copy ``source``'s state and kv entries to ``target`` in one transaction. The copy
-        starts with 0 turns, no idempotency records and ``created_at``/``updated_at`` set to
-        now. Nothing is written unless the result is ``"forked"``: ``"source_missing"`` if
-        ``source`` has no record, ``"target_exists"`` if ``target`` holds any rows."""
+        starts with 0 turns, no idempotency records, no approvals and
+        ``created_at``/``updated_at`` set to now. Nothing is written unless the result is
+        ``"forked"``: ``"source_missing"`` if ``source`` has no record, ``"target_exists"``
+        if ``target`` holds any rows."""
         ...
 
     def list_agents(self, kind: str, *, after: str | None, limit: int) -> list[AgentSummary]:

@@ -44,7 +44,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +55,14 @@ import trio
 from ..address import AgentAddress
 from ..errors import AlreadyHandled, ConfigError, StorageError
 from . import _schema
+from . import _sqlite_approvals as _approvals
 from ._leases import MemoryLeases
 from .protocol import (
     AgentExport,
     AgentRecord,
     AgentSummary,
+    Approval,
+    ApprovalDecision,
     Commit,
     DeadLetter,
     Delivery,
@@ -188,6 +191,23 @@ class _PruneOp(_WriteOp[int]):
 
     def subject(self) -> str:
         return ""
+
+
+class _CallOp(_WriteOp[_T]):
+    """A write given as a function of the writer's connection (the approvals' writes)."""
+
+    __slots__ = ("_about", "_apply", "name")
+
+    def __init__(self, name: str, about: str, apply: Callable[[sqlite3.Connection], _T]) -> None:
+        self.name = name  # type: ignore[misc]
+        self._about = about
+        self._apply = apply
+
+    def apply(self, conn: sqlite3.Connection) -> _T:
+        return self._apply(conn)
+
+    def subject(self) -> str:
+        return self._about
 
 
 def _add_usage(conn: sqlite3.Connection, address: AgentAddress, day: str, usage: Usage) -> None:
@@ -498,6 +518,7 @@ _TABLES = (
     "journal",
     "pending_ops",
     "dead_letters",
+    "approvals",
 )
 """Every table that holds rows of one agent, keyed by (kind, id)."""
 
@@ -959,6 +980,46 @@ class SqliteStore:
     def prune_responses(self, older_than: float) -> int:
         """Delete every idempotency record created before ``older_than``."""
         return self._submit(_PruneOp(older_than))
+
+    def read_approvals(self, address: AgentAddress) -> list[Approval]:
+        """The agent's approvals, waiting and decided, oldest first."""
+        with self._reading("read_approvals", address) as conn:
+            return _approvals.read_all(conn, address)
+
+    def request_approval(self, approval: Approval) -> Approval:
+        """Record an approval unless its id exists; the stored row (see the protocol)."""
+        return self._submit(
+            _CallOp(
+                "request_approval",
+                f" for {approval.address}",
+                lambda conn: _approvals.insert(conn, approval),
+            )
+        )
+
+    def decide_approval(
+        self,
+        address: AgentAddress,
+        approval_id: str,
+        decision: ApprovalDecision,
+        *,
+        at: float,
+        by: str,
+        note: str | None = None,
+    ) -> Approval | None:
+        """Decide an undecided approval; the stored row afterwards (see the protocol)."""
+        return self._submit(
+            _CallOp(
+                "decide_approval",
+                f" for {address}",
+                lambda conn: _approvals.decide(conn, address, approval_id, decision, at, by, note),
+            )
+        )
+
+    def prune_approvals(self, decided_before: float) -> int:
+        """Delete every approval decided before ``decided_before``."""
+        return self._submit(
+            _CallOp("prune_approvals", "", lambda conn: _approvals.prune(conn, decided_before))
+        )
 
     def delete_agent(self, address: AgentAddress) -> bool:
         """Delete everything held for the agent in one transaction, after every write
