@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +216,127 @@ def postgres_server() -> Iterator[str]:
         pytest.skip(f"needs a PostgreSQL server: {reason}")
     with scratch_postgres() as server:
         yield server.url
+
+
+# -- an MCP server on loopback ----------------------------------------------------------------
+
+
+@dataclass
+class McpServer:
+    """The notes MCP server of ``examples/notes_mcp`` (the official ``mcp`` SDK's server)."""
+
+    url: str
+    notebooks: dict[str, list[str]]
+    """Notes by session id (``shared`` when the client has none)."""
+    requests: list[dict[str, Any]]
+    """Every JSON-RPC message received (its method, and the session it named)."""
+    forgotten: set[str] = field(default_factory=set)
+
+    def forget_sessions(self) -> None:
+        """Answer every session seen so far as a restarted server does: 404, not found."""
+        self.forgotten |= {r["session"] for r in self.requests if r["session"]}
+        self.notebooks.clear()
+
+
+def _handshake_era(app: Any, requests: list[dict[str, Any]], forgotten: set[str]) -> Any:
+    """An ASGI app that records each JSON-RPC message, and (``handshake`` era) answers
+    ``server/discover`` as servers of the 2025 protocol do: an unknown method."""
+
+    async def recorded(scope: Any, receive: Any, send: Any, *, refuse_discover: bool) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await app(scope, receive, send)
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        try:
+            rpc = json.loads(body)
+        except ValueError:
+            rpc = {}
+        headers = dict(scope["headers"])
+        session = headers.get(b"mcp-session-id", b"").decode() or None
+        requests.append({"method": rpc.get("method"), "session": session})
+        if session in forgotten:
+            reply = {
+                "jsonrpc": "2.0",
+                "id": rpc.get("id"),
+                "error": {"code": -32001, "message": "Session not found"},
+            }
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 404,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": json.dumps(reply).encode()})
+            return
+        if refuse_discover and rpc.get("method") == "server/discover":
+            reply = {
+                "jsonrpc": "2.0",
+                "id": rpc.get("id"),
+                "error": {"code": -32601, "message": "Method not found"},
+            }
+            payload = json.dumps(reply).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": payload})
+            return
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await app(scope, replay, send)
+
+    return recorded
+
+
+@asynccontextmanager
+async def mcp_server(era: str = "discover") -> AsyncIterator[McpServer]:
+    """The notes MCP server on a loopback port, speaking the 2026 protocol (``discover``)
+    or only the handshake era (``handshake``: sessions with ``Mcp-Session-Id``)."""
+    from functools import partial
+
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.trio import serve
+
+    spec = importlib.util.spec_from_file_location(
+        "notes_mcp_server", ROOT / "examples" / "notes_mcp" / "server.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    server, notebooks = module.build_server()
+    requests: list[dict[str, Any]] = []
+    forgotten: set[str] = set()
+    inner = server.streamable_http_app()
+    recorder = _handshake_era(inner, requests, forgotten)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await inner(scope, receive, send)
+        else:
+            await recorder(scope, receive, send, refuse_discover=era == "handshake")
+
+    config = HypercornConfig()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 0.0
+    async with trio.open_nursery() as nursery:
+        urls = await nursery.start(partial(serve, app, config, mode="asgi"))
+        yield McpServer(f"{urls[0]}/mcp", notebooks, requests, forgotten)
+        nursery.cancel_scope.cancel()

@@ -349,5 +349,5 @@ async def test_team_reports_a_trapping_worker_instead_of_hanging(
             assert line.startswith(
                 f"{role} could not answer: ask team/jo -> team-worker/jo-{role} failed: guest"
             )
-            assert "OpError: llm: provider answered" in line
+            assert "OpError: llm: provider 'default' answered" in line
         assert await host.send("team/jo", "") == ["Ask the team a question."]  # still serving

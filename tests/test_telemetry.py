@@ -93,6 +93,16 @@ def _value(points: list[Any], **attributes: Any) -> Any:
     raise AssertionError(f"no point with {attributes} in {points}")
 
 
+def _point(points: list[Any], **attributes: Any) -> dict[str, Any]:
+    """The attributes of the one point that has ``attributes``."""
+    [found] = [
+        dict(p.attributes)
+        for p in points
+        if all(p.attributes.get(k) == v for k, v in attributes.items())
+    ]
+    return found
+
+
 async def test_an_http_request_traces_its_turns_host_calls_and_llm_op(
     otel: InMemoryTelemetry,
     host_config: Callable[..., HostConfig],
@@ -171,7 +181,9 @@ async def test_an_http_request_traces_its_turns_host_calls_and_llm_op(
     assert _parent(llm) == first.context.span_id
     gen_ai = dict(llm.attributes or {})
     assert gen_ai["gen_ai.operation.name"] == "chat"
-    assert gen_ai["gen_ai.system"] == "openai"
+    assert gen_ai["gen_ai.provider.name"] == "default"  # the host's name for its provider
+    assert "gen_ai.system" not in gen_ai  # deprecated by the GenAI conventions
+    assert gen_ai["gen_ai.response.finish_reasons"] == ("stop",)
     assert gen_ai["gen_ai.request.model"] == "roost-sim"
     assert gen_ai["gen_ai.usage.output_tokens"] == 5
     assert gen_ai["gen_ai.usage.input_tokens"] > 0
@@ -207,7 +219,21 @@ async def test_an_http_request_traces_its_turns_host_calls_and_llm_op(
     assert _value(tokens, **{"gen_ai.token.type": "output"}) == 5
     assert _value(tokens, **{"gen_ai.token.type": "input"}) == input_tokens
     assert _value(points["gen_ai.client.token.usage"], **{"gen_ai.token.type": "output"}) == 1
+    usage_point = _point(points["gen_ai.client.token.usage"], **{"gen_ai.token.type": "output"})
+    assert usage_point["gen_ai.provider.name"] == "default"
+    assert usage_point["gen_ai.request.model"] == "roost-sim"
+    assert usage_point["gen_ai.response.model"] == "roost-sim"
+    duration = _point(
+        points["gen_ai.client.operation.duration"], **{"gen_ai.provider.name": "default"}
+    )
+    assert duration["gen_ai.operation.name"] == "chat"
+    assert "error.type" not in duration
+    assert _value(points["gen_ai.client.operation.duration"]) == 1
     # ...and at /metrics.
+    assert 'roost_llm_calls_total{model="roost-sim",outcome="ok",provider="default"} 1.0' in (
+        prometheus
+    )
+    assert 'roost_llm_call_seconds_count{model="roost-sim",provider="default"} 1.0' in prometheus
     assert 'roost_capability_denials_total{capability="http",kind="caller"} 1.0' in prometheus
     assert 'roost_llm_tokens_total{kind="caller",type="output"} 5.0' in prometheus
     assert f'roost_llm_tokens_total{{kind="caller",type="input"}} {input_tokens}.0' in prometheus

@@ -20,5 +20,22 @@ from ._agent import Agent as Agent
 from ._context import CapabilityError as CapabilityError
 from ._context import Context as Context
 from ._context import OpError as OpError
+from ._tools import Tool as Tool
+from ._tools import ToolCallRecord as ToolCallRecord
+from ._tools import ToolRun as ToolRun
+from ._tools import mcp_tools as mcp_tools
+from ._tools import run_tools as run_tools
+from ._tools import tool as tool
 
-__all__ = ["Agent", "CapabilityError", "Context", "OpError"]
+__all__ = [
+    "Agent",
+    "CapabilityError",
+    "Context",
+    "OpError",
+    "Tool",
+    "ToolCallRecord",
+    "ToolRun",
+    "mcp_tools",
+    "run_tools",
+    "tool",
+]

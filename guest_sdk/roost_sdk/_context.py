@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json as _json
 import random as _pyrandom
 from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar, overload
@@ -14,7 +15,38 @@ class CapabilityError(Exception):
 
 
 class OpError(Exception):
-    """An async op (sleep, llm, http, ...) completed with an error."""
+    """An async op (sleep, llm, http, ...) completed with an error.
+
+    ``str(error)`` is the message. When a provider failed (an LLM provider, an MCP server)
+    the error says more: ``status`` (its HTTP status, None when there was no answer),
+    ``code`` (its error code), ``retryable`` (whether the same call may succeed later:
+    429, 5xx, timeouts, broken connections), ``provider``, ``type`` (``http_error``,
+    ``timeout``, ``unreachable``, ``stream_error``, ``truncated``, ``malformed``) and
+    ``retry_after_s``; ``details`` holds all of them."""
+
+    def __init__(self, text: str) -> None:
+        details = _error_details(text)
+        super().__init__(details.pop("message") if details else text)
+        self.details: dict[str, Any] = details or {}
+        self.type: str | None = self.details.get("type")
+        self.status: int | None = self.details.get("status")
+        self.code: str | None = self.details.get("code")
+        self.provider: str | None = self.details.get("provider")
+        self.retryable: bool = bool(self.details.get("retryable", False))
+        self.retry_after_s: float | None = self.details.get("retry_after_s")
+
+
+def _error_details(text: str) -> dict[str, Any] | None:
+    """The JSON object an op error with details is (see the WIT's ``llm`` interface)."""
+    if not text.startswith("{"):
+        return None
+    try:
+        details = _json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(details, dict) or not isinstance(details.get("message"), str):
+        return None
+    return details
 
 
 def _imports(name: str) -> Any:
@@ -189,7 +221,7 @@ class HostRandom(_pyrandom.Random):
 
 
 class Llm:
-    """Chat completions through the host's model provider."""
+    """Chat completions (with tools) and embeddings through the host's model providers."""
 
     @overload
     def chat(
@@ -199,6 +231,10 @@ class Llm:
         model: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
+        response_format: dict[str, Any] | None = None,
         stream: bool = False,
         then: None = None,
         tag: Any = None,
@@ -212,6 +248,10 @@ class Llm:
         model: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
+        response_format: dict[str, Any] | None = None,
         stream: bool = False,
         then: str,
         tag: Any = None,
@@ -224,24 +264,158 @@ class Llm:
         model: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
+        response_format: dict[str, Any] | None = None,
         stream: bool = False,
         then: str | None = None,
         tag: Any = None,
     ) -> PendingOp[dict[str, Any]] | None:
-        """``await ctx.llm.chat(messages)`` returns ``{"content", "model", "usage"}``.
+        """``await ctx.llm.chat(messages)`` returns ``{"content", "tool_calls",
+        "finish_reason", "message", "model", "provider", "usage"}``.
+
+        ``tools`` are OpenAI function tools (``{"type": "function", "function": {"name",
+        "description", "parameters"}}``); the model's calls come back in ``tool_calls`` as
+        ``{"id", "name", "arguments"}`` with the arguments parsed, and ``message`` is the
+        assistant message to append before the tool results (``roost_sdk.run_tools`` runs
+        the whole loop). ``tool_choice`` is ``"auto"``, ``"none"``, ``"required"`` or a
+        tool's name. ``usage`` is ``{"input_tokens", "output_tokens", "estimated"}``
+        (estimated from the text when the provider reported none).
+
         With ``stream=True`` tokens also reach the user as they arrive. With
         ``then="handler"`` the call returns at once and ``handler(ctx, result, tag)`` is
-        called later as a new turn (the agent may hibernate meanwhile)."""
+        called later as a new turn (the agent may hibernate meanwhile). A failure raises
+        :class:`OpError` (``status``, ``code``, ``retryable``)."""
         request = {
             "messages": messages,
             "model": model,
             "max_tokens": max_tokens,
             "temperature": temperature,
+            "tools": tools,
+            "tool_choice": tool_choice,
+            "parallel_tool_calls": parallel_tool_calls,
+            "response_format": response_format,
             "stream": stream,
             "then": then,
             "tag": tag,
         }
         return _start("llm", "chat", request, then)
+
+    @overload
+    def embed(
+        self,
+        input: str | list[str],
+        *,
+        model: str | None = None,
+        then: None = None,
+        tag: Any = None,
+    ) -> PendingOp[dict[str, Any]]: ...
+
+    @overload
+    def embed(
+        self, input: str | list[str], *, model: str | None = None, then: str, tag: Any = None
+    ) -> None: ...
+
+    def embed(
+        self,
+        input: str | list[str],
+        *,
+        model: str | None = None,
+        then: str | None = None,
+        tag: Any = None,
+    ) -> PendingOp[dict[str, Any]] | None:
+        """``await ctx.llm.embed(["a", "b"])`` returns ``{"embeddings": [[...], [...]],
+        "model", "provider", "usage"}``, one vector per text, through the grant's
+        ``embedding_models``."""
+        request = {"input": input, "model": model, "then": then, "tag": tag}
+        return _start("llm", "embed", request, then)
+
+
+class Mcp:
+    """Tools and resources of the remote MCP servers the kind's grant names
+    (``[capabilities.mcp] servers``). Every call is an async op; each also has the
+    continuation form (``then="handler"``: it returns None and the result arrives as
+    ``handler(ctx, result, tag)``)."""
+
+    @overload
+    def list_tools(
+        self, server: str, *, then: None = None, tag: Any = None
+    ) -> PendingOp[dict[str, Any]]: ...
+    @overload
+    def list_tools(self, server: str, *, then: str, tag: Any = None) -> None: ...
+    def list_tools(
+        self, server: str, *, then: str | None = None, tag: Any = None
+    ) -> PendingOp[dict[str, Any]] | None:
+        """``{"tools": [{"name", "description", "input_schema"}]}``."""
+        return _start("mcp", "list_tools", {"server": server, "then": then, "tag": tag}, then)
+
+    @overload
+    def call_tool(
+        self,
+        server: str,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        then: None = None,
+        tag: Any = None,
+    ) -> PendingOp[dict[str, Any]]: ...
+    @overload
+    def call_tool(
+        self,
+        server: str,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        then: str,
+        tag: Any = None,
+    ) -> None: ...
+    def call_tool(
+        self,
+        server: str,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        then: str | None = None,
+        tag: Any = None,
+    ) -> PendingOp[dict[str, Any]] | None:
+        """``{"content": [...], "text", "structured", "is_error"}``: ``text`` joins the
+        text parts of ``content``; ``is_error`` is the tool's own failure (the call
+        itself worked)."""
+        request = {
+            "server": server,
+            "name": name,
+            "arguments": arguments or {},
+            "then": then,
+            "tag": tag,
+        }
+        return _start("mcp", "call_tool", request, then)
+
+    @overload
+    def list_resources(
+        self, server: str, *, then: None = None, tag: Any = None
+    ) -> PendingOp[dict[str, Any]]: ...
+    @overload
+    def list_resources(self, server: str, *, then: str, tag: Any = None) -> None: ...
+    def list_resources(
+        self, server: str, *, then: str | None = None, tag: Any = None
+    ) -> PendingOp[dict[str, Any]] | None:
+        """``{"resources": [{"uri", "name", "description", "mime_type"}]}``."""
+        request = {"server": server, "then": then, "tag": tag}
+        return _start("mcp", "list_resources", request, then)
+
+    @overload
+    def read_resource(
+        self, server: str, uri: str, *, then: None = None, tag: Any = None
+    ) -> PendingOp[dict[str, Any]]: ...
+    @overload
+    def read_resource(self, server: str, uri: str, *, then: str, tag: Any = None) -> None: ...
+    def read_resource(
+        self, server: str, uri: str, *, then: str | None = None, tag: Any = None
+    ) -> PendingOp[dict[str, Any]] | None:
+        """``{"contents": [{"uri", "mime_type", "text" or "blob"}]}``."""
+        request = {"server": server, "uri": uri, "then": then, "tag": tag}
+        return _start("mcp", "read_resource", request, then)
 
 
 class Http:
@@ -327,6 +501,7 @@ class Context:
         self.random = HostRandom()
         self.llm = Llm()
         self.http = Http()
+        self.mcp = Mcp()
         self._reply_sink: Callable[[Any], None] | None = None
 
     @property
@@ -431,6 +606,56 @@ class Context:
             "tag": tag,
         }
         return _start("agents", "ask", request, then)
+
+    @overload
+    def approval(
+        self,
+        action: str,
+        details: Any = None,
+        *,
+        timeout: float | None = None,
+        then: None = None,
+        tag: Any = None,
+    ) -> PendingOp[dict[str, Any]]: ...
+
+    @overload
+    def approval(
+        self,
+        action: str,
+        details: Any = None,
+        *,
+        timeout: float | None = None,
+        then: str,
+        tag: Any = None,
+    ) -> None: ...
+
+    def approval(
+        self,
+        action: str,
+        details: Any = None,
+        *,
+        timeout: float | None = None,
+        then: str | None = None,
+        tag: Any = None,
+    ) -> PendingOp[dict[str, Any]] | None:
+        """Ask a person before acting: ``decision = await ctx.approval("send the invoice",
+        {"to": ...})`` waits until an authorised caller approves or rejects it
+        (``POST /v1/agents/{kind}/{id}/approvals/{id}``) and returns ``{"id", "approved",
+        "decision", "by", "note", "decided_at"}``; ``decision`` is ``"approved"``,
+        ``"rejected"`` or ``"expired"`` (nobody decided within ``timeout`` seconds).
+
+        The awaited form keeps the agent resident while it waits, so its timeout is capped
+        by the grant's ``max_wait_s``. ``then="handler"`` (the continuation form) lets the
+        agent hibernate until the decision arrives as ``handler(ctx, decision, tag)``, for
+        up to the grant's ``max_continuation_wait_s``. Needs ``[capabilities.approval]``."""
+        request = {
+            "action": action,
+            "details": details,
+            "timeout_s": timeout,
+            "then": then,
+            "tag": tag,
+        }
+        return _start("approval", "request", request, then)
 
     def usage(self) -> dict[str, Any]:
         """This agent's usage today (UTC), as committed before this turn: ``turns``,

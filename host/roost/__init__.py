@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .address import AgentAddress as AgentAddress
 from .config import HostConfig as HostConfig
+from .config import LlmProvider as LlmProvider
 from .config import load_config as load_config
 from .core.envelope import EventTiming as EventTiming
 from .core.kind import KindInfo as KindInfo
@@ -20,6 +21,7 @@ from .errors import AgentError as AgentError
 from .errors import AgentExists as AgentExists
 from .errors import AgentUnavailable as AgentUnavailable
 from .errors import AlreadyHandled as AlreadyHandled
+from .errors import ApprovalDecided as ApprovalDecided
 from .errors import AuthError as AuthError
 from .errors import BuildError as BuildError
 from .errors import CapabilityDenied as CapabilityDenied
@@ -40,12 +42,15 @@ from .errors import MemoryLimitExceeded as MemoryLimitExceeded
 from .errors import MessageTooLarge as MessageTooLarge
 from .errors import Overloaded as Overloaded
 from .errors import OwnedElsewhere as OwnedElsewhere
+from .errors import ProviderError as ProviderError
 from .errors import QuotaExceeded as QuotaExceeded
 from .errors import RoostError as RoostError
 from .errors import StorageError as StorageError
 from .errors import UnknownAgent as UnknownAgent
+from .errors import UnknownApproval as UnknownApproval
 from .errors import UnknownKind as UnknownKind
 from .host import AgentStatus as AgentStatus
+from .host import ApprovalInfo as ApprovalInfo
 from .host import Host as Host
 from .host import open_host as open_host
 from .limits import Limits as Limits

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import socket
+import tomllib
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
@@ -26,6 +27,64 @@ DEFAULT_MAX_IN_FLIGHT = 10_000
 DEFAULT_IDEMPOTENCY_RETENTION_S = 24 * 3600.0
 DEFAULT_MAX_DELIVERY_ATTEMPTS = 10
 DEFAULT_LEASE_TTL_S = 10.0
+DEFAULT_APPROVAL_RETENTION_S = 30 * 24 * 3600.0
+DEFAULT_LLM_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_LLM_FIRST_TOKEN_TIMEOUT_S = 60.0
+DEFAULT_LLM_TOTAL_TIMEOUT_S = 300.0
+ANY_MODEL = "*"
+"""In a provider's ``models``: it serves any model name (the ``ROOST_LLM_BASE_URL``
+shorthand's provider)."""
+SHORTHAND_PROVIDER = "default"
+"""The name of the provider ``ROOST_LLM_BASE_URL`` and ``ROOST_LLM_API_KEY`` describe."""
+
+
+class LlmProvider(BaseModel):
+    """One OpenAI-compatible model provider (docs/capabilities.md, "Providers").
+
+    ``models`` lists the model names agents may ask it for; a table maps a name agents use
+    to the provider's own (``{"fast" = "gpt-4o-mini"}``), ``"*"`` serves any name. The API
+    key is ``api_key``, or read from the environment variable ``api_key_env`` when the
+    settings load (so a providers file need not hold secrets). The timeouts bound
+    connecting, the wait for the first token (for a request that is not streamed: for the
+    whole answer's headers) and the whole call."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$")
+    base_url: str = Field(pattern=r"^https?://")
+    api_key: str | None = Field(None, repr=False)
+    api_key_env: str | None = None
+    models: dict[str, str] = Field(min_length=1)
+    connect_timeout_s: float = Field(default=DEFAULT_LLM_CONNECT_TIMEOUT_S, gt=0)
+    first_token_timeout_s: float = Field(default=DEFAULT_LLM_FIRST_TOKEN_TIMEOUT_S, gt=0)
+    total_timeout_s: float = Field(default=DEFAULT_LLM_TOTAL_TIMEOUT_S, gt=0)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_as_table(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return {str(name): str(name) for name in value}
+        return value
+
+    @model_validator(mode="after")
+    def _key_from_environment(self) -> LlmProvider:
+        if self.api_key_env is not None:
+            if self.api_key is not None:
+                raise ValueError("set api_key or api_key_env, not both")
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise ValueError(f"api_key_env names {self.api_key_env}, which is not set")
+            object.__setattr__(self, "api_key", key)
+        if self.total_timeout_s < self.first_token_timeout_s:
+            raise ValueError("total_timeout_s must be at least first_token_timeout_s")
+        return self
+
+    def serves(self, model: str) -> bool:
+        return model in self.models or ANY_MODEL in self.models
+
+    def upstream_model(self, model: str) -> str:
+        """The provider's own name for ``model``."""
+        return self.models.get(model, model)
 
 
 def _default_cache_dir() -> Path:
@@ -57,10 +116,17 @@ class HostConfig(BaseSettings):
     turn on a worker thread."""
     max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1)
     """Events accepted host-wide before new ones get Overloaded."""
+    llm_providers: tuple[LlmProvider, ...] = ()
+    """The model providers of the llm capability, in the order calls fall back through
+    them (``ROOST_LLM_PROVIDERS``, a JSON list; or read from ``llm_providers_file``)."""
+    llm_providers_file: Path | None = None
+    """A TOML file of ``[[providers]]`` tables (:class:`LlmProvider`), read when the
+    settings load; exclusive with ``llm_providers``."""
     llm_base_url: str | None = None
-    """OpenAI-compatible endpoint for the llm capability (e.g. ``https://api.openai.com/v1``
-    or a local vLLM/Ollama/llama.cpp server)."""
-    llm_api_key: str | None = None
+    """Shorthand for one more provider, named ``default``, that serves any model: an
+    OpenAI-compatible endpoint (e.g. ``https://api.openai.com/v1`` or a local
+    vLLM/Ollama/llama.cpp server), tried after ``llm_providers``."""
+    llm_api_key: str | None = Field(None, repr=False)
     """Sent as the bearer token to ``llm_base_url``; guests never see it."""
     http_allow_private: bool = False
     """Let the http capability reach loopback/private addresses (development only)."""
@@ -83,6 +149,9 @@ class HostConfig(BaseSettings):
     shared store, how long the agents of a host that died wait before another serves them."""
     advertise_url: str | None = None
     """The URL other hosts reach this one at (forwarded events); default: where it listens."""
+    approval_retention_s: float = Field(DEFAULT_APPROVAL_RETENTION_S, gt=0)
+    """How long a decided approval is kept (in the agent's export, the API's list of its
+    approvals) before it is pruned. Waiting ones are kept until decided or expired."""
 
     @field_validator("host_id")
     @classmethod
@@ -91,9 +160,49 @@ class HostConfig(BaseSettings):
             raise ValueError("1-100 printable characters, no '/'")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_providers_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("llm_providers_file") in (None, ""):
+            return data
+        if data.get("llm_providers"):
+            raise ValueError("set llm_providers or llm_providers_file, not both")
+        path = Path(data["llm_providers_file"])
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"cannot read llm_providers_file {path}: {exc}") from None
+        unknown = sorted(set(document) - {"providers"})
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {', '.join(unknown)}; expected [[providers]]")
+        return {**data, "llm_providers": document.get("providers", [])}
+
+    @model_validator(mode="after")
+    def _check_providers(self) -> HostConfig:
+        names = [p.name for p in self.llm_providers]
+        if self.llm_base_url:
+            names.append(SHORTHAND_PROVIDER)
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"llm provider names must be unique: {', '.join(duplicates)}")
+        return self
+
     @property
     def database_path(self) -> Path:
         return self.data_dir / "roost.db"
+
+    def providers(self) -> tuple[LlmProvider, ...]:
+        """Every model provider, in fallback order: ``llm_providers``, then the
+        ``llm_base_url`` shorthand (named ``default``, serving any model)."""
+        if not self.llm_base_url:
+            return self.llm_providers
+        shorthand = LlmProvider(
+            name=SHORTHAND_PROVIDER,
+            base_url=self.llm_base_url,
+            api_key=self.llm_api_key,
+            models={ANY_MODEL: ANY_MODEL},
+        )
+        return (*self.llm_providers, shorthand)
 
 
 _S = TypeVar("_S", bound=BaseSettings)
@@ -123,6 +232,7 @@ DEFAULT_PORT = 8470
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_TOKEN_TTL_S = 24 * 3600
 DEFAULT_GRACEFUL_TIMEOUT_S = 30.0
+DEFAULT_SSE_KEEPALIVE_S = 15.0
 
 
 class ServerConfig(BaseSettings):
@@ -145,6 +255,9 @@ class ServerConfig(BaseSettings):
     graceful_timeout_s: float = Field(DEFAULT_GRACEFUL_TIMEOUT_S, ge=0)
     """How long shutdown waits for in-flight requests after the first signal."""
     default_token_ttl_s: int = Field(DEFAULT_TOKEN_TTL_S, ge=1)
+    sse_keepalive_s: float = Field(DEFAULT_SSE_KEEPALIVE_S, gt=0)
+    """A message's event stream sends a ``: keep-alive`` comment when it had nothing to
+    send for this long (its handler waits on a model, a person), so proxies do not cut it."""
 
 
 def load_server_config(**overrides: object) -> ServerConfig:

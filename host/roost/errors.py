@@ -14,6 +14,8 @@
     │   │   ├── MessageTooLarge  a request body over the size limit
     │   │   └── IdempotencyKeyReused  a key reused for a different message
     │   ├── UnknownAgent         an operation needs an agent's committed state and it has none
+    │   ├── UnknownApproval      no approval of that id is waiting for the agent
+    │   ├── ApprovalDecided      an approval decided already cannot be decided otherwise
     │   ├── AgentExists          a fork target that already has state
     │   ├── GuestError           the guest failed a turn: it raised, trapped, or broke a limit
     │   │   ├── GuestTrap        the guest raised or trapped (carries the guest traceback)
@@ -26,7 +28,9 @@
     │       └── OwnedElsewhere   another live host holds the agent's lease; send it there
     ├── CapabilityError          a host call failed for a reason the guest can see
     │   ├── CapabilityDenied     the call is outside the kind's grant
-    │   └── QuotaExceeded        the call would pass a per-agent quota
+    │   ├── QuotaExceeded        the call would pass a per-agent quota
+    │   └── ProviderError        a model provider (or MCP server) failed; ``retryable`` says
+    │                            whether the same call may succeed later
     ├── StorageError             the state store failed; the turn was not committed; retry helps
     │   ├── AlreadyHandled       the delivery a commit handles was handled already
     │   └── LeaseLost            the host no longer holds the agent's lease; nothing was written
@@ -94,6 +98,15 @@ class IdempotencyKeyReused(InvalidMessage):
 
 class UnknownAgent(AgentError):
     """Raised when an operation (fork) needs an agent's committed state and there is none."""
+
+
+class UnknownApproval(AgentError):
+    """Raised when deciding an approval the agent never asked for (or that was erased)."""
+
+
+class ApprovalDecided(AgentError):
+    """Raised when an approval decided one way is decided the other way. The first
+    decision stands."""
 
 
 class AgentExists(AgentError):
@@ -172,6 +185,48 @@ class CapabilityDenied(CapabilityError):
 
 class QuotaExceeded(CapabilityError):
     """Raised when a call would pass a per-agent quota or budget."""
+
+
+class ProviderError(CapabilityError):
+    """Raised when a provider the host called for an agent failed: an LLM provider that
+    answered an error (before or in the middle of a stream), timed out, could not be
+    reached, or sent an answer that is not one; an MCP server likewise. ``status`` is the
+    provider's HTTP status (None when there was no answer), ``code`` its error code,
+    ``retryable`` whether the same call may succeed later (429, 5xx, timeouts, broken
+    connections)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        status: int | None = None,
+        code: str | None = None,
+        retryable: bool = False,
+        kind: str = "provider_error",
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        """The provider's ``Retry-After``, when it sent one."""
+        self.provider = provider
+        self.status = status
+        self.code = code
+        self.retryable = retryable
+        self.kind = kind
+        """What went wrong, for metrics and for the guest: ``http_error``, ``timeout``,
+        ``unreachable``, ``stream_error``, ``truncated``, ``malformed``."""
+
+    def details(self) -> dict[str, object]:
+        """What the guest gets besides the message (docs/capabilities.md, "Op errors")."""
+        return {
+            "type": self.kind,
+            "provider": self.provider,
+            "status": self.status,
+            "code": self.code,
+            "retryable": self.retryable,
+            "retry_after_s": self.retry_after_s,
+        }
 
 
 class StorageError(RoostError):

@@ -22,6 +22,7 @@ from ._lifetime import open_service_nursery
 from ._tracebacks import with_source_paths
 from .address import AgentAddress, validate_agent_id, validate_kind_name
 from .capabilities import HostServices, bind_capabilities, link_table
+from .capabilities.approval import ApprovalDesk, decision_of
 from .config import HostConfig, load_config, load_telemetry_config
 from .core.deliveries import DeliveryLoop
 from .core.dispatch import Dispatcher, Pushes
@@ -50,6 +51,7 @@ from .store.protocol import (
     AgentExport,
     AgentRecord,
     AgentSummary,
+    Approval,
     Delivery,
     StateStore,
     Usage,
@@ -57,6 +59,42 @@ from .store.protocol import (
 from .store.sqlite import open_sqlite_store
 from .telemetry import HostMetrics, HostStatistics, Telemetry, gc_pause_seconds
 from .wall_clock import WallClock, utc_day
+
+
+@dataclass(frozen=True)
+class ApprovalInfo:
+    """An approval an agent asked for (see the ``approval`` capability)."""
+
+    id: str
+    action: str
+    details: Any
+    requested_at: float
+    expires_at: float | None
+    decision: str | None = None
+    """None while it waits; ``approved``, ``rejected`` or ``expired``."""
+    decided_at: float | None = None
+    decided_by: str | None = None
+    note: str | None = None
+
+    @classmethod
+    def of(cls, approval: Approval) -> ApprovalInfo:
+        try:
+            asked = unpack(approval.request)
+        except Exception:
+            asked = {}
+        if not isinstance(asked, dict):
+            asked = {}
+        return cls(
+            id=approval.approval_id,
+            action=str(asked.get("action", "")),
+            details=asked.get("details"),
+            requested_at=approval.requested_at,
+            expires_at=approval.expires_at,
+            decision=approval.decision,
+            decided_at=approval.decided_at,
+            decided_by=approval.decided_by,
+            note=approval.note,
+        )
 
 
 @dataclass(frozen=True)
@@ -89,6 +127,8 @@ class AgentStatus:
     """Messages accepted whose handler has not finished (resumed after a crash)."""
     dead_letters: int = 0
     """Deliveries that kept failing and were given up (see the agent's export)."""
+    approvals: tuple[ApprovalInfo, ...] = ()
+    """Approvals the agent asked for that nobody decided yet, oldest first."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +192,7 @@ async def open_host(
             await nursery.start(host._deliveries.run)
             nursery.start_soon(host._continuations.resume)
             nursery.start_soon(host._prune_responses)
+            nursery.start_soon(host._prune_approvals)
             if telemetry.meter is not None:
                 telemetry.observe_host(lambda: host.last_statistics)
                 nursery.start_soon(host._refresh_statistics, telemetry.refresh_interval_s)
@@ -219,11 +260,13 @@ class Host:
             self._pushes,
             max_attempts=config.max_delivery_attempts,
         )
+        self._approvals = ApprovalDesk(self._stores, self._services.clock)
         self._capability_services = HostServices(
             settings=config,
             http_client=http_client,
             metrics=self._services.metrics,
             ask=self._dispatcher.ask,
+            approvals=self._approvals,
         )
         gc_pause_seconds()  # start timing the collector's pauses
         self.last_statistics: HostStatistics | None = None
@@ -372,7 +415,7 @@ class Host:
         an event has zero turns."""
         address = _address(address)
         day = utc_day(self._services.clock.now())
-        record, usage, deliveries, dead = await trio.to_thread.run_sync(
+        record, usage, deliveries, dead, approvals = await trio.to_thread.run_sync(
             self._read_status, address, day
         )
         actor = self._registry.actor(address)
@@ -392,20 +435,46 @@ class Host:
             pending_timers=sum(1 for d in deliveries if d.event_kind == "timer"),
             inbox=sum(1 for d in deliveries if d.event_kind in INBOX_KINDS),
             dead_letters=dead,
+            approvals=tuple(ApprovalInfo.of(a) for a in approvals if a.decision is None),
         )
 
     def _read_status(
         self, address: AgentAddress, day: str
-    ) -> tuple[AgentRecord | None, Usage, list[Delivery], int]:
-        """The agent's record, its usage on ``day``, its deliveries and how many dead
-        letters it has, in one worker-thread trip."""
+    ) -> tuple[AgentRecord | None, Usage, list[Delivery], int, list[Approval]]:
+        """The agent's record, its usage on ``day``, its deliveries, how many dead letters
+        it has and its approvals, in one worker-thread trip."""
         store = self.store
         return (
             store.read_agent(address),
             store.read_usage(address, day),
             store.read_deliveries(address),
             len(store.read_dead_letters(address)),
+            store.read_approvals(address),
         )
+
+    async def approvals(self, address: AgentAddress | str) -> list[ApprovalInfo]:
+        """The approvals the agent asked for, waiting and decided (decided ones until they
+        are pruned, ``approval_retention_s`` after their decision), oldest first."""
+        approvals = await self._stores.run(self.store.read_approvals, _address(address))
+        return [ApprovalInfo.of(a) for a in approvals]
+
+    async def decide_approval(
+        self,
+        address: AgentAddress | str,
+        approval_id: str,
+        *,
+        approve: bool,
+        by: str,
+        note: str | None = None,
+    ) -> dict[str, Any]:
+        """Approve or reject an approval the agent asked for; the op waiting for it
+        completes with the decision (returned here as the agent gets it). Deciding it again
+        the same way returns the decision; the other way (or after it expired) raises
+        ApprovalDecided; an approval the agent never asked for, UnknownApproval."""
+        decided = await self._approvals.decide(
+            _address(address), approval_id, "approved" if approve else "rejected", by=by, note=note
+        )
+        return decision_of(decided)
 
     async def erase(self, address: AgentAddress | str) -> bool:
         """Drop the agent's instance and erase everything held for it. Returns whether
@@ -586,6 +655,8 @@ class Host:
             turn_seconds=metrics.turn_seconds(),
             gc_pause_seconds=gc_pause_seconds(),
             dead_letters=dead_letters,
+            llm_calls=metrics.llm_calls(),
+            llm_call_seconds=metrics.llm_call_seconds(),
         )
         return statistics
 
@@ -603,6 +674,21 @@ class Host:
             else:
                 if pruned:
                     logger.info("pruned %d idempotency records", pruned)
+
+    async def _prune_approvals(self) -> None:
+        """Delete the approvals decided more than ``approval_retention_s`` ago, every tenth
+        of that (at most hourly)."""
+        retention = self.config.approval_retention_s
+        while True:
+            await trio.sleep(min(retention / 10, _PRUNE_EVERY_MAX_S))
+            decided_before = self._services.clock.now() - retention
+            try:
+                pruned = await self._stores.run(self.store.prune_approvals, decided_before)
+            except RoostError as exc:
+                logger.warning("pruning approvals failed: %s", exc)
+            else:
+                if pruned:
+                    logger.info("pruned %d decided approvals", pruned)
 
     async def _refresh_statistics(self, interval_s: float) -> None:
         """Keep :attr:`last_statistics` fresh for the metric exporter's thread."""

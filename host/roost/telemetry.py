@@ -99,6 +99,24 @@ DURATION_BOUNDS_S: tuple[float, ...] = (
     10.0,
 )
 """Bucket bounds (seconds) of the wake and turn latency histograms."""
+GENAI_DURATION_BOUNDS_S: tuple[float, ...] = (
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
+)
+"""Bucket bounds (seconds) of ``gen_ai.client.operation.duration``, as the GenAI semantic
+conventions advise."""
 
 W3C = TraceContextTextMapPropagator()
 """Incoming and outgoing trace context: W3C ``traceparent``/``tracestate``."""
@@ -135,20 +153,19 @@ class HistogramSnapshot:
 
 
 class _Histogram:
-    __slots__ = ("counts", "total")
+    __slots__ = ("bounds", "counts", "total")
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(DURATION_BOUNDS_S) + 1)
+    def __init__(self, bounds: tuple[float, ...] = DURATION_BOUNDS_S) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
         self.total = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(DURATION_BOUNDS_S, value)] += 1
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
 
     def snapshot(self) -> HistogramSnapshot:
-        return HistogramSnapshot(
-            DURATION_BOUNDS_S, tuple(self.counts), self.total, sum(self.counts)
-        )
+        return HistogramSnapshot(self.bounds, tuple(self.counts), self.total, sum(self.counts))
 
 
 class _GcPauses:
@@ -218,9 +235,15 @@ class HostStatistics:
     turn_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
     """Turn latency (worker wait, guest call, commit), by kind."""
     gc_pause_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
+    """Pauses of Python's cyclic garbage collector (the whole process), by generation."""
     dead_letters: dict[str, int] = field(default_factory=dict)
     """Deliveries held in dead letters (they kept failing), by kind."""
-    """Pauses of Python's cyclic garbage collector (the whole process), by generation."""
+    llm_calls: dict[str, int] = field(default_factory=dict)
+    """Calls to model providers, by ``provider|model|outcome`` (``ok``, or the error's
+    type: an HTTP status, ``timeout``, ``unreachable``, ``stream_error``, ...); a call that
+    fell back counts once per provider tried."""
+    llm_call_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
+    """Latency of calls to model providers (failed ones included), by ``provider|model``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +344,30 @@ def trap_name(error: BaseException) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
 
+@dataclass(frozen=True, slots=True)
+class LlmCall:
+    """One call to one model provider, as :meth:`HostMetrics.llm_call` records it."""
+
+    kind: str
+    """The kind of the agent that made it."""
+    provider: str
+    """The host's name for the provider (``gen_ai.provider.name``)."""
+    operation: str
+    """``chat`` or ``embeddings`` (``gen_ai.operation.name``)."""
+    model: str
+    """The model the agent asked for (``gen_ai.request.model``)."""
+    seconds: float
+    error_type: str | None = None
+    """None when it succeeded; else what failed (``error.type``)."""
+    response_model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    estimated: bool = False
+    """The provider reported no usage: the tokens are estimated from the text."""
+    server_address: str | None = None
+    server_port: int | None = None
+
+
 class HostMetrics:
     """The host's own counters and histograms, kept whether or not OpenTelemetry is on,
     and the recent turns of recently active agents (:attr:`turns`).
@@ -336,10 +383,12 @@ class HostMetrics:
         self._turn: dict[str, _Histogram] = {}
         self._traps: dict[tuple[str, str], int] = {}
         self._tokens: dict[tuple[str, str], int] = {}
+        self._llm_calls: dict[tuple[str, str, str], int] = {}
+        self._llm_seconds: dict[tuple[str, str], _Histogram] = {}
         self._rejected: dict[int, int] = {429: 0, 503: 0}
         self._dead_letters: dict[str, int] = {}
         self.websockets_open = 0
-        self._otel_wake = self._otel_turn = self._otel_tokens = None
+        self._otel_wake = self._otel_turn = self._otel_tokens = self._otel_llm = None
         if meter is not None:
             self._otel_wake = meter.create_histogram(
                 "roost.wake.duration",
@@ -357,6 +406,12 @@ class HostMetrics:
                 "gen_ai.client.token.usage",
                 unit="{token}",
                 description="Tokens used per LLM call (GenAI semantic conventions).",
+            )
+            self._otel_llm = meter.create_histogram(
+                "gen_ai.client.operation.duration",
+                unit="s",
+                description="Duration of calls to model providers (GenAI semantic conventions).",
+                explicit_bucket_boundaries_advisory=GENAI_DURATION_BOUNDS_S,
             )
 
     def observe_wake(self, kind: str, seconds: float) -> None:
@@ -384,19 +439,45 @@ class HostMetrics:
         key = (kind, trap_name(error))
         self._traps[key] = self._traps.get(key, 0) + 1
 
-    def llm_tokens(self, kind: str, model: str, input_tokens: int, output_tokens: int) -> None:
-        for token_type, count in (("input", input_tokens), ("output", output_tokens)):
-            key = (kind, token_type)
-            self._tokens[key] = self._tokens.get(key, 0) + count
+    def llm_call(self, call: LlmCall) -> None:
+        """One call to one model provider ended (a call that fell back is one per provider
+        tried)."""
+        outcome = call.error_type or "ok"
+        key = (call.provider, call.model, outcome)
+        self._llm_calls[key] = self._llm_calls.get(key, 0) + 1
+        histogram = self._llm_seconds.get(key[:2])
+        if histogram is None:
+            histogram = self._llm_seconds[key[:2]] = _Histogram(GENAI_DURATION_BOUNDS_S)
+        histogram.observe(call.seconds)
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": call.operation,
+            "gen_ai.provider.name": call.provider,
+            "gen_ai.request.model": call.model,
+            "agent.kind": call.kind,
+        }
+        if call.server_address:
+            attributes["server.address"] = call.server_address
+            attributes["server.port"] = call.server_port
+        if call.response_model:
+            attributes["gen_ai.response.model"] = call.response_model
+        if call.error_type is not None:
+            attributes["error.type"] = call.error_type
+        if self._otel_llm is not None:
+            self._otel_llm.record(call.seconds, attributes)
+        if call.error_type is not None:
+            return
+        for token_type, count in (("input", call.input_tokens), ("output", call.output_tokens)):
+            if token_type == "output" and call.operation == "embeddings":
+                continue
+            tokens_key = (call.kind, token_type)
+            self._tokens[tokens_key] = self._tokens.get(tokens_key, 0) + count
             if self._otel_tokens is not None:
                 self._otel_tokens.record(
                     count,
                     {
-                        "gen_ai.operation.name": "chat",
-                        "gen_ai.system": "openai",
-                        "gen_ai.request.model": model,
+                        **attributes,
                         "gen_ai.token.type": token_type,
-                        "agent.kind": kind,
+                        "roost.llm.usage_estimated": call.estimated,
                     },
                 )
 
@@ -424,6 +505,12 @@ class HostMetrics:
 
     def tokens(self) -> dict[str, int]:
         return {f"{kind}/{t}": n for (kind, t), n in sorted(self._tokens.items())}
+
+    def llm_calls(self) -> dict[str, int]:
+        return {"|".join(key): n for key, n in sorted(self._llm_calls.items())}
+
+    def llm_call_seconds(self) -> dict[str, HistogramSnapshot]:
+        return {"|".join(key): h.snapshot() for key, h in sorted(self._llm_seconds.items())}
 
     def rejections(self) -> dict[int, int]:
         return dict(sorted(self._rejected.items()))

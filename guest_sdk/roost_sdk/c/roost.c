@@ -52,6 +52,18 @@ extern void roost__log_write(int32_t level, const char *message, size_t len);
 ROOST_IMPORT("timers", "sleep") extern void roost__timers_sleep(double seconds, void *ret);
 ROOST_IMPORT("llm", "chat")
 extern void roost__llm_chat(const uint8_t *request, size_t len, void *ret);
+ROOST_IMPORT("llm", "embed")
+extern void roost__llm_embed(const uint8_t *request, size_t len, void *ret);
+ROOST_IMPORT("mcp", "list-tools")
+extern void roost__mcp_list_tools(const uint8_t *request, size_t len, void *ret);
+ROOST_IMPORT("mcp", "call-tool")
+extern void roost__mcp_call_tool(const uint8_t *request, size_t len, void *ret);
+ROOST_IMPORT("mcp", "list-resources")
+extern void roost__mcp_list_resources(const uint8_t *request, size_t len, void *ret);
+ROOST_IMPORT("mcp", "read-resource")
+extern void roost__mcp_read_resource(const uint8_t *request, size_t len, void *ret);
+ROOST_IMPORT("approval", "request")
+extern void roost__approval_request(const uint8_t *request, size_t len, void *ret);
 ROOST_IMPORT("http", "fetch")
 extern void roost__http_fetch(const uint8_t *request, size_t len, void *ret);
 ROOST_IMPORT("agents", "ask")
@@ -816,6 +828,36 @@ static uint64_t start_op(roost_ctx *ctx, op_import start, const uint8_t *request
 uint64_t roost_llm_chat(roost_ctx *ctx, const uint8_t *request, size_t len,
                         roost_op_callback done, void *user) {
     return start_op(ctx, roost__llm_chat, request, len, done, user);
+}
+
+uint64_t roost_llm_embed(roost_ctx *ctx, const uint8_t *request, size_t len,
+                         roost_op_callback done, void *user) {
+    return start_op(ctx, roost__llm_embed, request, len, done, user);
+}
+
+uint64_t roost_mcp_list_tools(roost_ctx *ctx, const uint8_t *request, size_t len,
+                              roost_op_callback done, void *user) {
+    return start_op(ctx, roost__mcp_list_tools, request, len, done, user);
+}
+
+uint64_t roost_mcp_call_tool(roost_ctx *ctx, const uint8_t *request, size_t len,
+                             roost_op_callback done, void *user) {
+    return start_op(ctx, roost__mcp_call_tool, request, len, done, user);
+}
+
+uint64_t roost_mcp_list_resources(roost_ctx *ctx, const uint8_t *request, size_t len,
+                                  roost_op_callback done, void *user) {
+    return start_op(ctx, roost__mcp_list_resources, request, len, done, user);
+}
+
+uint64_t roost_mcp_read_resource(roost_ctx *ctx, const uint8_t *request, size_t len,
+                                 roost_op_callback done, void *user) {
+    return start_op(ctx, roost__mcp_read_resource, request, len, done, user);
+}
+
+uint64_t roost_approval_request(roost_ctx *ctx, const uint8_t *request, size_t len,
+                                roost_op_callback done, void *user) {
+    return start_op(ctx, roost__approval_request, request, len, done, user);
 }
 
 uint64_t roost_http_fetch(roost_ctx *ctx, const uint8_t *request, size_t len,

@@ -147,7 +147,8 @@ typedef struct {
     bool ok;
     /* ok: the op's msgpack result (nil for a sleep) */
     roost_bytes value;
-    /* !ok: why the op failed */
+    /* !ok: why the op failed. A provider's failure (llm, mcp) is a JSON object
+     * {"message", "type", "provider", "status", "code", "retryable", ...}. */
     roost_str error;
 } roost_op_result;
 
@@ -166,9 +167,32 @@ uint64_t roost_sleep(roost_ctx *ctx, double seconds, roost_op_callback done, voi
  * roost_on_continuation, even after the agent hibernated. Each returns the op id, or 0 when
  * the host refused (see roost_last_error). */
 
-/* llm: {messages, model?, max_tokens?, temperature?, stream?} -> {content, model, usage} */
+/* llm: {messages, model?, max_tokens?, temperature?, tools?, tool_choice?, stream?} ->
+ * {content, tool_calls: [{id, name, arguments, arguments_json}], finish_reason, message,
+ * model, provider, usage: {input_tokens, output_tokens, estimated}}. `tools` are OpenAI
+ * function tools; answer a tool call by appending `message` and a {role: "tool",
+ * tool_call_id, content} message to the conversation and calling again (docs/native.md). */
 uint64_t roost_llm_chat(roost_ctx *ctx, const uint8_t *request, size_t len,
                         roost_op_callback done, void *user);
+/* llm: {input: text or [texts], model?} -> {embeddings: [[float]], model, provider, usage} */
+uint64_t roost_llm_embed(roost_ctx *ctx, const uint8_t *request, size_t len,
+                         roost_op_callback done, void *user);
+/* mcp: {server} -> {tools: [{name, description, input_schema}]} */
+uint64_t roost_mcp_list_tools(roost_ctx *ctx, const uint8_t *request, size_t len,
+                              roost_op_callback done, void *user);
+/* mcp: {server, name, arguments?} -> {content, text, structured, is_error} */
+uint64_t roost_mcp_call_tool(roost_ctx *ctx, const uint8_t *request, size_t len,
+                             roost_op_callback done, void *user);
+/* mcp: {server} -> {resources: [{uri, name, description, mime_type}]} */
+uint64_t roost_mcp_list_resources(roost_ctx *ctx, const uint8_t *request, size_t len,
+                                  roost_op_callback done, void *user);
+/* mcp: {server, uri} -> {contents: [{uri, mime_type, text or blob}]} */
+uint64_t roost_mcp_read_resource(roost_ctx *ctx, const uint8_t *request, size_t len,
+                                 roost_op_callback done, void *user);
+/* approval: {action, details?, timeout_s?} -> {id, approved, decision, by, note,
+ * decided_at}, once a person decided (or it expired). */
+uint64_t roost_approval_request(roost_ctx *ctx, const uint8_t *request, size_t len,
+                                roost_op_callback done, void *user);
 /* http: {url, method?, headers?, body?} -> {status, headers, body} */
 uint64_t roost_http_fetch(roost_ctx *ctx, const uint8_t *request, size_t len,
                           roost_op_callback done, void *user);

@@ -70,6 +70,12 @@ extern fn roost_random(ctx: *Ctx, buf: [*]u8, len: usize) void;
 extern fn roost_log(ctx: *Ctx, level: Level, message: [*]const u8, len: usize) void;
 extern fn roost_sleep(ctx: *Ctx, seconds: f64, done: *const CCallback, user: ?*anyopaque) u64;
 extern fn roost_llm_chat(ctx: *Ctx, request: [*]const u8, len: usize, done: ?*const CCallback, user: ?*anyopaque) u64;
+extern fn roost_llm_embed(ctx: *Ctx, request: [*]const u8, len: usize, done: ?*const CCallback, user: ?*anyopaque) u64;
+extern fn roost_mcp_list_tools(ctx: *Ctx, request: [*]const u8, len: usize, done: ?*const CCallback, user: ?*anyopaque) u64;
+extern fn roost_mcp_call_tool(ctx: *Ctx, request: [*]const u8, len: usize, done: ?*const CCallback, user: ?*anyopaque) u64;
+extern fn roost_mcp_list_resources(ctx: *Ctx, request: [*]const u8, len: usize, done: ?*const CCallback, user: ?*anyopaque) u64;
+extern fn roost_mcp_read_resource(ctx: *Ctx, request: [*]const u8, len: usize, done: ?*const CCallback, user: ?*anyopaque) u64;
+extern fn roost_approval_request(ctx: *Ctx, request: [*]const u8, len: usize, done: ?*const CCallback, user: ?*anyopaque) u64;
 extern fn roost_http_fetch(ctx: *Ctx, request: [*]const u8, len: usize, done: ?*const CCallback, user: ?*anyopaque) u64;
 extern fn roost_agents_ask(ctx: *Ctx, request: [*]const u8, len: usize, done: ?*const CCallback, user: ?*anyopaque) u64;
 extern fn roost_agents_send(ctx: *Ctx, kind: [*]const u8, kind_len: usize, id: [*]const u8, id_len: usize, message: [*]const u8, len: usize) c_int;
@@ -272,10 +278,44 @@ pub fn sleep(ctx: *Ctx, seconds: f64, comptime done: Callback, user: ?*anyopaque
     return started(roost_sleep(ctx, seconds, trampoline(done), user));
 }
 
-/// llm.chat with a msgpack request {messages, model?, max_tokens?, temperature?, stream?};
-/// `done` gets {content, model, usage}.
+/// llm.chat with a msgpack request {messages, model?, max_tokens?, temperature?, tools?,
+/// tool_choice?, stream?}; `done` gets {content, tool_calls, finish_reason, message, model,
+/// provider, usage}.
 pub fn llmChat(ctx: *Ctx, request: []const u8, comptime done: Callback, user: ?*anyopaque) Error!u64 {
     return started(roost_llm_chat(ctx, request.ptr, request.len, trampoline(done), user));
+}
+
+/// llm.embed with a msgpack request {input, model?}; `done` gets {embeddings, model,
+/// provider, usage}.
+pub fn llmEmbed(ctx: *Ctx, request: []const u8, comptime done: Callback, user: ?*anyopaque) Error!u64 {
+    return started(roost_llm_embed(ctx, request.ptr, request.len, trampoline(done), user));
+}
+
+/// mcp.list-tools with a msgpack request {server}; `done` gets {tools}.
+pub fn mcpListTools(ctx: *Ctx, request: []const u8, comptime done: Callback, user: ?*anyopaque) Error!u64 {
+    return started(roost_mcp_list_tools(ctx, request.ptr, request.len, trampoline(done), user));
+}
+
+/// mcp.call-tool with a msgpack request {server, name, arguments?}; `done` gets {content,
+/// text, structured, is_error}.
+pub fn mcpCallTool(ctx: *Ctx, request: []const u8, comptime done: Callback, user: ?*anyopaque) Error!u64 {
+    return started(roost_mcp_call_tool(ctx, request.ptr, request.len, trampoline(done), user));
+}
+
+/// mcp.list-resources with a msgpack request {server}; `done` gets {resources}.
+pub fn mcpListResources(ctx: *Ctx, request: []const u8, comptime done: Callback, user: ?*anyopaque) Error!u64 {
+    return started(roost_mcp_list_resources(ctx, request.ptr, request.len, trampoline(done), user));
+}
+
+/// mcp.read-resource with a msgpack request {server, uri}; `done` gets {contents}.
+pub fn mcpReadResource(ctx: *Ctx, request: []const u8, comptime done: Callback, user: ?*anyopaque) Error!u64 {
+    return started(roost_mcp_read_resource(ctx, request.ptr, request.len, trampoline(done), user));
+}
+
+/// approval.request with a msgpack request {action, details?, timeout_s?}; `done` gets
+/// {id, approved, decision, by, note, decided_at} once a person decided.
+pub fn approvalRequest(ctx: *Ctx, request: []const u8, comptime done: Callback, user: ?*anyopaque) Error!u64 {
+    return started(roost_approval_request(ctx, request.ptr, request.len, trampoline(done), user));
 }
 
 /// http.fetch with a msgpack request {url, method?, headers?, body?}; `done` gets

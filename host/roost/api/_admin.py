@@ -4,6 +4,7 @@ agent's export as a JSON document."""
 from __future__ import annotations
 
 import tomllib
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +71,20 @@ async def export_document(host: Host, address: AgentAddress) -> dict[str, Any]:
     """Everything the host keeps for one agent, as JSON-ready values (state decoded from
     msgpack; kv values stay bytes)."""
     exported = await host.export(address)
+    approvals = [asdict(a) for a in await host.approvals(address)]
     if exported is None:
-        return {"agent": str(address), "exists": False, "state": None, "kv": {}}
+        return {
+            "agent": str(address),
+            "exists": False,
+            "state": None,
+            "kv": {},
+            "approvals": approvals,
+        }
     record = exported.record
     return {
         "agent": str(address),
         "exists": True,
+        "approvals": approvals,
         "state": unpack_state(record.state),
         "kv": exported.kv,
         "usage": {

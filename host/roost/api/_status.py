@@ -22,6 +22,8 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (errors.InvalidMessage, 400),
     (errors.UnknownKind, 404),
     (errors.UnknownAgent, 404),
+    (errors.UnknownApproval, 404),
+    (errors.ApprovalDecided, 409),
     (errors.AgentExists, 409),
     (errors.CpuDeadlineExceeded, 500),
     (errors.GuestError, 500),

@@ -27,9 +27,15 @@ async def agent_json(state: ApiState, address: AgentAddress) -> dict[str, Any]:
     return asdict(await state.host.agent_status(address))
 
 
+KEEP_ALIVE = b": keep-alive\n\n"
+"""An SSE comment: clients ignore it; proxies and load balancers see the stream is alive."""
+
+
 class MessageStream(Response):
     """Replies as server-sent events while the handler runs: ``reply`` per reply,
-    then ``done`` (with the agent's status) or ``error``."""
+    then ``done`` (with the agent's status) or ``error``; while the handler waits (on a
+    model, a person's approval) with nothing to send, a ``: keep-alive`` comment line every
+    ``sse_keepalive_s``, so that idle timeouts of proxies on the way do not cut it."""
 
     media_type = "text/event-stream"
 
@@ -73,10 +79,17 @@ class MessageStream(Response):
                     agent = await agent_json(self._state, self._address)
                     sender.send_nowait(sse("done", {"agent": agent}))
 
+        keep_alive_s = self._state.settings.sse_keepalive_s
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run)
             async with events:
-                async for event in events:
+                while True:
+                    event = KEEP_ALIVE
+                    with trio.move_on_after(keep_alive_s):
+                        try:
+                            event = await events.receive()
+                        except trio.EndOfChannel:
+                            break
                     await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -90,6 +90,8 @@ def create_app(host: Host, settings: ServerConfig, credentials: Credentials) -> 
             route("/v1/agents/{kind}/{id}/messages", _post_message, ["POST"]),
             route("/v1/agents/{kind}/{id}/fork", _fork_agent, ["POST"]),
             route("/v1/agents/{kind}/{id}/export", _export_agent, ["GET"]),
+            route("/v1/agents/{kind}/{id}/approvals", _list_approvals, ["GET"]),
+            route("/v1/agents/{kind}/{id}/approvals/{approval_id}", _decide_approval, ["POST"]),
             WebSocketRoute("/v1/agents/{kind}/{id}/ws", websocket_endpoint),
             route(INTERNAL_EVENTS + "/{kind}/{id}", _internal_event, ["POST"]),
             *console_routes_,
@@ -379,6 +381,57 @@ async def _internal_event(state: ApiState, request: Request) -> Response:
     return EventStream(
         state, address, event_kind, payload, None if key is None else str(key), chain
     )
+
+
+async def _list_approvals(state: ApiState, request: Request) -> Response:
+    address = _address(request)
+    require_agent(state.credentials, _token(request), address)
+    approvals = await state.host.approvals(address)
+    return _json({"approvals": [asdict(a) for a in approvals]})
+
+
+_DECISIONS = {"approve": True, "approved": True, "reject": False, "rejected": False}
+_MAX_NOTE_CHARS = 2000
+_MAX_BY_CHARS = 200
+
+
+async def _decide_approval(state: ApiState, request: Request) -> Response:
+    """Approve or reject what an agent asked for. The admin token, or the agent's own token
+    (the person it acts for), may decide; ``by`` (free text) records who did."""
+    address = _address(request)
+    token = _token(request)
+    require_agent(state.credentials, token, address)
+    body = await _read_json(request, state.settings.max_body_bytes)
+    if not isinstance(body, dict) or body.get("decision") not in _DECISIONS:
+        raise InvalidMessage(
+            'expected a JSON object {"decision": "approve" | "reject", "note"?, "by"?}'
+        )
+    unknown = sorted(set(body) - {"decision", "note", "by"})
+    if unknown:
+        raise InvalidMessage(f"unknown fields {', '.join(unknown)}")
+    note, by = body.get("note"), body.get("by")
+    if note is not None and (not isinstance(note, str) or len(note) > _MAX_NOTE_CHARS):
+        raise InvalidMessage(f"note must be a text of at most {_MAX_NOTE_CHARS} characters")
+    if by is not None and (not isinstance(by, str) or not 0 < len(by) <= _MAX_BY_CHARS):
+        raise InvalidMessage(f"by must be a text of 1 to {_MAX_BY_CHARS} characters")
+    if by is None:
+        by = "admin" if _is_admin(state, token) else f"token of {address}"
+    decision = await state.host.decide_approval(
+        address,
+        request.path_params["approval_id"],
+        approve=_DECISIONS[body["decision"]],
+        by=by,
+        note=note,
+    )
+    return _json({"approval": decision})
+
+
+def _is_admin(state: ApiState, token: str | None) -> bool:
+    try:
+        require_admin(state.credentials, token)
+    except AuthError:
+        return False
+    return True
 
 
 # -- websocket ----------------------------------------------------------------------------

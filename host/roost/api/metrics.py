@@ -76,6 +76,23 @@ class MetricsRecorder:
         families.append(
             _by_two("roost_llm_tokens", "LLM tokens used.", ["kind", "type"], stats.llm_tokens)
         )
+        calls = CounterMetricFamily(
+            "roost_llm_calls",
+            "Calls to model providers, by provider, model and outcome (ok, an HTTP status, "
+            "timeout, unreachable, stream_error, truncated, malformed).",
+            labels=["provider", "model", "outcome"],
+        )
+        for key, count in sorted(stats.llm_calls.items()):
+            calls.add_metric(key.split("|", 2), count)
+        families.append(calls)
+        call_seconds = HistogramMetricFamily(
+            "roost_llm_call_seconds",
+            "Latency of calls to model providers (failed ones included), by provider and model.",
+            labels=["provider", "model"],
+        )
+        for key, snapshot in sorted(stats.llm_call_seconds.items()):
+            call_seconds.add_metric(key.split("|", 1), _buckets(snapshot), snapshot.total)
+        families.append(call_seconds)
         depth = GaugeMetricFamily(
             "roost_mailbox_depth", "Events queued in resident agents' mailboxes.", labels=["kind"]
         )
@@ -136,13 +153,17 @@ def _histogram(
 ) -> Metric:
     family = HistogramMetricFamily(name, help_text, labels=[label])
     for kind, snapshot in sorted(by_kind.items()):
-        buckets = []
-        cumulative = 0
-        for bound, count in zip((*snapshot.bounds, float("inf")), snapshot.counts, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-        family.add_metric([kind], buckets, snapshot.total)
+        family.add_metric([kind], _buckets(snapshot), snapshot.total)
     return family
+
+
+def _buckets(snapshot: HistogramSnapshot) -> list[tuple[str, float]]:
+    buckets: list[tuple[str, float]] = []
+    cumulative = 0
+    for bound, count in zip((*snapshot.bounds, float("inf")), snapshot.counts, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    return buckets
 
 
 class _Snapshot(Collector):

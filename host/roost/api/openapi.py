@@ -37,6 +37,46 @@ class AgentInfo(BaseModel):
     pending_ops: int = 0
     mailbox_depth: int = 0
     open_sockets: int = 0
+    approvals: list[ApprovalInfo] = Field(
+        default_factory=list, description="Approvals the agent asked for, waiting for a decision."
+    )
+
+
+class ApprovalDecisionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    decision: Literal["approve", "reject"]
+    note: str | None = Field(None, max_length=2000, description="The decider's comment.")
+    by: str | None = Field(
+        None,
+        max_length=200,
+        description="Who decides (free text); default: `admin`, or the agent token's agent.",
+    )
+
+
+class ApprovalInfo(BaseModel):
+    id: str
+    action: str
+    details: Any = None
+    requested_at: float
+    expires_at: float | None
+    decision: Literal["approved", "rejected", "expired"] | None = Field(
+        description="None while it waits."
+    )
+    decided_at: float | None = None
+    decided_by: str | None = None
+    note: str | None = None
+
+
+class ApprovalDecision(BaseModel):
+    """What the agent's waiting op completes with."""
+
+    id: str
+    action: str
+    approved: bool
+    decision: Literal["approved", "rejected", "expired"]
+    by: str | None
+    note: str | None
+    decided_at: float | None
 
 
 class MessageResponse(BaseModel):
@@ -143,6 +183,9 @@ _WS_FRAMES: list[type[BaseModel]] = [
 _MODELS: list[type[BaseModel]] = [
     MessageRequest,
     ForkRequest,
+    ApprovalDecisionRequest,
+    ApprovalInfo,
+    ApprovalDecision,
     AgentInfo,
     MessageResponse,
     ErrorDetail,
@@ -212,7 +255,8 @@ def openapi_document() -> dict[str, Any]:
                         "stream of server-sent events: each an `event:` line naming its type "
                         "(token, reply, done, error) and a `data:` line of JSON, as the "
                         "schemas Sse*Event describe (`event` is the line's name, `data` its "
-                        "data)",
+                        "data); while the handler waits with nothing to send, a comment line "
+                        "`: keep-alive` every sse_keepalive_s (default 15 s)",
                         "content": {
                             "application/json": {"schema": _ref(MessageResponse)},
                             "text/event-stream": {
@@ -254,6 +298,60 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": _AGENT,
                 "responses": {"200": _ok("Export"), **_ERRORS},
                 "security": _ADMIN,
+            }
+        },
+        "/v1/agents/{kind}/{id}/approvals": {
+            "get": {
+                "summary": "The approvals the agent asked for, waiting and decided",
+                "parameters": _AGENT,
+                "responses": {
+                    "200": {
+                        "description": '{"approvals": [ApprovalInfo]}, oldest first',
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "approvals": {"type": "array", "items": _ref(ApprovalInfo)}
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **_ERRORS,
+                },
+                "security": _AGENT_OR_ADMIN,
+            }
+        },
+        "/v1/agents/{kind}/{id}/approvals/{approval_id}": {
+            "post": {
+                "summary": "Approve or reject what the agent asked for: its waiting op "
+                "completes with the decision (409 if it was decided otherwise or expired)",
+                "parameters": [
+                    *_AGENT,
+                    {
+                        "name": "approval_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "requestBody": _json_body(ApprovalDecisionRequest),
+                "responses": {
+                    "200": {
+                        "description": '{"approval": ApprovalDecision}',
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"approval": _ref(ApprovalDecision)},
+                                }
+                            }
+                        },
+                    },
+                    **_ERRORS,
+                },
+                "security": _AGENT_OR_ADMIN,
             }
         },
         "/v1/agents/{kind}/{id}/ws": {

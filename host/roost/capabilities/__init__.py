@@ -27,6 +27,7 @@ from ._base import TurnEffects as TurnEffects
 from ._base import TurnView as TurnView
 from ._base import bound_turn as bound_turn
 from ._base import host_call as host_call
+from ._base import op_error_text as op_error_text
 
 
 @cache

@@ -26,6 +26,7 @@ guest; the others return ``fallback`` and fail the turn.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -38,8 +39,10 @@ from ..abi import HostCallError, HostFunction
 from ..address import AgentAddress
 from ..errors import CapabilityError, RoostError
 from ..limits import Budgets, Limits
+from ..store.protocol import Approval as StoredApproval
 from ..store.protocol import Delivery, TurnReads, Usage
 from ..telemetry import fail_span
+from ._mcp_sessions import McpSessions
 
 if TYPE_CHECKING:
     import httpx
@@ -73,11 +76,28 @@ OpRunner = Callable[[], Awaitable[OpResult]]
 
 class OpFailed(CapabilityError):
     """An op failed in a way the guest is told about, having used ``usage`` (an HTTP call
-    that was made, LLM tokens spent before a stream broke)."""
+    that was made, LLM tokens spent before a stream broke). ``details`` reach the guest
+    with the message (see :func:`op_error_text`)."""
 
-    def __init__(self, message: str, usage: Usage) -> None:
+    def __init__(self, message: str, usage: Usage, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.usage = usage
+        self._details = details
+
+    def details(self) -> dict[str, Any] | None:
+        return self._details
+
+
+def op_error_text(error: CapabilityError) -> str:
+    """The text of an op's error as the guest gets it (``op-result.err``): the message; or,
+    for an error that carries details (a provider's status, code, ``retryable``), a JSON
+    object ``{"message": ..., **details}``, which the SDKs parse (docs/capabilities.md,
+    "Op errors")."""
+    details = getattr(error, "details", None)
+    found = details() if callable(details) else None
+    if not found:
+        return str(error)
+    return json.dumps({"message": str(error), **found}, separators=(",", ":"), default=str)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +148,14 @@ class Ask(Protocol):
     ) -> list[Any]: ...
 
 
+class Approvals(Protocol):
+    """Where approval ops wait for a person's decision (``approval.ApprovalDesk``)."""
+
+    async def wait(
+        self, address: AgentAddress, approval_id: str, request: bytes, timeout_s: float
+    ) -> StoredApproval: ...
+
+
 @dataclass(frozen=True, slots=True)
 class HostServices:
     """Everything the host offers capabilities; each takes the slice it needs when bound."""
@@ -137,6 +165,10 @@ class HostServices:
     """The host's shared client for outbound calls."""
     metrics: HostMetrics
     ask: Ask
+    approvals: Approvals | None = None
+    """Decisions approval ops wait for (None: the host takes none)."""
+    mcp_sessions: McpSessions = field(default_factory=lambda: McpSessions())
+    """The MCP sessions of agents, kept across their hibernation."""
 
 
 @dataclass(slots=True)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..address import AgentAddress
-from ..capabilities import Continuation, OpContext, OpFailed, OpRunner
+from ..capabilities import Continuation, OpContext, OpFailed, OpRunner, op_error_text
 from ..errors import CapabilityError, OwnedElsewhere, RoostError, UnknownKind
 from ..payload import pack, unpack
 from ..store.protocol import Commit, Delivery, JournalEntry, PendingOp, Usage
@@ -115,9 +115,9 @@ async def run_op(op: StartedOp, runner: OpRunner, address: AgentAddress) -> Comp
             with op.trace.activated():
                 result = await runner()
     except OpFailed as exc:
-        return Completion(op, False, str(exc), exc.usage)
+        return Completion(op, False, op_error_text(exc), exc.usage)
     except CapabilityError as exc:
-        return Completion(op, False, str(exc))
+        return Completion(op, False, op_error_text(exc))
     except Exception as exc:
         logger.exception("agent %s: %s op failed", address, op.capability)
         return Completion(op, False, f"{op.capability} failed: {exc}")

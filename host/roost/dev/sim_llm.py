@@ -44,6 +44,29 @@ Endpoints
     with ``"stream_options": {"include_usage": true}``, a chunk with ``"choices": []`` and
     the ``usage``, and finally ``data: [DONE]``.
 
+    Tools: when the request offers ``tools`` and its last message is the user's, every
+    offered tool whose name appears in that message is called, with the JSON object that
+    follows the name as its arguments (``{}`` when none follows): ``"add {"a": 2, "b": 3}"``
+    calls ``add`` with ``{"a": 2, "b": 3}``. The answer then has ``tool_calls`` (streamed
+    as OpenAI streams them: the id and name first, the arguments in two pieces) and
+    ``finish_reason: "tool_calls"``. When the last message is a tool result, the answer is
+    ``"tool results: "`` and the contents of the tool messages since the last assistant
+    message, joined by ``"; "``.
+
+    Faults, per model (``faults = {model: fault}``), for what real providers do wrong:
+    ``error_mid_stream`` (two tokens, then an error object in the stream, then the end,
+    no ``[DONE]``), ``error_in_stream`` (an error object before any token), ``cut_off`` (two
+    tokens, then the end: no finish reason, no ``[DONE]``), ``empty`` (a 200 event stream
+    with no body), ``not_sse`` (a JSON completion answered to a streamed request), ``hang``
+    (never answers), ``hang_after_first_token`` (one token, then nothing), ``error_429``
+    and ``error_500`` (every request fails so). ``omit_usage`` sends no usage at all, as
+    llama.cpp's server ignores ``stream_options.include_usage``.
+
+``POST /v1/embeddings``
+    ``{model, input}`` (a string or a list of strings): one deterministic vector of
+    :data:`EMBEDDING_DIMENSIONS` floats per input (from a hash of its text), and
+    ``usage.prompt_tokens`` counted as for completions.
+
 ``GET /v1/models``
     The configured model names. A completion request for any other model is answered 404
     ``model_not_found``, as OpenAI and vLLM do.
@@ -59,9 +82,11 @@ RNG, so a run is reproducible), an injected failure answered at once: 429
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import random
+import re
 import signal
 import sys
 import time
@@ -69,7 +94,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -92,6 +117,7 @@ __all__ = [
     "reply_words",
     "serve_sim_llm",
     "simulated_duration_s",
+    "simulated_embedding",
 ]
 
 FINGERPRINT = "roost-simulated"
@@ -100,6 +126,19 @@ DEFAULT_MODEL = "roost-sim"
 DEFAULT_COMPLETION_TOKENS = 32
 FILLER_WORD = "simulated"
 """The reply's words when the last user message has none."""
+EMBEDDING_DIMENSIONS = 8
+"""Length of the simulated embedding vectors."""
+SimFault = Literal[
+    "error_mid_stream",
+    "error_in_stream",
+    "cut_off",
+    "empty",
+    "not_sse",
+    "hang",
+    "hang_after_first_token",
+    "error_429",
+    "error_500",
+]
 RECENT_REQUESTS = 100
 """Request bodies kept for tests to inspect (:attr:`SimLLMServer.recent_requests`)."""
 
@@ -128,6 +167,10 @@ class SimLLMConfig(BaseModel):
     manifest names the models and may change)."""
     seed: int = 0
     """Seed of the failure-injection RNG."""
+    faults: dict[str, SimFault] = Field(default_factory=dict)
+    """What goes wrong with requests for a model (see the module docstring)."""
+    omit_usage: bool = False
+    """Send no usage, streamed or not (as llama.cpp's server ignores ``include_usage``)."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +244,13 @@ def reply_words(messages: Sequence[dict[str, Any]], n: int) -> list[str]:
     return list(itertools.islice(itertools.cycle(words or [FILLER_WORD]), n))
 
 
+def simulated_embedding(text: str) -> list[float]:
+    """The simulated embedding of ``text``: :data:`EMBEDDING_DIMENSIONS` floats in [-1, 1)
+    from its SHA-256 (equal texts, equal vectors)."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [(digest[i] - 128) / 128 for i in range(EMBEDDING_DIMENSIONS)]
+
+
 def simulated_duration_s(config: SimLLMConfig, completion_tokens: int) -> float:
     """Seconds from a request's arrival until its last token is ready."""
     between = 1.0 / config.tokens_per_s if config.tokens_per_s > 0 else 0.0
@@ -257,6 +307,47 @@ class _Completion:
     finish_reason: str
     stream: bool
     include_usage: bool
+    tool_calls: tuple[tuple[str, str], ...] = ()
+    """(name, arguments JSON) of the tools the simulated model calls."""
+
+
+def called_tools(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """The tools a simulated answer calls: (name, arguments JSON) of every offered tool
+    named in the last message, if it is the user's (see the module docstring)."""
+    tools = body.get("tools") or []
+    messages = body.get("messages") or []
+    if not tools or not messages or messages[-1].get("role") != "user":
+        return []
+    text = _text_of(messages[-1].get("content"))
+    calls: list[tuple[int, str, str]] = []
+    decoder = json.JSONDecoder()
+    for spec in tools:
+        name = (spec.get("function") or {}).get("name") if isinstance(spec, dict) else None
+        if not isinstance(name, str):
+            continue
+        for match in re.finditer(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text):
+            rest = text[match.end() :].lstrip()
+            arguments = "{}"
+            if rest.startswith("{"):
+                try:
+                    value, _ = decoder.raw_decode(rest)
+                    arguments = json.dumps(value)
+                except ValueError:
+                    pass
+            calls.append((match.start(), name, arguments))
+    return [(name, arguments) for _, name, arguments in sorted(calls)]
+
+
+def tool_results_reply(messages: Sequence[dict[str, Any]]) -> list[str] | None:
+    """The words of the answer to tool results, or None when the last message is not one."""
+    if not messages or messages[-1].get("role") != "tool":
+        return None
+    results = []
+    for message in reversed(messages):
+        if message.get("role") != "tool":
+            break
+        results.append(_text_of(message.get("content")))
+    return ["tool", "results:", *"; ".join(reversed(results)).split()]
 
 
 def _parse_completion(body: Any, config: SimLLMConfig) -> _Completion:
@@ -282,9 +373,21 @@ def _parse_completion(body: Any, config: SimLLMConfig) -> _Completion:
     if not isinstance(options, dict):
         raise _BadRequest("'stream_options' must be an object", "stream_options")
     n = config.completion_tokens if limit is None else min(limit, config.completion_tokens)
+    calls = called_tools(body)
+    from_tools = tool_results_reply(messages)
+    if calls:
+        return _Completion(
+            model=model,
+            words=[],
+            prompt_tokens=sum(count_tokens(_text_of(m.get("content"))) for m in messages),
+            finish_reason="tool_calls",
+            stream=stream,
+            include_usage=stream and options.get("include_usage") is True,
+            tool_calls=tuple(calls),
+        )
     return _Completion(
         model=model,
-        words=reply_words(messages, n),
+        words=from_tools if from_tools is not None else reply_words(messages, n),
         prompt_tokens=sum(count_tokens(_text_of(m.get("content"))) for m in messages),
         finish_reason="length"
         if limit is not None and limit < config.completion_tokens
@@ -362,45 +465,80 @@ def create_app(server: SimLLMServer) -> ASGIApp:
             return _error(
                 500, "SIMULATED: the server had an error", type_="server_error", code=None
             )
+        fault = config.faults.get(completion.model)
+        if fault is not None:
+            server._count("faults")
+        if fault == "error_429":
+            return _error(
+                429,
+                "SIMULATED: rate limit reached",
+                type_="requests",
+                code="rate_limit_exceeded",
+                headers={"retry-after": "2"},
+            )
+        if fault == "error_500":
+            return _error(
+                500, "SIMULATED: the server had an error", type_="server_error", code=None
+            )
+        if fault == "hang":
+            await trio.sleep_forever()
 
         completion_id = f"chatcmpl-sim-{next(ids)}"
         created = int(time.time())
-        usage = {
+        generated = len(completion.words) + sum(
+            count_tokens(f"{name} {arguments}") for name, arguments in completion.tool_calls
+        )
+        usage: dict[str, int] | None = {
             "prompt_tokens": completion.prompt_tokens,
-            "completion_tokens": len(completion.words),
-            "total_tokens": completion.prompt_tokens + len(completion.words),
+            "completion_tokens": generated,
+            "total_tokens": completion.prompt_tokens + generated,
         }
+        if config.omit_usage:
+            usage = None
+        tool_calls: list[dict[str, Any]] = [
+            {
+                "id": f"call_sim_{i + 1}",
+                "type": "function",
+                "function": {"name": name, "arguments": arguments},
+            }
+            for i, (name, arguments) in enumerate(completion.tool_calls)
+        ]
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": " ".join(completion.words) if not tool_calls else None,
+            "refusal": None,
+        }
+        if tool_calls:
+            message["tool_calls"] = tool_calls
 
         def record() -> None:
             server._count("completed")
-            server._count("prompt_tokens", usage["prompt_tokens"])
-            server._count("completion_tokens", usage["completion_tokens"])
+            server._count("prompt_tokens", completion.prompt_tokens)
+            server._count("completion_tokens", generated)
 
-        if not completion.stream:
+        whole = {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": completion.model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": completion.finish_reason,
+                }
+            ],
+        }
+        if usage is not None:
+            whole["usage"] = usage
+        if not completion.stream or fault == "not_sse":
             await trio.sleep_until(arrived + simulated_duration_s(config, len(completion.words)))
             record()
-            return JSONResponse(
-                {
-                    "id": completion_id,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": completion.model,
-                    "system_fingerprint": FINGERPRINT,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {
-                                "role": "assistant",
-                                "content": " ".join(completion.words),
-                                "refusal": None,
-                            },
-                            "logprobs": None,
-                            "finish_reason": completion.finish_reason,
-                        }
-                    ],
-                    "usage": usage,
-                }
-            )
+            return JSONResponse(whole)
+        if fault == "empty":
+            return Response(b"", media_type="text/event-stream")
 
         def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
             payload: dict[str, Any] = {
@@ -418,18 +556,43 @@ def create_app(server: SimLLMServer) -> ASGIApp:
                     }
                 ],
             }
-            if completion.include_usage:
+            if completion.include_usage and usage is not None:
                 payload["usage"] = None
             return _sse(payload)
 
+        stream_error = {
+            "error": {
+                "message": "SIMULATED: the upstream model failed while answering",
+                "type": "server_error",
+                "code": "upstream_error",
+            }
+        }
+
         async def events() -> AsyncIterator[bytes]:
             yield chunk({"role": "assistant", "content": ""})
+            if fault == "error_in_stream":
+                yield _sse(stream_error)
+                return
             first_at = arrived + config.latency_ms / 1000.0
             for index, word in enumerate(completion.words):
                 await trio.sleep_until(first_at + index * between_s)
                 yield chunk({"content": word if index == 0 else f" {word}"})
+                if fault == "hang_after_first_token":
+                    await trio.sleep_forever()
+                if index == 1 and fault in ("error_mid_stream", "cut_off"):
+                    if fault == "error_mid_stream":
+                        yield _sse(stream_error)
+                    return
+            for index, call in enumerate(tool_calls):
+                arguments = call["function"]["arguments"]
+                half = len(arguments) // 2
+                head = {"id": call["id"], "type": "function"}
+                function = {"name": call["function"]["name"], "arguments": arguments[:half]}
+                yield chunk({"tool_calls": [{"index": index, **head, "function": function}]})
+                rest = {"arguments": arguments[half:]}
+                yield chunk({"tool_calls": [{"index": index, "function": rest}]})
             yield chunk({}, completion.finish_reason)
-            if completion.include_usage:
+            if completion.include_usage and usage is not None:
                 yield _sse(
                     {
                         "id": completion_id,
@@ -450,9 +613,62 @@ def create_app(server: SimLLMServer) -> ASGIApp:
             headers={"cache-control": "no-cache"},
         )
 
+    async def embeddings(request: Request) -> Response:
+        server._count("requests")
+        if not authorized(request):
+            return unauthorized()
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(
+                400, "the request body is not valid JSON", type_="invalid_request_error", code=None
+            )
+        texts = body.get("input") if isinstance(body, dict) else None
+        if isinstance(texts, str):
+            texts = [texts]
+        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts) or not model:
+            return _error(
+                400,
+                "'model' and 'input' (a string or a list of strings) are required",
+                type_="invalid_request_error",
+                code=None,
+            )
+        if model not in config.models and not config.any_model:
+            return _error(
+                404,
+                f"SIMULATED: the model {model!r} does not exist",
+                type_="invalid_request_error",
+                code="model_not_found",
+            )
+        server.recent_requests.append(body)
+        fault = config.faults.get(model)
+        if fault == "error_429":
+            return _error(429, "SIMULATED: rate limit reached", type_="requests", code=None)
+        if fault in ("error_500", "error_in_stream", "error_mid_stream"):
+            return _error(
+                500, "SIMULATED: the server had an error", type_="server_error", code=None
+            )
+        if fault in ("hang", "hang_after_first_token"):
+            await trio.sleep_forever()
+        server._count("completed")
+        document: dict[str, Any] = {
+            "object": "list",
+            "model": model,
+            "data": [
+                {"object": "embedding", "index": i, "embedding": simulated_embedding(text)}
+                for i, text in enumerate(texts)
+            ],
+        }
+        if not config.omit_usage:
+            tokens = sum(count_tokens(t) for t in texts)
+            document["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse(document)
+
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
         ]
     )

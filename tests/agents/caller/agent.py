@@ -1,4 +1,5 @@
-"""A test agent for timers, agent messages, the llm, http, logs and usage: {"op": ...}."""
+"""A test agent for timers, agent messages, the llm, http, logs, usage, approvals and MCP:
+{"op": ...}."""
 
 from __future__ import annotations
 
@@ -58,6 +59,54 @@ class Caller(Agent):
             )
             ctx.state["tokens"] = ctx.state.get("tokens", 0) + result["usage"]["output_tokens"]
             ctx.reply(result["content"])
+        elif op == "chat_tools":
+            result = await ctx.llm.chat(
+                [{"role": "user", "content": msg["text"]}],
+                tools=msg["tools"],
+                stream=msg.get("stream", False),
+                model=msg.get("model"),
+            )
+            ctx.reply({k: result[k] for k in ("content", "tool_calls", "finish_reason", "usage")})
+        elif op == "chat_error":
+            try:
+                await ctx.llm.chat(
+                    [{"role": "user", "content": msg["text"]}],
+                    model=msg.get("model"),
+                    stream=msg.get("stream", False),
+                )
+            except OpError as exc:
+                ctx.reply(
+                    {
+                        "message": str(exc),
+                        "status": exc.status,
+                        "code": exc.code,
+                        "retryable": exc.retryable,
+                        "type": exc.type,
+                        "provider": exc.provider,
+                    }
+                )
+            else:
+                ctx.reply("no error")
+        elif op == "embed":
+            ctx.reply(await ctx.llm.embed(msg["input"]))
+        elif op == "approve":
+            decision = await ctx.approval(
+                msg["action"], msg.get("details"), timeout=msg.get("timeout")
+            )
+            ctx.state["decisions"] = ctx.state.get("decisions", 0) + 1
+            ctx.reply(decision)
+        elif op == "approve_then":
+            ctx.approval(
+                msg["action"],
+                msg.get("details"),
+                timeout=msg.get("timeout"),
+                then="on_decision",
+                tag=msg.get("tag"),
+            )
+            ctx.reply("asked")
+        elif op == "mcp":
+            call = getattr(ctx.mcp, msg["call"])
+            ctx.reply(await call(*msg.get("args", [])))
         elif op == "chat_then":
             ctx.llm.chat(
                 [{"role": "user", "content": msg["text"]}], then="on_answer", tag=msg.get("tag")
@@ -102,6 +151,11 @@ class Caller(Agent):
                 ctx.reply({"error": str(exc)})
         else:
             ctx.reply({"from": sender, "got": msg})
+
+    async def on_decision(self, ctx: Context, decision: Any, tag: Any) -> None:
+        ctx.state["decision"] = str(decision) if isinstance(decision, OpError) else decision
+        ctx.state["decision_tag"] = tag
+        ctx.reply({"decided": ctx.state["decision"]})
 
     async def on_answer(self, ctx: Context, result: Any, tag: Any) -> None:
         ctx.state["answer"] = str(result) if isinstance(result, OpError) else result["content"]

@@ -405,9 +405,8 @@ class Column:
 
 @dataclass(frozen=True)
 class WaitingSection:
-    """Something an agent has waiting, shown as a table on its page. Timers exist today;
-    approvals will be one more entry in :data:`WAITING`, reading their rows from the
-    agent's export."""
+    """Something an agent has waiting, shown as a table on its page, reading its rows from
+    the agent's export: timers, its inbox, dead letters, approvals."""
 
     title: str
     anchor: str
@@ -418,6 +417,26 @@ class WaitingSection:
 
 
 WAITING: tuple[WaitingSection, ...] = (
+    WaitingSection(
+        "Approvals waiting for a decision",
+        "approvals",
+        lambda export: [a for a in export.get("approvals", []) if a["decision"] is None],
+        (
+            Column("Id", lambda a: str(a["id"])),
+            Column("Action", lambda a: str(a["action"])),
+            Column("Asked", lambda a: f"{utc(a['requested_at'])} ({ago(a['requested_at'])})"),
+            Column(
+                "Expires",
+                lambda a: (
+                    f"{utc(a['expires_at'])} ({ago(a['expires_at'])})"
+                    if a["expires_at"]
+                    else "never"
+                ),
+            ),
+            Column("Details", lambda a: pretty_json(a["details"], PREVIEW_CHARS)),
+        ),
+        "No approval waiting.",
+    ),
     WaitingSection(
         "Pending timers and deliveries",
         "timers",
