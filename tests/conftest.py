@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -317,8 +318,11 @@ async def mcp_server(era: str = "discover") -> AsyncIterator[McpServer]:
         "notes_mcp_server", ROOT / "examples" / "notes_mcp" / "server.py"
     )
     assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = sys.modules.get(spec.name)
+    if module is None:  # pydantic resolves the server's generic models through sys.modules
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
     server, notebooks = module.build_server()
     requests: list[dict[str, Any]] = []
     forgotten: set[str] = set()

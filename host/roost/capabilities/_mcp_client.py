@@ -53,6 +53,11 @@ class PinnedTransport(httpx2.AsyncBaseTransport):
         port = url.port or (443 if url.scheme == "https" else 80)
         if (url.scheme, url.host.rstrip(".").lower(), port) != self._origin:
             raise RefusedOrigin(f"{url.scheme}://{url.host}:{port} is not the granted server")
+        if request.method == "GET":
+            # The stream of server-initiated messages is never opened: a connection lives
+            # for one call, and nothing would listen between calls. 405 is how a server
+            # says it offers none, and the SDK's client takes it so.
+            return httpx2.Response(405, request=request)
         request.url = url.copy_with(host=self._address)
         if url.scheme == "https":
             request.extensions = {**request.extensions, "sni_hostname": self._origin[1]}
