@@ -127,6 +127,24 @@ MIGRATIONS: list[str] = [
         expires_at DOUBLE PRECISION NOT NULL
     );
     """,
+    # 2: approvals an agent asked a person for, waiting and decided (until pruned): the
+    # SQLite store's version 6.
+    """
+    CREATE TABLE approvals (
+        kind TEXT COLLATE "C" NOT NULL,
+        id TEXT COLLATE "C" NOT NULL,
+        approval_id TEXT COLLATE "C" NOT NULL,
+        request BYTEA NOT NULL,
+        requested_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION,
+        decision TEXT,
+        decided_at DOUBLE PRECISION,
+        decided_by TEXT,
+        note TEXT,
+        PRIMARY KEY (kind, id, approval_id)
+    );
+    CREATE INDEX approvals_decided_at ON approvals (decided_at) WHERE decided_at IS NOT NULL;
+    """,
 ]
 """Migration scripts, applied in order. Append only."""
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import trio
 
@@ -36,6 +36,8 @@ from .protocol import (
     AgentExport,
     AgentRecord,
     AgentSummary,
+    Approval,
+    ApprovalDecision,
     Commit,
     DeadLetter,
     Delivery,
@@ -69,6 +71,7 @@ _TABLES = (
     "journal",
     "pending_ops",
     "dead_letters",
+    "approvals",
 )
 """Every table that holds rows of one agent, keyed by (kind, id) (leases are not agent data:
 their tokens must outlive an erase)."""
@@ -78,6 +81,10 @@ _DELIVERY_COLUMNS = (
     " d.idempotency_key, d.attempts, d.last_error"
 )
 _DEAD_LETTER_COLUMNS = "kind, id, delivery_id, event_kind, payload, attempts, last_error, failed_at"
+_APPROVAL_COLUMNS = (
+    "kind, id, approval_id, request, requested_at, expires_at, decision, decided_at,"
+    " decided_by, note"
+)
 _PENDING_OP_COLUMNS = "p.kind, p.id, p.op_key, p.capability, p.call, p.request, p.handler, p.tag"
 _MAY_TAKE = (
     "(l.owner IS NULL OR l.owner = '' OR l.owner = %(owner)s"
@@ -382,6 +389,71 @@ class PostgresStore:
             return int(cursor.rowcount)
 
         return self._write("prune_responses", None, work)
+
+    # -- approvals -------------------------------------------------------------------------
+
+    def read_approvals(self, address: AgentAddress) -> list[Approval]:
+        rows = self._read(
+            "read_approvals",
+            address,
+            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE kind = %s AND id = %s"
+            " ORDER BY requested_at, approval_id",
+            (address.kind, address.id),
+        )
+        return [_approval(row) for row in rows]
+
+    def request_approval(self, approval: Approval) -> Approval:
+        address = approval.address
+
+        def work(conn: Any) -> Approval:
+            conn.execute(
+                "INSERT INTO approvals (kind, id, approval_id, request, requested_at,"
+                " expires_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (
+                    address.kind,
+                    address.id,
+                    approval.approval_id,
+                    bytes(approval.request),
+                    float(approval.requested_at),
+                    None if approval.expires_at is None else float(approval.expires_at),
+                ),
+            )
+            stored = _read_approval(conn, address, approval.approval_id)
+            assert stored is not None
+            return stored
+
+        return self._write("request_approval", address, work)
+
+    def decide_approval(
+        self,
+        address: AgentAddress,
+        approval_id: str,
+        decision: ApprovalDecision,
+        *,
+        at: float,
+        by: str,
+        note: str | None = None,
+    ) -> Approval | None:
+        def work(conn: Any) -> Approval | None:
+            conn.execute(
+                "UPDATE approvals SET decision = %s, decided_at = %s, decided_by = %s,"
+                " note = %s WHERE kind = %s AND id = %s AND approval_id = %s"
+                " AND decision IS NULL",
+                (decision, float(at), by, note, address.kind, address.id, approval_id),
+            )
+            return _read_approval(conn, address, approval_id)
+
+        return self._write("decide_approval", address, work)
+
+    def prune_approvals(self, decided_before: float) -> int:
+        def work(conn: Any) -> int:
+            cursor = conn.execute(
+                "DELETE FROM approvals WHERE decided_at IS NOT NULL AND decided_at < %s",
+                (float(decided_before),),
+            )
+            return int(cursor.rowcount)
+
+        return self._write("prune_approvals", None, work)
 
     def delete_agent(self, address: AgentAddress) -> bool:
         def work(conn: Any) -> bool:
@@ -956,6 +1028,41 @@ def _dead_letter(row: Sequence[Any]) -> DeadLetter:
         attempts=int(attempts),
         last_error=str(last_error),
         failed_at=float(failed_at),
+    )
+
+
+def _read_approval(conn: Any, address: AgentAddress, approval_id: str) -> Approval | None:
+    row = conn.execute(
+        f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE kind = %s AND id = %s"
+        " AND approval_id = %s",
+        (address.kind, address.id, approval_id),
+    ).fetchone()
+    return None if row is None else _approval(row)
+
+
+def _approval(row: Sequence[Any]) -> Approval:
+    (
+        kind,
+        agent_id,
+        approval_id,
+        request,
+        requested_at,
+        expires_at,
+        decision,
+        decided_at,
+        decided_by,
+        note,
+    ) = row
+    return Approval(
+        address=AgentAddress(str(kind), str(agent_id)),
+        approval_id=str(approval_id),
+        request=bytes(request),
+        requested_at=float(requested_at),
+        expires_at=None if expires_at is None else float(expires_at),
+        decision=cast("ApprovalDecision | None", decision),
+        decided_at=None if decided_at is None else float(decided_at),
+        decided_by=None if decided_by is None else str(decided_by),
+        note=None if note is None else str(note),
     )
 
 
