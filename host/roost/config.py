@@ -28,6 +28,7 @@ DEFAULT_IDEMPOTENCY_RETENTION_S = 24 * 3600.0
 DEFAULT_MAX_DELIVERY_ATTEMPTS = 10
 DEFAULT_LEASE_TTL_S = 10.0
 DEFAULT_APPROVAL_RETENTION_S = 30 * 24 * 3600.0
+DEFAULT_APPROVAL_POLL_S = 2.0
 DEFAULT_LLM_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_LLM_FIRST_TOKEN_TIMEOUT_S = 60.0
 DEFAULT_LLM_TOTAL_TIMEOUT_S = 300.0
@@ -152,6 +153,9 @@ class HostConfig(BaseSettings):
     approval_retention_s: float = Field(DEFAULT_APPROVAL_RETENTION_S, gt=0)
     """How long a decided approval is kept (in the agent's export, the API's list of its
     approvals) before it is pruned. Waiting ones are kept until decided or expired."""
+    approval_poll_s: float = Field(DEFAULT_APPROVAL_POLL_S, gt=0, le=60)
+    """On a shared (PostgreSQL) store: how often an op waiting for a person's decision reads
+    it again, so that a decision taken through another host reaches it."""
 
     @field_validator("host_id")
     @classmethod

@@ -260,7 +260,9 @@ class Host:
             self._pushes,
             max_attempts=config.max_delivery_attempts,
         )
-        self._approvals = ApprovalDesk(self._stores, self._services.clock)
+        self._approvals = ApprovalDesk(
+            self._stores, self._services.clock, poll_s=config.approval_poll_s
+        )
         self._capability_services = HostServices(
             settings=config,
             http_client=http_client,

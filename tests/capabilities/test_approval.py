@@ -174,3 +174,37 @@ async def test_an_awaited_approval_survives_a_crash(
         await settle(host)
         state = await caller_state(host, "a")
     assert state["decisions"] == 1  # handled once
+
+
+async def test_a_decision_taken_through_another_host_reaches_the_op(
+    clock: MockClock,
+    host_config: Callable[..., HostConfig],
+    caller_manifest: Manifest,
+    postgres_server: str,
+    tmp_path: Any,
+) -> None:
+    """Two hosts on one PostgreSQL store: the op waits on the first; a person decides
+    through the second; the first finds the decision at its next look (approval_poll_s)."""
+    shared = {"store_url": postgres_server, "approval_poll_s": 2.0}
+    async with (
+        caller_host(host_config, caller_manifest, host_id="h1", **shared) as first,
+        caller_host(
+            host_config, caller_manifest, host_id="h2", data_dir=tmp_path / "h2", **shared
+        ) as second,
+        trio.open_nursery() as nursery,
+    ):
+        replies: list[Any] = []
+
+        async def ask() -> None:
+            replies.extend(await first.send("caller/x", {"op": "approve", "action": "wire"}))
+
+        nursery.start_soon(ask)
+        [waiting] = await _asked(first, "caller/x")
+        await settle_waiting(first)
+        await second.decide_approval("caller/x", waiting.id, approve=False, by="dana")
+        await settle_waiting(first)
+        assert not replies  # this host learns of it only when it looks
+        clock.jump(2.0)
+        await until(lambda: bool(replies))
+    [reply] = replies
+    assert (reply["decision"], reply["by"]) == ("rejected", "dana")

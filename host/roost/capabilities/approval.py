@@ -15,8 +15,11 @@ approval nobody decides in time completes as ``expired``. The continuation form
 (``then="handler"``) lets the agent hibernate; the wait is a host task of a few hundred
 bytes, resumed after a restart, up to ``max_continuation_wait_s`` (7 days by default).
 
-A decision reaches the waiting op through the host that took it: with several hosts, the
-decision must be routed to the agent's owner like its messages are.
+A decision wakes the waiting op at once when the host that took it runs the op. Several
+hosts sharing a PostgreSQL store need no routing for it: the decision is a row in the
+shared store, and an op waiting on a shared store reads its row again every
+``approval_poll_s`` (2 s by default), so a decision taken through any host reaches the op
+within that (docs/decisions/0006-agents-that-act.md).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import trio
 from pydantic import Field
 
 from ..address import AgentAddress
+from ..config import DEFAULT_APPROVAL_POLL_S
 from ..errors import (
     ApprovalDecided,
     CapabilityDenied,
@@ -167,9 +171,13 @@ class ApprovalDesk:
     the API, or :meth:`Host.decide_approval`). Decisions live in the store; the desk only
     wakes the op that waits for one."""
 
-    def __init__(self, stores: AsyncStore, clock: WallClock) -> None:
+    def __init__(
+        self, stores: AsyncStore, clock: WallClock, *, poll_s: float = DEFAULT_APPROVAL_POLL_S
+    ) -> None:
         self._stores = stores
         self._clock = clock
+        self._poll_s = poll_s if stores.store.shared else math.inf
+        """Decisions other hosts take reach this one only through a shared store."""
         self._decided: dict[tuple[AgentAddress, str], trio.Event] = {}
         """Set when the approval is decided, for the ops waiting for it."""
         self._waiters: dict[tuple[AgentAddress, str], int] = {}
@@ -189,10 +197,11 @@ class ApprovalDesk:
             while stored.decision is None:
                 event = self._decided.setdefault(key, trio.Event())
                 remaining = math.inf if stored.expires_at is None else stored.expires_at - now
-                with trio.move_on_after(max(remaining, 0.0)):
+                with trio.move_on_after(max(min(remaining, self._poll_s), 0.0)):
                     await event.wait()
                 now = self._clock.now()
-                if event.is_set():
+                if event.is_set() or remaining > self._poll_s:
+                    # Woken by a decision here, or time to look for one taken elsewhere.
                     stored = await self._stores.run(store.request_approval, asked)
                     continue
                 decided = await self._stores.run(
