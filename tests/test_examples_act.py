@@ -110,6 +110,8 @@ async def test_toolbox_calls_an_http_tool_and_a_python_tool(
             )
             [forgot] = await host.send("toolbox/ana", "calculate")  # no arguments
             state = await _state(host, "toolbox/ana")
+            await host.deploy(_with(manifest, {}, {"max_rounds": 1}))  # a tighter budget
+            [cut] = await host.send("toolbox/bo", 'calculate {"expression": "1 + 1"}')
     assert asked == ["from=EUR&to=USD"]  # the HTTP tool went through the http grant
     assert reply["tools"] == [
         {
@@ -130,6 +132,9 @@ async def test_toolbox_calls_an_http_tool_and_a_python_tool(
     # A call the function cannot take is an error the model sees, not a crash.
     assert forgot["tools"][0]["error"] == "TypeError: missing arguments expression"
     assert state["tool_calls"] == 3
+    # One model round: the tool ran, the model never saw its result.
+    assert cut["stopped"] == "max_rounds" and cut["answer"] == ""
+    assert [t["result"] for t in cut["tools"]] == [2.0]
     roles = [m["role"] for m in state["history"]]
     first = ["user", "assistant", "tool", "tool", "assistant"]  # two tools, then the answer
     assert roles == [*first, "user", "assistant", "tool", "assistant"]

@@ -65,6 +65,7 @@ class Tool:
         hints = typing.get_type_hints(function)
         signature = inspect.signature(function)
         properties: dict[str, Any] = {}
+        kinds: dict[str, Any] = {}
         required: list[str] = []
         context_parameter: str | None = None
         for parameter in signature.parameters.values():
@@ -79,10 +80,12 @@ class Tool:
                 schema["description"] = documented[parameter.name]
             if parameter.default is not parameter.empty:
                 if parameter.default is not None:
-                    schema["default"] = parameter.default
+                    default = parameter.default
+                    schema["default"] = default.value if isinstance(default, enum.Enum) else default
             elif not optional:
                 required.append(parameter.name)
             properties[parameter.name] = schema
+            kinds[parameter.name] = hint
         parameters: dict[str, Any] = {"type": "object", "properties": properties}
         if required:
             parameters["required"] = required
@@ -94,7 +97,7 @@ class Tool:
             missing = [n for n in required if n not in arguments]
             if missing:
                 raise TypeError(f"missing arguments {', '.join(missing)}")
-            kwargs = {k: _coerce(v, properties[k]) for k, v in arguments.items()}
+            kwargs = {k: _coerce(v, kinds[k]) for k, v in arguments.items()}
             if context_parameter is not None:
                 kwargs[context_parameter] = ctx
             return function(**kwargs)
@@ -326,10 +329,18 @@ def _schema(hint: Any) -> tuple[dict[str, Any], bool]:
     return {}, False
 
 
-def _coerce(value: Any, schema: dict[str, Any]) -> Any:
-    """What a model sends for a number may be an integer: a float parameter gets a float."""
-    if schema.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
+def _coerce(value: Any, hint: Any) -> Any:
+    """The model sends JSON: a float parameter may get an integer (made a float), an enum
+    parameter gets its value (made the member; a value it does not have raises)."""
+    members = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(members) == 1 and typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = members[0]
+    if value is None:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum) and not isinstance(value, hint):
+        return hint(value)
     return value
 
 
