@@ -193,8 +193,11 @@ async def test_refunds_wait_for_a_person_over_the_api(
             "A refund of 250 EUR for order A-2 needs approval; I asked."
         ]
         headers = served.agent_headers("refunds/lou")
-        status = await served.client.get("/v1/agents/refunds/lou", headers=headers)
-        [waiting] = status.json()["agent"]["approvals"]
+        # The op records the request as it starts, right after the turn committed.
+        with trio.fail_after(20):
+            while not (waiting_now := await _waiting(served, headers)):
+                await trio.lowlevel.checkpoint()
+        [waiting] = waiting_now
         assert waiting["action"] == "refund 250 EUR for order A-2"
         assert waiting["details"] == {"order": "A-2", "amount": 250.0}
         url = f"/v1/agents/refunds/lou/approvals/{waiting['id']}"
@@ -250,3 +253,9 @@ async def test_refunds_wait_for_a_person_over_the_api(
         ],
         "pending": [],
     }
+
+
+async def _waiting(served: Any, headers: dict[str, str]) -> list[dict[str, Any]]:
+    status = await served.client.get("/v1/agents/refunds/lou", headers=headers)
+    waiting: list[dict[str, Any]] = status.json()["agent"]["approvals"]
+    return waiting
