@@ -17,6 +17,7 @@ import trio
 from trio.testing import MockClock, wait_all_tasks_blocked
 
 from roost import (
+    AgentCoolingDown,
     CpuDeadlineExceeded,
     DeployError,
     GuestTrap,
@@ -288,6 +289,12 @@ async def test_runaway_guest_fails_only_its_own_turn(
         if message["op"] == "loop":
             assert not runaway_done.is_set()
     assert neighbour_replies == [2, 3, 4, 5, 6]
+    if error is CpuDeadlineExceeded:
+        # An agent that ran past its deadline is cooled down: refused a while (429).
+        with pytest.raises(AgentCoolingDown) as cooling:
+            await tier_host.send(bad, "count")
+        assert 0 < cooling.value.retry_after_s <= 10
+        return
     # The failing agent keeps serving from its last committed state.
     assert await tier_host.send(bad, "count") == [2]
 

@@ -23,6 +23,7 @@ from ._tracebacks import with_source_paths
 from .address import AgentAddress, validate_agent_id, validate_kind_name
 from .capabilities import HostServices, bind_capabilities, link_table
 from .config import HostConfig, load_config, load_telemetry_config
+from .core.admission import QueueDelay, machine_memory_bytes
 from .core.deliveries import DeliveryLoop
 from .core.dispatch import Dispatcher, Pushes
 from .core.envelope import EventTiming
@@ -167,9 +168,11 @@ class Host:
         self.config = config
         self.telemetry = telemetry or Telemetry.off()
         self.store = store
-        self._stores = AsyncStore(store)
+        # Store calls from the loop share a few threads: many concurrent requests queue here
+        # instead of piling threads (and read connections) onto the store.
+        self._stores = AsyncStore(store, limiter=trio.CapacityLimiter(_STORE_THREADS))
         self._engine = engine
-        self._workers = _CountedWorkers(WorkerPool(config.worker_threads))
+        self._workers = WorkerPool(config.worker_threads)
         self._services = CoreServices(
             store=store,
             stores=self._stores,
@@ -178,6 +181,9 @@ class Host:
             metrics=self.telemetry.host_metrics(),
             workers=self._workers,
             counters=CoreCounters(),
+            queue_delay=QueueDelay(
+                target_s=config.queue_target_ms / 1000, interval_s=config.queue_interval_ms / 1000
+            ),
             deliveries_due=Doorbell(),
             epoch_tick_ms=config.epoch_tick_ms,
             inline_slice_ms=config.inline_slice_ms,
@@ -190,6 +196,11 @@ class Host:
             self._continuations,
             max_resident=config.max_resident_agents,
             max_in_flight=config.max_in_flight,
+            cool_down_s=config.deadline_cool_down_s,
+            activations_per_s=config.max_activations_per_s,
+            memory_cap_bytes=config.max_host_memory_bytes
+            or machine_memory_bytes() * 3 // 4
+            or None,
         )
         self._dispatcher = Dispatcher(self._services, self._kinds, self._registry)
         self._pushes = Pushes()
@@ -229,6 +240,7 @@ class Host:
             raise ManifestError(
                 f"kind {manifest.name!r}: no component; set `component` in the manifest or pass one"
             )
+        _check_host_maxima(manifest, self.config)
         capabilities = bind_capabilities(manifest.capabilities, self._capability_services)
         component_path = manifest.component
         name = manifest.name
@@ -329,9 +341,7 @@ class Host:
         an event has zero turns."""
         address = _address(address)
         day = utc_day(self._services.clock.now())
-        record, usage, deliveries, dead = await trio.to_thread.run_sync(
-            self._read_status, address, day
-        )
+        record, usage, deliveries, dead = await self._stores.run(self._read_status, address, day)
         actor = self._registry.actor(address)
         return AgentStatus(
             address=str(address),
@@ -459,6 +469,12 @@ class Host:
         from other agents, continuations), while the block is open. Used by WebSockets."""
         return self._pushes.subscribe(_address(address))
 
+    def check_admission(self) -> None:
+        """Raise Overloaded (with ``retry_after_s``) if the host takes no new event now:
+        shutting down, at its in-flight cap, or events queueing past ``queue_target_ms``.
+        Cheap: a request's first step, before its body is read."""
+        self._registry.check_admission()
+
     def metrics(self) -> HostMetrics:
         """The host's counters and histograms (also what the API records into)."""
         return self._services.metrics
@@ -512,6 +528,8 @@ class Host:
             turn_seconds=metrics.turn_seconds(),
             gc_pause_seconds=gc_pause_seconds(),
             dead_letters=dead_letters,
+            cooling_down=registry.cooling_down,
+            cool_downs=metrics.cool_downs(),
         )
         return statistics
 
@@ -549,24 +567,28 @@ class Host:
 
 logger = logging.getLogger("roost.host")
 _PRUNE_EVERY_MAX_S = 3600.0
+_STORE_THREADS = 4
+"""Threads the event loop's store calls share (a turn's reads run on its worker thread)."""
 
 T = TypeVar("T")
 
 
-class _CountedWorkers:
-    """A worker pool that counts the calls it is running (implements the core's
-    ``Workers``)."""
-
-    def __init__(self, pool: WorkerPool) -> None:
-        self._pool = pool
-        self.running = 0
-
-    async def run(self, call: Callable[[], T]) -> T:
-        self.running += 1
-        try:
-            return await self._pool.run(call)
-        finally:
-            self.running -= 1
+def _check_host_maxima(manifest: Manifest, config: HostConfig) -> None:
+    """Refuse a kind that asks for more than the host allows any kind."""
+    limits = manifest.limits
+    problems = []
+    if limits.cpu_deadline_ms > config.max_cpu_deadline_ms:
+        problems.append(
+            f"limits.cpu_deadline_ms = {limits.cpu_deadline_ms} is over the host's "
+            f"max_cpu_deadline_ms = {config.max_cpu_deadline_ms}"
+        )
+    if limits.max_memory_bytes > config.max_instance_memory_bytes:
+        problems.append(
+            f"limits.max_memory_bytes = {limits.max_memory_bytes} is over the host's "
+            f"max_instance_memory_bytes = {config.max_instance_memory_bytes}"
+        )
+    if problems:
+        raise DeployError(f"cannot deploy kind {manifest.name!r}: " + "; ".join(problems))
 
 
 def _address(address: AgentAddress | str) -> AgentAddress:

@@ -164,7 +164,8 @@ async def test_native_instances_do_not_take_a_mapping_each(
     """The dense memory profile: 100,000 instances must fit under vm.max_map_count
     (65,530 by default), so resident native agents may not add a mapping each."""
     agents = 1_000
-    async with open_host(host_config(max_resident_agents=agents + 1)) as host:
+    config = host_config(max_resident_agents=agents + 1, max_activations_per_s=1e6)
+    async with open_host(config) as host:
         await host.deploy(native_echo)
         await host.send(f"{native_echo.name}/warm", "x")
         before = _mappings()
@@ -207,7 +208,9 @@ async def test_hundred_thousand_resident_native_agents(
     costing under 64 KiB (instance, linear memory and the host's actor together)."""
     agents = 100_000
     echo = with_limits(c_echo_manifest, idle_timeout_s=24 * 3600)  # resident until the test ends
-    async with open_host(host_config(max_resident_agents=agents)) as host:
+    async with open_host(
+        host_config(max_resident_agents=agents, max_activations_per_s=1e6)
+    ) as host:
         await host.deploy(echo)
         await host.send("echo-c/0", "warm")
         rss_before = _rss_bytes()

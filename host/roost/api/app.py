@@ -6,7 +6,6 @@ With tracing on, every HTTP request is a server span whose parent is the request
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -18,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from ..address import AgentAddress, validate_kind_name
 from ..config import ServerConfig
@@ -31,7 +30,7 @@ from ..errors import (
     RoostError,
 )
 from ..host import Host
-from ..payload import to_json
+from ..payload import from_json, to_json
 from ..telemetry import Telemetry
 from ._admin import (
     DEPLOY_BODY_FACTOR,
@@ -216,11 +215,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 async def _read_json(request: Request, limit: int) -> Any:
-    body = await _read_body(request, limit)
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidMessage(f"request body is not valid JSON: {exc}") from None
+    return from_json(await _read_body(request, limit))
 
 
 def _message_of(body: Any) -> Any:
@@ -294,6 +289,7 @@ async def _deploy_kind(state: ApiState, request: Request) -> Response:
 async def _post_message(state: ApiState, request: Request) -> Response:
     address = _address(request)
     require_agent(state.credentials, _token(request), address)
+    state.host.check_admission()  # refuse before reading anything when at capacity
     message = _message_of(await _read_json(request, state.settings.max_body_bytes))
     key = request.headers.get("idempotency-key")
     if "text/event-stream" in request.headers.get("accept", ""):
@@ -393,10 +389,18 @@ async def _agent_socket(state: ApiState, websocket: WebSocket) -> None:
             nursery.start_soon(forward_pushes)
             nursery.start_soon(close_on_shutdown, nursery.cancel_scope)
             while True:
-                try:
-                    text = await websocket.receive_text()
-                except WebSocketDisconnect:
+                frame = await websocket.receive()
+                if frame["type"] == "websocket.disconnect":
                     break
+                text = frame.get("text")
+                if text is None:
+                    error = InvalidMessage(
+                        'binary frames are not accepted; send JSON text {"message": ...}'
+                    )
+                    sender.send_nowait(
+                        to_json({"type": "error", **error_body(error), "status": 400})
+                    )
+                    continue
                 await _socket_message(state, address, text, sender)
             nursery.cancel_scope.cancel()
     finally:
@@ -416,10 +420,8 @@ async def _socket_message(
         out.send_nowait(to_json({"type": "token", "text": token}))
 
     try:
-        try:
-            body = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidMessage(f"frame is not valid JSON: {exc}") from None
+        state.host.check_admission()
+        body = from_json(text, what="frame")
         await state.host.send(address, _message_of(body), on_reply=on_reply, on_token=on_token)
     except RoostError as exc:
         out.send_nowait(to_json({"type": "error", **error_body(exc), "status": error_status(exc)}))

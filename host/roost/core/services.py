@@ -6,6 +6,8 @@ host facade when it opens; none of them reaches up to the facade.
 
 from __future__ import annotations
 
+import itertools
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -16,27 +18,111 @@ from ..store.async_store import AsyncStore
 from ..store.protocol import StateStore
 from ..telemetry import HostMetrics, Telemetry
 from ..wall_clock import WallClock
+from .admission import QueueDelay
 
 T = TypeVar("T")
 
 
 class Workers(Protocol):
-    """Where turns run: off the event loop, so it stays responsive."""
+    """Where turns run: off the event loop, so it stays responsive. ``owner`` (the kind)
+    is what fairness is counted by."""
 
-    async def run(self, call: Callable[[], T]) -> T:
+    async def run(self, call: Callable[[], T], *, owner: str) -> T:
         """Run ``call`` and return its result."""
+        ...
+
+    @property
+    def running(self) -> int:
+        """Calls running now."""
         ...
 
 
 class WorkerPool:
-    """The threads that run guest code (implements :class:`Workers`)."""
+    """The threads that run guest code, shared fairly between kinds (implements
+    :class:`Workers`).
+
+    A free thread goes to the kind with waiting turns that holds the fewest threads (the
+    longest-waiting turn first among equals), and no kind ever holds every thread: one is
+    kept for the others, so one kind's runaway turns cannot take every thread from them.
+    An agent runs one turn at a time, so it holds at most one thread."""
 
     def __init__(self, threads: int) -> None:
+        self._threads = threads
         self._limiter = trio.CapacityLimiter(threads)
+        self._free = threads
+        self._held: dict[str, int] = {}
+        self._waiting: dict[str, deque[_Waiter]] = {}
+        self._order = itertools.count()
 
-    async def run(self, call: Callable[[], T]) -> T:
-        """Run ``call`` on a worker thread once one is free."""
-        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+    @property
+    def running(self) -> int:
+        return self._threads - self._free
+
+    def holding(self) -> dict[str, int]:
+        """Threads held now, by kind."""
+        return {owner: n for owner, n in self._held.items() if n}
+
+    async def run(self, call: Callable[[], T], *, owner: str) -> T:
+        await self._acquire(owner)
+        try:
+            return await trio.to_thread.run_sync(call, limiter=self._limiter)
+        finally:
+            self._release(owner)
+
+    def _may_take(self, owner: str) -> bool:
+        """Whether ``owner`` may take a thread now: one is free, and it is not the last one
+        while ``owner`` holds all the others."""
+        return self._free > 0 and (
+            self._threads == 1 or self._held.get(owner, 0) < self._threads - 1
+        )
+
+    async def _acquire(self, owner: str) -> None:
+        if not self._waiting.get(owner) and self._may_take(owner):
+            self._take(owner)
+            await trio.lowlevel.checkpoint()
+            return
+        waiter = _Waiter(next(self._order))
+        self._waiting.setdefault(owner, deque()).append(waiter)
+        try:
+            await waiter.granted.wait()
+        except BaseException:
+            if waiter.granted.is_set():  # granted as it was cancelled: give it back
+                self._release(owner)
+            else:
+                self._waiting[owner].remove(waiter)
+            raise
+
+    def _take(self, owner: str) -> None:
+        self._free -= 1
+        self._held[owner] = self._held.get(owner, 0) + 1
+
+    def _release(self, owner: str) -> None:
+        self._held[owner] -= 1
+        self._free += 1
+        self._grant()
+
+    def _grant(self) -> None:
+        """Hand free threads to waiting turns: the kind holding the fewest first."""
+        while self._free:
+            candidates = [
+                (self._held.get(owner, 0), queue[0].order, owner)
+                for owner, queue in self._waiting.items()
+                if queue and self._may_take(owner)
+            ]
+            if not candidates:
+                return
+            _, _, owner = min(candidates)
+            waiter = self._waiting[owner].popleft()
+            self._take(owner)
+            waiter.granted.set()
+
+
+class _Waiter:
+    __slots__ = ("granted", "order")
+
+    def __init__(self, order: int) -> None:
+        self.order = order
+        self.granted = trio.Event()
 
 
 class Doorbell:
@@ -82,6 +168,8 @@ class CoreServices:
     metrics: HostMetrics
     workers: Workers
     counters: CoreCounters
+    queue_delay: QueueDelay
+    """Admission by queueing delay: each event's first turn reports how long it waited."""
     deliveries_due: Doorbell
     epoch_tick_ms: int
     """Granularity of CPU deadlines (for trace attributes)."""

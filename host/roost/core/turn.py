@@ -29,9 +29,9 @@ from typing import Any
 
 from ..address import AgentAddress
 from ..capabilities import Capability, Continuation, TurnEffects, bound_turn
-from ..errors import GuestAbiError, LimitExceeded, QuotaExceeded, RoostError
+from ..errors import GuestAbiError, LimitExceeded, QuotaExceeded, ReplyTooDeep, RoostError
 from ..limits import Budgets, Limits
-from ..payload import pack, unpack
+from ..payload import MAX_DEPTH, nested_deeper, pack, unpack
 from ..sandbox.protocol import TurnOutput, TurnSliceExceeded
 from ..store.protocol import Commit, Delivery, Handled, JournalEntry, PendingOp, TurnReads, Usage
 from ..telemetry import TurnTrace, trap_name
@@ -62,6 +62,8 @@ class Handling:
     turns: int = 0
     cpu_ms: float = 0.0
     ops_started: int = 0
+    ops_running: int = 0
+    """Ops started and not completed yet (kept by the actor)."""
     journal: dict[int, JournalEntry] | None = None
     """Journaled op results (read on the first op of a replay)."""
     journaled: bool = False
@@ -118,6 +120,19 @@ class TurnContext:
         continuation: Continuation | None = None,
     ) -> int:
         handling = self.handling
+        if len(self.ops) >= self.limits.max_ops_per_turn:
+            raise QuotaExceeded(
+                f"more than {self.limits.max_ops_per_turn} async ops in one turn "
+                "(limits.max_ops_per_turn)"
+            )
+        if continuation is None and (
+            handling.ops_running + len(self.ops) >= self.limits.max_pending_ops
+        ):
+            raise QuotaExceeded(
+                f"{handling.ops_running + len(self.ops)} async ops are running for agent "
+                f"{self.address}; the kind allows limits.max_pending_ops = "
+                f"{self.limits.max_pending_ops}"
+            )
         op = StartedOp(
             op_id=self.next_op_id(),
             seq=handling.next_seq(),
@@ -242,7 +257,7 @@ class TurnRunner:
             turn.trace = services.telemetry.start_turn(
                 self.address, envelope.kind, export, envelope.trace_context
             )
-        started = time.perf_counter()
+        started = turn_started = time.perf_counter()
         outcome = "ok"
         try:
             if inline:
@@ -252,12 +267,16 @@ class TurnRunner:
             else:
 
                 def on_worker() -> tuple[TurnOutput, Commit | None, list[Any]]:
+                    nonlocal turn_started
+                    turn_started = time.perf_counter()
                     executed = self._execute(call, turn, envelope, event_id, completion)
                     if executed[1] is not None:
                         services.store.commit(executed[1])
                     return executed
 
-                output, commit, replies = await services.workers.run(on_worker)
+                output, commit, replies = await services.workers.run(
+                    on_worker, owner=self.address.kind
+                )
         except TurnSliceExceeded as exc:
             outcome = trap_name(exc)
             if turn.trace is not None:
@@ -272,6 +291,9 @@ class TurnRunner:
         finally:
             seconds = time.perf_counter() - started
             services.metrics.observe_turn(self.address, seconds, export, outcome)
+            if envelope.admitted_at:  # the event's first turn: how long did it queue?
+                services.queue_delay.observe(turn_started - envelope.admitted_at)
+                envelope.admitted_at = 0.0
         final = event_id in output.done
         if turn.trace is not None:
             turn.trace.end(None, self._attributes(turn, output))
@@ -361,6 +383,13 @@ class TurnRunner:
                 address=str(self.address),
             )
         replies = [_decode_reply(p) for p in payloads]
+        for reply in replies:
+            if nested_deeper(reply, MAX_DEPTH):
+                raise ReplyTooDeep(
+                    f"a reply nests lists and maps more than {MAX_DEPTH} levels deep, more than "
+                    "a JSON reply may; flatten it",
+                    address=str(self.address),
+                )
         envelope.reply_bytes = reply_bytes
         return replies
 

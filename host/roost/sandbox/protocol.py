@@ -65,4 +65,6 @@ class SandboxFactory(Protocol):
     """Instances are small and turns take microseconds (native guests): worth running on
     the event loop, within a slice, instead of paying a worker-thread trip."""
 
-    def instantiate(self, limits: Limits) -> Sandbox: ...
+    def instantiate(self, limits: Limits, *, slice_ms: int | None = None) -> Sandbox:
+        """A new instance (its start functions run here, under ``slice_ms`` if given)."""
+        ...

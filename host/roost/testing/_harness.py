@@ -343,6 +343,7 @@ async def open_test_host(
             "is requested)"
         )
     llm = FakeLlm()
+    settings = {"deadline_cool_down_s": 0.0, **settings}  # run a runaway agent again at once
     config = HostConfig(
         data_dir=data_dir, cache_dir=cache_dir, llm_base_url=FAKE_LLM_URL, **settings
     )

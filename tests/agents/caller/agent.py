@@ -71,6 +71,30 @@ class Caller(Agent):
         elif op == "log":
             ctx.log.info(msg["text"])
             ctx.reply("logged")
+        elif op == "ask_many":  # start asks without awaiting them: how many may start?
+            started = 0
+            try:
+                for i in range(msg["n"]):
+                    ctx.ask("caller", f"peer-{i}", "hi")
+                    started += 1
+            except CapabilityError as exc:
+                ctx.reply({"started": started, "error": str(exc)})
+                return
+            ctx.reply({"started": started})
+        elif op == "schedule_many":
+            scheduled = 0
+            try:
+                for i in range(msg["n"]):
+                    ctx.schedule(i, after=3600, timer_id=f"{msg.get('prefix', 'm')}{i}")
+                    scheduled += 1
+            except CapabilityError as exc:
+                ctx.reply({"scheduled": scheduled, "error": str(exc)})
+                return
+            ctx.reply({"scheduled": scheduled})
+        elif op == "log_many":
+            for _ in range(msg["n"]):
+                ctx.log.info(msg["text"])
+            ctx.reply("logged")
         elif op == "chat_then_fetch":
             # One event, three turns: an llm call, then a fetch that may be refused.
             result = await ctx.llm.chat([{"role": "user", "content": msg["text"]}])

@@ -1,0 +1,107 @@
+"""The worker threads are shared fairly between kinds: one kind's runaway turns never take
+every thread, and a free thread goes to the kind holding the fewest."""
+
+from __future__ import annotations
+
+import threading
+
+import trio
+
+from roost.core.services import WorkerPool
+
+from ..conftest import until
+
+
+async def test_a_kind_holding_every_thread_but_one_leaves_that_one_to_the_others() -> None:
+    pool = WorkerPool(4)
+    release = threading.Event()
+    started: list[str] = []
+
+    def hog() -> None:
+        started.append("hog")
+        release.wait(30)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):  # more looping turns of one kind than there are threads
+                nursery.start_soon(lambda: pool.run(hog, owner="hog"))
+            await until(lambda: not (len(started) < 3))
+            await trio.sleep(0.05)
+            # One kind never takes the fourth thread: it is there for another kind.
+            assert pool.holding() == {"hog": 3}
+            neighbour = await pool.run(lambda: "served", owner="echo")
+            assert neighbour == "served"
+            assert pool.holding() == {"hog": 3}
+            release.set()
+    assert pool.running == 0
+
+
+async def test_one_kind_uses_every_thread_but_one() -> None:
+    pool = WorkerPool(3)
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+    go = threading.Event()
+
+    def work() -> None:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        go.wait(10)
+        with lock:
+            inside -= 1
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(lambda: pool.run(work, owner="only"))
+            await until(lambda: not (pool.running < 2))
+            await trio.sleep(0.05)
+            assert pool.running == 2  # the third waits: one thread stays for other kinds
+            go.set()
+    assert most == 2
+
+
+async def test_a_free_thread_goes_to_the_kind_holding_the_fewest() -> None:
+    pool = WorkerPool(4)
+    names = ("a1", "a2", "b1", "c1", "a3", "c2")
+    gates = {name: threading.Event() for name in names}
+    order: list[str] = []
+
+    def turn(name: str) -> None:
+        order.append(name)
+        gates[name].wait(10)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for running, name in enumerate(("a1", "a2", "b1", "c1"), start=1):
+                nursery.start_soon(lambda n=name: pool.run(lambda: turn(n), owner=n[0]))
+                await until(lambda r=running: pool.running == r)
+            assert pool.holding() == {"a": 2, "b": 1, "c": 1}
+            # a waits first, then c: both wait for a thread.
+            nursery.start_soon(lambda: pool.run(lambda: turn("a3"), owner="a"))
+            await trio.sleep(0.05)
+            nursery.start_soon(lambda: pool.run(lambda: turn("c2"), owner="c"))
+            await trio.sleep(0.05)
+            gates["b1"].set()  # frees a thread: c holds 1, a holds 2, so c2 goes first
+            await until(lambda: "c2" in order)
+            assert "a3" not in order
+            for name in names:
+                gates[name].set()
+    assert sorted(order[:4]) == ["a1", "a2", "b1", "c1"]
+    assert order[4:] == ["c2", "a3"]
+
+
+async def test_a_turn_cancelled_while_waiting_gives_its_place_back() -> None:
+    pool = WorkerPool(1)
+    gate = threading.Event()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: pool.run(lambda: gate.wait(10), owner="a"))
+            await until(lambda: not (pool.running < 1))
+            with trio.move_on_after(0.05):
+                await pool.run(lambda: None, owner="b")  # waits, then is cancelled
+            gate.set()
+        assert await pool.run(lambda: "after", owner="b") == "after"
+    assert pool.running == 0
