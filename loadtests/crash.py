@@ -62,6 +62,10 @@ class CrashSettings:
     """Compiled components (a temporary folder when None: the first start compiles)."""
     data_dir: Path | None = None
     """The server's data (a temporary folder when None)."""
+    store_url: str | None = None
+    """A PostgreSQL store (``postgresql://...``) instead of SQLite in the data directory.
+    The server keeps one host id across restarts, so each restart takes its agents'
+    leases back at once."""
 
 
 @dataclass
@@ -126,7 +130,13 @@ async def run_crash(
 
 
 def _environment(settings: CrashSettings, llm_url: str) -> dict[str, str]:
+    store = (
+        {"ROOST_STORE_URL": settings.store_url, "ROOST_HOST_ID": "crash-host"}
+        if settings.store_url
+        else {}
+    )
     return {
+        **store,
         **os.environ,
         "ROOST_ADMIN_TOKEN": ADMIN_TOKEN,
         "ROOST_SECRET": SECRET,
@@ -321,6 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--agents", type=int, default=CrashSettings.agents, metavar="N")
     parser.add_argument("--seed", type=int, default=CrashSettings.seed)
     parser.add_argument("--cache-dir", type=Path, metavar="D")
+    parser.add_argument(
+        "--store", metavar="URL", help="a PostgreSQL store (postgresql://...) instead of SQLite"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     settings = CrashSettings(
@@ -329,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         agents=args.agents,
         seed=args.seed,
         cache_dir=args.cache_dir,
+        store_url=args.store,
     )
     verdict = trio.run(run_crash, settings, lambda line: print(line, file=sys.stderr))
     print(json.dumps(verdict) if args.json else json.dumps(verdict, indent=2))

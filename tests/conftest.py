@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ import pytest
 import trio
 import trio.lowlevel
 
+from loadtests.pg_server import scratch_postgres, why_not
 from loadtests.sim_llm import SimLLMConfig, SimLLMServer, serve_sim_llm
 from roost import Host, HostConfig, Manifest, load_manifest, open_host
 from roost.build import build_agent
@@ -203,3 +204,14 @@ def offline_services() -> HostServices:
         metrics=HostMetrics(),
         ask=no_ask,
     )
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The URL of a throwaway PostgreSQL server for the session (``loadtests/pg_server.py``);
+    skips the test, saying why, when the server binaries are not installed."""
+    reason = why_not()
+    if reason is not None:
+        pytest.skip(f"needs a PostgreSQL server: {reason}")
+    with scratch_postgres() as server:
+        yield server.url

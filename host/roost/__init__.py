@@ -34,11 +34,13 @@ from .errors import GuestTrap as GuestTrap
 from .errors import IdempotencyKeyReused as IdempotencyKeyReused
 from .errors import InvalidAddress as InvalidAddress
 from .errors import InvalidMessage as InvalidMessage
+from .errors import LeaseLost as LeaseLost
 from .errors import LimitExceeded as LimitExceeded
 from .errors import ManifestError as ManifestError
 from .errors import MemoryLimitExceeded as MemoryLimitExceeded
 from .errors import MessageTooLarge as MessageTooLarge
 from .errors import Overloaded as Overloaded
+from .errors import OwnedElsewhere as OwnedElsewhere
 from .errors import QuotaExceeded as QuotaExceeded
 from .errors import ReplyTooDeep as ReplyTooDeep
 from .errors import RoostError as RoostError

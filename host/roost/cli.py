@@ -6,7 +6,8 @@
     roost dev [MANIFEST] [--port P] [--agent-id ID] [--data-dir D] [--chat | --no-chat]
     roost build AGENT.py -o OUT.wasm [--manifest M] [--capabilities a,b]
     roost run [COMPONENT] --manifest agent.toml [--message TEXT] [--agent-id ID] [--data-dir D]
-    roost serve [--deploy MANIFEST ...] [--dev] [--port P] [--data-dir D]
+    roost serve [--deploy MANIFEST ...] [--dev] [--port P] [--data-dir D] [--store URL]
+    roost cluster up --hosts N --store URL [--deploy MANIFEST ...] [--port P]
     roost token KIND ID [--ttl S] [--data-dir D]
     roost bench footprint|wake --agents N [--manifest M] [--json]
     roost bench telemetry [--turns N] [--rounds N] [--json]
@@ -288,12 +289,57 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, metavar="P", help="port (default 8470; 0 = any free)")
     serve.add_argument("--data-dir", type=Path, metavar="D", help="state directory")
     serve.add_argument(
+        "--store",
+        metavar="URL",
+        help="keep state in PostgreSQL (postgresql://USER:PASS@HOST:PORT/DB), shared with "
+        "other hosts (docs/cluster.md); default: SQLite in the data dir ($ROOST_STORE_URL)",
+    )
+    serve.add_argument(
         "--dev",
         action="store_true",
         default=None,
         help="disable auth for local development (loopback only)",
     )
     serve.set_defaults(handler=_cmd_serve)
+
+    cluster = commands.add_parser(
+        "cluster",
+        parents=[common],
+        help="run several hosts on one PostgreSQL store behind HAProxy, on this machine",
+        description="`roost cluster up` starts N `roost serve` hosts sharing the PostgreSQL "
+        "store at --store, and HAProxy in front of them hashing requests on kind/id, until "
+        "Ctrl-C. To run hosts on many machines, see docs/cluster.md.",
+    )
+    cluster.add_argument("action", choices=("up",))
+    cluster.add_argument("--hosts", type=positive_int, default=3, metavar="N")
+    cluster.add_argument(
+        "--store",
+        metavar="URL",
+        help="postgresql://USER:PASS@HOST:PORT/DB (default: $ROOST_STORE_URL)",
+    )
+    cluster.add_argument(
+        "--deploy",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="MANIFEST",
+        help="a manifest (or a directory of them) every host deploys; may be repeated",
+    )
+    cluster.add_argument(
+        "--port",
+        type=int,
+        default=8470,
+        metavar="P",
+        help="the proxy's port (default 8470); the hosts take the next N ports",
+    )
+    cluster.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(".roost-cluster"),
+        metavar="D",
+        help="the hosts' data, the proxy's configuration and the logs (default .roost-cluster)",
+    )
+    cluster.set_defaults(handler=_cmd_cluster)
 
     token = commands.add_parser(
         "token",
@@ -326,7 +372,12 @@ def _capability_list(text: str) -> tuple[str, ...]:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .api.server import serve
 
-    host_config = load_config(**({"data_dir": args.data_dir} if args.data_dir else {}))
+    overrides: dict[str, object] = {}
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    if args.store:
+        overrides["store_url"] = args.store
+    host_config = load_config(**overrides)
     settings = load_server_config(bind_host=args.bind_host, port=args.port, dev=args.dev)
 
     async def run() -> None:
@@ -361,6 +412,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     trio.run(run)
     return 0
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from .cluster import ClusterSettings, run_cluster
+
+    store = args.store or load_config().store_url
+    if not store:
+        raise ConfigError("roost cluster up needs --store postgresql://... (or ROOST_STORE_URL)")
+    settings = ClusterSettings(
+        hosts=args.hosts,
+        store_url=store,
+        deploy=list(args.deploy),
+        port=args.port,
+        directory=args.dir,
+    )
+    return run_cluster(settings, _info)
 
 
 def _settle_collector() -> None:

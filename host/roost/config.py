@@ -8,10 +8,11 @@ Telemetry follows OpenTelemetry's standard ``OTEL_*`` variables (:class:`Telemet
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
@@ -29,6 +30,7 @@ DEFAULT_QUEUE_TARGET_MS = 50.0
 DEFAULT_DEADLINE_COOL_DOWN_S = 10.0
 DEFAULT_IDEMPOTENCY_RETENTION_S = 24 * 3600.0
 DEFAULT_MAX_DELIVERY_ATTEMPTS = 10
+DEFAULT_LEASE_TTL_S = 10.0
 
 
 def _default_cache_dir() -> Path:
@@ -97,6 +99,24 @@ class HostConfig(BaseSettings):
     max_delivery_attempts: int = Field(DEFAULT_MAX_DELIVERY_ATTEMPTS, ge=1)
     """Attempts at a timer, message or continuation whose handler keeps failing before it
     moves to the agent's dead letters."""
+    store_url: str | None = None
+    """``postgresql://USER:PASS@HOST:PORT/DB``: keep state in that PostgreSQL database,
+    which several hosts may share (docs/cluster.md). Unset: SQLite under ``data_dir``."""
+    host_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    """This host's name among the hosts sharing a store. A host restarted under the same
+    name takes back the agents it served at once, instead of after their leases lapse."""
+    lease_ttl_s: float = Field(DEFAULT_LEASE_TTL_S, gt=0, le=600)
+    """How long an agent's lease lasts unless renewed (renewed every third of it): on a
+    shared store, how long the agents of a host that died wait before another serves them."""
+    advertise_url: str | None = None
+    """The URL other hosts reach this one at (forwarded events); default: where it listens."""
+
+    @field_validator("host_id")
+    @classmethod
+    def _plain_host_id(cls, value: str) -> str:
+        if not value or "/" in value or not value.isprintable() or len(value) > 100:
+            raise ValueError("1-100 printable characters, no '/'")
+        return value
 
     @property
     def database_path(self) -> Path:

@@ -25,11 +25,13 @@
     │   ├── AgentBusy            the agent's mailbox is full; retry after a short wait
     │   │   └── AgentCoolingDown the agent keeps running past its CPU deadline: refused a while
     │   └── AgentUnavailable     the agent was stopped (host shutting down); retry elsewhere/later
+    │       └── OwnedElsewhere   another live host holds the agent's lease; send it there
     ├── CapabilityError          a host call failed for a reason the guest can see
     │   ├── CapabilityDenied     the call is outside the kind's grant
     │   └── QuotaExceeded        the call would pass a per-agent quota
     ├── StorageError             the state store failed; the turn was not committed; retry helps
-    │   └── AlreadyHandled       the delivery a commit handles was handled already
+    │   ├── AlreadyHandled       the delivery a commit handles was handled already
+    │   └── LeaseLost            the host no longer holds the agent's lease; nothing was written
     ├── Overloaded               the host is at capacity; retry after ``retry_after_s``
     └── AuthError                a request's credentials are missing, malformed or expired
         └── AccessDenied         valid credentials, but not for this call or this agent
@@ -159,6 +161,24 @@ class AgentUnavailable(AgentError):
     retryable = True
 
 
+class OwnedElsewhere(AgentUnavailable):
+    """Raised when another live host holds the agent's lease (several hosts share a store):
+    the event must be handled there. ``owner_url`` is where that host serves, when it said;
+    the host forwards events there itself, so callers see this only when it could not."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        address: str | None = None,
+        owner: str = "",
+        owner_url: str | None = None,
+    ) -> None:
+        super().__init__(message, address=address)
+        self.owner = owner
+        self.owner_url = owner_url
+
+
 class CapabilityError(RoostError):
     """A host call the guest made failed in a way the guest is told about."""
 
@@ -182,6 +202,12 @@ class AlreadyHandled(StorageError):
     was read: another commit handled that occurrence. Nothing of the commit was written."""
 
     retryable = False
+
+
+class LeaseLost(StorageError):
+    """Raised when a commit carries a fencing token that is no longer the agent's lease: the
+    lease expired (the host was paused or cut off) or another host took it over. Nothing of
+    the commit was written; the agent is now served by its new owner, so a retry helps."""
 
 
 class Overloaded(RoostError):

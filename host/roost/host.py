@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,9 +28,10 @@ from .core.deliveries import DeliveryLoop
 from .core.dispatch import Dispatcher, Pushes
 from .core.envelope import EventTiming
 from .core.kind import Kind, KindInfo, KindTable
+from .core.leases import LeaseKeeper, incarnation
 from .core.ops import Continuations
 from .core.registry import Registry
-from .core.services import CoreCounters, CoreServices, Doorbell, WorkerPool
+from .core.services import CoreCounters, CoreServices, Doorbell, Peers, WorkerPool
 from .errors import (
     AgentExists,
     DeployError,
@@ -40,9 +41,11 @@ from .errors import (
     UnknownAgent,
 )
 from .manifest import Manifest, load_manifest
+from .payload import unpack
 from .sandbox import WasmEngine, open_engine
 from .sandbox.protocol import SandboxFactory
 from .store.async_store import AsyncStore
+from .store.postgres import open_postgres_store
 from .store.protocol import (
     INBOX_KINDS,
     AgentExport,
@@ -108,8 +111,12 @@ async def open_host(
     store: StateStore | None = None,
     telemetry: Telemetry | None = None,
     http_transport: httpx.AsyncBaseTransport | None = None,
+    peers: Peers | None = None,
 ) -> AsyncIterator[Host]:
-    """Open a host. Without ``store``, uses the embedded SQLite store in ``config.data_dir``.
+    """Open a host. Without ``store``, uses the PostgreSQL database of ``config.store_url``
+    when set, else the embedded SQLite store in ``config.data_dir``. On a store several
+    hosts share, ``peers`` forwards events for agents another host serves (``roost serve``
+    passes one that speaks HTTP); without it such events fail with OwnedElsewhere.
     Without ``telemetry``, OpenTelemetry is set up from the ``OTEL_*`` environment (off
     unless it names an exporter or an endpoint) and shut down with the host; a given
     ``telemetry`` stays the caller's. ``http_transport`` carries the host's outbound
@@ -124,7 +131,9 @@ async def open_host(
         if telemetry is None:
             telemetry = Telemetry.from_config(load_telemetry_config())
             stack.callback(telemetry.shutdown)
-        if store is None:
+        if store is None and config.store_url is not None:
+            store = await stack.enter_async_context(open_postgres_store(config.store_url))
+        elif store is None:
             store = await stack.enter_async_context(
                 open_sqlite_store(config.database_path, synchronous=config.sqlite_synchronous)
             )
@@ -139,7 +148,8 @@ async def open_host(
             )
         )
         async with open_service_nursery() as nursery:
-            host = Host(config, store, engine, nursery, http_client, telemetry)
+            host = Host(config, store, engine, nursery, http_client, telemetry, peers)
+            await nursery.start(host._leases.run)
             await nursery.start(host._deliveries.run)
             nursery.start_soon(host._continuations.resume)
             nursery.start_soon(host._prune_responses)
@@ -150,6 +160,8 @@ async def open_host(
                 yield host
             finally:
                 await host.aclose()
+                with trio.CancelScope(shield=True):
+                    await host._leases.aclose()
                 nursery.cancel_scope.cancel()
 
 
@@ -164,6 +176,7 @@ class Host:
         nursery: trio.Nursery,
         http_client: httpx.AsyncClient,
         telemetry: Telemetry | None = None,
+        peers: Peers | None = None,
     ) -> None:
         self.config = config
         self.telemetry = telemetry or Telemetry.off()
@@ -171,6 +184,9 @@ class Host:
         # Store calls from the loop share a few threads: many concurrent requests queue here
         # instead of piling threads (and read connections) onto the store.
         self._stores = AsyncStore(store, limiter=trio.CapacityLimiter(_STORE_THREADS))
+        self._leases = LeaseKeeper(
+            self._stores, owner=incarnation(config.host_id), ttl_s=config.lease_ttl_s
+        )
         self._engine = engine
         self._workers = WorkerPool(config.worker_threads)
         self._services = CoreServices(
@@ -187,6 +203,9 @@ class Host:
             deliveries_due=Doorbell(),
             epoch_tick_ms=config.epoch_tick_ms,
             inline_slice_ms=config.inline_slice_ms,
+            leases=self._leases,
+            peers=peers,
+            recheck_s=_SHARED_RECHECK_S if self._leases.shared else _RECHECK_S,
         )
         self._kinds = KindTable()
         self._continuations = Continuations(self._services, self._kinds, nursery)
@@ -330,6 +349,30 @@ class Host:
             self._point_home(address, exc)
             raise
 
+    async def deliver_forwarded(
+        self,
+        address: AgentAddress,
+        event_kind: str,
+        payload: bytes,
+        *,
+        idempotency_key: str | None,
+        chain: tuple[str, ...],
+        on_reply: Callable[[Any], None] | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> list[Any]:
+        """An event another host sharing the store forwarded here (``payload`` is msgpack):
+        handled here or refused (OwnedElsewhere), never forwarded again."""
+        return await self._dispatcher.deliver(
+            address,
+            event_kind,
+            unpack(payload),
+            idempotency_key=idempotency_key,
+            chain=chain,
+            on_reply=on_reply,
+            on_token=on_token,
+            forward=False,
+        )
+
     def _point_home(self, address: AgentAddress, exc: GuestError) -> None:
         kind = next((k for k in self._kinds if k.name == address.kind), None)
         source = None if kind is None else kind.manifest.source
@@ -462,12 +505,43 @@ class Host:
             mailbox_depth=actor.queued,
         )
 
-    def subscribe(
+    @asynccontextmanager
+    async def subscribe(
         self, address: AgentAddress | str
-    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Any]]:
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[Any]]:
         """Replies the agent produces for events nobody is waiting on (timers, messages
-        from other agents, continuations), while the block is open. Used by WebSockets."""
-        return self._pushes.subscribe(_address(address))
+        from other agents, continuations), while the block is open. Used by WebSockets.
+
+        The host holds the agent's lease while the block is open, so that those events are
+        handled here; on a shared store, OwnedElsewhere if another host serves the agent
+        (subscribe there)."""
+        address = _address(address)
+        await self._leases.acquire(address)
+        self._leases.hold(address)
+        try:
+            async with self._pushes.subscribe(address) as channel:
+                yield channel
+        finally:
+            self._leases.unhold(address)
+
+    @property
+    def host_id(self) -> str:
+        """This host's lease holder name: ``"<host id>/<nonce>"``."""
+        return self._leases.owner
+
+    @property
+    def shared_store(self) -> bool:
+        """Whether the store is shared with other hosts (PostgreSQL)."""
+        return self._leases.shared
+
+    async def advertise(self, url: str) -> None:
+        """Announce the URL other hosts sharing the store reach this one at (forwarded
+        events). ``roost serve`` calls it once it listens."""
+        await self._leases.advertise(url)
+
+    def leases_held(self) -> int:
+        """Agents' leases this host holds now."""
+        return self._leases.held
 
     def check_admission(self) -> None:
         """Raise Overloaded (with ``retry_after_s``) if the host takes no new event now:
@@ -569,6 +643,10 @@ logger = logging.getLogger("roost.host")
 _PRUNE_EVERY_MAX_S = 3600.0
 _STORE_THREADS = 4
 """Threads the event loop's store calls share (a turn's reads run on its worker thread)."""
+_RECHECK_S = 60.0
+_SHARED_RECHECK_S = 1.0
+"""On a shared store, other hosts add due work no doorbell here announces: look every
+second (one indexed query per host)."""
 
 T = TypeVar("T")
 

@@ -38,6 +38,7 @@ from roost.core.admission import QueueDelay
 from roost.core.deliveries import DeliveryLoop
 from roost.core.dispatch import Dispatcher, Pushes
 from roost.core.kind import Kind, KindTable
+from roost.core.leases import LeaseKeeper, incarnation
 from roost.core.ops import Continuations
 from roost.core.registry import Registry
 from roost.core.services import CoreCounters, CoreServices, Doorbell
@@ -441,9 +442,10 @@ async def open_core(
     so that unix times stored before the crash keep their place in virtual time."""
     telemetry = Telemetry.off()
     workers = InlineWorkers()
+    stores = AsyncStore(store, inline=True)
     services = CoreServices(
         store=store,
-        stores=AsyncStore(store, inline=True),
+        stores=stores,
         clock=wall_clock if wall_clock is not None else whole_second_wall_clock(),
         telemetry=telemetry,
         metrics=telemetry.host_metrics(),
@@ -453,6 +455,7 @@ async def open_core(
         deliveries_due=Doorbell(),
         epoch_tick_ms=10,
         inline_slice_ms=inline_slice_ms,
+        leases=LeaseKeeper(stores, owner=incarnation("test-host"), ttl_s=30.0),
     )
     kinds = KindTable()
     async with httpx.AsyncClient() as http_client, open_service_nursery() as nursery:
@@ -476,6 +479,7 @@ async def open_core(
             metrics=services.metrics,
             ask=dispatcher.ask,
         )
+        await nursery.start(services.leases.run)
         await nursery.start(deliveries.run)
         try:
             yield Core(

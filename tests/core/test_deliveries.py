@@ -62,9 +62,9 @@ async def test_a_delivery_to_a_kind_not_deployed_yet_waits_for_its_deployment(
                 attempts.append((trio.current_time(), str(address)))
                 return await deliver(address, *args, **kw)
 
-            def counting_due_deliveries(now: float, limit: int) -> Any:
+            def counting_due_deliveries(now: float, limit: int, **kw: Any) -> Any:
                 looks.append(trio.current_time())
-                return due_deliveries(now, limit)
+                return due_deliveries(now, limit, **kw)
 
             monkeypatch.setattr(core.dispatcher, "deliver", counting_deliver)
             monkeypatch.setattr(store, "due_deliveries", counting_due_deliveries)

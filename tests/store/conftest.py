@@ -16,6 +16,7 @@ A factory's contract:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from roost.store import StateStore, open_sqlite_store
+from roost.store.postgres import open_postgres_store
 
 StoreFactory = Callable[[Path], AbstractAsyncContextManager[StateStore]]
 """Opens a store keeping its data under a directory; closes it on exit."""
@@ -34,8 +36,21 @@ async def _sqlite(directory: Path) -> AsyncIterator[StateStore]:
         yield store
 
 
+_POSTGRES: list[str] = []
+"""The URL of the session's throwaway PostgreSQL server, once started."""
+
+
+@asynccontextmanager
+async def _postgres(directory: Path) -> AsyncIterator[StateStore]:
+    # One schema per directory: a new directory is a new, empty store; the same one reopens.
+    schema = "t_" + hashlib.sha256(str(directory).encode()).hexdigest()[:24]
+    async with open_postgres_store(_POSTGRES[0], schema=schema) as store:
+        yield store
+
+
 BACKENDS: dict[str, StoreFactory] = {
     "sqlite": _sqlite,
+    "postgres": _postgres,
 }
 """Every store backend, by name. Adding a backend means adding one entry here."""
 
@@ -43,6 +58,8 @@ BACKENDS: dict[str, StoreFactory] = {
 @pytest.fixture(params=sorted(BACKENDS))
 def open_store(request: pytest.FixtureRequest) -> StoreFactory:
     """The backend under test (the one parametrized fixture of the conformance suite)."""
+    if request.param == "postgres":
+        _POSTGRES[:] = [request.getfixturevalue("postgres_server")]
     return BACKENDS[request.param]
 
 

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from roost.address import AgentAddress
-from roost.errors import AlreadyHandled, StorageError
+from roost.errors import AlreadyHandled, LeaseLost, StorageError
 from roost.store import (
     AgentExport,
     AgentRecord,
@@ -1990,3 +1990,138 @@ async def test_a_bookkeeping_commit_carries_journal_ops_and_a_failed_delivery(
     assert store.read_deliveries(ALICE) == []
     assert store.read_journal(ALICE, "in-1") == []
     assert store.read_response(ALICE, "key") == IdempotencyRecord(b"r", "h")
+
+
+# -- leases -------------------------------------------------------------------------------------
+
+H1 = "h1/aaaa"
+H1_RESTARTED = "h1/bbbb"
+H2 = "h2/cccc"
+
+
+async def test_a_free_lease_is_taken_and_kept_by_its_holder(store: StateStore) -> None:
+    first = store.acquire_lease(ALICE, H1, 30.0)
+    assert (first.address, first.owner) == (ALICE, H1)
+    again = store.acquire_lease(ALICE, H1, 30.0)
+    assert (again.owner, again.token) == (H1, first.token)
+    # Another host finds the holder's lease, unchanged.
+    other = store.acquire_lease(ALICE, H2, 30.0)
+    assert (other.owner, other.token) == (H1, first.token)
+    # Leases are per agent.
+    assert store.acquire_lease(BOB, H2, 30.0).owner == H2
+
+
+async def test_a_commit_needs_the_lease_it_names(store: StateStore) -> None:
+    lease = store.acquire_lease(ALICE, H1, 30.0)
+    assert store.commit(Commit(ALICE, at=1.0, state=b"one", fence=lease.token))
+    with pytest.raises(LeaseLost):
+        store.commit(Commit(ALICE, at=2.0, state=b"stale", fence=lease.token + 1))
+    with pytest.raises(LeaseLost):  # an agent nobody holds
+        store.commit(Commit(BOB, at=2.0, state=b"b", fence=1))
+    record = store.read_agent(ALICE)
+    assert record is not None and (record.state, record.turns) == (b"one", 1)
+    assert store.read_agent(BOB) is None
+
+
+async def test_an_expired_lease_is_taken_over_and_the_old_holder_fenced(
+    store: StateStore,
+) -> None:
+    old = store.acquire_lease(ALICE, H1, 0.2)
+    store.commit(Commit(ALICE, at=1.0, state=b"by-h1", fence=old.token))
+    await trio.sleep(0.3)
+    new = store.acquire_lease(ALICE, H2, 30.0)
+    assert new.owner == H2 and new.token > old.token
+    # The paused host wakes up and commits late: refused, nothing written.
+    with pytest.raises(LeaseLost):
+        store.commit(
+            Commit(
+                ALICE,
+                at=2.0,
+                state=b"late",
+                kv_writes={"k": b"v"},
+                deliveries=[_delivery(ALICE, "t", 5.0)],
+                fence=old.token,
+            )
+        )
+    record = store.read_agent(ALICE)
+    assert record is not None and record.state == b"by-h1"
+    assert store.read_kv(ALICE, "k") is None and store.read_deliveries(ALICE) == []
+    assert store.renew_leases(H1, None, {ALICE: old.token}, 30.0) == {ALICE}
+    assert store.commit(Commit(ALICE, at=3.0, state=b"by-h2", fence=new.token))
+
+
+async def test_an_expired_lease_fences_its_holder_until_renewed(store: StateStore) -> None:
+    lease = store.acquire_lease(ALICE, H1, 0.2)
+    await trio.sleep(0.3)
+    with pytest.raises(LeaseLost):
+        store.commit(Commit(ALICE, at=1.0, state=b"x", fence=lease.token))
+    # Taking it again after it lapsed gives a new token: the old one stays fenced.
+    again = store.acquire_lease(ALICE, H1, 30.0)
+    assert again.token > lease.token
+    with pytest.raises(LeaseLost):
+        store.commit(Commit(ALICE, at=1.0, state=b"x", fence=lease.token))
+    assert store.commit(Commit(ALICE, at=1.0, state=b"x", fence=again.token))
+
+
+async def test_a_restarted_host_takes_its_leases_back_at_once(store: StateStore) -> None:
+    old = store.acquire_lease(ALICE, H1, 30.0)
+    new = store.acquire_lease(ALICE, H1_RESTARTED, 30.0)
+    assert new.owner == H1_RESTARTED and new.token > old.token
+    with pytest.raises(LeaseLost):
+        store.commit(Commit(ALICE, at=1.0, state=b"x", fence=old.token))
+
+
+async def test_renewal_extends_held_leases_and_reports_lost_ones(store: StateStore) -> None:
+    alice = store.acquire_lease(ALICE, H1, 0.5)
+    bob = store.acquire_lease(BOB, H1, 0.5)
+    for _ in range(3):
+        await trio.sleep(0.25)
+        assert store.renew_leases(H1, "http://h1", {ALICE: alice.token}, 0.5) == set()
+    # Alice's lease was renewed past its first expiry; Bob's lapsed, and H2 takes it.
+    assert store.acquire_lease(ALICE, H2, 30.0).owner == H1
+    taken = store.acquire_lease(BOB, H2, 30.0)
+    assert taken.owner == H2
+    assert store.renew_leases(H1, "http://h1", {ALICE: alice.token, BOB: bob.token}, 0.5) == {BOB}
+    # What a host announced is where the others find it.
+    holder = store.acquire_lease(ALICE, H2, 30.0)
+    assert (holder.owner, holder.owner_url) == (H1, "http://h1")
+
+
+async def test_a_released_lease_is_free_at_once_with_a_larger_token(store: StateStore) -> None:
+    lease = store.acquire_lease(ALICE, H1, 30.0)
+    store.release_leases(H2, {ALICE: lease.token})  # not H2's: left alone
+    assert store.acquire_lease(ALICE, H2, 30.0).owner == H1
+    store.release_leases(H1, {ALICE: lease.token})
+    with pytest.raises(LeaseLost):
+        store.commit(Commit(ALICE, at=1.0, state=b"x", fence=lease.token))
+    taken = store.acquire_lease(ALICE, H2, 30.0)
+    assert taken.owner == H2 and taken.token > lease.token
+    # Erasing the agent keeps its lease's token: a later holder's is larger still.
+    store.delete_agent(ALICE)
+    store.release_leases(H2, {ALICE: taken.token})
+    assert store.acquire_lease(ALICE, H1, 30.0).token > taken.token
+
+
+async def test_due_work_of_an_owner_is_what_it_holds_or_could_take(store: StateStore) -> None:
+    free = AgentAddress("chat", "free")
+    for address in (ALICE, BOB, free):
+        store.commit(
+            Commit(
+                address,
+                turn=False,
+                deliveries=[_delivery(address, "t", 1.0)],
+                ops_started=[_op(address, "op")],
+            )
+        )
+    store.acquire_lease(ALICE, H1, 30.0)
+    store.acquire_lease(BOB, H2, 30.0)
+    assert {d.address for d in store.due_deliveries(10.0, 10)} == {ALICE, BOB, free}
+    assert {d.address for d in store.due_deliveries(10.0, 10, owner=H1)} == {ALICE, free}
+    assert {d.address for d in store.due_deliveries(10.0, 10, owner=H2)} == {BOB, free}
+    assert {d.address for d in store.due_deliveries(10.0, 10, owner=H1_RESTARTED)} == {
+        ALICE,
+        free,
+    }
+    assert {op.address for op in store.pending_ops(10, owner=H1)} == {ALICE, free}
+    assert {op.address for op in store.pending_ops(10, owner=H2)} == {BOB, free}
+    assert len(store.due_deliveries(10.0, 1, owner=H2)) == 1

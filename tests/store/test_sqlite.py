@@ -860,7 +860,9 @@ async def test_commit_without_waiting_declines_while_the_writer_is_busy(
 async def test_commit_without_waiting_writes_queued_writes_first(db_path: Path) -> None:
     async with open_sqlite_store(db_path) as store:
         # A write queued by a thread that has not taken the writer lock yet.
-        queued = store._enqueue(sqlite_mod._CommitOp(_turn(ALICE, b"first", {"k": b"1"})))
+        queued = store._enqueue(
+            sqlite_mod._CommitOp(_turn(ALICE, b"first", {"k": b"1"}), store._leases)
+        )
         assert store.commit(_turn(ALICE, b"second", {"k": b"2"}), wait=False) is True
         assert queued.done
         assert queued.error is None
@@ -871,7 +873,7 @@ async def test_commit_without_waiting_writes_queued_writes_first(db_path: Path) 
         assert (store.statistics().commits, store.statistics().batches) == (2, 1)
 
         # The queued write and a failing one: the failing one fails only its caller.
-        queued = store._enqueue(sqlite_mod._CommitOp(_turn(BOB, b"bob")))
+        queued = store._enqueue(sqlite_mod._CommitOp(_turn(BOB, b"bob"), store._leases))
         with pytest.raises(StorageError, match="chat/alice"):
             store.commit(_turn(ALICE, cast(bytes, "bad"), {"k": b"3"}), wait=False)
         assert queued.done

@@ -14,6 +14,7 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (errors.Overloaded, 503),
     (errors.AgentUnavailable, 503),
     (errors.AlreadyHandled, 409),
+    (errors.LeaseLost, 503),
     (errors.StorageError, 503),
     (errors.MessageTooLarge, 413),
     (errors.IdempotencyKeyReused, 422),

@@ -79,3 +79,57 @@ class MessageStream(Response):
                 async for event in events:
                     await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class EventStream(Response):
+    """A forwarded event (``api/peers.py``) handled here, as server-sent events: ``reply``
+    and ``token`` as they come, then ``done`` with every reply, or ``error``."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        state: ApiState,
+        address: AgentAddress,
+        event_kind: str,
+        payload: bytes,
+        key: str | None,
+        chain: tuple[str, ...],
+    ) -> None:
+        super().__init__(headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self._state = state
+        self._address = address
+        self._event_kind = event_kind
+        self._payload = payload
+        self._key = key
+        self._chain = chain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        sender, events = trio.open_memory_channel[bytes](math.inf)
+
+        async def run() -> None:
+            async with sender:
+                try:
+                    replies = await self._state.host.deliver_forwarded(
+                        self._address,
+                        self._event_kind,
+                        self._payload,
+                        idempotency_key=self._key,
+                        chain=self._chain,
+                        on_reply=lambda reply: sender.send_nowait(sse("reply", reply)),
+                        on_token=lambda token: sender.send_nowait(sse("token", token)),
+                    )
+                except RoostError as exc:
+                    body = {**error_body(exc, include_traceback=True), "status": error_status(exc)}
+                    sender.send_nowait(sse("error", body))
+                else:
+                    sender.send_nowait(sse("done", {"replies": replies}))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            async with events:
+                async for event in events:
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -6,8 +6,11 @@ With tracing on, every HTTP request is a server span whose parent is the request
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import asdict
 from typing import Any
 
@@ -27,6 +30,7 @@ from ..errors import (
     InvalidMessage,
     ManifestError,
     Overloaded,
+    OwnedElsewhere,
     RoostError,
 )
 from ..host import Host
@@ -41,10 +45,11 @@ from ._admin import (
 )
 from ._state import ApiState
 from ._status import error_body, error_headers, error_status
-from ._streams import MessageStream, agent_json, sse
+from ._streams import EventStream, MessageStream, agent_json, sse
 from .auth import Credentials, bearer, require_admin, require_agent
 from .console import console_routes
 from .openapi import openapi_document
+from .peers import INTERNAL_EVENTS, pipe_websocket
 
 _MAX_PAGE = 1000
 
@@ -85,6 +90,7 @@ def create_app(host: Host, settings: ServerConfig, credentials: Credentials) -> 
             route("/v1/agents/{kind}/{id}/fork", _fork_agent, ["POST"]),
             route("/v1/agents/{kind}/{id}/export", _export_agent, ["GET"]),
             WebSocketRoute("/v1/agents/{kind}/{id}/ws", websocket_endpoint),
+            route(INTERNAL_EVENTS + "/{kind}/{id}", _internal_event, ["POST"]),
             *console_routes_,
         ],
     )
@@ -353,6 +359,24 @@ async def _export_agent(state: ApiState, request: Request) -> Response:
     return _json(await export_document(state.host, _address(request)))
 
 
+async def _internal_event(state: ApiState, request: Request) -> Response:
+    """An event another host sharing the store forwarded here (``api/peers.py``): handled
+    here, never forwarded again; the replies as server-sent events."""
+    require_admin(state.credentials, _token(request))
+    address = _address(request)
+    body = await _read_json(request, state.settings.max_body_bytes * 2)
+    try:
+        payload = base64.b64decode(body["payload"], validate=True)
+        event_kind = str(body["event_kind"])
+        key = body.get("idempotency_key")
+        chain = tuple(str(a) for a in body.get("chain") or ())
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise InvalidMessage(f"not a forwarded event: {exc}") from None
+    return EventStream(
+        state, address, event_kind, payload, None if key is None else str(key), chain
+    )
+
+
 # -- websocket ----------------------------------------------------------------------------
 
 
@@ -366,6 +390,36 @@ async def _agent_socket(state: ApiState, websocket: WebSocket) -> None:
         await websocket.close(code=1008, reason=str(exc)[:120])
         return
     await websocket.accept()
+    async with AsyncExitStack() as stack:
+        try:
+            # The host serving the agent holds its lease while the socket is open.
+            pushes = await stack.enter_async_context(state.host.subscribe(address))
+        except OwnedElsewhere as exc:
+            if exc.owner_url is None:
+                with trio.move_on_after(1):
+                    await websocket.close(code=1013, reason="agent moving; reconnect")
+                return
+            await pipe_websocket(
+                websocket,
+                exc.owner_url,
+                websocket.url.path,
+                websocket.url.query,
+                websocket.headers.get("authorization"),
+            )
+            return
+        except RoostError as exc:
+            with trio.move_on_after(1):
+                await websocket.close(code=1011, reason=str(exc)[:120])
+            return
+        await _serve_socket(state, websocket, address, pushes)
+
+
+async def _serve_socket(
+    state: ApiState,
+    websocket: WebSocket,
+    address: AgentAddress,
+    pushes: trio.MemoryReceiveChannel[Any],
+) -> None:
     state.metrics.socket_opened()
     sender, outgoing = trio.open_memory_channel[str](math.inf)
 
@@ -375,9 +429,8 @@ async def _agent_socket(state: ApiState, websocket: WebSocket) -> None:
                 await websocket.send_text(frame)
 
     async def forward_pushes() -> None:
-        async with state.host.subscribe(address) as pushes:
-            async for message in pushes:
-                sender.send_nowait(to_json({"type": "push", "message": message}))
+        async for message in pushes:
+            sender.send_nowait(to_json({"type": "push", "message": message}))
 
     async def close_on_shutdown(cancel: trio.CancelScope) -> None:
         await state.shutting_down.wait()

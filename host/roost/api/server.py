@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,8 +28,9 @@ from ..config import HostConfig, ServerConfig
 from ..errors import ConfigError, RoostError
 from ..host import Host, open_host
 from ..manifest import Manifest, load_manifest
-from . import create_app, load_credentials
+from . import Credentials, create_app, load_credentials
 from ._saved_kinds import saved_kinds
+from .peers import HttpPeers
 
 logger = logging.getLogger("roost.server")
 
@@ -129,52 +130,83 @@ async def serve(
     manifests: list[Path | Manifest] = [m for m in deploy if isinstance(m, Manifest)]
     manifests += manifests_to_deploy([p for p in deploy if not isinstance(p, Manifest)])
     credentials = await trio.to_thread.run_sync(load_credentials, settings, host_config.data_dir)
-    async with open_host(host_config) as host:
-        await deploy_all(host, manifests, show_progress=show_progress)
-        app = create_app(host, settings, credentials)
-        api = app.state.api
-        config = HypercornConfig()
-        config.bind = [f"{_bracketed(settings.bind_host)}:{settings.port}"]
-        # Hypercorn waits a little longer than the grace period, so that requests cut short
-        # at its end can still answer 503 (see ApiState.expire_requests).
-        config.graceful_timeout = settings.graceful_timeout_s + _ANSWER_GRACE_S
-        config.accesslog = None
-        config.errorlog = logging.getLogger("roost.http")
-        config.websocket_max_message_size = settings.max_body_bytes
-
-        async def shutdown_trigger() -> None:
-            await api.shutting_down.wait()
-
-        async def expire_after_grace() -> None:
-            await api.shutting_down.wait()
-            await trio.sleep(settings.graceful_timeout_s)
-            if expired := api.expire_requests():
-                logger.warning(
-                    "graceful timeout (%ss) passed: %d requests answered 503",
-                    settings.graceful_timeout_s,
-                    expired,
-                )
-
-        async with trio.open_nursery() as watchers:
-            if handle_signals:
-                watchers.start_soon(_watch_signals, api.shutting_down)
-            watchers.start_soon(expire_after_grace)
-            await watchers.start(app.state.console.history.run)  # the console's charts
-            async with trio.open_nursery() as server:
-                urls = await server.start(
-                    partial(
-                        hypercorn_serve,
-                        app,  # type: ignore[arg-type]
-                        config,
-                        shutdown_trigger=shutdown_trigger,
-                    )
-                )
-                task_status.started(Serving(urls, host, api.shutting_down))
-            # hypercorn stopped accepting and finished in-flight requests; now let the
-            # agents finish and commit, with a second signal still exiting at once.
-            await host.aclose()
-            watchers.cancel_scope.cancel()
+    # On a shared store, events for agents another host serves are forwarded to it; the
+    # hosts of one store share the admin token (ROOST_ADMIN_TOKEN), which authorizes them.
+    peers = HttpPeers(credentials.admin_token) if host_config.store_url else None
+    async with AsyncExitStack() as stack:
+        if peers is not None:
+            stack.push_async_callback(peers.aclose)
+        host = await stack.enter_async_context(open_host(host_config, peers=peers))
+        await _serve_host(
+            host,
+            host_config,
+            settings,
+            credentials,
+            manifests,
+            handle_signals=handle_signals,
+            show_progress=show_progress,
+            task_status=task_status,
+        )
         # Leaving open_host lets in-flight events finish and hibernates every agent.
+
+
+async def _serve_host(
+    host: Host,
+    host_config: HostConfig,
+    settings: ServerConfig,
+    credentials: Credentials,
+    manifests: Sequence[Path | Manifest],
+    *,
+    handle_signals: bool,
+    show_progress: bool,
+    task_status: trio.TaskStatus[Serving],
+) -> None:
+    await deploy_all(host, manifests, show_progress=show_progress)
+    app = create_app(host, settings, credentials)
+    api = app.state.api
+    config = HypercornConfig()
+    config.bind = [f"{_bracketed(settings.bind_host)}:{settings.port}"]
+    # Hypercorn waits a little longer than the grace period, so that requests cut short
+    # at its end can still answer 503 (see ApiState.expire_requests).
+    config.graceful_timeout = settings.graceful_timeout_s + _ANSWER_GRACE_S
+    config.accesslog = None
+    config.errorlog = logging.getLogger("roost.http")
+    config.websocket_max_message_size = settings.max_body_bytes
+
+    async def shutdown_trigger() -> None:
+        await api.shutting_down.wait()
+
+    async def expire_after_grace() -> None:
+        await api.shutting_down.wait()
+        await trio.sleep(settings.graceful_timeout_s)
+        if expired := api.expire_requests():
+            logger.warning(
+                "graceful timeout (%ss) passed: %d requests answered 503",
+                settings.graceful_timeout_s,
+                expired,
+            )
+
+    async with trio.open_nursery() as watchers:
+        if handle_signals:
+            watchers.start_soon(_watch_signals, api.shutting_down)
+        watchers.start_soon(expire_after_grace)
+        await watchers.start(app.state.console.history.run)  # the console's charts
+        async with trio.open_nursery() as server:
+            urls = await server.start(
+                partial(
+                    hypercorn_serve,
+                    app,  # type: ignore[arg-type]
+                    config,
+                    shutdown_trigger=shutdown_trigger,
+                )
+            )
+            if host.shared_store:
+                await host.advertise(host_config.advertise_url or urls[0])
+            task_status.started(Serving(urls, host, api.shutting_down))
+        # hypercorn stopped accepting and finished in-flight requests; now let the
+        # agents finish and commit, with a second signal still exiting at once.
+        await host.aclose()
+        watchers.cancel_scope.cancel()
 
 
 async def _watch_signals(shutting_down: trio.Event) -> None:

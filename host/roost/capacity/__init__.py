@@ -103,6 +103,14 @@ PUBLISHED = PublishedScenario(
 )
 
 
+POSTGRES_STORE_WRITE_IOPS = 1_593.0
+"""Turn commits per second of the PostgreSQL store on one 2-core machine that also ran the
+writers (PostgreSQL 15, fsync and synchronous_commit on, each commit fenced by its
+agent's lease; 128 writers on 32 threads): ``python -m loadtests.store_rate --store
+scratch --commits 20000 --writers 128 --threads 32``, 2026-11-22. It bounds a whole
+cluster (one database), not one host: ``roost capacity --store postgresql``."""
+
+
 class MeasuredFigures(BaseModel):
     """Per-session figures of this host, with how and when they were measured."""
 

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError
 from . import (
+    POSTGRES_STORE_WRITE_IOPS,
     CapacityInputs,
     apply_density,
     model_capacity,
@@ -109,6 +110,12 @@ def add_capacity_command(
     roost.add_argument("--wake-ms", type=_quantity(parse_count), metavar="MS")
     roost.add_argument("--writes-per-event", type=_quantity(parse_count), metavar="X")
     roost.add_argument("--store-write-iops", type=_quantity(parse_count), metavar="X")
+    roost.add_argument(
+        "--store",
+        choices=("sqlite", "postgresql"),
+        help="the store whose measured commit rate bounds sessions (default sqlite, per "
+        "host; postgresql: per database, shared by every host of a cluster)",
+    )
     machine = capacity.add_argument_group("machine and prices")
     machine.add_argument("--machine-cores", type=positive_int, metavar="N")
     machine.add_argument("--machine-memory", type=_quantity(parse_bytes), metavar="SIZE")
@@ -199,6 +206,8 @@ def _capacity_inputs(args: argparse.Namespace) -> CapacityInputs:
             )
         base = apply_density(base, report, name=str(args.density))
     values = base.model_dump()
+    if getattr(args, "store", None) == "postgresql":
+        values["store_write_iops"] = POSTGRES_STORE_WRITE_IOPS
     for flag, field in _CAPACITY_FLAGS.items():
         if getattr(args, flag) is not None:
             values[field] = getattr(args, flag)

@@ -63,6 +63,7 @@ class AgentActor:
         "activated",
         "address",
         "closed",
+        "fence",
         "finished",
         "in_turn",
         "kind",
@@ -80,15 +81,18 @@ class AgentActor:
         on_stopped: Callable[[AgentActor], None],
         on_deadline: Callable[[AgentAddress], None] = lambda _address: None,
         on_handled: Callable[[AgentAddress], None] = lambda _address: None,
+        fence: int | None = None,
     ) -> None:
         self.address = address
         self.kind = kind
+        self.fence = fence
+        """The fencing token of the agent's lease this host holds."""
         self._services = services
         self._continuations = continuations
         self._on_stopped = on_stopped
         self._on_deadline = on_deadline
         self._on_handled = on_handled
-        self._turns = TurnRunner(address, kind, services)
+        self._turns = TurnRunner(address, kind, services, fence)
         limits = kind.manifest.limits
         self._send, self._receive = trio.open_memory_channel[Envelope](limits.mailbox_size)
         self._sandbox: Sandbox | None = None
@@ -232,7 +236,7 @@ class AgentActor:
         if self._redeployed is not None:
             self._drop_instance()
             self.kind, self._redeployed = self._redeployed, None
-            self._turns = TurnRunner(self.address, self.kind, self._services)
+            self._turns = TurnRunner(self.address, self.kind, self._services, self.fence)
             self._inline = True
         handling = Handling(envelope.message_id, replay=envelope.replay)
         error: RoostError | None = None

@@ -13,6 +13,12 @@ at a minute); the attempts are counted in the row, and after ``max_attempts`` th
 moves to the agent's dead letters. Deliveries for kinds not deployed (yet) wait for the
 deployment, without counting attempts. Recurring timers that fell behind (the host was
 down) follow their catch-up policy.
+
+When several hosts share the store, each loop reads only the deliveries of agents whose
+lease its host holds or could take (free, or expired: its holder died), and takes the
+lease before delivering (``core/leases.py``); a delivery whose agent another host took
+first is left to that host. Other hosts add work that no doorbell here announces, so the
+loop also looks every ``CoreServices.recheck_s``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from ..errors import (
     AgentUnavailable,
     AlreadyHandled,
     Overloaded,
+    OwnedElsewhere,
     RoostError,
     UnknownKind,
 )
@@ -48,7 +55,6 @@ DEFAULT_MAX_CATCH_UP = 10
 """Missed occurrences a ``catch_up="all"`` timer fires when its kind does not say."""
 _RETRY_BASE_S = 1.0
 _RETRY_MAX_S = 60.0
-_IDLE_RECHECK_S = 60.0
 _TRANSIENT = (Overloaded, AgentBusy, AgentUnavailable)
 """Failures of the host, not of the delivery: retried without counting an attempt."""
 
@@ -92,7 +98,9 @@ class DeliveryLoop:
                 services.deliveries_due.rearm()
                 now = clock.now()
                 read = self._dispatcher.begin_read()
-                due = await stores.run(stores.store.due_deliveries, now, BATCH)
+                due = await stores.run(
+                    stores.store.due_deliveries, now, BATCH, owner=services.leases.owner
+                )
                 for delivery in due:
                     key = (delivery.address, delivery.delivery_id)
                     if self._dispatcher.stale(*key, read) or self._skip(key, now):
@@ -112,7 +120,7 @@ class DeliveryLoop:
     async def _next_wake(self, now: float) -> float:
         stores = self._services.stores
         next_due = await stores.run(stores.store.next_due_at)
-        candidates = [now + _IDLE_RECHECK_S]
+        candidates = [now + self._services.recheck_s]
         if next_due is not None and next_due > now:
             candidates.append(next_due)
         candidates += [at for at, _ in self._retry_at.values() if at > now]
@@ -126,7 +134,7 @@ class DeliveryLoop:
             # Waits for the kind's deployment (see kind_deployed) rather than retrying.
             self._kind_missing.add(key)
             self._retry_at[key] = (math.inf, 0)
-        except AlreadyHandled:
+        except (AlreadyHandled, OwnedElsewhere):  # handled, or another host's to deliver
             self._retry_at.pop(key, None)
         except _TRANSIENT as exc:
             self._back_off_in_memory(key, delivery, exc)
@@ -225,6 +233,7 @@ class DeliveryLoop:
                     at=now,
                     turn=False,
                     failed_delivery=FailedDelivery(delivery.delivery_id, error, retry_at),
+                    fence=self._services.leases.token(delivery.address),
                 )
             )
         except RoostError as commit_error:

@@ -7,6 +7,11 @@ its handler span turns. A message with an idempotency key is handled once per ke
 crashes: a retry waits for a handler of the same key still running, returns the recorded
 replies once there are some, picks up the key's inbox entry if a crash cut its handler
 short, and is refused (IdempotencyKeyReused) if the key answered another message.
+
+When several hosts share the store, an event for an agent another live host serves (its
+lease, ``core/leases.py``) is forwarded to that host (``CoreServices.peers``), its replies
+and tokens streamed back: callers see the same result wherever they sent the event.
+Deliveries from the store are not forwarded: the owner's own delivery loop takes them.
 """
 
 from __future__ import annotations
@@ -22,7 +27,13 @@ from typing import Any
 import trio
 
 from ..address import AgentAddress
-from ..errors import AlreadyHandled, IdempotencyKeyReused, InvalidMessage
+from ..errors import (
+    AgentUnavailable,
+    AlreadyHandled,
+    IdempotencyKeyReused,
+    InvalidMessage,
+    OwnedElsewhere,
+)
 from ..payload import pack, unpack
 from ..store.protocol import Delivery, Handled
 from .envelope import Envelope, EventTiming
@@ -33,6 +44,9 @@ from .services import CoreServices
 logger = logging.getLogger("roost.dispatch")
 
 IDEMPOTENCY_KEY_MAX = 255
+_FORWARD_RETRY_S = 0.25
+_FORWARD_GRACE_S = 2.0
+"""How long past a lease's time to live a forwarded event keeps trying its agent's host."""
 _PUSH_BUFFER = 256
 
 
@@ -79,10 +93,13 @@ class Dispatcher:
         chain: tuple[str, ...] = (),
         handled: Handled | None = None,
         timing: EventTiming | None = None,
+        forward: bool = True,
     ) -> list[Any]:
         """Deliver one event and return the replies of its whole handler (see
         ``Host.send``). ``handled`` names the stored delivery (or inbox entry) the event
-        comes from."""
+        comes from. ``forward=False`` refuses (OwnedElsewhere) an event for an agent
+        another host serves instead of forwarding it there (an event forwarded already)."""
+        forward = forward and handled is None
         kind = self._kinds.of(address)
         packed = pack(payload)
         envelope = Envelope(
@@ -99,7 +116,7 @@ class Dispatcher:
             timing=timing,
         )
         if idempotency_key is None:
-            return await self._post(address, kind, envelope)
+            return await self._post(address, kind, envelope, forward)
         check_idempotency_key(idempotency_key)
         envelope.request_sha = _request_digest(event_kind, packed)
         slot = (address, idempotency_key)
@@ -127,7 +144,7 @@ class Dispatcher:
                     envelope.handled = Handled(inbox.delivery_id, None, inbox.due_at)
                     envelope.replay = True
             try:
-                return await self._post(address, self._kinds.of(address), envelope)
+                return await self._post(address, self._kinds.of(address), envelope, forward)
             except AlreadyHandled:
                 recorded = await self._recorded(address, idempotency_key, envelope.request_sha)
                 if recorded is None:
@@ -137,11 +154,37 @@ class Dispatcher:
             del self._idempotent_in_flight[slot]
             done.set()
 
-    async def _post(self, address: AgentAddress, kind: Kind, envelope: Envelope) -> list[Any]:
+    async def _post(
+        self, address: AgentAddress, kind: Kind, envelope: Envelope, forward: bool
+    ) -> list[Any]:
         handling = (address, envelope.message_id)
         self._handling.add(handling)
         try:
-            return await self._registry.deliver(address, kind, envelope)
+            # An owner that does not answer (it died, or is stopping) keeps its lease until
+            # the lease expires: try again until then, when this host takes the agent over.
+            deadline = trio.current_time() + self._services.leases.ttl_s + _FORWARD_GRACE_S
+            while True:
+                try:
+                    return await self._registry.deliver(address, kind, envelope)
+                except OwnedElsewhere as exc:
+                    peers = self._services.peers
+                    if not forward or peers is None or exc.owner_url is None:
+                        raise
+                    try:
+                        return await peers.deliver(
+                            exc.owner_url,
+                            address,
+                            envelope.kind,
+                            envelope.payload,
+                            idempotency_key=envelope.idempotency_key,
+                            chain=envelope.chain,
+                            on_reply=envelope.on_reply,
+                            on_token=envelope.on_token,
+                        )
+                    except AgentUnavailable:
+                        if trio.current_time() > deadline:
+                            raise
+                        await trio.sleep(_FORWARD_RETRY_S)
         finally:
             self._handling.discard(handling)
             if envelope.handled is not None:  # a stored delivery or inbox entry

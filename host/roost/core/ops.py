@@ -11,6 +11,11 @@ re-run after a crash replays it rather than running the op again. A continuation
 (``then=``) is committed with the handler's final commit as a pending op; it runs detached
 here, and the commit that hands its result to the agent (a ``continuation`` delivery)
 removes it, so an op in flight when the host died runs again after the restart.
+
+A continuation op holds its agent's lease while it runs (``core/leases.py``), so no other
+host sharing the store runs it too, and its result is committed under that lease. On a
+shared store the ops of agents whose lease lapsed (their host died) are picked up by the
+hosts that take the lease, every ``CoreServices.recheck_s``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import trio
 
 from ..address import AgentAddress
 from ..capabilities import Continuation, OpContext, OpFailed, OpRunner
-from ..errors import CapabilityError, UnknownKind
+from ..errors import CapabilityError, OwnedElsewhere, RoostError, UnknownKind
 from ..payload import pack, unpack
 from ..store.protocol import Commit, Delivery, JournalEntry, PendingOp, Usage
 from ..wall_clock import utc_day
@@ -132,9 +137,10 @@ class Continuations:
         """Pending ops of kinds not deployed yet, by kind."""
 
     def start(self, pending: PendingOp) -> None:
-        """Run a committed pending op (once per process)."""
+        """Run a committed pending op (once per process), under its agent's lease, which
+        this host holds (the actor that committed it, or :meth:`resume`)."""
         key = (pending.address, pending.op_key)
-        if key in self._running:
+        if key in self._running or not self._services.leases.holds(pending.address):
             return
         try:
             kind = self._kinds.of(pending.address)
@@ -163,25 +169,60 @@ class Continuations:
         context = OpContext(address=pending.address, idempotency_key=pending.op_key)
         runner = capability.op(pending.call, pending.request, context)
         self._running.add(key)
+        self._services.leases.hold(pending.address)
         self._nursery.start_soon(self._run, pending, runner)
 
     async def resume(self) -> None:
-        """Start every pending op left in the store (after a restart)."""
-        stores = self._services.stores
-        for pending in await stores.run(stores.store.pending_ops, PENDING_OPS_BATCH):
-            self.start(pending)
+        """Start every pending op left in the store that this host may run (after a
+        restart); on a shared store, look again every ``recheck_s`` for those whose host
+        died."""
+        services = self._services
+        stores = services.stores
+        leases = services.leases
+        while True:
+            try:
+                found = await stores.run(
+                    stores.store.pending_ops, PENDING_OPS_BATCH, owner=leases.owner
+                )
+            except RoostError as exc:
+                logger.warning("reading pending ops failed: %s", exc)
+                found = []
+            for pending in found:
+                if (pending.address, pending.op_key) in self._running:
+                    continue
+                try:
+                    await leases.acquire(pending.address)
+                except OwnedElsewhere:
+                    continue
+                except RoostError as exc:
+                    logger.warning("taking the lease of %s failed: %s", pending.address, exc)
+                    continue
+                self.start(pending)
+            if not leases.shared:
+                return
+            await trio.sleep(services.recheck_s)
 
     def kind_deployed(self, kind: str) -> None:
         for pending in self._waiting.pop(kind, []):
-            self.start(pending)
+            self._nursery.start_soon(self._start_owned, pending)
+
+    async def _start_owned(self, pending: PendingOp) -> None:
+        try:
+            await self._services.leases.acquire(pending.address)
+        except RoostError:  # another host runs it (or will, once it can take the lease)
+            return
+        self.start(pending)
 
     async def _run(self, pending: PendingOp, runner: OpRunner) -> None:
         op = StartedOp(0, 0, pending.capability, pending.call, pending.request)
         try:
             completion = await run_op(op, runner, pending.address)
             await self._deliver(pending, completion)
+        except RoostError as exc:  # LeaseLost: the agent's new host runs the op again
+            logger.warning("agent %s: op %s not delivered: %s", pending.address, op, exc)
         finally:
             self._running.discard((pending.address, pending.op_key))
+            self._services.leases.unhold(pending.address)
 
     async def _deliver(self, pending: PendingOp, completion: Completion) -> None:
         """Hand the result to the agent: a ``continuation`` delivery, committed with the
@@ -195,6 +236,9 @@ class Continuations:
                 "value": value if completion.ok else completion.value,
             }
         )
+        fence = self._services.leases.token(pending.address)
+        if fence is None:  # the lease was lost: the agent's new host runs the op again
+            return
         now = self._services.clock.now()
         delivery = Delivery(
             address=pending.address,
@@ -212,6 +256,7 @@ class Continuations:
                 op_finished=pending.op_key,
                 usage=completion.usage,
                 usage_day=utc_day(now),
+                fence=fence,
             )
         )
         self._services.deliveries_due.ring()

@@ -6,6 +6,11 @@ down, events for an agent cooling down after running past its CPU deadline, new 
 of a kind past its activation rate, new instances past the host's memory cap (after
 hibernating idle agents), and everything once events wait too long to start (queueing
 delay, see :class:`QueueDelay`).
+
+Before an agent is activated, the host takes its lease (``core/leases.py``): the actor's
+commits carry the lease's fencing token, and an agent another live host holds is not
+activated here (OwnedElsewhere: the dispatcher forwards the event to that host). A lease
+the store says was lost stops the agent's actor.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from .actor import AgentActor
 from .admission import ActivationRate, MemoryGauge
 from .envelope import Envelope
 from .kind import Kind
+from .leases import LeaseKeeper
 from .ops import Continuations
 from .services import CoreServices
 
@@ -58,6 +64,8 @@ class Registry:
         self._memory = MemoryGauge()
         self._nursery = nursery
         self._continuations = continuations
+        self._leases: LeaseKeeper = services.leases
+        self._leases.on_lost.append(self._lease_lost)
         self._max_resident = max_resident
         self._max_in_flight = max_in_flight
         self._actors: OrderedDict[AgentAddress, AgentActor] = OrderedDict()
@@ -92,11 +100,7 @@ class Registry:
         """Admit the event, post it to the agent's actor (activating it if needed) and
         wait for its outcome: the replies, or the error that failed it."""
         self.check_admission()
-        if address in self._fenced:
-            raise AgentUnavailable(
-                f"agent {address} is being erased or forked; retry shortly",
-                address=str(address),
-            )
+        self._check_fence(address)
         cooling = self._cooling.get(address)
         if cooling is not None:
             remaining = cooling[0] - trio.current_time()
@@ -108,6 +112,12 @@ class Registry:
                     address=str(address),
                     retry_after_s=remaining,
                 )
+        actor = self._actors.get(address)
+        if (actor is None or actor.closed) and not self._leases.holds(address):
+            await self._leases.acquire(address)  # OwnedElsewhere: another host serves it
+            if not self.accepting:
+                raise Overloaded("the host is shutting down", retry_after_s=1.0)
+            self._check_fence(address)
         actor = self._actor_for(address, kind)
         envelope.admitted_at = time.perf_counter()
         actor.post(envelope)
@@ -118,6 +128,13 @@ class Registry:
             self.in_flight -= 1
             if not self.accepting and self.in_flight == 0:
                 self._drained.set()
+
+    def _check_fence(self, address: AgentAddress) -> None:
+        if address in self._fenced:
+            raise AgentUnavailable(
+                f"agent {address} is being erased or forked; retry shortly",
+                address=str(address),
+            )
 
     async def drain(self) -> None:
         """Stop accepting events, wait for in-flight ones, then hibernate every agent."""
@@ -144,6 +161,7 @@ class Registry:
                 "retry shortly",
                 retry_after_s=1.0,
             )
+        fence = self._leases.hold(address)
         actor = AgentActor(
             address,
             kind,
@@ -152,6 +170,7 @@ class Registry:
             on_stopped=self._stopped,
             on_deadline=self._ran_past_deadline,
             on_handled=self._handled,
+            fence=fence,
         )
         self._actors[address] = actor
         if self._services.telemetry.tracing:
@@ -192,6 +211,14 @@ class Registry:
     def _stopped(self, actor: AgentActor) -> None:
         if self._actors.get(actor.address) is actor:
             del self._actors[actor.address]
+        self._leases.unhold(actor.address)
+
+    def _lease_lost(self, address: AgentAddress) -> None:
+        """Another host serves the agent now: its actor finishes what it is doing (its
+        commits are refused) and stops."""
+        actor = self._actors.get(address)
+        if actor is not None:
+            actor.stop()
 
     def _ran_past_deadline(self, address: AgentAddress) -> None:
         """Refuse the agent's events for a cool-down, twice as long as the last one."""
@@ -236,6 +263,8 @@ class Registry:
             raise AgentUnavailable(
                 f"agent {address} is already being erased or forked", address=str(address)
             )
+        await self._leases.acquire(address)  # erase and fork run where the agent is served
+        self._leases.hold(address)
         self._fenced.add(address)
         try:
             actor = self._actors.get(address)
@@ -245,6 +274,7 @@ class Registry:
             yield
         finally:
             self._fenced.discard(address)
+            self._leases.unhold(address)
 
     # -- inspection ---------------------------------------------------------------------
     @property

@@ -10,17 +10,42 @@ import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
+from ..address import AgentAddress
 from ..store.async_store import AsyncStore
 from ..store.protocol import StateStore
 from ..telemetry import HostMetrics, Telemetry
 from ..wall_clock import WallClock
 from .admission import QueueDelay
 
+if TYPE_CHECKING:
+    from .leases import LeaseKeeper
+
 T = TypeVar("T")
+
+
+class Peers(Protocol):
+    """The other hosts sharing the store: an event for an agent another host owns is
+    handed to that host (``owner_url``), and its replies and tokens come back as they are
+    produced."""
+
+    async def deliver(
+        self,
+        owner_url: str,
+        address: AgentAddress,
+        event_kind: str,
+        payload: bytes,
+        *,
+        idempotency_key: str | None,
+        chain: tuple[str, ...],
+        on_reply: Callable[[Any], None] | None,
+        on_token: Callable[[str], None] | None,
+    ) -> list[Any]:
+        """Deliver the event on the owner and return its replies (raising its error)."""
+        ...
 
 
 class Workers(Protocol):
@@ -175,3 +200,10 @@ class CoreServices:
     """Granularity of CPU deadlines (for trace attributes)."""
     inline_slice_ms: int
     """How long a light kind's event turn may run on the event loop (0: never)."""
+    leases: LeaseKeeper
+    """The agents' leases this host holds (every commit names its token)."""
+    peers: Peers | None = None
+    """The other hosts, when the store is shared and events may be forwarded."""
+    recheck_s: float = 60.0
+    """How often the delivery loop and the continuations look at the store unprompted
+    (sooner on a shared store, where other hosts add work no doorbell here announces)."""

@@ -208,11 +208,15 @@ class TurnResult:
 class TurnRunner:
     """Runs the turns of one resident agent, one at a time."""
 
-    __slots__ = ("_op_ids", "_services", "address", "kind", "state_bytes")
+    __slots__ = ("_op_ids", "_services", "address", "fence", "kind", "state_bytes")
 
-    def __init__(self, address: AgentAddress, kind: Kind, services: CoreServices) -> None:
+    def __init__(
+        self, address: AgentAddress, kind: Kind, services: CoreServices, fence: int | None = None
+    ) -> None:
         self.address = address
         self.kind = kind
+        self.fence = fence
+        """The fencing token of the agent's lease: every commit carries it."""
         self._services = services
         self._op_ids = itertools.count(1)
         self.state_bytes = 0
@@ -427,6 +431,7 @@ class TurnRunner:
             journal=journal,
             usage=usage,
             usage_day=turn.day,
+            fence=self.fence,
         )
 
     def _final_commit(
@@ -493,6 +498,7 @@ class TurnRunner:
             ops_started=continued,
             usage=usage,
             usage_day=turn.day,
+            fence=self.fence,
         )
 
     async def record_failure(
@@ -521,6 +527,7 @@ class TurnRunner:
                     else None,
                     usage=Usage(errors=1, cpu_ms=handling.cpu_ms),
                     usage_day=utc_day(now),
+                    fence=self.fence,
                 )
             )
         except Exception as exc:

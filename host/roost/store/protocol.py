@@ -14,6 +14,21 @@ that runs these methods on worker threads; a store implements no async twins.
 
 Writes are applied in the order they were called: a delete called after a commit returned
 sees that commit. A new backend is what passes ``tests/store/test_conformance.py``.
+
+Leases
+------
+Several hosts may share one store (PostgreSQL). Each agent is then owned by at most one host
+at a time, through a **lease** held in the store: :meth:`~StateStore.acquire_lease` before
+the host activates the agent, :meth:`~StateStore.renew_leases` in batches while it holds
+them, :meth:`~StateStore.release_leases` when it hibernates. Every lease carries a
+**fencing token** that grows at each change of holder; every commit about an agent carries
+the token its host holds (:attr:`Commit.fence`), and the store checks it in the commit's own
+transaction, so a host that lost the lease (paused past its expiry, cut off) cannot commit
+anything. A lease holder is a host *incarnation*, ``"<host id>/<nonce>"``: a host restarted
+under the same id takes over the leases of its previous incarnation at once.
+
+A store that is not ``shared`` (SQLite: one host) keeps leases in memory; its lease calls
+never block.
 """
 
 from __future__ import annotations
@@ -229,6 +244,10 @@ class Commit:
     usage: Usage | None = None
     """Usage to add for ``usage_day``."""
     usage_day: str = ""
+    fence: int | None = None
+    """The fencing token of the agent's lease its host holds. When set, the commit fails
+    (LeaseLost) and writes nothing unless it is the agent's lease now and has not expired.
+    None: no check (single-host tools, tests)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +285,26 @@ ForkResult: TypeAlias = Literal["forked", "source_missing", "target_exists"]
 """Outcome of :meth:`StateStore.fork_agent`; nothing is written unless ``"forked"``."""
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """An agent's lease: which host incarnation may activate the agent and commit for it."""
+
+    address: AgentAddress
+    owner: str
+    """The holder: ``"<host id>/<nonce>"``."""
+    token: int
+    """The fencing token: grows by at least one at every change of holder."""
+    expires_at: float
+    """When the lease lapses unless renewed (the store's clock, unix seconds)."""
+    owner_url: str | None = None
+    """Where the holder serves (what it announced with :meth:`StateStore.renew_leases`)."""
+
+
+def owner_host(owner: str) -> str:
+    """The host id of a lease holder (``"h1/3fa9"`` -> ``"h1"``)."""
+    return owner.split("/", 1)[0]
+
+
 class TurnReads(Protocol):
     """The reads a running turn makes (thread-safe, blocking)."""
 
@@ -297,6 +336,12 @@ class TurnReads(Protocol):
 class StateStore(TurnReads, Protocol):
     """Durable per-agent state, kv and bookkeeping. Every method is thread-safe and blocks."""
 
+    @property
+    def shared(self) -> bool:
+        """Whether several hosts may use the store at once (its leases are in the store).
+        False: one host; leases live in memory and lease calls never block."""
+        ...
+
     # -- the turn side: TurnReads, and the one write path ---------------------------------
 
     def commit(self, commit: Commit, *, wait: bool = True) -> bool:
@@ -315,8 +360,32 @@ class StateStore(TurnReads, Protocol):
         commit of the agent recorded that key (or its record was pruned)."""
         ...
 
-    def pending_ops(self, limit: int) -> list[PendingOp]:
-        """Continuation-form ops in flight, oldest first (to resume after a restart)."""
+    def pending_ops(self, limit: int, *, owner: str | None = None) -> list[PendingOp]:
+        """Continuation-form ops in flight, oldest first (to resume after a restart). With
+        ``owner``, only those of agents whose lease ``owner`` holds or could take."""
+        ...
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def acquire_lease(self, address: AgentAddress, owner: str, ttl_s: float) -> Lease:
+        """Take the agent's lease for ``owner`` for ``ttl_s`` seconds and return it, when it
+        is free, expired, or held by an earlier incarnation of the same host (a new token),
+        or held by ``owner`` already (the same token, renewed). Otherwise nothing changes and
+        the holder's lease is returned: the caller compares ``owner``."""
+        ...
+
+    def renew_leases(
+        self, owner: str, url: str | None, tokens: Mapping[AgentAddress, int], ttl_s: float
+    ) -> set[AgentAddress]:
+        """Extend the leases ``owner`` holds (address -> token) by ``ttl_s`` from now, in one
+        batch, and announce ``owner`` as serving at ``url`` for as long. Returns the
+        addresses whose lease ``owner`` no longer holds (expired and taken, or never held):
+        the host must stop committing for them."""
+        ...
+
+    def release_leases(self, owner: str, tokens: Mapping[AgentAddress, int]) -> None:
+        """Give up leases (hibernated agents): each becomes free at once, its token kept so
+        that the next holder's is larger. Leases ``owner`` does not hold are left alone."""
         ...
 
     def read_dead_letters(self, address: AgentAddress) -> list[DeadLetter]:
@@ -327,8 +396,10 @@ class StateStore(TurnReads, Protocol):
         """Dead letters held, by kind (of one kind, or all)."""
         ...
 
-    def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
-        """Deliveries due at or before ``now``, earliest first."""
+    def due_deliveries(self, now: float, limit: int, *, owner: str | None = None) -> list[Delivery]:
+        """Deliveries due at or before ``now``, earliest first. With ``owner``, only those of
+        agents whose lease ``owner`` holds or could take (free, expired, or held by an
+        earlier incarnation of its host): what that host may deliver."""
         ...
 
     def next_due_at(self) -> float | None:

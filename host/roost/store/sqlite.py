@@ -44,7 +44,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +55,7 @@ import trio
 from ..address import AgentAddress
 from ..errors import AlreadyHandled, ConfigError, StorageError
 from . import _schema
+from ._leases import MemoryLeases
 from .protocol import (
     AgentExport,
     AgentRecord,
@@ -67,6 +68,7 @@ from .protocol import (
     Handled,
     IdempotencyRecord,
     JournalEntry,
+    Lease,
     PendingOp,
     Usage,
 )
@@ -125,16 +127,19 @@ class _WriteOp(Generic[_T]):
 
 
 class _CommitOp(_WriteOp[None]):
-    __slots__ = ("commit",)
+    __slots__ = ("commit", "leases")
     name = "commit"
 
-    def __init__(self, commit: Commit) -> None:
+    def __init__(self, commit: Commit, leases: MemoryLeases) -> None:
         self.commit = commit
+        self.leases = leases
 
     def turn_commits(self) -> int:
         return 1 if self.commit.turn else 0
 
     def apply(self, conn: sqlite3.Connection) -> None:
+        if self.commit.fence is not None:
+            self.leases.check(self.commit.address, self.commit.fence)
         _apply_commit(conn, self.commit)
 
     def subject(self) -> str:
@@ -711,6 +716,12 @@ class SqliteStore:
         self._closed = False
         self._commits = 0
         self._batches = 0
+        self._leases = MemoryLeases()
+
+    @property
+    def shared(self) -> bool:
+        """One host uses a SQLite store: leases are kept in memory."""
+        return False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -824,12 +835,12 @@ class SqliteStore:
         commit). With ``wait=False``: only if no other write is in progress and no fsync is
         needed (``synchronous="NORMAL"``); False, having written nothing, otherwise."""
         if wait:
-            self._submit(_CommitOp(commit))
+            self._submit(_CommitOp(commit, self._leases))
             return True
         if self._fsyncs or not self._writer_lock.acquire(blocking=False):
             return False
         try:
-            op = _CommitOp(commit)
+            op = _CommitOp(commit, self._leases)
             with self._queue_lock:
                 if self._closing:
                     raise StorageError(_CLOSED)
@@ -862,16 +873,20 @@ class SqliteStore:
         response, request_sha = rows[0]
         return IdempotencyRecord(bytes(response), None if request_sha is None else str(request_sha))
 
-    def pending_ops(self, limit: int) -> list[PendingOp]:
-        """Continuation-form ops in flight, oldest first."""
+    def pending_ops(self, limit: int, *, owner: str | None = None) -> list[PendingOp]:
+        """Continuation-form ops in flight, oldest first (with ``owner``: of agents whose
+        lease it holds or could take)."""
         if limit <= 0:
             return []
         with self._reading("pending_ops", None) as conn:
             rows = conn.execute(
                 f"SELECT {_PENDING_OP_COLUMNS} FROM pending_ops ORDER BY created_at LIMIT ?",
-                (int(limit),),
+                (int(limit) if owner is None else -1,),
             ).fetchall()
-        return [_pending_op(row) for row in rows]
+        ops = [_pending_op(row) for row in rows]
+        if owner is not None:
+            ops = [op for op in ops if self._leases.may_take(op.address, owner)][:limit]
+        return ops
 
     def read_dead_letters(self, address: AgentAddress) -> list[DeadLetter]:
         """The agent's dead letters, oldest first."""
@@ -897,17 +912,45 @@ class SqliteStore:
                 ).fetchall()
         return {str(k): int(n) for k, n in rows}
 
-    def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
-        """Deliveries due at or before ``now``, earliest first."""
+    def due_deliveries(self, now: float, limit: int, *, owner: str | None = None) -> list[Delivery]:
+        """Deliveries due at or before ``now``, earliest first (with ``owner``: of agents
+        whose lease it holds or could take)."""
         if limit <= 0:
             return []
+        found: list[Delivery] = []
+        offset = 0
         with self._reading("due_deliveries", None) as conn:
-            rows = conn.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE due_at <= ?"
-                " ORDER BY due_at LIMIT ?",
-                (float(now), int(limit)),
-            ).fetchall()
-        return [_delivery(row) for row in rows]
+            while len(found) < limit:
+                rows = conn.execute(
+                    f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE due_at <= ?"
+                    " ORDER BY due_at LIMIT ? OFFSET ?",
+                    (float(now), int(limit), offset),
+                ).fetchall()
+                offset += len(rows)
+                for delivery in map(_delivery, rows):
+                    if owner is None or self._leases.may_take(delivery.address, owner):
+                        found.append(delivery)
+                if len(rows) < limit:
+                    break
+        return found[:limit]
+
+    # -- leases (in memory: one host uses this store) --------------------------------------
+
+    def acquire_lease(self, address: AgentAddress, owner: str, ttl_s: float) -> Lease:
+        """Take (or keep) the agent's lease for ``owner``, or return its holder's."""
+        self._check_open()
+        return self._leases.acquire(address, owner, ttl_s)
+
+    def renew_leases(
+        self, owner: str, url: str | None, tokens: Mapping[AgentAddress, int], ttl_s: float
+    ) -> set[AgentAddress]:
+        """Extend ``owner``'s leases; the ones it no longer holds."""
+        self._check_open()
+        return self._leases.renew(owner, url, tokens, ttl_s)
+
+    def release_leases(self, owner: str, tokens: Mapping[AgentAddress, int]) -> None:
+        """Free ``owner``'s leases at once (tokens kept)."""
+        self._leases.release(owner, tokens)
 
     def next_due_at(self) -> float | None:
         """When the earliest delivery is due, or None if there are none."""

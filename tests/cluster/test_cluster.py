@@ -1,0 +1,178 @@
+"""Several hosts on one PostgreSQL store: one owner per agent, forwarding, fencing,
+failover. Every test starts its own hosts (``roost serve`` processes), a new database on
+the session's throwaway PostgreSQL server and, where it says so, HAProxy in front."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from loadtests.crash import CrashSettings, run_crash
+from loadtests.failover import FailoverSettings, run_failover
+
+from .conftest import Cluster, ClusterFactory
+
+# A kill cuts the client's requests short: httpx then leaves their body generators to the
+# garbage collector, which Python reports as unraisable.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:
+    """Poll ``check`` (what other processes did) until it holds."""
+    with trio.fail_after(timeout_s):
+        while True:
+            if await check():
+                return
+            await trio.sleep(0.1)
+
+
+async def _marks(c: Cluster, url: str, agent: str, field: str) -> list[Any]:
+    state = (await c.export(url, "ledger", agent))["state"] or {}
+    marks: list[Any] = state.get(field, [])
+    return marks
+
+
+async def _post(client: httpx.AsyncClient, url: str, agent: str, message: Any) -> httpx.Response:
+    return await client.post(f"{url}/v1/agents/{agent}/messages", json={"message": message})
+
+
+async def test_two_hosts_and_a_proxy_never_split_an_agent(cluster: ClusterFactory) -> None:
+    """Messages to the same agents through either host and the proxy, concurrently: each
+    agent's counter goes 1, 2, 3, ... with no gap and no repeat."""
+    async with cluster(hosts=2, proxy=True) as c:
+        assert c.proxy_url is not None
+        entries = [c.proxy_url, *(h.url for h in c.hosts)]
+        counts: dict[str, list[int]] = {f"u{i}": [] for i in range(4)}
+        per_sender = 6
+
+        async def sender(client: httpx.AsyncClient, agent: str, entry: str) -> None:
+            for _ in range(per_sender):
+                response = await _post(client, entry, f"echo/{agent}", "hi")
+                assert response.status_code == 200, response.text
+                [reply] = response.json()["replies"]
+                counts[agent].append(reply["count"])
+
+        async with c.client() as client, trio.open_nursery() as nursery:
+            for agent in counts:
+                for entry in entries:
+                    nursery.start_soon(sender, client, agent, entry)
+        for agent, seen in counts.items():
+            assert sorted(seen) == list(range(1, per_sender * len(entries) + 1)), (agent, seen)
+        # The agents are spread over both hosts, each served by one.
+        owners = {c.owner("echo", agent) for agent in counts}
+        assert owners <= {"h1", "h2"} and None not in owners
+
+
+async def test_a_paused_host_loses_its_lease_and_its_late_commit_is_refused(
+    cluster: ClusterFactory,
+) -> None:
+    async with cluster(hosts=2, lease_ttl_s=2.0) as c:
+        h1, h2 = c.hosts
+        outcome: dict[str, Any] = {}
+        async with c.client() as client:
+
+            async def first() -> None:  # handled on h1: it sleeps 3 s between two turns
+                response = await _post(
+                    client, h1.url, "ledger/p", {"id": 1, "via": "sleep", "seconds": 3}
+                )
+                outcome["status"] = response.status_code
+                outcome["body"] = response.json()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(first)
+
+                async def handling_on_h1() -> bool:  # h1 holds the lease; the inbox has it
+                    return c.owner("ledger", "p") == "h1" and c.deliveries("ledger", "p") > 0
+
+                await _until(handling_on_h1)
+                assert h1.process is not None
+                h1.process.send_signal(signal.SIGSTOP)  # paused past its lease
+                await trio.sleep(2.5)
+                # h2 takes the lease over: it serves the agent, and resumes the message h1
+                # was handling from the inbox.
+                response = await _post(client, h2.url, "ledger/p", {"id": 2, "via": "none"})
+                assert response.status_code == 200, response.text
+                assert c.owner("ledger", "p") == "h2"
+                h1.process.send_signal(signal.SIGCONT)  # h1 wakes up and commits late
+        assert outcome["status"] == 503, outcome
+        assert outcome["body"]["error"]["type"] == "LeaseLost"
+
+        async def resumed_on_h2() -> bool:  # h2's delivery loop runs message 1 again, once
+            return 1 in await _marks(c, h2.url, "p", "after")
+
+        await _until(resumed_on_h2)
+        exported = await c.export(h2.url, "ledger", "p")
+        state = exported["state"]
+        assert Counter(state["before"]) == Counter({1: 1, 2: 1}), state
+        assert Counter(state["after"]) == Counter({1: 1, 2: 1}), state
+        assert sorted(exported["kv"]) == ["n:1", "n:2"]
+
+
+async def test_an_ask_and_a_timer_cross_hosts(cluster: ClusterFactory) -> None:
+    async with cluster(hosts=2, lease_ttl_s=3.0) as c:
+        h1, h2 = c.hosts
+        async with c.client() as client:
+            # h2 serves the peer; h1 serves the agent that asks it.
+            response = await _post(client, h2.url, "ledger/peer-x", {"id": 100, "via": "none"})
+            assert response.status_code == 200
+            response = await _post(client, h1.url, "ledger/x", {"id": 1, "via": "ask"})
+            assert response.status_code == 200, response.text
+            assert c.owner("ledger", "x") == "h1" and c.owner("ledger", "peer-x") == "h2"
+            peer = await c.export(h2.url, "ledger", "peer-x")
+            assert peer["state"]["asked"] == [1]
+            # A timer set on h1, which then stops: h2 fires it.
+            response = await _post(
+                client, h1.url, "ledger/x", {"id": 2, "via": "timer", "seconds": 1.5}
+            )
+            assert response.status_code == 200
+        assert h1.process is not None
+        h1.process.send_signal(signal.SIGTERM)
+        await h1.process.wait()
+
+        async def fired_on_h2() -> bool:
+            return 2 in await _marks(c, h2.url, "x", "fired")
+
+        await _until(fired_on_h2)
+        assert c.owner("ledger", "x") in ("h2", None)
+        assert (await c.export(h2.url, "ledger", "x"))["state"]["fired"] == [2]
+
+
+@pytest.mark.slow
+async def test_failover_under_load_loses_nothing(store_url: str, cache_dir: Path) -> None:
+    verdict = await run_failover(
+        FailoverSettings(
+            hosts=3,
+            agents=12,
+            seed=3,
+            lease_ttl_s=5.0,
+            load_before_kill_s=6.0,
+            load_after_kill_s=12.0,
+            store_url=store_url,
+            cache_dir=cache_dir,
+        ),
+        report=lambda _line: None,
+    )
+    assert verdict["affected_agents"] > 0, verdict
+    assert verdict["not_failed_over"] == [], verdict
+    assert verdict["failover_max_s"] <= 5.0 + 3.0, verdict  # the lease TTL, plus a look
+    assert (verdict["lost"], verdict["applied_twice"]) == (0, 0), verdict
+    assert verdict["rejoined"] is True
+
+
+@pytest.mark.slow
+async def test_the_crash_harness_on_postgres(store_url: str, cache_dir: Path) -> None:
+    verdict = await run_crash(
+        CrashSettings(
+            kills=10, messages_per_round=10, seed=7, cache_dir=cache_dir, store_url=store_url
+        ),
+        report=lambda _line: None,
+    )
+    assert verdict["kills"] == 10
+    assert (verdict["lost"], verdict["applied_twice"]) == (0, 0), verdict
