@@ -30,6 +30,7 @@ from ..errors import DeployError
 from ..limits import Limits
 from ._host_calls import add_host_function
 from .instance import WasmSandbox
+from .protocol import TurnSliceExceeded
 
 DENSE_MAX_COMPONENT_BYTES = 1024 * 1024
 """Components up to this size run on the dense memory profile."""
@@ -282,16 +283,23 @@ class KindFactory:
         self.light = wasm_engine is engine.dense_engine
 
     def instantiate(self, limits: Limits, *, slice_ms: int | None = None) -> WasmSandbox:
-        return WasmSandbox.instantiate(
-            engine=self._wasm_engine,
-            component=self._component,
-            linker=self._linker,
-            exports=self._exports,
-            limits=limits,
-            deadline_ticks=self._engine.deadline_ticks(limits.cpu_deadline_ms),
-            epoch_tick_ms=self._engine.epoch_tick_ms,
-            slice_ms=slice_ms,
-        )
+        try:
+            return WasmSandbox.instantiate(
+                engine=self._wasm_engine,
+                component=self._component,
+                linker=self._linker,
+                exports=self._exports,
+                limits=limits,
+                deadline_ticks=self._engine.deadline_ticks(limits.cpu_deadline_ms),
+                epoch_tick_ms=self._engine.epoch_tick_ms,
+                slice_ms=slice_ms,
+            )
+        except TurnSliceExceeded:
+            # Start functions run the same code for every agent of the kind: one that
+            # outran the slice says they all will. Not light any more, so no other agent
+            # of the kind spends a slice of the event loop finding it out again.
+            self.light = False
+            raise
 
 
 def _config(*, dense: bool) -> wasmtime.Config:
