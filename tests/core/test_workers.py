@@ -22,6 +22,7 @@ async def test_a_kind_holding_every_thread_but_one_leaves_that_one_to_the_others
         release.wait(30)
 
     with trio.fail_after(30):
+        await pool.run(lambda: None, owner="hog")  # a short call: it may take more threads
         async with trio.open_nursery() as nursery:
             for _ in range(8):  # more looping turns of one kind than there are threads
                 nursery.start_soon(lambda: pool.run(hog, owner="hog"))
@@ -53,6 +54,7 @@ async def test_one_kind_uses_every_thread_but_one() -> None:
             inside -= 1
 
     with trio.fail_after(30):
+        await pool.run(lambda: None, owner="only")  # a short call: it may take more threads
         async with trio.open_nursery() as nursery:
             for _ in range(3):
                 nursery.start_soon(lambda: pool.run(work, owner="only"))
@@ -64,7 +66,7 @@ async def test_one_kind_uses_every_thread_but_one() -> None:
 
 
 async def test_a_free_thread_goes_to_the_kind_holding_the_fewest() -> None:
-    pool = WorkerPool(4)
+    pool = WorkerPool(4, long_call_s=60)  # these calls wait on gates: not long ones
     names = ("a1", "a2", "b1", "c1", "a3", "c2")
     gates = {name: threading.Event() for name in names}
     order: list[str] = []
@@ -74,6 +76,8 @@ async def test_a_free_thread_goes_to_the_kind_holding_the_fewest() -> None:
         gates[name].wait(10)
 
     with trio.fail_after(30):
+        for owner in "abc":  # short calls: each kind may take more than one thread
+            await pool.run(lambda: None, owner=owner)
         async with trio.open_nursery() as nursery:
             for running, name in enumerate(("a1", "a2", "b1", "c1"), start=1):
                 nursery.start_soon(lambda n=name: pool.run(lambda: turn(n), owner=n[0]))
@@ -104,4 +108,55 @@ async def test_a_turn_cancelled_while_waiting_gives_its_place_back() -> None:
                 await pool.run(lambda: None, owner="b")  # waits, then is cancelled
             gate.set()
         assert await pool.run(lambda: "after", owner="b") == "after"
+    assert pool.running == 0
+
+
+async def test_a_kind_running_long_calls_holds_one_thread() -> None:
+    pool = WorkerPool(4, long_call_s=0.05, long_memory_s=60)
+    release = threading.Event()
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+
+    def hog() -> None:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        release.wait(30)
+        with lock:
+            inside -= 1
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await pool.run(lambda: None, owner="hog")  # a short call...
+            nursery.start_soon(lambda: pool.run(hog, owner="hog"))
+            await until(lambda: not (inside < 1))
+            await trio.sleep(0.1)  # ...then one that runs long
+            for _ in range(3):
+                nursery.start_soon(lambda: pool.run(hog, owner="hog"))
+            await trio.sleep(0.05)
+            assert pool.holding() == {"hog": 1}  # the other three wait for that one
+            assert await pool.run(lambda: "served", owner="echo") == "served"
+            release.set()
+    assert most == 1  # and, having run long, the kind still gets one thread at a time
+
+
+async def test_a_kind_holds_one_thread_until_a_call_of_it_ends_short() -> None:
+    pool = WorkerPool(4)
+    release = threading.Event()
+    started: list[str] = []
+
+    def hog() -> None:
+        started.append("hog")
+        release.wait(30)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):  # a new kind, all at once: it has yet to show it runs short
+                nursery.start_soon(lambda: pool.run(hog, owner="new"))
+            await until(lambda: not (len(started) < 1))
+            await trio.sleep(0.05)
+            assert pool.holding() == {"new": 1}
+            release.set()
     assert pool.running == 0

@@ -7,6 +7,7 @@ host facade when it opens; none of them reaches up to the facade.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     from .leases import LeaseKeeper
 
 T = TypeVar("T")
+
+DEFAULT_LONG_CALL_S = 0.25
+"""A call on a worker thread this long is a long one (see :class:`WorkerPool`)."""
+DEFAULT_LONG_MEMORY_S = 10.0
+"""How long a kind that ran a long call holds at most one worker thread."""
 
 
 class Peers(Protocol):
@@ -69,10 +75,30 @@ class WorkerPool:
     A free thread goes to the kind with waiting turns that holds the fewest threads (the
     longest-waiting turn first among equals), and no kind ever holds every thread: one is
     kept for the others, so one kind's runaway turns cannot take every thread from them.
-    An agent runs one turn at a time, so it holds at most one thread."""
+    An agent runs one turn at a time, so it holds at most one thread.
 
-    def __init__(self, threads: int) -> None:
+    A kind holds more than one thread only once a call of it has ended in under
+    ``long_call_s``, and not while one runs that long, nor for ``long_memory_s`` after one
+    did: the turns of a kind that runs long (or has yet to show it does not), each a
+    thread's time for up to its CPU deadline, wait for its one thread instead of taking
+    the others' (and, on a small machine, the core the event loop shares with them)."""
+
+    def __init__(
+        self,
+        threads: int,
+        *,
+        long_call_s: float = DEFAULT_LONG_CALL_S,
+        long_memory_s: float = DEFAULT_LONG_MEMORY_S,
+    ) -> None:
         self._threads = threads
+        self._long_call_s = long_call_s
+        self._long_memory_s = long_memory_s
+        self._long_until: dict[str, float] = {}
+        """Kinds that ran a long call lately: until when they hold at most one thread."""
+        self._short: set[str] = set()
+        """Kinds whose last call that ended did so in under ``long_call_s``."""
+        self._started: dict[str, dict[int, float]] = {}
+        """When each running call started, by kind."""
         self._limiter = trio.CapacityLimiter(threads)
         self._free = threads
         self._held: dict[str, int] = {}
@@ -89,17 +115,38 @@ class WorkerPool:
 
     async def run(self, call: Callable[[], T], *, owner: str) -> T:
         await self._acquire(owner)
+        token = next(self._order)
+        started = self._started.setdefault(owner, {})
+        started[token] = time.perf_counter()
         try:
             return await trio.to_thread.run_sync(call, limiter=self._limiter)
         finally:
+            now = time.perf_counter()
+            if now - started.pop(token) >= self._long_call_s:
+                self._long_until[owner] = now + self._long_memory_s
+                self._short.discard(owner)
+            else:
+                self._short.add(owner)
             self._release(owner)
 
     def _may_take(self, owner: str) -> bool:
-        """Whether ``owner`` may take a thread now: one is free, and it is not the last one
-        while ``owner`` holds all the others."""
+        """Whether ``owner`` may take a thread now: one is free, it is not the last one
+        while ``owner`` holds all the others, and ``owner`` holds none if it runs long."""
+        held = self._held.get(owner, 0)
         return self._free > 0 and (
-            self._threads == 1 or self._held.get(owner, 0) < self._threads - 1
+            self._threads == 1
+            or held == 0
+            or (held < self._threads - 1 and not self._runs_long(owner))
         )
+
+    def _runs_long(self, owner: str) -> bool:
+        if owner not in self._short:
+            return True
+        now = time.perf_counter()
+        if self._long_until.get(owner, 0.0) > now:
+            return True
+        started = self._started.get(owner)
+        return bool(started) and now - min(started.values()) >= self._long_call_s
 
     async def _acquire(self, owner: str) -> None:
         if not self._waiting.get(owner) and self._may_take(owner):
