@@ -146,7 +146,7 @@ class WorkerPool:
         if self._long_until.get(owner, 0.0) > now:
             return True
         started = self._started.get(owner)
-        return bool(started) and now - min(started.values()) >= self._long_call_s
+        return started is not None and any(now - at >= self._long_call_s for at in started.values())
 
     async def _acquire(self, owner: str) -> None:
         if not self._waiting.get(owner) and self._may_take(owner):
