@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -96,6 +96,13 @@ _REASONS = (
 )
 """The setting an error names, to say why the host refused (the abusive agents use the
 same list for what they were refused)."""
+
+
+_HOST_ENV = {"ROOST_MAX_DELIVERY_ATTEMPTS": "3"}
+"""Host settings every pattern runs with: deliveries that keep failing are given up on
+after 3 attempts (back-off 1 s, then 2 s), so a run sees it happen."""
+_RETRY_SETTLE_S = 3.5
+"""Time for the last failing deliveries to use up their attempts."""
 
 
 @dataclass(frozen=True)
@@ -556,6 +563,8 @@ class Attack:
     refused: Counter[str] = field(default_factory=Counter)
     """What the guests were refused (as their replies say), by reason."""
     facts: dict[str, Any] = field(default_factory=dict)
+    by_input: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    """Outcomes by malformed input (``bad_input``)."""
     answered_ms: list[float] = field(default_factory=list)
     """Round trips of the attack's requests that were answered 200."""
     _ids: Iterator[int] = field(default_factory=itertools.count)
@@ -585,8 +594,31 @@ class Attack:
             "answered_p50_ms": _percentile(answered, 0.5),
             "answered_max_ms": round(answered[-1], 1) if answered else None,
             "refused_inside": dict(self.refused.most_common()),
+            **(
+                {"by_input": {k: dict(v) for k, v in self.by_input.items()}}
+                if self.by_input
+                else {}
+            ),
             **self.facts,
         }
+
+    async def post_raw(self, kind: str, agent_id: str, body: bytes) -> str:
+        """Post ``body`` as it is to an agent's messages endpoint; its outcome."""
+        outcome = "unanswered when the attack ended"
+        try:
+            try:
+                response = await self.client.post(
+                    f"/v1/agents/{kind}/{agent_id}/messages",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                )
+            except httpx.TransportError as exc:
+                outcome = f"no answer ({type(exc).__name__})"
+            else:
+                outcome = "200" if response.status_code == 200 else _refusal(response)
+        finally:
+            self.outcomes[outcome] += 1
+        return outcome
 
     def count_refused(self, reply: Any) -> None:
         if isinstance(reply, dict) and isinstance(reply.get("refused"), dict):
@@ -725,9 +757,13 @@ async def timer_storm_report(attack: Attack) -> None:
     pending = []
     with trio.move_on_after(20):
         for i in range(_TIMER_AGENTS):
-            _, replies = await _post(
-                attack.client, "abuse-storm", f"timers{i}", {"op": "timer_stats"}
-            )
+            while True:  # refused (503, 429) while the storm goes on: ask again
+                outcome, replies = await _post(
+                    attack.client, "abuse-storm", f"timers{i}", {"op": "timer_stats"}
+                )
+                if outcome == "200":
+                    break
+                await trio.sleep(0.2)
             for reply in replies or []:
                 totals.update({k: int(v) for k, v in reply.items()})
             pending.append(
@@ -787,6 +823,64 @@ async def log_flood_report(attack: Attack) -> None:
         forged_host_lines=forged,
         dropped_warnings=dropped_warnings,
     )
+
+
+_FAILING_PER_MESSAGE = 50
+
+
+async def failing_deliveries(attack: Attack) -> None:
+    message = {"op": "send_failing", "n": _FAILING_PER_MESSAGE}
+
+    async def one(_task: int) -> None:
+        while True:
+            _, replies = await attack.send("abuse-storm", attack.fresh("fail"), message)
+            for reply in replies or []:
+                attack.bump("deliveries_sent", int(reply.get("sent", 0)))
+                attack.count_refused(reply)
+            await trio.sleep(0.25)
+
+    await _in_parallel(2, one)
+
+
+async def failing_deliveries_report(attack: Attack) -> None:
+    """How many of the failing deliveries the host gave up on (moved to dead letters),
+    within ``max_delivery_attempts`` (the harness sets it, see :data:`_HOST_ENV`)."""
+    await trio.sleep(_RETRY_SETTLE_S)
+    metrics = await _scrape(attack.client)
+    attack.facts.update(
+        max_delivery_attempts=int(_HOST_ENV["ROOST_MAX_DELIVERY_ATTEMPTS"]),
+        dead_letters=int(metrics.get('roost_dead_letters{kind="abuse-storm"}', 0)),
+        delivery_traps=int(
+            sum(
+                v
+                for k, v in metrics.items()
+                if k.startswith('roost_traps_total{kind="abuse-storm"')
+            )
+        ),
+    )
+
+
+_BAD_BODIES: tuple[tuple[str, bytes], ...] = (
+    ("nested 2,000 deep", b'{"message": ' + b"[" * 2000 + b"]" * 2000 + b"}"),
+    ("a 5,000-digit number", b'{"message": ' + b"7" * 5000 + b"}"),
+    ("NaN", b'{"message": NaN}'),
+    ("Infinity", b'{"message": [Infinity]}'),
+    ("not JSON", b'{"message": "unterminated'),
+    ("no message", b'{"text": "hi"}'),
+)
+"""Bodies a client may send to an agent's messages endpoint, each refused with a 4xx."""
+
+
+async def bad_input(attack: Attack) -> None:
+    """Clients posting malformed bodies to an agent of a neighbour kind, as fast as the
+    host answers (each must be a 4xx in the JSON error shape, before any turn)."""
+
+    async def one(task: int) -> None:
+        for what, body in itertools.cycle(_BAD_BODIES):
+            outcome = await attack.post_raw("echo", f"bad{task}", body)
+            attack.by_input[what][outcome] += 1
+
+    await _in_parallel(4, one)
 
 
 async def memory_hogs(attack: Attack) -> None:
@@ -939,6 +1033,19 @@ PATTERNS: dict[str, Pattern] = {
         log_flood,
         log_flood_report,
     ),
+    "failing_deliveries": Pattern(
+        f"messages to other agents whose every delivery fails, {_FAILING_PER_MESSAGE} per "
+        "handler (2 clients)",
+        (ABUSE_PY / "storm.toml",),
+        failing_deliveries,
+        failing_deliveries_report,
+    ),
+    "bad_input": Pattern(
+        "malformed request bodies (deep nesting, huge numbers, NaN, not JSON) as fast as "
+        "the host answers (4 clients)",
+        (),
+        bad_input,
+    ),
     "memory_hogs": Pattern(
         "fresh agents each taking its 64 MiB memory cap (6 clients)",
         (ABUSE_PY / "hog.toml",),
@@ -987,6 +1094,7 @@ class _PatternRun:
             "ROOST_HTTP_ALLOW_PRIVATE": "true",
             "ROOST_GRACEFUL_TIMEOUT_S": "1",
             "ROOST_MAX_HOST_MEMORY_BYTES": str(settings.host_memory_mib * 2**20),
+            **_HOST_ENV,
         }
         process, url = await _start_host(
             self.deploy, env, log_path, HOST_CORE if self.pinned else None

@@ -68,6 +68,8 @@ class Abuse(Agent):
             ctx.reply(await self._ask_storm(ctx, msg))
         elif op == "send_storm":
             ctx.reply(self._send_storm(ctx, msg))
+        elif op == "send_failing":
+            ctx.reply(self._send_failing(ctx, msg["n"]))
         elif op == "timer_storm":
             ctx.state["fanout"] = msg["fanout"]
             ctx.reply(self._schedule(ctx, msg["fanout"]))
@@ -100,6 +102,9 @@ class Abuse(Agent):
         elif msg.get("op") == "send_storm":
             ctx.state["received"] = ctx.state.get("received", 0) + 1
             self._send_storm(ctx, msg)
+        elif msg.get("op") == "fail":
+            # Every delivery of this message fails: the host must give up on it.
+            raise RuntimeError("failing every delivery on purpose")
 
     async def on_timer(self, ctx: Context, payload: Any) -> None:
         ctx.state["fired"] = ctx.state.get("fired", 0) + 1
@@ -145,6 +150,18 @@ class Abuse(Agent):
                 except CapabilityError as exc:
                     count(refused, exc, msg["fanout"] - i)
                     break
+        return {"sent": sent, "refused": refused}
+
+    def _send_failing(self, ctx: Context, n: int) -> dict[str, Any]:
+        """Send ``n`` new agents a message whose every delivery fails."""
+        sent, refused = 0, {}
+        for i in range(n):
+            try:
+                ctx.send(ctx.kind, f"{ctx.agent_id}.{i}", {"op": "fail"})
+                sent += 1
+            except CapabilityError as exc:
+                count(refused, exc, n - i)
+                break
         return {"sent": sent, "refused": refused}
 
     def _schedule(self, ctx: Context, fanout: int) -> dict[str, Any]:
