@@ -32,6 +32,7 @@ import json
 import math
 import os
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -42,7 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
+
+from roost.cluster import haproxy_binary, haproxy_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "examples" / "echo" / "agent.toml"
@@ -68,6 +72,9 @@ class OverloadSettings:
     max_connections: int = 2048
     cache_dir: Path | None = None
     seed: int = 7
+    through: str = "host"
+    """``host``: the clients talk to the host directly; ``proxy``: through HAProxy with the
+    configuration ``roost cluster up`` writes (per-host ``maxconn``, ``timeout queue``)."""
 
 
 @dataclass
@@ -83,6 +90,8 @@ class _Phase:
     started: float = 0.0
     ended: float = 0.0
     server_cpu_s: float = 0.0
+    host_refused: int = 0
+    """Of the refused, those the host refused itself (the rest, the proxy)."""
 
     def ok(self) -> list[_Result]:
         return [r for r in self.results if r.status == 200]
@@ -178,8 +187,11 @@ async def run_overload(
     with tempfile.TemporaryDirectory(prefix="roost-overload-") as tmp:
         cache_dir = settings.cache_dir or Path(tmp) / "cache"
         process, url = await _start_server(Path(tmp), cache_dir)
+        proxy: subprocess.Popen[bytes] | None = None
         try:
             host_port = url.removeprefix("http://")
+            if settings.through == "proxy":
+                proxy, host_port = await _start_proxy(Path(tmp), host_port)
             host, port = host_port.rsplit(":", 1)
             client = _Client(host, int(port), settings.max_connections)
             agents = [f"/v1/agents/echo/u{i}/messages" for i in range(settings.agents)]
@@ -193,9 +205,11 @@ async def run_overload(
                 client, agents, body, rate * 0.5, settings.baseline_s, process, rng
             )
             report(f"baseline p50 {_p(baseline.ok(), 50) * 1000:.1f} ms")
+            refused_before = await _host_refusals(url)
             overload = await _open_loop(
                 client, agents, body, rate * settings.factor, settings.overload_s, process, rng
             )
+            overload.host_refused = await _host_refusals(url) - refused_before
             report(
                 f"overload: {len(overload.ok())} served, {len(overload.refused())} refused, "
                 f"{sum(1 for r in overload.results if r.status not in (200, 429, 503))} failed"
@@ -205,11 +219,39 @@ async def run_overload(
             )
             await client.aclose()
         finally:
+            if proxy is not None:
+                proxy.kill()
+                proxy.wait()
             process.terminate()
             with trio.move_on_after(30):
                 await trio.to_thread.run_sync(process.wait)
             process.kill()
     return _figures(settings, rate, capacity, baseline, overload, recovery)
+
+
+async def _start_proxy(tmp: Path, server: str) -> tuple[subprocess.Popen[bytes], str]:
+    """HAProxy in front of ``server`` (on this process's core), as ``roost cluster up``
+    configures it; returns the process and its ``host:port``."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp / "haproxy.cfg"
+    config.write_text(haproxy_config(f"127.0.0.1:{port}", [("h1", server)]))
+    command = [haproxy_binary(), "-f", str(config), "-db"]
+    if hasattr(os, "sched_getaffinity"):
+        command = ["taskset", "-c", ",".join(map(str, os.sched_getaffinity(0))), *command]
+    process = _spawn(command, dict(os.environ), tmp / "haproxy.log")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError((tmp / "haproxy.log").read_text(errors="replace")) from None
+            await trio.sleep(0.05)
+    return process, f"127.0.0.1:{port}"
 
 
 async def _start_server(tmp: Path, cache_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -236,6 +278,17 @@ async def _start_server(tmp: Path, cache_dir: Path) -> tuple[subprocess.Popen[by
             raise RuntimeError(f"roost serve did not start:\n{text}")
         await trio.sleep(0.1)
     return process, text.split("listening on ", 1)[1].split()[0]
+
+
+async def _host_refusals(url: str) -> int:
+    """Requests the host itself refused for backpressure so far (its /metrics)."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        text = (await client.get("/metrics")).text
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("roost_requests_rejected_total")
+    )
 
 
 def _spawn(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -388,6 +441,7 @@ def _figures(
             "refused": len(refused),
             "refused_p50_ms": round(_p(refused, 50) * 1000, 2),
             "failed": len(failed),
+            "refused_by_host": overload.host_refused,
             "rejection_server_cpu_ms": round(rejection_cpu_ms, 3),
         },
         "recovery_s": recovery_s if math.isfinite(recovery_s) else None,
@@ -395,6 +449,7 @@ def _figures(
             "overload_s": settings.overload_s,
             "factor": settings.factor,
             "agents": settings.agents,
+            "through": settings.through,
         },
     }
     figures["targets_met"] = {
@@ -415,15 +470,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--factor", type=float, default=OverloadSettings.factor)
     parser.add_argument("--agents", type=int, default=OverloadSettings.agents)
     parser.add_argument("--cache-dir", type=Path, metavar="D")
+    parser.add_argument(
+        "--through",
+        choices=["host", "proxy", "both"],
+        default="both",
+        help="clients talk to the host directly, through HAProxy, or one run of each",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    settings = OverloadSettings(
-        overload_s=args.overload_s,
-        factor=args.factor,
-        agents=args.agents,
-        cache_dir=args.cache_dir,
-    )
-    figures = trio.run(run_overload, settings, lambda line: print(line, file=sys.stderr))
+    figures = {}
+    for through in ["host", "proxy"] if args.through == "both" else [args.through]:
+        settings = OverloadSettings(
+            overload_s=args.overload_s,
+            factor=args.factor,
+            agents=args.agents,
+            cache_dir=args.cache_dir,
+            through=through,
+        )
+        print(f"-- through the {through}", file=sys.stderr)
+        figures[through] = trio.run(
+            run_overload, settings, lambda line: print(line, file=sys.stderr)
+        )
     print(json.dumps(figures) if args.json else json.dumps(figures, indent=2))
     return 0
 

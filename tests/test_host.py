@@ -205,6 +205,50 @@ async def test_overloaded_when_every_resident_agent_is_busy(
         assert await host.send(a, {"op": "sleep", "seconds": 0}) == ["before", {"after": 2}]
 
 
+async def test_a_standing_queue_is_shed_by_queueing_delay_then_admission_reopens(
+    host_config: Callable[..., HostConfig], native_probe_manifest: Manifest
+) -> None:
+    # Turns on one worker thread (none inline on the loop) and a 1 ms target: 60 agents
+    # woken at once queue for the worker far longer than that, so the host refuses a share
+    # of the new events, naming the setting.
+    config = host_config(
+        worker_threads=1,
+        inline_slice_ms=0,
+        queue_target_ms=1,
+        queue_interval_ms=1,
+        max_activations_per_s=10_000,
+    )
+    async with open_host(config) as host:
+        kind = (await host.deploy(native_probe_manifest)).name
+        outcomes: list[str] = []
+
+        async def send(n: int) -> None:
+            for _ in range(3):  # a few waves, each admitted or refused on its own
+                try:
+                    await host.send(f"{kind}/u{n}", "count")
+                    outcomes.append("ok")
+                except Overloaded as exc:
+                    assert "queue_target_ms" in str(exc)
+                    assert exc.retry_after_s > 0
+                    outcomes.append("refused")
+
+        async with trio.open_nursery() as nursery:
+            for n in range(60):
+                nursery.start_soon(send, n)
+        assert outcomes.count("refused") > 0
+        assert outcomes.count("ok") > 0
+        # The queue is gone: within a few hundred milliseconds every event is admitted.
+        admitted_in_a_row = 0
+        with trio.fail_after(5):
+            while admitted_in_a_row < 20:
+                try:
+                    await host.send(f"{kind}/after", "count")
+                    admitted_in_a_row += 1
+                except Overloaded:
+                    admitted_in_a_row = 0
+                    await trio.sleep(0.01)  # real time: admission measures real waits
+
+
 # -- isolation and limits ------------------------------------------------------------------------
 
 

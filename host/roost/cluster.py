@@ -39,6 +39,12 @@ defaults
     timeout client 1h
     timeout server 1h
     timeout tunnel 1h
+    # Overload is shed here, before it reaches a host: each host gets at most `maxconn`
+    # requests at once (default-server below); the rest wait in this proxy's queue, and
+    # one that waits longer than this is answered 503 at once, at no cost to the host.
+    timeout queue 500ms
+    # ... in the API's JSON error shape, with Retry-After.
+    http-error status 503 content-type application/json hdr Retry-After 1 string "{{\\"error\\":{{\\"type\\":\\"Overloaded\\",\\"message\\":\\"every host is at capacity; retry shortly\\",\\"retryable\\":true}}}}"
     option redispatch
     retries 3
     retry-on conn-failure empty-response
@@ -52,7 +58,7 @@ backend hosts
     hash-type consistent
     option httpchk GET /readyz
     http-check expect status 200
-    default-server inter 500ms fall 2 rise 2
+    default-server inter 500ms fall 2 rise 2 maxconn 32
 {servers}
 """
 

@@ -64,11 +64,12 @@ class HostConfig(BaseSettings):
     """Events accepted host-wide before new ones get Overloaded (a backstop: admission
     normally sheds load earlier, by queueing delay; see ``queue_target_ms``)."""
     queue_target_ms: float = Field(DEFAULT_QUEUE_TARGET_MS, gt=0)
-    """Admission by queueing delay: while events have waited longer than this to start
-    (at the least, over the last ``queue_interval_ms``), new events are refused with
-    Overloaded (503, Retry-After) until the wait is back under it."""
-    queue_interval_ms: float = Field(100.0, gt=0)
-    """The window over which the smallest queueing delay is taken (see queue_target_ms)."""
+    """Admission by queueing delay: while events wait longer than this to start, a share
+    of new events, growing with the excess, is refused with Overloaded (503, Retry-After),
+    so that the wait settles near this target (a PIE controller, RFC 8033)."""
+    queue_interval_ms: float = Field(15.0, gt=0)
+    """How often the share of events refused is updated from the mean wait of the events
+    that started in the interval (see queue_target_ms)."""
     max_cpu_deadline_ms: int = Field(DEFAULT_MAX_CPU_DEADLINE_MS, ge=10)
     """The longest CPU deadline a kind may ask for (``limits.cpu_deadline_ms``)."""
     max_instance_memory_bytes: int = Field(DEFAULT_MAX_INSTANCE_MEMORY_BYTES, ge=1024 * 1024)

@@ -24,34 +24,50 @@ def fake_time(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return now
 
 
-def test_a_standing_queue_closes_admission_a_burst_does_not(fake_time: list[float]) -> None:
-    queue = QueueDelay(target_s=0.05, interval_s=0.1)
-    # A burst: one event waited long, another in the same interval did not.
-    queue.observe(0.5)
-    queue.observe(0.001)
-    fake_time[0] += 0.1
-    assert queue.admit()
-    # A standing queue: every event of an interval waited longer than the target.
-    for waited in (0.2, 0.08, 0.3):
+def _interval(queue: QueueDelay, now: list[float], waits: list[float]) -> int:
+    """One update interval in which events waited ``waits``; how many of 1,000 new events
+    were then refused."""
+    for waited in waits:
         queue.observe(waited)
-    fake_time[0] += 0.1
-    assert not queue.admit()
-    assert not queue.admit()
-    assert queue.refused == 2
-    # The next interval's shortest wait is under the target again: admission reopens.
-    queue.observe(0.04)
-    queue.observe(0.2)
-    fake_time[0] += 0.1
-    assert queue.admit()
+    now[0] += queue.interval_s
+    before = queue.refused
+    admitted = sum(queue.admit() for _ in range(1000))
+    assert queue.refused - before == 1000 - admitted
+    return 1000 - admitted
 
 
-def test_an_interval_with_no_event_starting_reopens_admission(fake_time: list[float]) -> None:
-    queue = QueueDelay(target_s=0.05, interval_s=0.1)
-    queue.observe(1.0)
-    fake_time[0] += 0.1
-    assert not queue.admit()
-    fake_time[0] += 0.1  # nothing started in that interval: nothing waits any more
-    assert queue.admit()
+def test_a_standing_queue_is_shed_and_admission_reopens_when_it_clears(
+    fake_time: list[float],
+) -> None:
+    queue = QueueDelay(target_s=0.05, interval_s=0.015, seed=1)
+    assert _interval(queue, fake_time, [0.001, 0.002]) == 0  # under the target: no refusal
+    # A standing queue: every interval, events waited 300 ms. The share refused climbs.
+    refused = [_interval(queue, fake_time, [0.3, 0.3]) for _ in range(40)]
+    assert refused[0] < 100  # one interval of long waits sheds little
+    assert refused[-1] > 500
+    assert refused[-1] >= refused[10] >= refused[0]
+    assert queue.overloaded
+    # The waits fall under the target: the share refused falls back to none.
+    refused = [_interval(queue, fake_time, [0.01]) for _ in range(400)]
+    assert refused[-1] == 0
+    assert not queue.overloaded
+
+
+def test_a_single_burst_is_not_shed(fake_time: list[float]) -> None:
+    queue = QueueDelay(target_s=0.05, interval_s=0.015, seed=2)
+    assert _interval(queue, fake_time, [0.2]) < 50
+    refused = [_interval(queue, fake_time, [0.01]) for _ in range(50)]
+    assert refused[-1] == 0
+
+
+def test_an_idle_host_stops_refusing(fake_time: list[float]) -> None:
+    queue = QueueDelay(target_s=0.05, interval_s=0.015, seed=3)
+    for _ in range(40):
+        _interval(queue, fake_time, [0.5])
+    assert queue.probability > 0.5
+    # Nothing starts any more (the queue emptied): the probability decays to zero.
+    refused = [_interval(queue, fake_time, []) for _ in range(300)]
+    assert refused[-1] == 0
 
 
 def test_activations_of_a_kind_are_held_to_a_rate(fake_time: list[float]) -> None:

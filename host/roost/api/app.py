@@ -99,7 +99,39 @@ def create_app(host: Host, settings: ServerConfig, credentials: Credentials) -> 
     app.add_middleware(_ShutdownDeadline, state=state)
     if host.telemetry.tracing:
         app.add_middleware(_TracingMiddleware, telemetry=host.telemetry)
+    app.add_middleware(_ShedOverload, state=state)  # outermost: before any other work
     return app
+
+
+class _ShedOverload:
+    """Refuses a new message with 503 and Retry-After, before routing, authentication or
+    reading its body, while the host admits no new event (``Host.check_admission``): when
+    the host is overloaded, a refusal must cost as little as possible. Everything else
+    passes through (the handlers check admission again)."""
+
+    def __init__(self, app: ASGIApp, state: ApiState) -> None:
+        self._app = app
+        self._state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            if path.startswith("/v1/agents/") and path.endswith("/messages"):
+                try:
+                    self._state.host.check_admission()
+                except Overloaded as exc:
+                    self._state.metrics.rejected(503)
+                    await _send_refusal(send, exc)
+                    return
+        await self._app(scope, receive, send)
+
+
+async def _send_refusal(send: Send, error: Overloaded) -> None:
+    body = to_json(error_body(error)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(error).items()]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class _ShutdownDeadline:
@@ -137,11 +169,7 @@ class _ShutdownDeadline:
             "the server shut down before the request finished; retry", retry_after_s=1
         )
         if not started:
-            body = to_json(error_body(error)).encode()
-            headers = [(b"content-type", b"application/json")]
-            headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(error).items()]
-            await send({"type": "http.response.start", "status": 503, "headers": headers})
-            await send({"type": "http.response.body", "body": body, "more_body": False})
+            await _send_refusal(send, error)
             return
         tail = (
             sse("error", {**error_body(error), "status": 503}) if "event-stream" in started else b""

@@ -1,13 +1,16 @@
 """Admission: refusing early and cheaply the work the host cannot take.
 
-:class:`QueueDelay` sheds load by queueing delay, after CoDel (Nichols and Jacobson,
-"Controlling Queue Delay", 2012): what matters is not how many events wait but how long
-they wait. Each event reports its *sojourn*, the time from its admission to the start of its
-handler's first turn on a worker (the wait in the agent's mailbox and for a thread). When
-even the shortest sojourn of an interval is above the target, the queue is standing, not a
-burst: new events are refused until an interval's shortest sojourn is back under the
-target (or no event started in an interval: the queue is empty). Refusing at admission,
-before any work is spent on an event, keeps a rejection cheap.
+:class:`QueueDelay` sheds load by queueing delay: what matters is not how many events
+wait but how long they wait. Each event reports its *sojourn*, the time from its admission
+to the start of its handler's first turn on a worker (the wait in the agent's mailbox and
+for a thread). A controller after PIE (RFC 8033, "Proportional Integral controller
+Enhanced") turns the delay into a probability of refusing each new event: every update
+interval it moves the probability up in proportion to how far the delay is over the target
+and how fast it grows, and down as the delay falls under it. A burst passes (one interval
+of long waits moves the probability a little); a standing queue is shed smoothly, with the
+workers kept busy: refusing every event for a while, then none, would leave them idle in
+between and halve the goodput. Refusing at admission, before any work is spent on an event,
+keeps a rejection cheap.
 
 :class:`ActivationRate` is a token bucket per kind: new instances per second.
 :class:`MemoryGauge` reads the process's resident memory, at most every few milliseconds.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
 
 
@@ -24,38 +28,86 @@ class QueueDelay:
     """Admission by queueing delay (see the module docstring). Times are ``perf_counter``
     seconds; used from the trio thread."""
 
-    def __init__(self, *, target_s: float, interval_s: float) -> None:
+    _ALPHA = 0.125
+    """Probability per second of delay over the target, per update (RFC 8033's alpha)."""
+    _BETA = 1.25
+    """Probability per second of delay growth, per update (RFC 8033's beta)."""
+
+    def __init__(self, *, target_s: float, interval_s: float, seed: int | None = None) -> None:
         self.target_s = target_s
         self.interval_s = interval_s
-        self._window_started = time.perf_counter()
-        self._window_min = math.inf
-        self._overloaded = False
+        self.probability = 0.0
+        """The chance that a new event is refused now."""
         self.refused = 0
+        self._window_started = time.perf_counter()
+        self._window_sum = 0.0
+        self._window_count = 0
+        self._delay = 0.0
+        self._random = random.Random(seed).random
 
     def observe(self, sojourn_s: float) -> None:
         """An event's handler started ``sojourn_s`` after the event was admitted."""
-        if sojourn_s < self._window_min:
-            self._window_min = sojourn_s
+        self._window_sum += sojourn_s
+        self._window_count += 1
         self._roll(time.perf_counter())
 
     def admit(self) -> bool:
         """Whether a new event may be admitted now."""
         self._roll(time.perf_counter())
-        if self._overloaded:
+        if self.probability and self._random() < self.probability:
             self.refused += 1
-        return not self._overloaded
+            return False
+        return True
 
     @property
     def overloaded(self) -> bool:
-        return self._overloaded
+        return self.probability > 0
+
+    @property
+    def delay_s(self) -> float:
+        """The queueing delay the controller last saw (the mean sojourn of an interval)."""
+        return self._delay
 
     def _roll(self, now: float) -> None:
-        if now - self._window_started < self.interval_s:
+        elapsed = now - self._window_started
+        if elapsed < self.interval_s:
             return
-        # An interval with no event starting means nothing waits: not overloaded.
-        self._overloaded = self._window_min > self.target_s and math.isfinite(self._window_min)
+        # No event started in the interval: nothing waits (or the workers are all held by
+        # long turns, which the worker pool bounds on its own): the delay is taken as zero.
+        delay = self._window_sum / self._window_count if self._window_count else 0.0
+        updates = min(elapsed / self.interval_s, 10.0)  # a quiet spell counts, boundedly
+        change = (
+            self._ALPHA * (delay - self.target_s) + self._BETA * (delay - self._delay)
+        ) * _scale(self.probability)
+        probability = self.probability + change * min(updates, 1.0)
+        if delay < self.target_s / 2 and self._delay < self.target_s / 2:
+            # Well under the target: the queue has cleared; stop refusing within a few
+            # hundred milliseconds rather than at alpha's pace (RFC 8033, 4.2 decays
+            # only when idle, and slowly).
+            probability *= _CLEARED_DECAY**updates
+        self.probability = min(max(probability, 0.0), 1.0)
+        if self.probability < 1e-4 and delay < self.target_s:
+            self.probability = 0.0
+        self._delay = delay
         self._window_started = now
-        self._window_min = math.inf
+        self._window_sum = 0.0
+        self._window_count = 0
+
+
+_CLEARED_DECAY = 0.9
+"""Per update, while the delay stays under half the target."""
+
+
+def _scale(probability: float) -> float:
+    """Smaller steps while the probability is small (RFC 8033, 5.2): a light load is not
+    shed in large bites."""
+    if probability < 0.001:
+        return 1 / 32
+    if probability < 0.01:
+        return 1 / 8
+    if probability < 0.1:
+        return 1 / 2
+    return 1.0
 
 
 class ActivationRate:
