@@ -11,6 +11,7 @@ forwards it there. A host that stops is restarted (it rejoins by itself).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -44,7 +45,7 @@ defaults
     # one that waits longer than this is answered 503 at once, at no cost to the host.
     timeout queue 500ms
     # ... in the API's JSON error shape, with Retry-After.
-    http-error status 503 content-type application/json hdr Retry-After 1 string "{{\\"error\\":{{\\"type\\":\\"Overloaded\\",\\"message\\":\\"every host is at capacity; retry shortly\\",\\"retryable\\":true}}}}"
+    {http_error}
     option redispatch
     retries 3
     retry-on conn-failure empty-response
@@ -63,10 +64,23 @@ backend hosts
 """
 
 
+_OVERLOADED = {
+    "error": {
+        "type": "Overloaded",
+        "message": "every host is at capacity; retry shortly",
+        "retryable": True,
+    }
+}
+_HTTP_ERROR = (
+    "http-error status 503 content-type application/json hdr Retry-After 1 string "
+    + json.dumps(json.dumps(_OVERLOADED, separators=(",", ":")))
+)
+
+
 def haproxy_config(bind: str, servers: Sequence[tuple[str, str]]) -> str:
     """HAProxy's configuration for hosts ``(name, "ip:port")``, listening on ``bind``."""
     lines = "\n".join(f"    server {name} {address} check" for name, address in servers)
-    return HAPROXY_TEMPLATE.format(bind=bind, servers=lines)
+    return HAPROXY_TEMPLATE.format(bind=bind, servers=lines, http_error=_HTTP_ERROR)
 
 
 @dataclass
