@@ -560,10 +560,15 @@ class Host:
 
     @property
     def turns_running(self) -> int:
-        """Guest calls running on (or waiting for) a worker thread now. With the default
-        thread limiter's borrowed tokens (store calls), it tells a test driving a virtual
-        clock whether the host is waiting on real work or only on time."""
+        """Guest calls running on (or waiting for) a worker thread now. With
+        :attr:`store_calls_running`, it tells a test driving a virtual clock whether the
+        host is waiting on real work or only on time."""
         return self._workers.running
+
+    @property
+    def store_calls_running(self) -> int:
+        """Store calls running on (or waiting for) a thread now."""
+        return self._stores.calls_running
 
     def is_resident(self, address: AgentAddress | str) -> bool:
         return self._registry.is_resident(_address(address))
