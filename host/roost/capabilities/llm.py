@@ -66,6 +66,9 @@ class Llm(Capability[LlmTurn]):
     def begin_turn(self, turn: TurnView) -> LlmTurn:
         return LlmTurn()
 
+    def started_cost(self, state: LlmTurn) -> Usage:
+        return Usage(llm_output_tokens=state.reserved)  # the core deducts what was recorded
+
     @host_call("chat")
     def chat(self, turn: TurnView, request: bytes) -> int:
         fields = decode_request("llm.chat", request)

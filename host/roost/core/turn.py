@@ -70,6 +70,11 @@ class Handling:
     """Entries exist in the journal for this message (to clear at the end)."""
     continued: list[StartedOp] | None = None
     """Continuation-form ops, started once the final commit is in."""
+    started_cost: Usage = field(default_factory=Usage)
+    """What the ops of the turns committed so far may cost (``Capability.started_cost``):
+    charged if the handler fails before its final commit."""
+    recorded_llm_tokens: int = 0
+    """LLM tokens of op results the committed turns consumed, already in the usage."""
 
     def next_seq(self) -> int:
         """The number of the next op the handler starts (1, 2, ...)."""
@@ -311,6 +316,10 @@ class TurnRunner:
                 envelope.handled = Handled(inbox.delivery_id, None, inbox.due_at)
             if commit.journal:
                 handling.journaled = True
+            if not final and commit.usage is not None:
+                handling.recorded_llm_tokens += commit.usage.llm_tokens
+        if not final and turn.ops:
+            handling.started_cost = _started_cost(handling)
         services.counters.turns += 1
         envelope.replies.extend(replies)
         if envelope.on_reply is not None:
@@ -504,10 +513,19 @@ class TurnRunner:
     async def record_failure(
         self, envelope: Envelope, handling: Handling, error: BaseException
     ) -> None:
-        """A failed handler commits nothing of its effects, but its error and CPU count in
-        the usage. A message that failed leaves the inbox (its sender was told; a retry is a
-        new attempt), while a delivery stays for the delivery loop to retry."""
+        """A failed handler commits nothing of its effects, but its error, its CPU and
+        what the ops it started may cost count in the usage (so a handler cannot spend past
+        its budgets by failing). A message that failed leaves the inbox (its sender was
+        told; a retry is a new attempt), while a delivery stays for the delivery loop to
+        retry."""
         now = self._services.clock.now()
+        started = handling.started_cost
+        usage = Usage(
+            errors=1,
+            cpu_ms=handling.cpu_ms,
+            http_calls=started.http_calls,
+            llm_output_tokens=max(0, started.llm_tokens - handling.recorded_llm_tokens),
+        )
         inbox_entry = (
             envelope.handled
             if envelope.handled is not None
@@ -525,7 +543,7 @@ class TurnRunner:
                     clear_journal=handling.message_id
                     if inbox_entry is not None and handling.journaled
                     else None,
-                    usage=Usage(errors=1, cpu_ms=handling.cpu_ms),
+                    usage=usage,
                     usage_day=utc_day(now),
                     fence=self.fence,
                 )
@@ -559,3 +577,10 @@ def _decode_reply(payload: bytes) -> Any:
         return unpack(payload)
     except Exception as exc:
         raise GuestAbiError(f"a reply is not valid msgpack: {exc}") from None
+
+
+def _started_cost(handling: Handling) -> Usage:
+    cost = Usage()
+    for capability, state in handling.effects.values():
+        cost += capability.started_cost(state)
+    return cost

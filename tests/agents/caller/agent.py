@@ -66,6 +66,15 @@ class Caller(Agent):
         elif op == "fetch":
             result = await ctx.http.fetch(msg["url"])
             ctx.reply({"status": result["status"], "body": result["body"]})
+        elif op == "spend_then_fail":  # start calls, await them, then fail the handler
+            fetches = [ctx.http.fetch(msg["url"]) for _ in range(msg["fetches"])]
+            chats = [
+                ctx.llm.chat([{"role": "user", "content": "hi"}], max_tokens=msg["max_tokens"])
+                for _ in range(msg["chats"])
+            ]
+            for call in [*fetches, *chats]:
+                await call
+            raise RuntimeError("failing after spending")
         elif op == "usage":
             ctx.reply(ctx.usage())
         elif op == "log":
