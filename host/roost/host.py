@@ -23,7 +23,7 @@ from ._tracebacks import with_source_paths
 from .address import AgentAddress, validate_agent_id, validate_kind_name
 from .capabilities import HostServices, bind_capabilities, link_table
 from .config import HostConfig, load_config, load_telemetry_config
-from .core.admission import QueueDelay, machine_memory_bytes
+from .core.admission import QueueDelays, machine_memory_bytes
 from .core.deliveries import DeliveryLoop
 from .core.dispatch import Dispatcher, Pushes
 from .core.envelope import EventTiming
@@ -197,7 +197,7 @@ class Host:
             metrics=self.telemetry.host_metrics(),
             workers=self._workers,
             counters=CoreCounters(),
-            queue_delay=QueueDelay(
+            queue_delay=QueueDelays(
                 target_s=config.queue_target_ms / 1000, interval_s=config.queue_interval_ms / 1000
             ),
             deliveries_due=Doorbell(),
@@ -543,11 +543,12 @@ class Host:
         """Agents' leases this host holds now."""
         return self._leases.held
 
-    def check_admission(self) -> None:
-        """Raise Overloaded (with ``retry_after_s``) if the host takes no new event now:
-        shutting down, at its in-flight cap, or events queueing past ``queue_target_ms``.
-        Cheap: a request's first step, before its body is read."""
-        self._registry.check_admission()
+    def check_admission(self, kind: str | None = None) -> None:
+        """Raise Overloaded (with ``retry_after_s``) if the host takes no new event now
+        (for ``kind``, when given): shutting down, at its in-flight cap, or the kind's
+        events queueing past ``queue_target_ms``. Cheap: a request's first step, before its
+        body is read."""
+        self._registry.check_admission(kind)
 
     def metrics(self) -> HostMetrics:
         """The host's counters and histograms (also what the API records into)."""

@@ -34,7 +34,7 @@ from roost.abi import HostCallError, HostFunction, interface_name
 from roost.address import AgentAddress
 from roost.capabilities import HostServices, bind_capabilities, link_table
 from roost.config import HostConfig
-from roost.core.admission import QueueDelay
+from roost.core.admission import QueueDelays
 from roost.core.deliveries import DeliveryLoop
 from roost.core.dispatch import Dispatcher, Pushes
 from roost.core.kind import Kind, KindTable
@@ -451,7 +451,7 @@ async def open_core(
         metrics=telemetry.host_metrics(),
         workers=workers,
         counters=CoreCounters(),
-        queue_delay=QueueDelay(target_s=3600.0, interval_s=3600.0),
+        queue_delay=QueueDelays(target_s=3600.0, interval_s=3600.0),
         deliveries_due=Doorbell(),
         epoch_tick_ms=10,
         inline_slice_ms=inline_slice_ms,

@@ -8,7 +8,7 @@ import trio
 from trio.testing import MockClock
 
 from roost.core import admission
-from roost.core.admission import ActivationRate, QueueDelay
+from roost.core.admission import ActivationRate, QueueDelay, QueueDelays
 from roost.errors import AgentCoolingDown, CpuDeadlineExceeded
 from roost.store.sqlite import SqliteStore
 
@@ -68,6 +68,21 @@ def test_an_idle_host_stops_refusing(fake_time: list[float]) -> None:
     # Nothing starts any more (the queue emptied): the probability decays to zero.
     refused = [_interval(queue, fake_time, []) for _ in range(300)]
     assert refused[-1] == 0
+
+
+def test_a_kind_whose_events_queue_is_shed_not_its_neighbours(fake_time: list[float]) -> None:
+    queues = QueueDelays(target_s=0.05, interval_s=0.015)
+    for _ in range(60):
+        queues.observe("storm", 0.5)
+        queues.observe("echo", 0.002)
+        fake_time[0] += 0.015
+        queues.admit("storm")
+    admitted = {kind: sum(queues.admit(kind) for _ in range(1000)) for kind in ("storm", "echo")}
+    assert admitted["storm"] < 500
+    assert admitted["echo"] == 1000
+    assert queues.admit("new-kind")  # no event of it started yet: nothing queues
+    assert queues.of("echo").refused == 0
+    assert queues.refused == queues.of("storm").refused >= 1000 - admitted["storm"]
 
 
 def test_activations_of_a_kind_are_held_to_a_rate(fake_time: list[float]) -> None:

@@ -118,7 +118,7 @@ class _ShedOverload:
             path: str = scope["path"]
             if path.startswith("/v1/agents/") and path.endswith("/messages"):
                 try:
-                    self._state.host.check_admission()
+                    self._state.host.check_admission(path.split("/", 4)[3])
                 except Overloaded as exc:
                     self._state.metrics.rejected(503)
                     await _send_refusal(send, exc)
@@ -323,7 +323,7 @@ async def _deploy_kind(state: ApiState, request: Request) -> Response:
 async def _post_message(state: ApiState, request: Request) -> Response:
     address = _address(request)
     require_agent(state.credentials, _token(request), address)
-    state.host.check_admission()  # refuse before reading anything when at capacity
+    state.host.check_admission(address.kind)  # refuse before reading anything if at capacity
     message = _message_of(await _read_json(request, state.settings.max_body_bytes))
     key = request.headers.get("idempotency-key")
     if "text/event-stream" in request.headers.get("accept", ""):
@@ -501,7 +501,7 @@ async def _socket_message(
         out.send_nowait(to_json({"type": "token", "text": token}))
 
     try:
-        state.host.check_admission()
+        state.host.check_admission(address.kind)
         body = from_json(text, what="frame")
         await state.host.send(address, _message_of(body), on_reply=on_reply, on_token=on_token)
     except RoostError as exc:

@@ -12,6 +12,7 @@ workers kept busy: refusing every event for a while, then none, would leave them
 between and halve the goodput. Refusing at admission, before any work is spent on an event,
 keeps a rejection cheap.
 
+:class:`QueueDelays` keeps one controller per kind.
 :class:`ActivationRate` is a token bucket per kind: new instances per second.
 :class:`MemoryGauge` reads the process's resident memory, at most every few milliseconds.
 """
@@ -108,6 +109,35 @@ def _scale(probability: float) -> float:
     if probability < 0.1:
         return 1 / 2
     return 1.0
+
+
+class QueueDelays:
+    """One :class:`QueueDelay` per kind: a kind whose events queue is shed, not the
+    kinds beside it whose events start promptly."""
+
+    def __init__(self, *, target_s: float, interval_s: float) -> None:
+        self.target_s = target_s
+        self.interval_s = interval_s
+        self._kinds: dict[str, QueueDelay] = {}
+
+    def of(self, kind: str) -> QueueDelay:
+        queue = self._kinds.get(kind)
+        if queue is None:
+            queue = self._kinds[kind] = QueueDelay(
+                target_s=self.target_s, interval_s=self.interval_s
+            )
+        return queue
+
+    def observe(self, kind: str, sojourn_s: float) -> None:
+        self.of(kind).observe(sojourn_s)
+
+    def admit(self, kind: str) -> bool:
+        queue = self._kinds.get(kind)  # a kind with no event started yet has no queue
+        return queue is None or queue.admit()
+
+    @property
+    def refused(self) -> int:
+        return sum(queue.refused for queue in self._kinds.values())
 
 
 class ActivationRate:

@@ -78,9 +78,9 @@ class Registry:
         """Events posted and not yet handled, host-wide."""
 
     # -- delivery -----------------------------------------------------------------------
-    def check_admission(self) -> None:
-        """Raise Overloaded if the host takes no new event now (cheap: for a request's
-        first step)."""
+    def check_admission(self, kind: str | None = None) -> None:
+        """Raise Overloaded if the host takes no new event now, or none of ``kind`` (cheap:
+        for a request's first step)."""
         if not self.accepting:
             raise Overloaded("the host is shutting down", retry_after_s=1.0)
         if self.in_flight >= self._max_in_flight:
@@ -88,9 +88,9 @@ class Registry:
                 f"{self.in_flight} events in flight (max_in_flight); retry shortly",
                 retry_after_s=1.0,
             )
-        if not self._services.queue_delay.admit():
+        if kind is not None and not self._services.queue_delay.admit(kind):
             raise Overloaded(
-                "the host is at capacity: events wait longer than "
+                f"the host is at capacity for kind {kind!r}: its events wait longer than "
                 f"{self._services.queue_delay.target_s * 1000:.0f} ms to start "
                 "(queue_target_ms); retry shortly",
                 retry_after_s=1.0,
@@ -99,7 +99,7 @@ class Registry:
     async def deliver(self, address: AgentAddress, kind: Kind, envelope: Envelope) -> list[Any]:
         """Admit the event, post it to the agent's actor (activating it if needed) and
         wait for its outcome: the replies, or the error that failed it."""
-        self.check_admission()
+        self.check_admission(address.kind)
         self._check_fence(address)
         cooling = self._cooling.get(address)
         if cooling is not None:

@@ -20,7 +20,7 @@ from ..store.async_store import AsyncStore
 from ..store.protocol import StateStore
 from ..telemetry import HostMetrics, Telemetry
 from ..wall_clock import WallClock
-from .admission import QueueDelay
+from .admission import QueueDelays
 
 if TYPE_CHECKING:
     from .leases import LeaseKeeper
@@ -240,7 +240,7 @@ class CoreServices:
     metrics: HostMetrics
     workers: Workers
     counters: CoreCounters
-    queue_delay: QueueDelay
+    queue_delay: QueueDelays
     """Admission by queueing delay: each event's first turn reports how long it waited."""
     deliveries_due: Doorbell
     epoch_tick_ms: int

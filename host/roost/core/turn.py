@@ -301,7 +301,7 @@ class TurnRunner:
             seconds = time.perf_counter() - started
             services.metrics.observe_turn(self.address, seconds, export, outcome)
             if envelope.admitted_at:  # the event's first turn: how long did it queue?
-                services.queue_delay.observe(turn_started - envelope.admitted_at)
+                services.queue_delay.observe(self.address.kind, turn_started - envelope.admitted_at)
                 envelope.admitted_at = 0.0
         final = event_id in output.done
         if turn.trace is not None:
