@@ -24,6 +24,7 @@ from .address import AgentAddress, validate_agent_id, validate_kind_name
 from .capabilities import HostServices, bind_capabilities, link_table
 from .config import HostConfig, load_config, load_telemetry_config
 from .core.admission import QueueDelays, machine_memory_bytes
+from .core.background_threads import BackgroundThreads
 from .core.deliveries import DeliveryLoop
 from .core.dispatch import Dispatcher, Pushes
 from .core.envelope import EventTiming
@@ -149,6 +150,7 @@ async def open_host(
         )
         async with open_service_nursery() as nursery:
             host = Host(config, store, engine, nursery, http_client, telemetry, peers)
+            stack.callback(host._workers.close)  # once every turn has ended
             await nursery.start(host._leases.run)
             await nursery.start(host._deliveries.run)
             nursery.start_soon(host._continuations.resume)
@@ -188,7 +190,9 @@ class Host:
             self._stores, owner=incarnation(config.host_id), ttl_s=config.lease_ttl_s
         )
         self._engine = engine
-        self._workers = WorkerPool(config.worker_threads)
+        self._workers = WorkerPool(
+            config.worker_threads, background=BackgroundThreads(config.worker_threads)
+        )
         self._services = CoreServices(
             store=store,
             stores=self._stores,

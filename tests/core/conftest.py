@@ -80,7 +80,7 @@ class InlineWorkers:
         """Turns handed to the workers (light kinds' inline turns do not count)."""
         self.running = 0
 
-    async def run(self, call: Callable[[], T], *, owner: str) -> T:
+    async def run(self, call: Callable[[], T], *, owner: str, background: bool = False) -> T:
         await trio.lowlevel.checkpoint()
         self.calls += 1
         return call()

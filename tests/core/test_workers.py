@@ -3,10 +3,15 @@ every thread, and a free thread goes to the kind holding the fewest."""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
+import time
 
+import pytest
 import trio
 
+from roost.core.background_threads import BackgroundThreads
 from roost.core.services import WorkerPool
 
 from ..conftest import until
@@ -160,3 +165,25 @@ async def test_a_kind_holds_one_thread_until_a_call_of_it_ends_short() -> None:
             assert pool.holding() == {"new": 1}
             release.set()
     assert pool.running == 0
+
+
+def _nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+async def test_a_kind_that_runs_long_runs_at_a_lower_cpu_priority() -> None:
+    pool = WorkerPool(2, long_call_s=0.05, background=BackgroundThreads(2, nice=5))
+    base = _nice()
+    try:
+        with trio.fail_after(30):
+            # A kind that has yet to show its calls are short runs in the background.
+            assert await pool.run(_nice, owner="new") == base + 5
+            assert await pool.run(_nice, owner="new") == base  # its last call was short
+            await pool.run(lambda: time.sleep(0.1), owner="new")  # a long call
+            assert await pool.run(_nice, owner="new") == base + 5
+            assert await pool.run(_nice, owner="other") == base + 5  # new too
+            assert await pool.run(_nice, owner="other") == base
+            assert _nice() == base  # the event loop's thread is untouched
+    finally:
+        pool.close()

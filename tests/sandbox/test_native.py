@@ -110,7 +110,9 @@ def broken(native_probe_manifest: Manifest, tmp_path_factory: pytest.TempPathFac
 async def nprobe_host(
     host_config: Callable[..., HostConfig], native_probe_manifest: Manifest
 ) -> AsyncIterator[Host]:
-    async with open_host(host_config()) as host:
+    # No cool-down: on a busy machine a turn that copies a large message may pass its CPU
+    # deadline, and the tests here send to the same agent again at once.
+    async with open_host(host_config(deadline_cool_down_s=0)) as host:
         await host.deploy(native_probe_manifest)
         yield host
 

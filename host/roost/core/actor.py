@@ -277,7 +277,13 @@ class AgentActor:
         inline = self._inline and self.kind.factory.light and self._services.inline_slice_ms > 0
         try:
             result = await self._turn(
-                first, envelope, handling, event_id, "on-event", inline=inline
+                first,
+                envelope,
+                handling,
+                event_id,
+                "on-event",
+                inline=inline,
+                waking=activate is not None,
             )
         except TurnSliceExceeded:
             # Too long for the event loop. Nothing of it counts: run it again, from the
@@ -286,7 +292,7 @@ class AgentActor:
             self._drop_instance()
             handling = Handling(handling.message_id, replay=handling.replay)
             activate = self._activation()
-            result = await self._turn(first, envelope, handling, event_id, "on-event")
+            result = await self._turn(first, envelope, handling, event_id, "on-event", waking=True)
         if result.final:
             return  # ops the handler started without awaiting them end with the event
         async with open_service_nursery() as ops:
@@ -363,6 +369,7 @@ class AgentActor:
         *,
         inline: bool = False,
         completion: Completion | None = None,
+        waking: bool = False,
     ) -> TurnResult:
         self.in_turn = True
         try:
@@ -374,6 +381,7 @@ class AgentActor:
                 export,
                 inline=inline,
                 completion=completion,
+                waking=waking,
             )
         finally:
             self.in_turn = False

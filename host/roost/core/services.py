@@ -21,6 +21,7 @@ from ..store.protocol import StateStore
 from ..telemetry import HostMetrics, Telemetry
 from ..wall_clock import WallClock
 from .admission import QueueDelays
+from .background_threads import BackgroundThreads
 
 if TYPE_CHECKING:
     from .leases import LeaseKeeper
@@ -58,8 +59,9 @@ class Workers(Protocol):
     """Where turns run: off the event loop, so it stays responsive. ``owner`` (the kind)
     is what fairness is counted by."""
 
-    async def run(self, call: Callable[[], T], *, owner: str) -> T:
-        """Run ``call`` and return its result."""
+    async def run(self, call: Callable[[], T], *, owner: str, background: bool = False) -> T:
+        """Run ``call`` and return its result; ``background`` work (waking an agent) may
+        yield the CPU to other work."""
         ...
 
     @property
@@ -81,7 +83,11 @@ class WorkerPool:
     ``long_call_s``, and not while one runs that long, nor for ``long_memory_s`` after one
     did: the turns of a kind that runs long (or has yet to show it does not), each a
     thread's time for up to its CPU deadline, wait for its one thread instead of taking
-    the others' (and, on a small machine, the core the event loop shares with them)."""
+    the others' (and, on a small machine, the core the event loop shares with them). Such
+    a kind's calls also run on a background thread, at a lower CPU priority
+    (:class:`BackgroundThreads`), when the pool has them, and so do calls that wake an
+    agent (instantiating it is the heaviest work a turn does): under contention, the
+    turns of agents already awake go first."""
 
     def __init__(
         self,
@@ -89,8 +95,10 @@ class WorkerPool:
         *,
         long_call_s: float = DEFAULT_LONG_CALL_S,
         long_memory_s: float = DEFAULT_LONG_MEMORY_S,
+        background: BackgroundThreads | None = None,
     ) -> None:
         self._threads = threads
+        self._background = background
         self._long_call_s = long_call_s
         self._long_memory_s = long_memory_s
         self._long_until: dict[str, float] = {}
@@ -113,12 +121,14 @@ class WorkerPool:
         """Threads held now, by kind."""
         return {owner: n for owner, n in self._held.items() if n}
 
-    async def run(self, call: Callable[[], T], *, owner: str) -> T:
+    async def run(self, call: Callable[[], T], *, owner: str, background: bool = False) -> T:
         await self._acquire(owner)
         token = next(self._order)
         started = self._started.setdefault(owner, {})
         started[token] = time.perf_counter()
         try:
+            if self._background is not None and (background or self._runs_long(owner)):
+                return await self._background.run(call)
             return await trio.to_thread.run_sync(call, limiter=self._limiter)
         finally:
             now = time.perf_counter()
@@ -128,6 +138,11 @@ class WorkerPool:
             else:
                 self._short.add(owner)
             self._release(owner)
+
+    def close(self) -> None:
+        """Let the background threads go (once no call runs)."""
+        if self._background is not None:
+            self._background.close()
 
     def _may_take(self, owner: str) -> bool:
         """Whether ``owner`` may take a thread now: one is free, it is not the last one

@@ -254,10 +254,12 @@ class TurnRunner:
         *,
         inline: bool = False,
         completion: Completion | None = None,
+        waking: bool = False,
     ) -> TurnResult:
         """Run one turn, check it, commit what it must, and hand out its replies. ``inline``
         runs it on the event loop within the host's slice (TurnSliceExceeded when it
-        overruns); ``completion`` is the op result this turn receives."""
+        overruns); ``completion`` is the op result this turn receives; ``waking`` says the
+        call instantiates the agent first (background work for the workers)."""
         services = self._services
         turn = self.new_turn(handling, envelope)
         if inline:
@@ -284,7 +286,7 @@ class TurnRunner:
                     return executed
 
                 output, commit, replies = await services.workers.run(
-                    on_worker, owner=self.address.kind
+                    on_worker, owner=self.address.kind, background=waking
                 )
         except TurnSliceExceeded as exc:
             outcome = trap_name(exc)
