@@ -173,7 +173,13 @@ def _nice() -> int:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
 async def test_a_kind_that_runs_long_runs_at_a_lower_cpu_priority() -> None:
-    pool = WorkerPool(2, long_call_s=0.05, background=BackgroundThreads(2, nice=5))
+    pool = WorkerPool(
+        2,
+        long_call_s=0.05,
+        background=BackgroundThreads(2, nice=5),
+        background_call_s=0.02,
+        long_memory_s=0.5,
+    )
     base = _nice()
     try:
         with trio.fail_after(30):
@@ -183,6 +189,12 @@ async def test_a_kind_that_runs_long_runs_at_a_lower_cpu_priority() -> None:
             await pool.run(lambda: time.sleep(0.1), owner="new")  # a long call
             assert await pool.run(_nice, owner="new") == base + 5
             assert await pool.run(_nice, owner="other") == base + 5  # new too
+            assert await pool.run(_nice, owner="other") == base
+            # A call of 20 ms or more (not long enough to hold one thread only) lowers the
+            # kind's priority for a while too.
+            await pool.run(lambda: time.sleep(0.03), owner="other")
+            assert await pool.run(_nice, owner="other") == base + 5
+            await trio.sleep(0.6)
             assert await pool.run(_nice, owner="other") == base
             assert _nice() == base  # the event loop's thread is untouched
     finally:

@@ -30,6 +30,8 @@ T = TypeVar("T")
 
 DEFAULT_LONG_CALL_S = 0.25
 """A call on a worker thread this long is a long one (see :class:`WorkerPool`)."""
+DEFAULT_BACKGROUND_CALL_S = 0.05
+"""A kind whose calls lately took this long runs them at background priority."""
 DEFAULT_LONG_MEMORY_S = 10.0
 """How long a kind that ran a long call holds at most one worker thread."""
 
@@ -83,11 +85,12 @@ class WorkerPool:
     ``long_call_s``, and not while one runs that long, nor for ``long_memory_s`` after one
     did: the turns of a kind that runs long (or has yet to show it does not), each a
     thread's time for up to its CPU deadline, wait for its one thread instead of taking
-    the others' (and, on a small machine, the core the event loop shares with them). Such
-    a kind's calls also run on a background thread, at a lower CPU priority
-    (:class:`BackgroundThreads`), when the pool has them, and so do calls that wake an
-    agent (instantiating it is the heaviest work a turn does): under contention, the
-    turns of agents already awake go first."""
+    the others' (and, on a small machine, the core the event loop shares with them). The
+    calls of such a kind, or of one whose calls took ``background_call_s`` lately, run on a
+    background thread, at a lower CPU priority (:class:`BackgroundThreads`), when the pool
+    has them, and so do calls that wake an agent (instantiating it is the heaviest work a
+    turn does): under contention, the event loop and the quick turns of agents already
+    awake go first."""
 
     def __init__(
         self,
@@ -96,9 +99,14 @@ class WorkerPool:
         long_call_s: float = DEFAULT_LONG_CALL_S,
         long_memory_s: float = DEFAULT_LONG_MEMORY_S,
         background: BackgroundThreads | None = None,
+        background_call_s: float = DEFAULT_BACKGROUND_CALL_S,
     ) -> None:
         self._threads = threads
         self._background = background
+        self._background_call_s = background_call_s
+        self._heavy_until: dict[str, float] = {}
+        """Kinds that ran a call of ``background_call_s`` lately: until when their calls
+        run at background priority."""
         self._long_call_s = long_call_s
         self._long_memory_s = long_memory_s
         self._long_until: dict[str, float] = {}
@@ -127,12 +135,15 @@ class WorkerPool:
         started = self._started.setdefault(owner, {})
         started[token] = time.perf_counter()
         try:
-            if self._background is not None and (background or self._runs_long(owner)):
+            if self._background is not None and (background or self._runs_heavy(owner)):
                 return await self._background.run(call)
             return await trio.to_thread.run_sync(call, limiter=self._limiter)
         finally:
             now = time.perf_counter()
-            if now - started.pop(token) >= self._long_call_s:
+            took = now - started.pop(token)
+            if took >= self._background_call_s:
+                self._heavy_until[owner] = now + self._long_memory_s
+            if took >= self._long_call_s:
                 self._long_until[owner] = now + self._long_memory_s
                 self._short.discard(owner)
             else:
@@ -153,6 +164,11 @@ class WorkerPool:
             or held == 0
             or (held < self._threads - 1 and not self._runs_long(owner))
         )
+
+    def _runs_heavy(self, owner: str) -> bool:
+        """Whether ``owner``'s calls run at background priority: it runs long, or a call of
+        it took ``background_call_s`` lately."""
+        return self._heavy_until.get(owner, 0.0) > time.perf_counter() or self._runs_long(owner)
 
     def _runs_long(self, owner: str) -> bool:
         if owner not in self._short:
