@@ -413,7 +413,9 @@ def _figures(
     overload: _Phase,
     recovery: _Phase,
 ) -> dict[str, Any]:
-    duration = overload.ended - overload.started
+    # Goodput: replies to the requests offered during the phase, over the phase's length
+    # (the answers still coming in after it ended count; the time they took does not).
+    duration = settings.overload_s
     served = len(overload.ok())
     refused = overload.refused()
     failed = [r for r in overload.results if r.status not in (200, 429, 503)]
@@ -436,6 +438,7 @@ def _figures(
             "offered_rps": round(capacity * settings.factor, 1),
             "goodput_rps": round(goodput, 1),
             "goodput_share_of_capacity": round(goodput / capacity, 3),
+            "last_answer_after_end_s": round(overload.ended - overload.started - duration, 2),
             "accepted_p50_ms": round(_p(overload.ok(), 50) * 1000, 2),
             "accepted_p99_ms": round(_p(overload.ok(), 99) * 1000, 2),
             "refused": len(refused),

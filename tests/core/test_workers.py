@@ -167,6 +167,12 @@ async def test_a_kind_holds_one_thread_until_a_call_of_it_ends_short() -> None:
     assert pool.running == 0
 
 
+def _spin(seconds: float) -> None:
+    began = time.thread_time()
+    while time.thread_time() - began < seconds:
+        pass
+
+
 def _nice() -> int:
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
@@ -190,9 +196,11 @@ async def test_a_kind_that_runs_long_runs_at_a_lower_cpu_priority() -> None:
             assert await pool.run(_nice, owner="new") == base + 5
             assert await pool.run(_nice, owner="other") == base + 5  # new too
             assert await pool.run(_nice, owner="other") == base
-            # A call of 20 ms or more (not long enough to hold one thread only) lowers the
-            # kind's priority for a while too.
+            # A call of 20 ms of CPU or more (not long enough to hold one thread only) lowers
+            # the kind's priority for a while too; waiting as long does not.
             await pool.run(lambda: time.sleep(0.03), owner="other")
+            assert await pool.run(_nice, owner="other") == base
+            await pool.run(lambda: _spin(0.03), owner="other")
             assert await pool.run(_nice, owner="other") == base + 5
             await trio.sleep(0.6)
             assert await pool.run(_nice, owner="other") == base

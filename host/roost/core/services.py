@@ -31,7 +31,7 @@ T = TypeVar("T")
 DEFAULT_LONG_CALL_S = 0.25
 """A call on a worker thread this long is a long one (see :class:`WorkerPool`)."""
 DEFAULT_BACKGROUND_CALL_S = 0.05
-"""A kind whose calls lately took this long runs them at background priority."""
+"""A kind whose calls lately took this much CPU time runs them at background priority."""
 DEFAULT_LONG_MEMORY_S = 10.0
 """How long a kind that ran a long call holds at most one worker thread."""
 
@@ -86,7 +86,7 @@ class WorkerPool:
     did: the turns of a kind that runs long (or has yet to show it does not), each a
     thread's time for up to its CPU deadline, wait for its one thread instead of taking
     the others' (and, on a small machine, the core the event loop shares with them). The
-    calls of such a kind, or of one whose calls took ``background_call_s`` lately, run on a
+    calls of such a kind, or of one whose calls took ``background_call_s`` of CPU lately, run on a
     background thread, at a lower CPU priority (:class:`BackgroundThreads`), when the pool
     has them, and so do calls that wake an agent (instantiating it is the heaviest work a
     turn does): under contention, the event loop and the quick turns of agents already
@@ -105,8 +105,8 @@ class WorkerPool:
         self._background = background
         self._background_call_s = background_call_s
         self._heavy_until: dict[str, float] = {}
-        """Kinds that ran a call of ``background_call_s`` lately: until when their calls
-        run at background priority."""
+        """Kinds that ran a call of ``background_call_s`` of CPU time lately: until when
+        their calls run at background priority."""
         self._long_call_s = long_call_s
         self._long_memory_s = long_memory_s
         self._long_until: dict[str, float] = {}
@@ -134,14 +134,24 @@ class WorkerPool:
         token = next(self._order)
         started = self._started.setdefault(owner, {})
         started[token] = time.perf_counter()
+        cpu_s = 0.0
+
+        def timed() -> T:
+            nonlocal cpu_s
+            began = time.thread_time()
+            try:
+                return call()
+            finally:
+                cpu_s = time.thread_time() - began
+
         try:
             if self._background is not None and (background or self._runs_heavy(owner)):
-                return await self._background.run(call)
-            return await trio.to_thread.run_sync(call, limiter=self._limiter)
+                return await self._background.run(timed)
+            return await trio.to_thread.run_sync(timed, limiter=self._limiter)
         finally:
             now = time.perf_counter()
             took = now - started.pop(token)
-            if took >= self._background_call_s:
+            if cpu_s >= self._background_call_s:  # CPU, not wall time: a busy core is no sign
                 self._heavy_until[owner] = now + self._long_memory_s
             if took >= self._long_call_s:
                 self._long_until[owner] = now + self._long_memory_s
