@@ -54,7 +54,8 @@ ADMIN_TOKEN = "overload-admin-token"
 SECRET = "overload-signing-secret-of-32-b!"
 TARGET_GOODPUT_SHARE = 0.8
 TARGET_ACCEPTED_P99_S = 1.0
-TARGET_REJECTION_CPU_MS = 1.0
+TARGET_REJECTION_CPU_MS = 0.5
+""""Well under 1 ms": half of it."""
 TARGET_RECOVERY_S = 2.0
 
 

@@ -43,7 +43,7 @@ defaults
     # Overload is shed here, before it reaches a host: each host gets at most `maxconn`
     # requests at once (default-server below); the rest wait in this proxy's queue, and
     # one that waits longer than this is answered 503 at once, at no cost to the host.
-    timeout queue 500ms
+    timeout queue {queue_timeout_ms}ms
     # ... in the API's JSON error shape, with Retry-After.
     {http_error}
     option redispatch
@@ -59,7 +59,7 @@ backend hosts
     hash-type consistent
     option httpchk GET /readyz
     http-check expect status 200
-    default-server inter 500ms fall 2 rise 2 maxconn 32
+    default-server inter 500ms fall 2 rise 2 maxconn {maxconn}
 {servers}
 """
 
@@ -77,10 +77,24 @@ _HTTP_ERROR = (
 )
 
 
-def haproxy_config(bind: str, servers: Sequence[tuple[str, str]]) -> str:
-    """HAProxy's configuration for hosts ``(name, "ip:port")``, listening on ``bind``."""
+def haproxy_config(
+    bind: str,
+    servers: Sequence[tuple[str, str]],
+    *,
+    maxconn: int = 32,
+    queue_timeout_ms: int = 500,
+) -> str:
+    """HAProxy's configuration for hosts ``(name, "ip:port")``, listening on ``bind``: each
+    host gets at most ``maxconn`` requests at once; one that waits in the proxy's queue
+    longer than ``queue_timeout_ms`` is answered 503."""
     lines = "\n".join(f"    server {name} {address} check" for name, address in servers)
-    return HAPROXY_TEMPLATE.format(bind=bind, servers=lines, http_error=_HTTP_ERROR)
+    return HAPROXY_TEMPLATE.format(
+        bind=bind,
+        servers=lines,
+        http_error=_HTTP_ERROR,
+        maxconn=maxconn,
+        queue_timeout_ms=queue_timeout_ms,
+    )
 
 
 @dataclass
