@@ -223,9 +223,9 @@ async def test_a_standing_queue_is_shed_by_queueing_delay_then_admission_reopens
         outcomes: list[str] = []
 
         async def send(n: int) -> None:
-            for _ in range(3):  # a few waves, each admitted or refused on its own
-                try:
-                    await host.send(f"{kind}/u{n}", "count")
+            for _ in range(5):  # a few waves, each admitted or refused on its own
+                try:  # a turn with some work in it: 60 KB of state to write
+                    await host.send(f"{kind}/u{n}", {"op": "big_state", "size": 60_000})
                     outcomes.append("ok")
                 except Overloaded as exc:
                     assert "queue_target_ms" in str(exc)
