@@ -220,6 +220,10 @@ class HostStatistics:
     gc_pause_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
     dead_letters: dict[str, int] = field(default_factory=dict)
     """Deliveries held in dead letters (they kept failing), by kind."""
+    cooling_down: int = 0
+    """Agents whose events are refused now, for running past their CPU deadline."""
+    cool_downs: dict[str, int] = field(default_factory=dict)
+    """Agents cooled down for running past their CPU deadline, by kind."""
     """Pauses of Python's cyclic garbage collector (the whole process), by generation."""
 
 
@@ -338,6 +342,7 @@ class HostMetrics:
         self._tokens: dict[tuple[str, str], int] = {}
         self._rejected: dict[int, int] = {429: 0, 503: 0}
         self._dead_letters: dict[str, int] = {}
+        self._cool_downs: dict[str, int] = {}
         self.websockets_open = 0
         self._otel_wake = self._otel_turn = self._otel_tokens = None
         if meter is not None:
@@ -399,6 +404,14 @@ class HostMetrics:
                         "agent.kind": kind,
                     },
                 )
+
+    def cool_down(self, kind: str) -> None:
+        """An agent of ``kind`` ran past its CPU deadline and was cooled down."""
+        self._cool_downs[kind] = self._cool_downs.get(kind, 0) + 1
+
+    def cool_downs(self) -> dict[str, int]:
+        """Cool-downs of agents that ran past their CPU deadline, by kind."""
+        return dict(self._cool_downs)
 
     def dead_letter(self, kind: str) -> None:
         """A delivery to an agent of ``kind`` gave up and became a dead letter."""

@@ -10,6 +10,7 @@ OpenTelemetry GenAI semantic conventions, and the request carries its ``tracepar
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -39,8 +40,17 @@ class LlmGrant(BaseGrant):
     max_tokens_per_call: int = Field(1024, ge=1)
 
 
-class Llm(Capability[None]):
-    """Chat completions through the host's model provider."""
+@dataclass(slots=True)
+class LlmTurn:
+    reserved: int = 0
+    """Tokens the handler's calls may use (their ``max_tokens``), counted against the daily
+    budget from the moment each starts."""
+
+
+class Llm(Capability[LlmTurn]):
+    """Chat completions through the host's model provider. Each call reserves its
+    ``max_tokens`` against the agent's daily token budget when it starts; what it really
+    used is recorded when it completes."""
 
     name = "llm"
     Grant = LlmGrant
@@ -52,6 +62,12 @@ class Llm(Capability[None]):
         self._base_url = services.settings.llm_base_url
         self._api_key = services.settings.llm_api_key
         self._metrics = services.metrics
+
+    def begin_turn(self, turn: TurnView) -> LlmTurn:
+        return LlmTurn()
+
+    def started_cost(self, state: LlmTurn) -> Usage:
+        return Usage(llm_output_tokens=state.reserved)  # the core deducts what was recorded
 
     @host_call("chat")
     def chat(self, turn: TurnView, request: bytes) -> int:
@@ -71,10 +87,12 @@ class Llm(Capability[None]):
                 f"llm.chat: max_tokens={max_tokens} exceeds the llm grant "
                 f"max_tokens_per_call = {self.grant.max_tokens_per_call}"
             )
+        state = self.state(turn)
         budget = turn.budgets.llm_tokens_per_day
         if budget is not None:
-            used = turn.reads.read_usage(turn.address, turn.day).llm_tokens
-            turn.check_budget("llm_tokens_per_day", used, 0, budget)
+            used = turn.reads.read_usage(turn.address, turn.day).llm_tokens + state.reserved
+            turn.check_budget("llm_tokens_per_day", used, max_tokens, budget)
+        state.reserved += max_tokens
         if not self._base_url:
             raise CapabilityError(
                 "llm: the host has no model provider; set ROOST_LLM_BASE_URL "
