@@ -27,6 +27,7 @@ the components (cached afterwards, in ``ROOST_CACHE_DIR`` or ``--cache-dir``).
 from __future__ import annotations
 
 import argparse
+import ast
 import itertools
 import json
 import math
@@ -74,28 +75,21 @@ _START_TIMEOUT_S = 600.0
 _REQUEST_TIMEOUT_S = 30.0
 _REFUSED_PAUSE_S = 0.02
 """An attacker's pause after a refusal: it ignores Retry-After, but does not spin."""
-_REASONS = (
-    "max_asks_per_turn",
-    "max_sends_per_turn",
-    "max_ops_per_turn",
-    "max_pending_ops",
-    "max_timers",
-    "max_activations_per_s",
-    "max_resident_agents",
-    "max_host_memory_bytes",
-    "queue_target_ms",
-    "max_in_flight",
-    "mailbox_size",
-    "cpu_deadline_ms",
-    "http_calls_per_day",
-    "llm_tokens_per_day",
-    "storage_bytes",
-    "max_kv_bytes",
-    "max_reply_bytes",
-    "timed out",
-)
-"""The setting an error names, to say why the host refused (the abusive agents use the
-same list for what they were refused)."""
+
+
+def _reasons() -> tuple[str, ...]:
+    """The settings an error may name, to say why the host refused: the list the abusive
+    Python agent counts its own refusals by (``REASONS`` in its source)."""
+    tree = ast.parse((AGENTS / "abuse_py" / "agent.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "REASONS" for target in node.targets
+        ):
+            return tuple(ast.literal_eval(node.value))
+    raise RuntimeError("tests/agents/abuse_py/agent.py defines no REASONS")
+
+
+_REASONS = _reasons()
 
 
 _HOST_ENV = {"ROOST_MAX_DELIVERY_ATTEMPTS": "3"}

@@ -32,6 +32,7 @@ REASONS = (
     "llm_tokens_per_day",
     "storage_bytes",
     "max_kv_bytes",
+    "max_reply_bytes",
     "timed out",
 )
 
