@@ -209,6 +209,8 @@ async def measure(
         config = load_config(
             data_dir=Path(data_dir),
             max_resident_agents=max(base.max_resident_agents, agents + 1),
+            # The benchmark starts agents back to back: not the rate a kind is held to.
+            max_activations_per_s=1e9,
         )
         async with open_host(config) as roost:
             await roost.deploy(manifest)

@@ -139,6 +139,7 @@ def run_density(settings: DensitySettings, progress: Progress) -> dict[str, Any]
                 "ROOST_LLM_BASE_URL": f"{llm_url}/v1",
                 "ROOST_MAX_RESIDENT_AGENTS": str(max(settings.steps) * 2),
                 "ROOST_MAX_IN_FLIGHT": "100000",
+                "ROOST_MAX_ACTIVATIONS_PER_S": "100000",
                 "ROOST_CACHE_DIR": str(config.cache_dir),
             }
             host_proc, host_url = _start(

@@ -17,6 +17,7 @@ import trio
 from trio.testing import MockClock, wait_all_tasks_blocked
 
 from roost import (
+    AgentCoolingDown,
     CpuDeadlineExceeded,
     DeployError,
     GuestTrap,
@@ -204,6 +205,50 @@ async def test_overloaded_when_every_resident_agent_is_busy(
         assert await host.send(a, {"op": "sleep", "seconds": 0}) == ["before", {"after": 2}]
 
 
+async def test_a_standing_queue_is_shed_by_queueing_delay_then_admission_reopens(
+    host_config: Callable[..., HostConfig], native_probe_manifest: Manifest
+) -> None:
+    # Turns on one worker thread (none inline on the loop) and a 1 ms target: 60 agents
+    # woken at once queue for the worker far longer than that, so the host refuses a share
+    # of the new events, naming the setting.
+    config = host_config(
+        worker_threads=1,
+        inline_slice_ms=0,
+        queue_target_ms=1,
+        queue_interval_ms=1,
+        max_activations_per_s=10_000,
+    )
+    async with open_host(config) as host:
+        kind = (await host.deploy(native_probe_manifest)).name
+        outcomes: list[str] = []
+
+        async def send(n: int) -> None:
+            for _ in range(5):  # a few waves, each admitted or refused on its own
+                try:  # a turn with some work in it: 60 KB of state to write
+                    await host.send(f"{kind}/u{n}", {"op": "big_state", "size": 60_000})
+                    outcomes.append("ok")
+                except Overloaded as exc:
+                    assert "queue_target_ms" in str(exc)
+                    assert exc.retry_after_s > 0
+                    outcomes.append("refused")
+
+        async with trio.open_nursery() as nursery:
+            for n in range(60):
+                nursery.start_soon(send, n)
+        assert outcomes.count("refused") > 0
+        assert outcomes.count("ok") > 0
+        # The queue is gone: within a few hundred milliseconds every event is admitted.
+        admitted_in_a_row = 0
+        with trio.fail_after(5):
+            while admitted_in_a_row < 20:
+                try:
+                    await host.send(f"{kind}/after", "count")
+                    admitted_in_a_row += 1
+                except Overloaded:
+                    admitted_in_a_row = 0
+                    await trio.sleep(0.01)  # real time: admission measures real waits
+
+
 # -- isolation and limits ------------------------------------------------------------------------
 
 
@@ -288,6 +333,12 @@ async def test_runaway_guest_fails_only_its_own_turn(
         if message["op"] == "loop":
             assert not runaway_done.is_set()
     assert neighbour_replies == [2, 3, 4, 5, 6]
+    if error is CpuDeadlineExceeded:
+        # An agent that ran past its deadline is cooled down: refused a while (429).
+        with pytest.raises(AgentCoolingDown) as cooling:
+            await tier_host.send(bad, "count")
+        assert 0 < cooling.value.retry_after_s <= 10
+        return
     # The failing agent keeps serving from its last committed state.
     assert await tier_host.send(bad, "count") == [2]
 

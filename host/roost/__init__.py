@@ -17,6 +17,7 @@ from .core.envelope import EventTiming as EventTiming
 from .core.kind import KindInfo as KindInfo
 from .errors import AccessDenied as AccessDenied
 from .errors import AgentBusy as AgentBusy
+from .errors import AgentCoolingDown as AgentCoolingDown
 from .errors import AgentError as AgentError
 from .errors import AgentExists as AgentExists
 from .errors import AgentUnavailable as AgentUnavailable
@@ -44,6 +45,7 @@ from .errors import Overloaded as Overloaded
 from .errors import OwnedElsewhere as OwnedElsewhere
 from .errors import ProviderError as ProviderError
 from .errors import QuotaExceeded as QuotaExceeded
+from .errors import ReplyTooDeep as ReplyTooDeep
 from .errors import RoostError as RoostError
 from .errors import StorageError as StorageError
 from .errors import UnknownAgent as UnknownAgent

@@ -11,6 +11,7 @@ forwards it there. A host that stops is restarted (it rejoins by itself).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -39,6 +40,12 @@ defaults
     timeout client 1h
     timeout server 1h
     timeout tunnel 1h
+    # Overload is shed here, before it reaches a host: each host gets at most `maxconn`
+    # requests at once (default-server below); the rest wait in this proxy's queue, and
+    # one that waits longer than this is answered 503 at once, at no cost to the host.
+    timeout queue {queue_timeout_ms}ms
+    # ... in the API's JSON error shape, with Retry-After.
+    {http_error}
     option redispatch
     retries 3
     retry-on conn-failure empty-response
@@ -52,15 +59,42 @@ backend hosts
     hash-type consistent
     option httpchk GET /readyz
     http-check expect status 200
-    default-server inter 500ms fall 2 rise 2
+    default-server inter 500ms fall 2 rise 2 maxconn {maxconn}
 {servers}
 """
 
 
-def haproxy_config(bind: str, servers: Sequence[tuple[str, str]]) -> str:
-    """HAProxy's configuration for hosts ``(name, "ip:port")``, listening on ``bind``."""
+_OVERLOADED = {
+    "error": {
+        "type": "Overloaded",
+        "message": "every host is at capacity; retry shortly",
+        "retryable": True,
+    }
+}
+_HTTP_ERROR = (
+    "http-error status 503 content-type application/json hdr Retry-After 1 string "
+    + json.dumps(json.dumps(_OVERLOADED, separators=(",", ":")))
+)
+
+
+def haproxy_config(
+    bind: str,
+    servers: Sequence[tuple[str, str]],
+    *,
+    maxconn: int = 32,
+    queue_timeout_ms: int = 500,
+) -> str:
+    """HAProxy's configuration for hosts ``(name, "ip:port")``, listening on ``bind``: each
+    host gets at most ``maxconn`` requests at once; one that waits in the proxy's queue
+    longer than ``queue_timeout_ms`` is answered 503."""
     lines = "\n".join(f"    server {name} {address} check" for name, address in servers)
-    return HAPROXY_TEMPLATE.format(bind=bind, servers=lines)
+    return HAPROXY_TEMPLATE.format(
+        bind=bind,
+        servers=lines,
+        http_error=_HTTP_ERROR,
+        maxconn=maxconn,
+        queue_timeout_ms=queue_timeout_ms,
+    )
 
 
 @dataclass

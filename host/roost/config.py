@@ -24,6 +24,11 @@ DEFAULT_WORKER_THREADS = 4
 DEFAULT_EPOCH_TICK_MS = 10
 DEFAULT_INLINE_SLICE_MS = 20
 DEFAULT_MAX_IN_FLIGHT = 10_000
+DEFAULT_MAX_CPU_DEADLINE_MS = 5_000
+DEFAULT_MAX_INSTANCE_MEMORY_BYTES = 1024 * 1024 * 1024
+DEFAULT_MAX_ACTIVATIONS_PER_S = 500.0
+DEFAULT_QUEUE_TARGET_MS = 50.0
+DEFAULT_DEADLINE_COOL_DOWN_S = 10.0
 DEFAULT_IDEMPOTENCY_RETENTION_S = 24 * 3600.0
 DEFAULT_MAX_DELIVERY_ATTEMPTS = 10
 DEFAULT_LEASE_TTL_S = 10.0
@@ -116,7 +121,30 @@ class HostConfig(BaseSettings):
     thread, and that agent's turns stay on worker threads until it hibernates. 0 runs every
     turn on a worker thread."""
     max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1)
-    """Events accepted host-wide before new ones get Overloaded."""
+    """Events accepted host-wide before new ones get Overloaded (a backstop: admission
+    normally sheds load earlier, by queueing delay; see ``queue_target_ms``)."""
+    queue_target_ms: float = Field(DEFAULT_QUEUE_TARGET_MS, gt=0)
+    """Admission by queueing delay: while events wait longer than this to start, a share
+    of new events, growing with the excess, is refused with Overloaded (503, Retry-After),
+    so that the wait settles near this target (a PIE controller, RFC 8033)."""
+    queue_interval_ms: float = Field(15.0, gt=0)
+    """How often the share of events refused is updated from the mean wait of the events
+    that started in the interval (see queue_target_ms)."""
+    max_cpu_deadline_ms: int = Field(DEFAULT_MAX_CPU_DEADLINE_MS, ge=10)
+    """The longest CPU deadline a kind may ask for (``limits.cpu_deadline_ms``)."""
+    max_instance_memory_bytes: int = Field(DEFAULT_MAX_INSTANCE_MEMORY_BYTES, ge=1024 * 1024)
+    """The largest linear memory a kind may ask for (``limits.max_memory_bytes``)."""
+    max_host_memory_bytes: int | None = Field(None, ge=16 * 1024 * 1024)
+    """New activations are refused (Overloaded) while the process uses more memory than
+    this, after hibernating idle agents to make room. None: three quarters of the
+    machine's memory."""
+    max_activations_per_s: float = Field(DEFAULT_MAX_ACTIVATIONS_PER_S, gt=0)
+    """New instances of one kind per second (a burst of as many is allowed); past it
+    events for agents of that kind that are not resident get Overloaded."""
+    deadline_cool_down_s: float = Field(DEFAULT_DEADLINE_COOL_DOWN_S, ge=0)
+    """An agent whose turn ran past its CPU deadline has its events refused (429 with
+    Retry-After) for this long, doubling each time it does it again. 0: never (``roost
+    dev`` and ``roost.testing``, where a developer runs the agent again at once)."""
     llm_providers: tuple[LlmProvider, ...] = ()
     """The model providers of the llm capability, in the order calls fall back through
     them (``ROOST_LLM_PROVIDERS``, a JSON list; or read from ``llm_providers_file``)."""

@@ -22,8 +22,10 @@
     │   │   ├── CpuDeadlineExceeded  the turn ran past the kind's CPU deadline
     │   │   ├── MemoryLimitExceeded  the guest ran out of its linear-memory cap
     │   │   ├── LimitExceeded    state, kv or reply bytes over the kind's limit
+    │   │   │   └── ReplyTooDeep a reply nested deeper than a JSON reply may be
     │   │   └── GuestAbiError    the guest broke the roost:agent ABI contract
     │   ├── AgentBusy            the agent's mailbox is full; retry after a short wait
+    │   │   └── AgentCoolingDown the agent keeps running past its CPU deadline: refused a while
     │   └── AgentUnavailable     the agent was stopped (host shutting down); retry elsewhere/later
     │       └── OwnedElsewhere   another live host holds the agent's lease; send it there
     ├── CapabilityError          a host call failed for a reason the guest can see
@@ -141,6 +143,11 @@ class LimitExceeded(GuestError):
     """Raised when a turn's state, kv or reply bytes exceed the kind's limits."""
 
 
+class ReplyTooDeep(LimitExceeded):
+    """Raised when a reply nests lists and maps more than 64 levels deep: it could not be
+    sent as JSON. Nothing of the turn was committed."""
+
+
 class GuestAbiError(GuestError):
     """Raised when the guest returns values that break the roost:agent contract."""
 
@@ -149,6 +156,16 @@ class AgentBusy(AgentError):
     """Raised when the agent's mailbox is full. Retry after a short wait."""
 
     retryable = True
+
+
+class AgentCoolingDown(AgentBusy):
+    """Raised when an agent's turns ran past the kind's CPU deadline recently: its events
+    are refused for a cool-down that doubles each time it does it again. Retry after
+    ``retry_after_s``."""
+
+    def __init__(self, message: str, *, address: str | None = None, retry_after_s: float) -> None:
+        super().__init__(message, address=address)
+        self.retry_after_s = retry_after_s
 
 
 class AgentUnavailable(AgentError):

@@ -24,6 +24,8 @@ from .address import AgentAddress, validate_agent_id, validate_kind_name
 from .capabilities import HostServices, bind_capabilities, link_table
 from .capabilities.approval import ApprovalDesk, decision_of
 from .config import HostConfig, load_config, load_telemetry_config
+from .core.admission import QueueDelays, machine_memory_bytes
+from .core.background_threads import BackgroundThreads
 from .core.deliveries import DeliveryLoop
 from .core.dispatch import Dispatcher, Pushes
 from .core.envelope import EventTiming
@@ -188,6 +190,7 @@ async def open_host(
         )
         async with open_service_nursery() as nursery:
             host = Host(config, store, engine, nursery, http_client, telemetry, peers)
+            stack.callback(host._workers.close)  # once every turn has ended
             await nursery.start(host._leases.run)
             await nursery.start(host._deliveries.run)
             nursery.start_soon(host._continuations.resume)
@@ -221,12 +224,16 @@ class Host:
         self.config = config
         self.telemetry = telemetry or Telemetry.off()
         self.store = store
-        self._stores = AsyncStore(store)
+        # Store calls from the loop share a few threads: many concurrent requests queue here
+        # instead of piling threads (and read connections) onto the store.
+        self._stores = AsyncStore(store, limiter=trio.CapacityLimiter(_STORE_THREADS))
         self._leases = LeaseKeeper(
             self._stores, owner=incarnation(config.host_id), ttl_s=config.lease_ttl_s
         )
         self._engine = engine
-        self._workers = _CountedWorkers(WorkerPool(config.worker_threads))
+        self._workers = WorkerPool(
+            config.worker_threads, background=BackgroundThreads(config.worker_threads)
+        )
         self._services = CoreServices(
             store=store,
             stores=self._stores,
@@ -235,6 +242,9 @@ class Host:
             metrics=self.telemetry.host_metrics(),
             workers=self._workers,
             counters=CoreCounters(),
+            queue_delay=QueueDelays(
+                target_s=config.queue_target_ms / 1000, interval_s=config.queue_interval_ms / 1000
+            ),
             deliveries_due=Doorbell(),
             epoch_tick_ms=config.epoch_tick_ms,
             inline_slice_ms=config.inline_slice_ms,
@@ -250,6 +260,11 @@ class Host:
             self._continuations,
             max_resident=config.max_resident_agents,
             max_in_flight=config.max_in_flight,
+            cool_down_s=config.deadline_cool_down_s,
+            activations_per_s=config.max_activations_per_s,
+            memory_cap_bytes=config.max_host_memory_bytes
+            or machine_memory_bytes() * 3 // 4
+            or None,
         )
         self._dispatcher = Dispatcher(self._services, self._kinds, self._registry)
         self._pushes = Pushes()
@@ -293,6 +308,7 @@ class Host:
             raise ManifestError(
                 f"kind {manifest.name!r}: no component; set `component` in the manifest or pass one"
             )
+        _check_host_maxima(manifest, self.config)
         capabilities = bind_capabilities(manifest.capabilities, self._capability_services)
         component_path = manifest.component
         name = manifest.name
@@ -417,7 +433,7 @@ class Host:
         an event has zero turns."""
         address = _address(address)
         day = utc_day(self._services.clock.now())
-        record, usage, deliveries, dead, approvals = await trio.to_thread.run_sync(
+        record, usage, deliveries, dead, approvals = await self._stores.run(
             self._read_status, address, day
         )
         actor = self._registry.actor(address)
@@ -604,6 +620,13 @@ class Host:
         """Agents' leases this host holds now."""
         return self._leases.held
 
+    def check_admission(self, kind: str | None = None) -> None:
+        """Raise Overloaded (with ``retry_after_s``) if the host takes no new event now
+        (for ``kind``, when given): shutting down, at its in-flight cap, or the kind's
+        events queueing past ``queue_target_ms``. Cheap: a request's first step, before its
+        body is read."""
+        self._registry.check_admission(kind)
+
     def metrics(self) -> HostMetrics:
         """The host's counters and histograms (also what the API records into)."""
         return self._services.metrics
@@ -615,10 +638,15 @@ class Host:
 
     @property
     def turns_running(self) -> int:
-        """Guest calls running on (or waiting for) a worker thread now. With the default
-        thread limiter's borrowed tokens (store calls), it tells a test driving a virtual
-        clock whether the host is waiting on real work or only on time."""
+        """Guest calls running on (or waiting for) a worker thread now. With
+        :attr:`store_calls_running`, it tells a test driving a virtual clock whether the
+        host is waiting on real work or only on time."""
         return self._workers.running
+
+    @property
+    def store_calls_running(self) -> int:
+        """Store calls running on (or waiting for) a thread now."""
+        return self._stores.calls_running
 
     def is_resident(self, address: AgentAddress | str) -> bool:
         return self._registry.is_resident(_address(address))
@@ -659,6 +687,8 @@ class Host:
             dead_letters=dead_letters,
             llm_calls=metrics.llm_calls(),
             llm_call_seconds=metrics.llm_call_seconds(),
+            cooling_down=registry.cooling_down,
+            cool_downs=metrics.cool_downs(),
         )
         return statistics
 
@@ -711,6 +741,8 @@ class Host:
 
 logger = logging.getLogger("roost.host")
 _PRUNE_EVERY_MAX_S = 3600.0
+_STORE_THREADS = 4
+"""Threads the event loop's store calls share (a turn's reads run on its worker thread)."""
 _RECHECK_S = 60.0
 _SHARED_RECHECK_S = 1.0
 """On a shared store, other hosts add due work no doorbell here announces: look every
@@ -719,20 +751,22 @@ second (one indexed query per host)."""
 T = TypeVar("T")
 
 
-class _CountedWorkers:
-    """A worker pool that counts the calls it is running (implements the core's
-    ``Workers``)."""
-
-    def __init__(self, pool: WorkerPool) -> None:
-        self._pool = pool
-        self.running = 0
-
-    async def run(self, call: Callable[[], T]) -> T:
-        self.running += 1
-        try:
-            return await self._pool.run(call)
-        finally:
-            self.running -= 1
+def _check_host_maxima(manifest: Manifest, config: HostConfig) -> None:
+    """Refuse a kind that asks for more than the host allows any kind."""
+    limits = manifest.limits
+    problems = []
+    if limits.cpu_deadline_ms > config.max_cpu_deadline_ms:
+        problems.append(
+            f"limits.cpu_deadline_ms = {limits.cpu_deadline_ms} is over the host's "
+            f"max_cpu_deadline_ms = {config.max_cpu_deadline_ms}"
+        )
+    if limits.max_memory_bytes > config.max_instance_memory_bytes:
+        problems.append(
+            f"limits.max_memory_bytes = {limits.max_memory_bytes} is over the host's "
+            f"max_instance_memory_bytes = {config.max_instance_memory_bytes}"
+        )
+    if problems:
+        raise DeployError(f"cannot deploy kind {manifest.name!r}: " + "; ".join(problems))
 
 
 def _address(address: AgentAddress | str) -> AgentAddress:

@@ -11,6 +11,8 @@ DEFAULT_MAX_STATE_BYTES = 1024 * 1024
 DEFAULT_MAX_KV_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_REPLY_BYTES = 1024 * 1024
 DEFAULT_MAILBOX_SIZE = 64
+DEFAULT_MAX_OPS_PER_TURN = 64
+DEFAULT_MAX_PENDING_OPS = 256
 
 
 class Limits(BaseModel):
@@ -31,6 +33,10 @@ class Limits(BaseModel):
     """Total size of the replies to one event."""
     mailbox_size: int = Field(DEFAULT_MAILBOX_SIZE, ge=1)
     """Events queued for one agent before senders get AgentBusy."""
+    max_ops_per_turn: int = Field(DEFAULT_MAX_OPS_PER_TURN, ge=1)
+    """Async ops (sleeps, LLM and HTTP calls, asks) one turn may start."""
+    max_pending_ops: int = Field(DEFAULT_MAX_PENDING_OPS, ge=1)
+    """Async ops one agent's handler may have running at once."""
 
 
 class Budgets(BaseModel):

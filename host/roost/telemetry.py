@@ -244,6 +244,10 @@ class HostStatistics:
     fell back counts once per provider tried."""
     llm_call_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
     """Latency of calls to model providers (failed ones included), by ``provider|model``."""
+    cooling_down: int = 0
+    """Agents whose events are refused now, for running past their CPU deadline."""
+    cool_downs: dict[str, int] = field(default_factory=dict)
+    """Agents cooled down for running past their CPU deadline, by kind."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +391,7 @@ class HostMetrics:
         self._llm_seconds: dict[tuple[str, str], _Histogram] = {}
         self._rejected: dict[int, int] = {429: 0, 503: 0}
         self._dead_letters: dict[str, int] = {}
+        self._cool_downs: dict[str, int] = {}
         self.websockets_open = 0
         self._otel_wake = self._otel_turn = self._otel_tokens = self._otel_llm = None
         if meter is not None:
@@ -480,6 +485,14 @@ class HostMetrics:
                         "roost.llm.usage_estimated": call.estimated,
                     },
                 )
+
+    def cool_down(self, kind: str) -> None:
+        """An agent of ``kind`` ran past its CPU deadline and was cooled down."""
+        self._cool_downs[kind] = self._cool_downs.get(kind, 0) + 1
+
+    def cool_downs(self) -> dict[str, int]:
+        """Cool-downs of agents that ran past their CPU deadline, by kind."""
+        return dict(self._cool_downs)
 
     def dead_letter(self, kind: str) -> None:
         """A delivery to an agent of ``kind`` gave up and became a dead letter."""

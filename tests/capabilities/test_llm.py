@@ -53,11 +53,12 @@ async def test_llm_streams_tokens_to_the_caller(
         assert "".join(tokens) == content
 
 
-async def test_llm_token_budget(
+async def test_llm_token_budget_reserves_max_tokens_when_a_call_starts(
     host_config: Callable[..., HostConfig], caller_manifest: Manifest
 ) -> None:
+    # Each call reserves its max_tokens (the grant's 64 here) when it starts.
     manifest = caller_manifest.model_copy(
-        update={"budgets": caller_manifest.budgets.model_copy(update={"llm_tokens_per_day": 10})}
+        update={"budgets": caller_manifest.budgets.model_copy(update={"llm_tokens_per_day": 70})}
     )
     async with (
         sim_llm(completion_tokens=8) as server,
@@ -65,8 +66,26 @@ async def test_llm_token_budget(
     ):
         [first] = await host.send("caller/a", {"op": "chat", "text": "one two three"})
         assert isinstance(first, str)
+        used = (await host.agent_status("caller/a")).usage_today.llm_tokens
+        assert 8 < used < 30  # what the call really used, not what it reserved
         [second] = await host.send("caller/a", {"op": "chat", "text": "again"})
-        assert "llm_tokens_per_day" in second["error"]
+        assert "llm_tokens_per_day" in second["error"]  # used + 64 > 70
+        assert server.statistics().requests == 1  # refused before it reached the provider
+
+
+async def test_a_call_whose_max_tokens_pass_the_budget_is_refused_at_once(
+    host_config: Callable[..., HostConfig], caller_manifest: Manifest
+) -> None:
+    manifest = caller_manifest.model_copy(
+        update={"budgets": caller_manifest.budgets.model_copy(update={"llm_tokens_per_day": 60})}
+    )
+    async with (
+        sim_llm(completion_tokens=8) as server,
+        caller_host(host_config, manifest, llm_base_url=server.url) as host,
+    ):
+        [refused] = await host.send("caller/a", {"op": "chat", "text": "hello"})  # 64 > 60
+        assert "llm_tokens_per_day" in refused["error"]
+        assert server.statistics().requests == 0
 
 
 async def test_continuation_lets_the_agent_hibernate_while_the_llm_works(
@@ -103,6 +122,7 @@ async def test_a_thousand_pending_llm_calls_do_not_hold_threads(
             caller_manifest,
             llm_base_url=server.url,
             max_resident_agents=1_000,
+            max_activations_per_s=1e6,  # a thousand agents start at once on purpose
         ) as host,
     ):
         peak_threads = 0

@@ -16,7 +16,8 @@ AGENTS = 2_000
 async def test_two_thousand_resident_agents(
     host_config: Callable[..., HostConfig], echo_manifest: Manifest
 ) -> None:
-    async with open_host(host_config(max_resident_agents=AGENTS)) as host:
+    config = host_config(max_resident_agents=AGENTS, max_activations_per_s=1e6)
+    async with open_host(config) as host:
         await host.deploy(echo_manifest)
         replies: dict[int, list[object]] = {}
         limiter = trio.CapacityLimiter(16)

@@ -91,7 +91,12 @@ def cluster(store_url: str, cache_dir: Path, tmp_path: Path) -> ClusterFactory:
 
     @asynccontextmanager
     async def open_cluster(
-        hosts: int = 2, *, proxy: bool = False, lease_ttl_s: float = 10.0
+        hosts: int = 2,
+        *,
+        proxy: bool = False,
+        lease_ttl_s: float = 10.0,
+        proxy_maxconn: int = 32,
+        proxy_queue_ms: int = 500,
     ) -> AsyncIterator[Cluster]:
         binary = haproxy()
         if proxy and binary is None:
@@ -125,7 +130,10 @@ def cluster(store_url: str, cache_dir: Path, tmp_path: Path) -> ClusterFactory:
                 config = tmp_path / "haproxy.cfg"
                 config.write_text(
                     haproxy_config(
-                        f"127.0.0.1:{port}", [(m.name, f"127.0.0.1:{m.port}") for m in members]
+                        f"127.0.0.1:{port}",
+                        [(m.name, f"127.0.0.1:{m.port}") for m in members],
+                        maxconn=proxy_maxconn,
+                        queue_timeout_ms=proxy_queue_ms,
                     )
                 )
                 proxy_process = subprocess.Popen(  # noqa: ASYNC220 - started once, killed below

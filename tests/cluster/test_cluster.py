@@ -70,6 +70,40 @@ async def test_two_hosts_and_a_proxy_never_split_an_agent(cluster: ClusterFactor
         assert owners <= {"h1", "h2"} and None not in owners
 
 
+async def test_the_proxy_sheds_what_a_host_cannot_take_in_the_json_error_shape(
+    cluster: ClusterFactory,
+) -> None:
+    """One request at a time per host, and at most 200 ms in the proxy's queue: of four
+    requests that each hold the host for a second, the proxy answers three with 503,
+    Retry-After and the API's error shape, without the host seeing them."""
+    async with cluster(hosts=1, proxy=True, proxy_maxconn=1, proxy_queue_ms=200) as c:
+        assert c.proxy_url is not None
+        proxy_url = c.proxy_url
+        responses: list[httpx.Response] = []
+
+        async def hold(client: httpx.AsyncClient, n: int) -> None:
+            message = {"id": n, "via": "sleep", "seconds": 1.0}
+            responses.append(await _post(client, proxy_url, f"ledger/held-{n}", message))
+
+        async with c.client() as client:
+            async with trio.open_nursery() as nursery:
+                for n in range(4):
+                    nursery.start_soon(hold, client, n)
+            statuses = sorted(r.status_code for r in responses)
+            assert statuses == [200, 503, 503, 503], [r.text for r in responses]
+            for refused in (r for r in responses if r.status_code == 503):
+                assert refused.headers["retry-after"] == "1"
+                assert refused.json()["error"]["type"] == "Overloaded"
+                assert refused.json()["error"]["retryable"] is True
+            # The host never saw the refused ones: only the answered agent exists.
+            [answered] = [r for r in responses if r.status_code == 200]
+            listed = await client.get(f"{c.hosts[0].url}/v1/agents/ledger")
+            ids = [a["id"] for a in listed.json()["agents"]]
+            assert [f"/v1/agents/ledger/{i}/messages" for i in ids] == [answered.url.path]
+            # Once the host is free, the proxy passes requests again.
+            assert (await _post(client, proxy_url, "echo/after", "hi")).status_code == 200
+
+
 async def test_a_paused_host_loses_its_lease_and_its_late_commit_is_refused(
     cluster: ClusterFactory,
 ) -> None:

@@ -34,6 +34,7 @@ from roost.abi import HostCallError, HostFunction, interface_name
 from roost.address import AgentAddress
 from roost.capabilities import HostServices, bind_capabilities, link_table
 from roost.config import HostConfig
+from roost.core.admission import QueueDelays
 from roost.core.deliveries import DeliveryLoop
 from roost.core.dispatch import Dispatcher, Pushes
 from roost.core.kind import Kind, KindTable
@@ -77,8 +78,9 @@ class InlineWorkers:
     def __init__(self) -> None:
         self.calls = 0
         """Turns handed to the workers (light kinds' inline turns do not count)."""
+        self.running = 0
 
-    async def run(self, call: Callable[[], T]) -> T:
+    async def run(self, call: Callable[[], T], *, owner: str, background: bool = False) -> T:
         await trio.lowlevel.checkpoint()
         self.calls += 1
         return call()
@@ -264,7 +266,7 @@ class ScriptedFactory:
                 return candidate
         raise AssertionError(f"{capability}.{function} is not linked (not granted?)")
 
-    def instantiate(self, limits: Limits) -> ScriptedSandbox:
+    def instantiate(self, limits: Limits, *, slice_ms: int | None = None) -> ScriptedSandbox:
         sandbox = ScriptedSandbox(self, limits)
         self.instances.append(sandbox)
         return sandbox
@@ -431,6 +433,7 @@ async def open_core(
     inline_slice_ms: int = 0,
     max_delivery_attempts: int = 100,
     wall_clock: WallClock | None = None,
+    cool_down_s: float = 10.0,
 ) -> AsyncIterator[Core]:
     """The core on ``store``, with its delivery loop running; cancelled on exit.
 
@@ -448,6 +451,7 @@ async def open_core(
         metrics=telemetry.host_metrics(),
         workers=workers,
         counters=CoreCounters(),
+        queue_delay=QueueDelays(target_s=3600.0, interval_s=3600.0),
         deliveries_due=Doorbell(),
         epoch_tick_ms=10,
         inline_slice_ms=inline_slice_ms,
@@ -462,6 +466,7 @@ async def open_core(
             continuations,
             max_resident=max_resident,
             max_in_flight=max_in_flight,
+            cool_down_s=cool_down_s,
         )
         dispatcher = Dispatcher(services, kinds, registry)
         pushes = Pushes()

@@ -131,7 +131,7 @@ async def test_the_chat_shows_streamed_tokens_replies_and_pushes(
     await send(roost_host.host, address, {"do": "ask", "text": "hi"}, console)
     await send(roost_host.host, address, {"do": "remind", "text": "stretch", "after": 5}, console)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_show_pushes, roost_host.host, address, console)
+        await nursery.start(_show_pushes, roost_host.host, address, console)
         await roost_host.advance(5)
         nursery.cancel_scope.cancel()
     assert out.getvalue().splitlines() == [

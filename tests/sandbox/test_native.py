@@ -110,7 +110,9 @@ def broken(native_probe_manifest: Manifest, tmp_path_factory: pytest.TempPathFac
 async def nprobe_host(
     host_config: Callable[..., HostConfig], native_probe_manifest: Manifest
 ) -> AsyncIterator[Host]:
-    async with open_host(host_config()) as host:
+    # No cool-down: on a busy machine a turn that copies a large message may pass its CPU
+    # deadline, and the tests here send to the same agent again at once.
+    async with open_host(host_config(deadline_cool_down_s=0)) as host:
         await host.deploy(native_probe_manifest)
         yield host
 
@@ -164,7 +166,8 @@ async def test_native_instances_do_not_take_a_mapping_each(
     """The dense memory profile: 100,000 instances must fit under vm.max_map_count
     (65,530 by default), so resident native agents may not add a mapping each."""
     agents = 1_000
-    async with open_host(host_config(max_resident_agents=agents + 1)) as host:
+    config = host_config(max_resident_agents=agents + 1, max_activations_per_s=1e6)
+    async with open_host(config) as host:
         await host.deploy(native_echo)
         await host.send(f"{native_echo.name}/warm", "x")
         before = _mappings()
@@ -207,7 +210,9 @@ async def test_hundred_thousand_resident_native_agents(
     costing under 64 KiB (instance, linear memory and the host's actor together)."""
     agents = 100_000
     echo = with_limits(c_echo_manifest, idle_timeout_s=24 * 3600)  # resident until the test ends
-    async with open_host(host_config(max_resident_agents=agents)) as host:
+    async with open_host(
+        host_config(max_resident_agents=agents, max_activations_per_s=1e6)
+    ) as host:
         await host.deploy(echo)
         await host.send("echo-c/0", "warm")
         rss_before = _rss_bytes()

@@ -18,6 +18,7 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (errors.StorageError, 503),
     (errors.MessageTooLarge, 413),
     (errors.IdempotencyKeyReused, 422),
+    (errors.ReplyTooDeep, 422),
     (errors.InvalidAddress, 400),
     (errors.InvalidMessage, 400),
     (errors.UnknownKind, 404),
@@ -43,7 +44,7 @@ def error_status(exc: BaseException) -> int:
 def error_headers(exc: BaseException) -> dict[str, str]:
     if isinstance(exc, errors.AuthError):
         return {"WWW-Authenticate": "Bearer"}
-    if isinstance(exc, errors.Overloaded):
+    if isinstance(exc, errors.Overloaded | errors.AgentCoolingDown):
         return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
     if isinstance(exc, errors.AgentBusy | errors.AgentUnavailable | errors.StorageError):
         return {"Retry-After": "1"}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -21,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from ..address import AgentAddress, validate_kind_name
 from ..config import ServerConfig
@@ -35,7 +34,7 @@ from ..errors import (
     RoostError,
 )
 from ..host import Host
-from ..payload import to_json
+from ..payload import from_json, to_json
 from ..telemetry import Telemetry
 from ._admin import (
     DEPLOY_BODY_FACTOR,
@@ -102,7 +101,39 @@ def create_app(host: Host, settings: ServerConfig, credentials: Credentials) -> 
     app.add_middleware(_ShutdownDeadline, state=state)
     if host.telemetry.tracing:
         app.add_middleware(_TracingMiddleware, telemetry=host.telemetry)
+    app.add_middleware(_ShedOverload, state=state)  # outermost: before any other work
     return app
+
+
+class _ShedOverload:
+    """Refuses a new message with 503 and Retry-After, before routing, authentication or
+    reading its body, while the host admits no new event (``Host.check_admission``): when
+    the host is overloaded, a refusal must cost as little as possible. Everything else
+    passes through (the handlers check admission again)."""
+
+    def __init__(self, app: ASGIApp, state: ApiState) -> None:
+        self._app = app
+        self._state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            if path.startswith("/v1/agents/") and path.endswith("/messages"):
+                try:
+                    self._state.host.check_admission(path.split("/", 4)[3])
+                except Overloaded as exc:
+                    self._state.metrics.rejected(503)
+                    await _send_refusal(send, exc)
+                    return
+        await self._app(scope, receive, send)
+
+
+async def _send_refusal(send: Send, error: Overloaded) -> None:
+    body = to_json(error_body(error)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(error).items()]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class _ShutdownDeadline:
@@ -140,11 +171,7 @@ class _ShutdownDeadline:
             "the server shut down before the request finished; retry", retry_after_s=1
         )
         if not started:
-            body = to_json(error_body(error)).encode()
-            headers = [(b"content-type", b"application/json")]
-            headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(error).items()]
-            await send({"type": "http.response.start", "status": 503, "headers": headers})
-            await send({"type": "http.response.body", "body": body, "more_body": False})
+            await _send_refusal(send, error)
             return
         tail = (
             sse("error", {**error_body(error), "status": 503}) if "event-stream" in started else b""
@@ -224,11 +251,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 async def _read_json(request: Request, limit: int) -> Any:
-    body = await _read_body(request, limit)
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidMessage(f"request body is not valid JSON: {exc}") from None
+    return from_json(await _read_body(request, limit))
 
 
 def _message_of(body: Any) -> Any:
@@ -302,6 +325,7 @@ async def _deploy_kind(state: ApiState, request: Request) -> Response:
 async def _post_message(state: ApiState, request: Request) -> Response:
     address = _address(request)
     require_agent(state.credentials, _token(request), address)
+    state.host.check_admission(address.kind)  # refuse before reading anything if at capacity
     message = _message_of(await _read_json(request, state.settings.max_body_bytes))
     key = request.headers.get("idempotency-key")
     if "text/event-stream" in request.headers.get("accept", ""):
@@ -499,10 +523,18 @@ async def _serve_socket(
             nursery.start_soon(forward_pushes)
             nursery.start_soon(close_on_shutdown, nursery.cancel_scope)
             while True:
-                try:
-                    text = await websocket.receive_text()
-                except WebSocketDisconnect:
+                frame = await websocket.receive()
+                if frame["type"] == "websocket.disconnect":
                     break
+                text = frame.get("text")
+                if text is None:
+                    error = InvalidMessage(
+                        'binary frames are not accepted; send JSON text {"message": ...}'
+                    )
+                    sender.send_nowait(
+                        to_json({"type": "error", **error_body(error), "status": 400})
+                    )
+                    continue
                 await _socket_message(state, address, text, sender)
             nursery.cancel_scope.cancel()
     finally:
@@ -522,10 +554,8 @@ async def _socket_message(
         out.send_nowait(to_json({"type": "token", "text": token}))
 
     try:
-        try:
-            body = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidMessage(f"frame is not valid JSON: {exc}") from None
+        state.host.check_admission(address.kind)
+        body = from_json(text, what="frame")
         await state.host.send(address, _message_of(body), on_reply=on_reply, on_token=on_token)
     except RoostError as exc:
         out.send_nowait(to_json({"type": "error", **error_body(exc), "status": error_status(exc)}))

@@ -42,6 +42,10 @@ class MetricsRecorder:
             "roost_events_in_flight": ("Events being handled.", stats.in_flight),
             "roost_kinds": ("Deployed kinds.", stats.kinds),
             "roost_websockets_open": ("Open agent WebSockets.", stats.websockets_open),
+            "roost_agents_cooling_down": (
+                "Agents whose events are refused for running past their CPU deadline.",
+                stats.cooling_down,
+            ),
         }
         counters = {
             "roost_activations": ("Instances created.", stats.activations),
@@ -107,6 +111,14 @@ class MetricsRecorder:
         for kind, count in sorted(stats.dead_letters.items()):
             dead.add_metric([kind], count)
         families.append(dead)
+        cooled = CounterMetricFamily(
+            "roost_deadline_cool_downs",
+            "Agents cooled down for running past their CPU deadline.",
+            labels=["kind"],
+        )
+        for kind, count in sorted(stats.cool_downs.items()):
+            cooled.add_metric([kind], count)
+        families.append(cooled)
         held = GaugeMetricFamily(
             "roost_agents_held_resident",
             "Agents resident past their idle timeout, by what holds them.",

@@ -36,6 +36,10 @@ logger = logging.getLogger("roost.server")
 
 _ANSWER_GRACE_S = 2.0
 """How long requests cut short at the end of the grace period have to answer."""
+_LISTEN_BACKLOG = 2048
+"""Connections the kernel holds for the server to accept. A burst of new connections past
+the backlog loses its SYNs, and TCP retries them after 1, 3, 7... seconds: a short
+backlog turns a burst into latencies of seconds that no admission control can see."""
 
 
 @dataclass(frozen=True)

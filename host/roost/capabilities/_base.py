@@ -302,6 +302,12 @@ class Capability(Generic[S]):
     def add_effects(self, state: S, effects: TurnEffects) -> None:
         """Add what the turn did through this capability to its commit."""
 
+    def started_cost(self, state: S) -> Usage:
+        """What the ops the handler started through this capability may cost, counted
+        against the day's usage if the handler fails before its final commit: an op that
+        started ran (or runs), whatever became of the handler."""
+        return Usage()
+
     def op(self, call: str, request: bytes, context: OpContext) -> OpRunner:
         """The coroutine that runs an op this capability's host call ``call`` started with
         ``request`` (already checked when it started)."""

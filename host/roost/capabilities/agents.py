@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from dataclasses import dataclass, field
 
 import trio
 from pydantic import Field
@@ -39,11 +40,20 @@ class AgentsGrant(BaseGrant):
     kinds: list[str] = Field(default_factory=list)
     """Kinds this agent may send to and ask; empty means none."""
     max_sends_per_turn: int = Field(100, ge=1)
+    max_asks_per_turn: int = Field(16, ge=1)
     max_ask_timeout_s: float = Field(300.0, gt=0)
 
 
-class Agents(Capability[list[Delivery]]):
-    """Send to and ask other agents. Per turn: the messages it sent."""
+@dataclass(slots=True)
+class AgentsTurn:
+    """What a handler sent and asked."""
+
+    sent: list[Delivery] = field(default_factory=list)
+    asks: int = 0
+
+
+class Agents(Capability[AgentsTurn]):
+    """Send to and ask other agents."""
 
     name = "agents"
     Grant = AgentsGrant
@@ -53,11 +63,11 @@ class Agents(Capability[list[Delivery]]):
         super().__init__(grant, services)
         self._ask = services.ask
 
-    def begin_turn(self, turn: TurnView) -> list[Delivery]:
-        return []
+    def begin_turn(self, turn: TurnView) -> AgentsTurn:
+        return AgentsTurn()
 
-    def add_effects(self, state: list[Delivery], effects: TurnEffects) -> None:
-        effects.deliveries.extend(state)
+    def add_effects(self, state: AgentsTurn, effects: TurnEffects) -> None:
+        effects.deliveries.extend(state.sent)
 
     def _target(self, turn: TurnView, kind: str, agent_id: str) -> AgentAddress:
         if kind not in self.grant.kinds:
@@ -73,7 +83,7 @@ class Agents(Capability[list[Delivery]]):
     @host_call("send")
     def send(self, turn: TurnView, kind: str, agent_id: str, message: bytes) -> None:
         target = self._target(turn, kind, agent_id)
-        sent = self.state(turn)
+        sent = self.state(turn).sent
         if len(sent) >= self.grant.max_sends_per_turn:
             raise QuotaExceeded(
                 f"more than {self.grant.max_sends_per_turn} sends in one turn "
@@ -104,12 +114,19 @@ class Agents(Capability[list[Delivery]]):
                 f"agents.ask timeout_s must be in (0, {self.grant.max_ask_timeout_s}] "
                 "(agents grant max_ask_timeout_s)"
             )
+        state = self.state(turn)
+        if state.asks >= self.grant.max_asks_per_turn:
+            raise QuotaExceeded(
+                f"more than {self.grant.max_asks_per_turn} asks in one handler "
+                "(agents grant max_asks_per_turn)"
+            )
         chain = (*turn.chain, str(turn.address))
         if str(target) in chain:
             raise CapabilityDenied(
                 f"ask cycle: {' -> '.join((*chain, str(target)))}; the asked agent is "
                 "already waiting on this chain of asks"
             )
+        state.asks += 1
         ask = {
             "kind": target.kind,
             "id": target.id,

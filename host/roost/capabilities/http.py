@@ -84,6 +84,9 @@ class Http(Capability[HttpTurn]):
     def add_effects(self, state: HttpTurn, effects: TurnEffects) -> None:
         effects.usage += Usage(http_calls=state.calls)
 
+    def started_cost(self, state: HttpTurn) -> Usage:
+        return Usage(http_calls=state.calls)
+
     @host_call("fetch")
     def fetch(self, turn: TurnView, request: bytes) -> int:
         fields = decode_request("http.fetch", request)

@@ -26,6 +26,7 @@ import logging
 import math
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -78,8 +79,17 @@ class LlmGrant(BaseGrant):
         return self
 
 
-class Llm(Capability[None]):
-    """Chat completions (with tools) and embeddings through the host's model providers."""
+@dataclass(slots=True)
+class LlmTurn:
+    reserved: int = 0
+    """Tokens the handler's calls may use (their ``max_tokens``), counted against the daily
+    budget from the moment each starts."""
+
+
+class Llm(Capability[LlmTurn]):
+    """Chat completions (with tools) and embeddings through the host's model providers.
+    Each chat call reserves its ``max_tokens`` against the agent's daily token budget when
+    it starts; what it really used is recorded when it completes."""
 
     name = "llm"
     Grant = LlmGrant
@@ -105,6 +115,12 @@ class Llm(Capability[None]):
 
     # -- host calls ------------------------------------------------------------------------
 
+    def begin_turn(self, turn: TurnView) -> LlmTurn:
+        return LlmTurn()
+
+    def started_cost(self, state: LlmTurn) -> Usage:
+        return Usage(llm_output_tokens=state.reserved)  # the core deducts what was recorded
+
     @host_call("chat")
     def chat(self, turn: TurnView, request: bytes) -> int:
         fields = decode_request("llm.chat", request)
@@ -118,7 +134,7 @@ class Llm(Capability[None]):
                 f"llm.chat: max_tokens={max_tokens} exceeds the llm grant "
                 f"max_tokens_per_call = {self.grant.max_tokens_per_call}"
             )
-        self._check_budget(turn)
+        self._reserve(turn, max_tokens)
         body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
         if fields.get("temperature") is not None:
             body["temperature"] = float(fields["temperature"])
@@ -154,7 +170,7 @@ class Llm(Capability[None]):
                 f"max_embedding_inputs = {self.grant.max_embedding_inputs}"
             )
         model = self._model(fields, self.grant.embedding_models, "embedding_models", "llm.embed")
-        self._check_budget(turn)
+        self._reserve(turn, 0)
         body = {"model": model, "input": texts}
         return turn.start_op(self.name, "embed", pack(body), continuation_of(fields))
 
@@ -173,11 +189,14 @@ class Llm(Capability[None]):
             )
         return str(model)
 
-    def _check_budget(self, turn: TurnView) -> None:
+    def _reserve(self, turn: TurnView, tokens: int) -> None:
+        """Count ``tokens`` against the day's budget from now (refused past it)."""
+        state = self.state(turn)
         budget = turn.budgets.llm_tokens_per_day
         if budget is not None:
-            used = turn.reads.read_usage(turn.address, turn.day).llm_tokens
-            turn.check_budget("llm_tokens_per_day", used, 0, budget)
+            used = turn.reads.read_usage(turn.address, turn.day).llm_tokens + state.reserved
+            turn.check_budget("llm_tokens_per_day", used, tokens, budget)
+        state.reserved += tokens
 
     def _checked_tools(self, tools: Any) -> list[dict[str, Any]]:
         if not isinstance(tools, list):

@@ -22,7 +22,14 @@ import trio
 from .._lifetime import open_service_nursery
 from ..address import AgentAddress
 from ..capabilities import OpContext, bound_turn
-from ..errors import AgentBusy, AgentUnavailable, GuestAbiError, GuestError, RoostError
+from ..errors import (
+    AgentBusy,
+    AgentUnavailable,
+    CpuDeadlineExceeded,
+    GuestAbiError,
+    GuestError,
+    RoostError,
+)
 from ..payload import pack
 from ..sandbox.protocol import Sandbox, TurnOutput, TurnSliceExceeded
 from ..telemetry import end_span
@@ -44,6 +51,8 @@ class AgentActor:
         "_event_ids",
         "_idle_scope",
         "_inline",
+        "_on_deadline",
+        "_on_handled",
         "_on_stopped",
         "_receive",
         "_redeployed",
@@ -68,7 +77,10 @@ class AgentActor:
         kind: Kind,
         services: CoreServices,
         continuations: Continuations,
+        *,
         on_stopped: Callable[[AgentActor], None],
+        on_deadline: Callable[[AgentAddress], None] = lambda _address: None,
+        on_handled: Callable[[AgentAddress], None] = lambda _address: None,
         fence: int | None = None,
     ) -> None:
         self.address = address
@@ -78,6 +90,8 @@ class AgentActor:
         self._services = services
         self._continuations = continuations
         self._on_stopped = on_stopped
+        self._on_deadline = on_deadline
+        self._on_handled = on_handled
         self._turns = TurnRunner(address, kind, services, fence)
         limits = kind.manifest.limits
         self._send, self._receive = trio.open_memory_channel[Envelope](limits.mailbox_size)
@@ -237,7 +251,11 @@ class AgentActor:
             self._drop_instance()
             if isinstance(error, GuestError):
                 self._services.metrics.trap(self.address.kind, error)
+            if isinstance(error, CpuDeadlineExceeded):
+                self._on_deadline(self.address)
             await self._turns.record_failure(envelope, handling, error)
+        else:
+            self._on_handled(self.address)
         self.pending_ops = 0
         envelope.finish(error)
 
@@ -259,7 +277,13 @@ class AgentActor:
         inline = self._inline and self.kind.factory.light and self._services.inline_slice_ms > 0
         try:
             result = await self._turn(
-                first, envelope, handling, event_id, "on-event", inline=inline
+                first,
+                envelope,
+                handling,
+                event_id,
+                "on-event",
+                inline=inline,
+                waking=activate is not None,
             )
         except TurnSliceExceeded:
             # Too long for the event loop. Nothing of it counts: run it again, from the
@@ -268,7 +292,7 @@ class AgentActor:
             self._drop_instance()
             handling = Handling(handling.message_id, replay=handling.replay)
             activate = self._activation()
-            result = await self._turn(first, envelope, handling, event_id, "on-event")
+            result = await self._turn(first, envelope, handling, event_id, "on-event", waking=True)
         if result.final:
             return  # ops the handler started without awaiting them end with the event
         async with open_service_nursery() as ops:
@@ -307,7 +331,7 @@ class AgentActor:
             for op in awaited:
                 ops.start_soon(run, op)
             outstanding += len(awaited)
-            self.pending_ops = outstanding
+            self.pending_ops = handling.ops_running = outstanding
             if outstanding == 0:
                 raise GuestAbiError(
                     "the handler neither finished nor awaits an async op",
@@ -318,7 +342,7 @@ class AgentActor:
             if envelope.timing is not None:
                 envelope.timing.ops_s += time.perf_counter() - waited_from
             outstanding -= 1
-            self.pending_ops = outstanding
+            self.pending_ops = handling.ops_running = outstanding
             sandbox = self._sandbox
             if sandbox is None:
                 raise GuestAbiError("the instance went away while an op was pending")
@@ -345,6 +369,7 @@ class AgentActor:
         *,
         inline: bool = False,
         completion: Completion | None = None,
+        waking: bool = False,
     ) -> TurnResult:
         self.in_turn = True
         try:
@@ -356,6 +381,7 @@ class AgentActor:
                 export,
                 inline=inline,
                 completion=completion,
+                waking=waking,
             )
         finally:
             self.in_turn = False
@@ -388,7 +414,7 @@ class AgentActor:
             try:
                 record = turn.reads.read_agent(self.address)
                 state = None if record is None else record.state
-                sandbox = self.kind.factory.instantiate(limits)
+                sandbox = self.kind.factory.instantiate(limits, slice_ms=turn.slice_ms)
                 try:
                     with bound_turn(init_turn):
                         sandbox.init(config, state, slice_ms=turn.slice_ms)

@@ -49,6 +49,8 @@ class Envelope:
     trace_context: Any = None
     """The trace context the event was sent from (tracing on): parent of its turns."""
     timing: EventTiming | None = None
+    admitted_at: float = 0.0
+    """When the registry admitted it (``time.perf_counter``); 0 once its handler started."""
     replies: list[Any] = field(default_factory=list)
     reply_bytes: int = 0
     error: BaseException | None = None

@@ -29,9 +29,9 @@ from typing import Any
 
 from ..address import AgentAddress
 from ..capabilities import Capability, Continuation, TurnEffects, bound_turn
-from ..errors import GuestAbiError, LimitExceeded, QuotaExceeded, RoostError
+from ..errors import GuestAbiError, LimitExceeded, QuotaExceeded, ReplyTooDeep, RoostError
 from ..limits import Budgets, Limits
-from ..payload import pack, unpack
+from ..payload import MAX_DEPTH, nested_deeper, pack, unpack
 from ..sandbox.protocol import TurnOutput, TurnSliceExceeded
 from ..store.protocol import Commit, Delivery, Handled, JournalEntry, PendingOp, TurnReads, Usage
 from ..telemetry import TurnTrace, trap_name
@@ -62,12 +62,19 @@ class Handling:
     turns: int = 0
     cpu_ms: float = 0.0
     ops_started: int = 0
+    ops_running: int = 0
+    """Ops started and not completed yet (kept by the actor)."""
     journal: dict[int, JournalEntry] | None = None
     """Journaled op results (read on the first op of a replay)."""
     journaled: bool = False
     """Entries exist in the journal for this message (to clear at the end)."""
     continued: list[StartedOp] | None = None
     """Continuation-form ops, started once the final commit is in."""
+    started_cost: Usage = field(default_factory=Usage)
+    """What the ops of the turns committed so far may cost (``Capability.started_cost``):
+    charged if the handler fails before its final commit."""
+    recorded_llm_tokens: int = 0
+    """LLM tokens of op results the committed turns consumed, already in the usage."""
 
     def next_seq(self) -> int:
         """The number of the next op the handler starts (1, 2, ...)."""
@@ -118,6 +125,19 @@ class TurnContext:
         continuation: Continuation | None = None,
     ) -> int:
         handling = self.handling
+        if len(self.ops) >= self.limits.max_ops_per_turn:
+            raise QuotaExceeded(
+                f"more than {self.limits.max_ops_per_turn} async ops in one turn "
+                "(limits.max_ops_per_turn)"
+            )
+        if continuation is None and (
+            handling.ops_running + len(self.ops) >= self.limits.max_pending_ops
+        ):
+            raise QuotaExceeded(
+                f"{handling.ops_running + len(self.ops)} async ops are running for agent "
+                f"{self.address}; the kind allows limits.max_pending_ops = "
+                f"{self.limits.max_pending_ops}"
+            )
         op = StartedOp(
             op_id=self.next_op_id(),
             seq=handling.next_seq(),
@@ -234,10 +254,12 @@ class TurnRunner:
         *,
         inline: bool = False,
         completion: Completion | None = None,
+        waking: bool = False,
     ) -> TurnResult:
         """Run one turn, check it, commit what it must, and hand out its replies. ``inline``
         runs it on the event loop within the host's slice (TurnSliceExceeded when it
-        overruns); ``completion`` is the op result this turn receives."""
+        overruns); ``completion`` is the op result this turn receives; ``waking`` says the
+        call instantiates the agent first (background work for the workers)."""
         services = self._services
         turn = self.new_turn(handling, envelope)
         if inline:
@@ -246,7 +268,7 @@ class TurnRunner:
             turn.trace = services.telemetry.start_turn(
                 self.address, envelope.kind, export, envelope.trace_context
             )
-        started = time.perf_counter()
+        started = turn_started = time.perf_counter()
         outcome = "ok"
         try:
             if inline:
@@ -256,12 +278,16 @@ class TurnRunner:
             else:
 
                 def on_worker() -> tuple[TurnOutput, Commit | None, list[Any]]:
+                    nonlocal turn_started
+                    turn_started = time.perf_counter()
                     executed = self._execute(call, turn, envelope, event_id, completion)
                     if executed[1] is not None:
                         services.store.commit(executed[1])
                     return executed
 
-                output, commit, replies = await services.workers.run(on_worker)
+                output, commit, replies = await services.workers.run(
+                    on_worker, owner=self.address.kind, background=waking
+                )
         except TurnSliceExceeded as exc:
             outcome = trap_name(exc)
             if turn.trace is not None:
@@ -276,6 +302,9 @@ class TurnRunner:
         finally:
             seconds = time.perf_counter() - started
             services.metrics.observe_turn(self.address, seconds, export, outcome)
+            if envelope.admitted_at:  # the event's first turn: how long did it queue?
+                services.queue_delay.observe(self.address.kind, turn_started - envelope.admitted_at)
+                envelope.admitted_at = 0.0
         final = event_id in output.done
         if turn.trace is not None:
             turn.trace.end(None, self._attributes(turn, output))
@@ -289,6 +318,10 @@ class TurnRunner:
                 envelope.handled = Handled(inbox.delivery_id, None, inbox.due_at)
             if commit.journal:
                 handling.journaled = True
+            if not final and commit.usage is not None:
+                handling.recorded_llm_tokens += commit.usage.llm_tokens
+        if not final and turn.ops:
+            handling.started_cost = _started_cost(handling)
         services.counters.turns += 1
         envelope.replies.extend(replies)
         if envelope.on_reply is not None:
@@ -365,6 +398,13 @@ class TurnRunner:
                 address=str(self.address),
             )
         replies = [_decode_reply(p) for p in payloads]
+        for reply in replies:
+            if nested_deeper(reply, MAX_DEPTH):
+                raise ReplyTooDeep(
+                    f"a reply nests lists and maps more than {MAX_DEPTH} levels deep, more than "
+                    "a JSON reply may; flatten it",
+                    address=str(self.address),
+                )
         envelope.reply_bytes = reply_bytes
         return replies
 
@@ -475,10 +515,19 @@ class TurnRunner:
     async def record_failure(
         self, envelope: Envelope, handling: Handling, error: BaseException
     ) -> None:
-        """A failed handler commits nothing of its effects, but its error and CPU count in
-        the usage. A message that failed leaves the inbox (its sender was told; a retry is a
-        new attempt), while a delivery stays for the delivery loop to retry."""
+        """A failed handler commits nothing of its effects, but its error, its CPU and
+        what the ops it started may cost count in the usage (so a handler cannot spend past
+        its budgets by failing). A message that failed leaves the inbox (its sender was
+        told; a retry is a new attempt), while a delivery stays for the delivery loop to
+        retry."""
         now = self._services.clock.now()
+        started = handling.started_cost
+        usage = Usage(
+            errors=1,
+            cpu_ms=handling.cpu_ms,
+            http_calls=started.http_calls,
+            llm_output_tokens=max(0, started.llm_tokens - handling.recorded_llm_tokens),
+        )
         inbox_entry = (
             envelope.handled
             if envelope.handled is not None
@@ -496,7 +545,7 @@ class TurnRunner:
                     clear_journal=handling.message_id
                     if inbox_entry is not None and handling.journaled
                     else None,
-                    usage=Usage(errors=1, cpu_ms=handling.cpu_ms),
+                    usage=usage,
                     usage_day=utc_day(now),
                     fence=self.fence,
                 )
@@ -530,3 +579,10 @@ def _decode_reply(payload: bytes) -> Any:
         return unpack(payload)
     except Exception as exc:
         raise GuestAbiError(f"a reply is not valid msgpack: {exc}") from None
+
+
+def _started_cost(handling: Handling) -> Usage:
+    cost = Usage()
+    for capability, state in handling.effects.values():
+        cost += capability.started_cost(state)
+    return cost

@@ -138,7 +138,7 @@ async def chat(host: Host, address: AgentAddress, console: Console) -> None:
     """Chat with ``address`` until the user leaves; the agent's pushes are shown meanwhile."""
     console.info(f"chatting with {address}; /quit or end of input to leave")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_show_pushes, host, address, console)
+        await nursery.start(_show_pushes, host, address, console)
         while True:
             line = await trio.to_thread.run_sync(console.read_line, abandon_on_cancel=True)
             if line is None:
@@ -170,7 +170,14 @@ async def send(host: Host, address: AgentAddress, message: Any, console: Console
         console.info("(no replies)")
 
 
-async def _show_pushes(host: Host, address: AgentAddress, console: Console) -> None:
+async def _show_pushes(
+    host: Host,
+    address: AgentAddress,
+    console: Console,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     async with host.subscribe(address) as pushes:
+        task_status.started()  # subscribed: no push from now on is missed
         async for message in pushes:
             console.push(message)

@@ -66,7 +66,7 @@ async def run_dev(options: DevOptions, console: Console) -> None:
     """Serve and reload the kind until a signal, or the chat's end."""
     manifest = await trio.to_thread.run_sync(load_manifest, options.manifest)
     data_dir = options.data_dir or options.manifest.parent / ".roost"
-    config = load_config(data_dir=data_dir)
+    config = load_config(data_dir=data_dir, deadline_cool_down_s=0.0)
     settings = load_server_config(bind_host=options.bind_host, port=options.port, dev=True)
     guest_log = _show_guest_logs(console)
     try:

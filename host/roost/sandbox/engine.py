@@ -30,13 +30,22 @@ from ..errors import DeployError
 from ..limits import Limits
 from ._host_calls import add_host_function
 from .instance import WasmSandbox
+from .protocol import TurnSliceExceeded
 
 DENSE_MAX_COMPONENT_BYTES = 1024 * 1024
 """Components up to this size run on the dense memory profile."""
 
 _WASI_PREFIX = "wasi:"
 """WASI imports come with the Python runtime; they are linked sandboxed (no files, no
-environment, no network), so they are not capabilities."""
+environment, no network), so they are not capabilities. Two of them would be ambient
+authority, so they follow the grants instead: without the ``clock`` grant WASI's wall
+clock reads the epoch (1970-01-01), and without the ``random`` grant WASI's random numbers
+are a fixed, public sequence (the same for every instance: not secret, not unpredictable).
+The monotonic clock stays (it measures durations; it tells no date)."""
+_WALL_CLOCK = "wasi:clocks/wall-clock@"
+_RANDOM = ("wasi:random/random@", "wasi:random/insecure@")
+_INSECURE_SEED = "wasi:random/insecure-seed@"
+_MAX_STAND_IN_RANDOM_BYTES = 1024 * 1024
 
 
 @contextmanager
@@ -138,7 +147,8 @@ class WasmEngine:
                 f"kind {kind!r}: the component does not export {', '.join(missing)}; "
                 "build it against the roost:agent world (roost build)"
             )
-        linker = self._link(engine, host_functions)
+        wasi = _ungranted_wasi(imports, granted)
+        linker = self._link(engine, {**host_functions, **wasi})
         return KindFactory(self, engine, component, linker)
 
     def _link(
@@ -146,6 +156,7 @@ class WasmEngine:
     ) -> Linker:
         linker = Linker(engine)
         linker.add_wasip2()
+        linker.allow_shadowing = True  # the WASI functions that follow the grants
         with linker.root() as root:
             for interface, functions in host_functions.items():
                 with root.add_instance(interface) as instance:
@@ -173,6 +184,61 @@ def _lowered_errors(function: HostFunction) -> Callable[..., Any]:
         return result.message if isinstance(result, HostCallError) else result
 
     return plain
+
+
+def _ungranted_wasi(imports: list[str], granted: set[str | None]) -> dict[str, list[HostFunction]]:
+    """Stand-ins for the WASI clocks and random numbers a kind was not granted (see the
+    module docstring), for each version of those interfaces the component imports."""
+    stand_ins: dict[str, list[HostFunction]] = {}
+    epoch = _Datetime(0, 0)
+    for name in imports:
+        if name.startswith(_WALL_CLOCK) and "clock" not in granted:
+            stand_ins[name] = [
+                HostFunction("now", lambda: epoch),
+                HostFunction("resolution", lambda: _Datetime(0, 1)),
+            ]
+        elif name.startswith(_RANDOM) and "random" not in granted:
+            stream = _FixedStream()
+            bytes_call = "get-random-bytes" if "/random@" in name else "get-insecure-random-bytes"
+            u64_call = "get-random-u64" if "/random@" in name else "get-insecure-random-u64"
+            stand_ins[name] = [
+                HostFunction(bytes_call, stream.take),
+                HostFunction(u64_call, lambda s=stream: int.from_bytes(s.take(8), "little")),
+            ]
+        elif name.startswith(_INSECURE_SEED) and "random" not in granted:
+            stand_ins[name] = [HostFunction("insecure-seed", lambda: (0, 0))]
+    return stand_ins
+
+
+class _Datetime:
+    """WASI's ``datetime`` record, as the lowering reads it (by field name)."""
+
+    __slots__ = ("nanoseconds", "seconds")
+
+    def __init__(self, seconds: int, nanoseconds: int) -> None:
+        self.seconds = seconds
+        self.nanoseconds = nanoseconds
+
+
+class _FixedStream:
+    """A fixed, public stream of bytes (SHA-256 in counter mode over a constant)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counter = 0
+        self._buffer = b""
+
+    def take(self, count: int) -> bytes:
+        if count > _MAX_STAND_IN_RANDOM_BYTES:  # traps the guest: it asked for too much
+            raise ValueError(f"{count} random bytes asked for at once")
+        with self._lock:
+            while len(self._buffer) < count:
+                self._counter += 1
+                self._buffer += hashlib.sha256(
+                    b"roost: random not granted" + self._counter.to_bytes(8, "little")
+                ).digest()
+            taken, self._buffer = self._buffer[:count], self._buffer[count:]
+            return taken
 
 
 def _check_imports(kind: str, imports: list[str], granted: set[str | None]) -> None:
@@ -216,16 +282,24 @@ class KindFactory:
         self._exports = {name: component.get_export_index(name) for name in EXPORTS}
         self.light = wasm_engine is engine.dense_engine
 
-    def instantiate(self, limits: Limits) -> WasmSandbox:
-        return WasmSandbox.instantiate(
-            engine=self._wasm_engine,
-            component=self._component,
-            linker=self._linker,
-            exports=self._exports,
-            limits=limits,
-            deadline_ticks=self._engine.deadline_ticks(limits.cpu_deadline_ms),
-            epoch_tick_ms=self._engine.epoch_tick_ms,
-        )
+    def instantiate(self, limits: Limits, *, slice_ms: int | None = None) -> WasmSandbox:
+        try:
+            return WasmSandbox.instantiate(
+                engine=self._wasm_engine,
+                component=self._component,
+                linker=self._linker,
+                exports=self._exports,
+                limits=limits,
+                deadline_ticks=self._engine.deadline_ticks(limits.cpu_deadline_ms),
+                epoch_tick_ms=self._engine.epoch_tick_ms,
+                slice_ms=slice_ms,
+            )
+        except TurnSliceExceeded:
+            # Start functions run the same code for every agent of the kind: one that
+            # outran the slice says they all will. Not light any more, so no other agent
+            # of the kind spends a slice of the event loop finding it out again.
+            self.light = False
+            raise
 
 
 def _config(*, dense: bool) -> wasmtime.Config:

@@ -66,15 +66,21 @@ class WasmSandbox:
         limits: Limits,
         deadline_ticks: int,
         epoch_tick_ms: int,
+        slice_ms: int | None = None,
     ) -> WasmSandbox:
         store = wasmtime.Store(engine)
         store.set_wasi(wasmtime.WasiConfig())
         store.set_limits(memory_size=limits.max_memory_bytes)
-        store.set_epoch_deadline(deadline_ticks)
+        # The start functions run here: under the slice too, when there is one.
+        ticks, sliced = _ticks(deadline_ticks, slice_ms, epoch_tick_ms)
+        store.set_epoch_deadline(ticks)
         try:
             instance = linker.instantiate(store, component)
         except wasmtime.WasmtimeError as exc:
-            raise _classify_trap(exc, "instantiation") from None
+            error = _classify_trap(exc, "instantiation")
+            if sliced and isinstance(error, CpuDeadlineExceeded):
+                raise TurnSliceExceeded("instantiation ran past its slice") from None
+            raise error from None
         funcs: dict[str, Func] = {}
         for name, index in exports.items():
             func = instance.get_func(store, index)
@@ -115,13 +121,7 @@ class WasmSandbox:
         if store is None:
             raise GuestAbiError("the sandbox was closed")
         func = self._funcs[name]
-        ticks = self._deadline_ticks
-        sliced = False
-        if slice_ms is not None:
-            # Whole ticks, plus one: the next tick may come right after the call starts.
-            slice_ticks = -(-slice_ms // self._epoch_tick_ms) + 1
-            sliced = slice_ticks < ticks
-            ticks = min(ticks, slice_ticks)
+        ticks, sliced = _ticks(self._deadline_ticks, slice_ms, self._epoch_tick_ms)
         store.set_epoch_deadline(ticks)
         try:
             result = call(func, store)
@@ -133,6 +133,15 @@ class WasmSandbox:
                 raise TurnSliceExceeded(f"{name} ran past its slice") from None
             raise error from None
         return result
+
+
+def _ticks(deadline_ticks: int, slice_ms: int | None, epoch_tick_ms: int) -> tuple[int, bool]:
+    """The epoch deadline of a call, and whether the slice (not the CPU deadline) sets it."""
+    if slice_ms is None:
+        return deadline_ticks, False
+    # Whole ticks, plus one: the next tick may come right after the call starts.
+    slice_ticks = -(-slice_ms // epoch_tick_ms) + 1
+    return min(deadline_ticks, slice_ticks), slice_ticks < deadline_ticks
 
 
 def _turn_output(result: TurnOutput | str, export: str) -> TurnOutput:

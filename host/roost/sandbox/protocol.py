@@ -63,6 +63,9 @@ class SandboxFactory(Protocol):
 
     light: bool
     """Instances are small and turns take microseconds (native guests): worth running on
-    the event loop, within a slice, instead of paying a worker-thread trip."""
+    the event loop, within a slice, instead of paying a worker-thread trip. False from the
+    first instantiation that outran its slice on (its start functions are not light)."""
 
-    def instantiate(self, limits: Limits) -> Sandbox: ...
+    def instantiate(self, limits: Limits, *, slice_ms: int | None = None) -> Sandbox:
+        """A new instance (its start functions run here, under ``slice_ms`` if given)."""
+        ...

@@ -33,6 +33,8 @@ class AsyncStore:
         self.store = store
         self._limiter = limiter
         self._inline = inline
+        self.calls_running = 0
+        """Store calls on (or waiting for) a worker thread now."""
 
     async def run(self, method: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Call one of the store's methods on a worker thread."""
@@ -40,7 +42,7 @@ class AsyncStore:
         if self._inline:
             await trio.lowlevel.checkpoint()
             return call()
-        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+        return await self._on_thread(call)
 
     async def commit(self, commit: Commit) -> None:
         """Write ``commit``: right here when the store can do so without waiting, else on a
@@ -49,4 +51,11 @@ class AsyncStore:
         if self._inline:
             await self.run(self.store.commit, commit)
         elif not self.store.commit(commit, wait=False):
-            await trio.to_thread.run_sync(self.store.commit, commit, limiter=self._limiter)
+            await self._on_thread(functools.partial(self.store.commit, commit))
+
+    async def _on_thread(self, call: Callable[[], _T]) -> _T:
+        self.calls_running += 1
+        try:
+            return await trio.to_thread.run_sync(call, limiter=self._limiter)
+        finally:
+            self.calls_running -= 1

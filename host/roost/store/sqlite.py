@@ -84,8 +84,10 @@ _BUSY_TIMEOUT_MS = 5000
 """How long a connection waits on a lock held by another process before failing."""
 _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 """Most bytes the WAL file keeps on disk after a checkpoint (it is truncated to this)."""
-_MAX_IDLE_READERS = 8
-"""Read connections kept open between reads; more are opened under load and closed after."""
+_MAX_IDLE_READERS = 16
+"""Read connections kept open between reads (more than the threads that read at once: the
+worker threads' turns and the loop's store calls); more are opened under load and closed
+after."""
 _MAX_CODE_POINT = 0x10FFFF
 _SURROGATES = range(0xD800, 0xE000)
 

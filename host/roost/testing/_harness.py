@@ -140,7 +140,11 @@ class HostUnderTest:
         deadline = time.monotonic() + REAL_TIMEOUT_S
         while True:
             await wait_all_tasks_blocked()
-            if self.host.turns_running == 0 and limiter.statistics().borrowed_tokens == 0:
+            if (
+                self.host.turns_running == 0
+                and self.host.store_calls_running == 0
+                and limiter.statistics().borrowed_tokens == 0
+            ):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the host stayed busy for {REAL_TIMEOUT_S:.0f} s of real time")
@@ -343,6 +347,7 @@ async def open_test_host(
             "is requested)"
         )
     llm = FakeLlm()
+    settings = {"deadline_cool_down_s": 0.0, **settings}  # run a runaway agent again at once
     config = HostConfig(
         data_dir=data_dir, cache_dir=cache_dir, llm_base_url=FAKE_LLM_URL, **settings
     )

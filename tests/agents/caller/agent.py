@@ -115,10 +115,43 @@ class Caller(Agent):
         elif op == "fetch":
             result = await ctx.http.fetch(msg["url"])
             ctx.reply({"status": result["status"], "body": result["body"]})
+        elif op == "spend_then_fail":  # start calls, await them, then fail the handler
+            fetches = [ctx.http.fetch(msg["url"]) for _ in range(msg["fetches"])]
+            chats = [
+                ctx.llm.chat([{"role": "user", "content": "hi"}], max_tokens=msg["max_tokens"])
+                for _ in range(msg["chats"])
+            ]
+            for call in [*fetches, *chats]:
+                await call
+            raise RuntimeError("failing after spending")
         elif op == "usage":
             ctx.reply(ctx.usage())
         elif op == "log":
             ctx.log.info(msg["text"])
+            ctx.reply("logged")
+        elif op == "ask_many":  # start asks without awaiting them: how many may start?
+            started = 0
+            try:
+                for i in range(msg["n"]):
+                    ctx.ask("caller", f"peer-{i}", "hi")
+                    started += 1
+            except CapabilityError as exc:
+                ctx.reply({"started": started, "error": str(exc)})
+                return
+            ctx.reply({"started": started})
+        elif op == "schedule_many":
+            scheduled = 0
+            try:
+                for i in range(msg["n"]):
+                    ctx.schedule(i, after=3600, timer_id=f"{msg.get('prefix', 'm')}{i}")
+                    scheduled += 1
+            except CapabilityError as exc:
+                ctx.reply({"scheduled": scheduled, "error": str(exc)})
+                return
+            ctx.reply({"scheduled": scheduled})
+        elif op == "log_many":
+            for _ in range(msg["n"]):
+                ctx.log.info(msg["text"])
             ctx.reply("logged")
         elif op == "chat_then_fetch":
             # One event, three turns: an llm call, then a fetch that may be refused.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 from roost_sdk import Agent, CapabilityError, Context
@@ -62,6 +64,16 @@ class Probe(Agent):
                 await ctx.sleep(-1)
             except CapabilityError as exc:
                 ctx.reply({"error": str(exc)})
+        elif op == "deep_reply":
+            ctx.state["count"] = ctx.state.get("count", 0) + 1
+            nested: Any = "bottom"
+            for _ in range(msg["depth"]):
+                nested = [nested]
+            ctx.reply(nested)
+        elif op == "nan_reply":
+            ctx.reply({"nan": float("nan"), "inf": float("inf"), "ninf": float("-inf")})
+        elif op == "wasi_env":  # the WASI clock and random numbers, past the SDK
+            ctx.reply({"time": time.time(), "random": os.urandom(8).hex()})
         elif op == "env":
             ctx.reply(
                 {

@@ -34,7 +34,7 @@ from ...errors import (
     RoostError,
     UnknownKind,
 )
-from ...payload import to_json
+from ...payload import from_json, to_json
 from ...telemetry import TurnRecord
 from .._admin import DEPLOY_BODY_FACTOR, deploy_upload, export_document, limited_request
 from .._state import ApiState
@@ -481,10 +481,7 @@ async def _agent_message(console: ConsoleState, request: Request) -> Response:
     body = b""
     async for chunk in limited_request(request, limit).stream():
         body += chunk
-    try:
-        parsed = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidMessage(f"request body is not valid JSON: {exc}") from None
+    parsed = from_json(body)
     if not isinstance(parsed, dict) or set(parsed) != {"message"}:
         raise InvalidMessage('expected a JSON object {"message": ...}')
     console.host.manifest(address.kind)  # an unknown kind is refused before streaming

@@ -1,0 +1,78 @@
+"""Per-agent bounds with clear errors: asks and async ops per turn, pending timers per
+agent, log bytes per handler, and guest log lines that cannot forge the host's."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import pytest
+
+from roost import HostConfig, Manifest
+
+from ..conftest import with_limits
+from .conftest import caller_host
+
+
+def _granting(manifest: Manifest, capability: str, **grant: object) -> Manifest:
+    capabilities = dict(manifest.capabilities)
+    capabilities[capability] = {**capabilities.get(capability, {}), **grant}
+    return manifest.model_copy(update={"capabilities": capabilities})
+
+
+async def test_asks_per_handler_are_bounded_by_the_grant(
+    host_config: Callable[..., HostConfig], caller_manifest: Manifest
+) -> None:
+    manifest = _granting(caller_manifest, "agents", max_asks_per_turn=3)
+    async with caller_host(host_config, manifest) as host:
+        [reply] = await host.send("caller/a", {"op": "ask_many", "n": 10})
+    assert reply["started"] == 3
+    assert "more than 3 asks in one handler (agents grant max_asks_per_turn)" in reply["error"]
+
+
+async def test_async_ops_per_turn_are_bounded_by_the_kind(
+    host_config: Callable[..., HostConfig], caller_manifest: Manifest
+) -> None:
+    manifest = with_limits(caller_manifest, max_ops_per_turn=5)
+    async with caller_host(host_config, manifest) as host:
+        [reply] = await host.send("caller/a", {"op": "ask_many", "n": 10})
+    assert reply["started"] == 5
+    assert "more than 5 async ops in one turn (limits.max_ops_per_turn)" in reply["error"]
+
+
+async def test_pending_timers_are_bounded_per_agent_not_per_turn(
+    host_config: Callable[..., HostConfig], caller_manifest: Manifest
+) -> None:
+    manifest = _granting(caller_manifest, "timers", max_timers=5)
+    async with caller_host(host_config, manifest) as host:
+        [first] = await host.send("caller/a", {"op": "schedule_many", "n": 3, "prefix": "x"})
+        assert first == {"scheduled": 3}
+        [second] = await host.send("caller/a", {"op": "schedule_many", "n": 3, "prefix": "y"})
+        assert second["scheduled"] == 2  # five pending in all
+        assert "has 5 timers pending" in second["error"]
+        # Reusing an id replaces a timer: no new one.
+        [again] = await host.send("caller/a", {"op": "schedule_many", "n": 3, "prefix": "x"})
+        assert again == {"scheduled": 3}
+        exported = await host.export("caller/a")
+        assert exported is not None
+        assert len(exported.deliveries) == 5
+
+
+async def test_guest_log_lines_are_escaped_and_bounded_per_handler(
+    host_config: Callable[..., HostConfig],
+    caller_manifest: Manifest,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manifest = _granting(caller_manifest, "log", max_bytes_per_turn=1000)
+    forged = "ok\nERROR roost.host: the host is on fire\r\x1b[31m"
+    with caplog.at_level(logging.INFO):
+        async with caller_host(host_config, manifest) as host:
+            await host.send("caller/a", {"op": "log_many", "n": 50, "text": forged})
+    guest = [r.getMessage() for r in caplog.records if r.name == "roost.guest"]
+    lines = [line for line in guest if "the host is on fire" in line]
+    assert lines, guest
+    for line in lines:
+        assert "\n" not in line and "\r" not in line and "\x1b" not in line
+        assert line.endswith("ok\\nERROR roost.host: the host is on fire\\r\\x1b[31m")
+    assert len(lines) == 1000 // len(forged.encode("unicode_escape")) or len(lines) < 50
+    assert any("dropped" in line and "max_bytes_per_turn" in line for line in guest)
