@@ -16,6 +16,8 @@ from ..errors import (
     MemoryLimitExceeded,
 )
 from ..limits import Limits
+from ._cpu_deadline import MARKER as CPU_DEADLINE_MARKER
+from ._cpu_deadline import CpuDeadline
 from ._values import call_init, call_on_complete, call_on_event
 from .protocol import TurnOutput, TurnSliceExceeded
 
@@ -48,12 +50,14 @@ class WasmSandbox:
         limits: Limits,
         deadline_ticks: int,
         epoch_tick_ms: int,
+        cpu_deadline: CpuDeadline,
     ) -> None:
         self._store: wasmtime.Store | None = store
         self._funcs = funcs
         self._limits = limits
         self._deadline_ticks = deadline_ticks
         self._epoch_tick_ms = epoch_tick_ms
+        self._cpu_deadline = cpu_deadline
 
     @classmethod
     def instantiate(
@@ -71,9 +75,10 @@ class WasmSandbox:
         store = wasmtime.Store(engine)
         store.set_wasi(wasmtime.WasiConfig())
         store.set_limits(memory_size=limits.max_memory_bytes)
+        cpu_deadline = CpuDeadline(store, epoch_tick_ms)
         # The start functions run here: under the slice too, when there is one.
         ticks, sliced = _ticks(deadline_ticks, slice_ms, epoch_tick_ms)
-        store.set_epoch_deadline(ticks)
+        cpu_deadline.start(store, limits.cpu_deadline_ms, ticks, sliced)
         try:
             instance = linker.instantiate(store, component)
         except wasmtime.WasmtimeError as exc:
@@ -87,7 +92,7 @@ class WasmSandbox:
             if func is None:
                 raise GuestAbiError(f"the component does not export {name!r}")
             funcs[name] = func
-        return cls(store, funcs, limits, deadline_ticks, epoch_tick_ms)
+        return cls(store, funcs, limits, deadline_ticks, epoch_tick_ms, cpu_deadline)
 
     def init(self, config: bytes, state: bytes | None, *, slice_ms: int | None = None) -> None:
         error = self._call(slice_ms, "init", lambda f, s: call_init(f, s, config, state))
@@ -122,7 +127,7 @@ class WasmSandbox:
             raise GuestAbiError("the sandbox was closed")
         func = self._funcs[name]
         ticks, sliced = _ticks(self._deadline_ticks, slice_ms, self._epoch_tick_ms)
-        store.set_epoch_deadline(ticks)
+        self._cpu_deadline.start(store, self._limits.cpu_deadline_ms, ticks, sliced)
         try:
             result = call(func, store)
             func.post_return(store)
@@ -170,7 +175,7 @@ def _classify_trap(exc: wasmtime.WasmtimeError, export: str) -> GuestError:
         return GuestAbiError(
             f"guest {export} handed the host a malformed value: {cause}", guest_traceback=text
         )
-    if "interrupt" in text:
+    if "interrupt" in text or CPU_DEADLINE_MARKER in text:
         if any(name in text for name in _PYTHON_FRAMES):
             return CpuDeadlineExceeded(
                 f"guest {export} ran past the kind's CPU deadline (limits.cpu_deadline_ms); "
