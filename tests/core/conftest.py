@@ -434,6 +434,7 @@ async def open_core(
     max_delivery_attempts: int = 100,
     wall_clock: WallClock | None = None,
     cool_down_s: float = 10.0,
+    memory_cap_bytes: int | None = None,
 ) -> AsyncIterator[Core]:
     """The core on ``store``, with its delivery loop running; cancelled on exit.
 
@@ -467,6 +468,7 @@ async def open_core(
             max_resident=max_resident,
             max_in_flight=max_in_flight,
             cool_down_s=cool_down_s,
+            memory_cap_bytes=memory_cap_bytes,
         )
         dispatcher = Dispatcher(services, kinds, registry)
         pushes = Pushes()

@@ -84,6 +84,36 @@ async def test_a_new_activation_is_overloaded_when_every_resident_agent_is_busy(
             assert core.registry.resident == 2
 
 
+async def test_over_the_memory_cap_the_kind_that_fills_it_is_refused_not_its_neighbours(
+    clock: MockClock, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(300):
+        async with open_core(store, memory_cap_bytes=100) as core:
+            used = [0]
+            monkeypatch.setattr(core.registry._memory, "resident_bytes", lambda: used[0])
+            hog, small = ScriptedFactory(counter_or_sleep), ScriptedFactory(counter_or_sleep)
+            core.deploy(manifest("hog"), hog)
+            core.deploy(manifest("small"), small)
+            assert await core.send("small/idle", "count") == [1]  # idle: may be hibernated
+            async with trio.open_nursery() as nursery:
+                for name in ("a", "b", "c"):
+                    nursery.start_soon(core.send, f"hog/{name}", "sleep 100")
+                await wait_all_tasks_blocked()
+                used[0] = 200  # over the cap from now on
+                # Over the cap, the idle agent is hibernated to make room for one more hog.
+                nursery.start_soon(core.send, "hog/d", "sleep 100")
+                await wait_all_tasks_blocked()
+                assert resident(core, "idle", kind="small") == [False]
+                # The hog kind, with the most agents resident and none idle, is refused...
+                with pytest.raises(Overloaded, match="max_host_memory_bytes") as raised:
+                    await core.send("hog/e", "count")
+                assert "'hog'" in str(raised.value)
+                # ...not the kind beside it, whose agent comes back.
+                assert await core.send("small/idle", "count") == [2]
+                assert await core.send("small/new", "count") == [1]
+            assert hog.instantiations == 4
+
+
 async def test_max_in_flight_reached_is_overloaded(clock: MockClock, store: SqliteStore) -> None:
     with trio.fail_after(300):
         async with open_core(store, max_in_flight=2) as core:

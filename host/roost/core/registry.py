@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -193,12 +193,25 @@ class Registry:
                     retry_after_s=wait_s,
                 )
         cap = self._memory_cap_bytes
-        if cap is not None and self._memory.resident_bytes() > cap and not self._evict_one():
+        if (
+            cap is not None
+            and self._memory.resident_bytes() > cap
+            and not self._evict_one()
+            and self._holds_most(kind.name)
+        ):
             raise Overloaded(
                 f"the host uses {self._memory.resident_bytes() / 2**20:.0f} MiB, over its "
-                f"max_host_memory_bytes ({cap / 2**20:.0f} MiB), and no agent is idle",
+                f"max_host_memory_bytes ({cap / 2**20:.0f} MiB), no agent is idle, and kind "
+                f"{kind.name!r} has the most agents resident",
                 retry_after_s=1.0,
             )
+
+    def _holds_most(self, kind: str) -> bool:
+        """Whether ``kind`` has as many resident agents as any other kind: over the memory
+        cap, the kind that fills it is refused, not a kind beside it with a few agents
+        (which may well be the ones just hibernated to make room)."""
+        counts = Counter(address.kind for address in self._actors)
+        return counts[kind] >= max(counts.values(), default=0)
 
     def _evict_one(self) -> bool:
         """Hibernate the least recently used idle agent; False if none is idle."""
