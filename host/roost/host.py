@@ -350,9 +350,12 @@ class Host:
         on_reply: Callable[[Any], None] | None = None,
         on_token: Callable[[str], None] | None = None,
         timing: EventTiming | None = None,
+        admitted: bool = False,
     ) -> list[Any]:
         """Deliver a user message to ``kind/id`` and return the agent's replies once the
-        handler finished and every turn it took has committed.
+        handler finished and every turn it took has committed. A new message may be refused
+        (Overloaded) while the kind's events queue (:meth:`check_admission`; ``admitted``:
+        the caller has checked already).
 
         ``on_reply`` sees each reply as soon as the turn that produced it committed (for
         streaming). With ``idempotency_key``, a retry of a handled message returns the first
@@ -366,6 +369,7 @@ class Host:
             on_reply=on_reply,
             on_token=on_token,
             timing=timing,
+            admitted=admitted,
         )
 
     async def deliver(
@@ -378,12 +382,19 @@ class Host:
         on_reply: Callable[[Any], None] | None = None,
         on_token: Callable[[str], None] | None = None,
         timing: EventTiming | None = None,
+        admitted: bool = False,
     ) -> list[Any]:
-        """Deliver any event kind (``message``, ``timer``, ``agent``, ``continuation``).
+        """Deliver any event kind (``message``, ``timer``, ``agent``, ``continuation``) from
+        outside the host: refused (Overloaded) while the kind's events queue, unless
+        ``admitted`` (the caller ran :meth:`check_admission`). Events the host's agents
+        cause (asks, messages between agents, timers) are work already accepted: they are
+        not shed this way.
 
         A guest error's traceback names the agent's files by their real paths when the kind
         was deployed from a manifest with a ``source``."""
         address = _address(address)
+        if not admitted:
+            self._registry.check_admission(address.kind)
         try:
             return await self._dispatcher.deliver(
                 address,

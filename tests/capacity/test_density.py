@@ -16,7 +16,11 @@ AGENTS = 2_000
 async def test_two_thousand_resident_agents(
     host_config: Callable[..., HostConfig], echo_manifest: Manifest
 ) -> None:
-    config = host_config(max_resident_agents=AGENTS, max_activations_per_s=1e6)
+    # A burst far past what the host serves at once, on purpose: no activation rate and no
+    # queueing-delay admission (they would rightly shed it).
+    config = host_config(
+        max_resident_agents=AGENTS, max_activations_per_s=1e6, queue_target_ms=3_600_000
+    )
     async with open_host(config) as host:
         await host.deploy(echo_manifest)
         replies: dict[int, list[object]] = {}

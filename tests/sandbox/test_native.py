@@ -211,7 +211,11 @@ async def test_hundred_thousand_resident_native_agents(
     agents = 100_000
     echo = with_limits(c_echo_manifest, idle_timeout_s=24 * 3600)  # resident until the test ends
     async with open_host(
-        host_config(max_resident_agents=agents, max_activations_per_s=1e6)
+        # Woken in a burst far past what the host serves at once, on purpose: no activation
+        # rate and no queueing-delay admission (they would rightly shed the burst).
+        host_config(
+            max_resident_agents=agents, max_activations_per_s=1e6, queue_target_ms=3_600_000
+        )
     ) as host:
         await host.deploy(echo)
         await host.send("echo-c/0", "warm")

@@ -69,6 +69,7 @@ class MessageStream(Response):
                         idempotency_key=self._key,
                         on_reply=on_reply,
                         on_token=on_token,
+                        admitted=True,  # before its body was read (app._ShedOverload)
                     )
                 except RoostError as exc:
                     status = error_status(exc)

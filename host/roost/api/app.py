@@ -325,13 +325,14 @@ async def _deploy_kind(state: ApiState, request: Request) -> Response:
 async def _post_message(state: ApiState, request: Request) -> Response:
     address = _address(request)
     require_agent(state.credentials, _token(request), address)
-    state.host.check_admission(address.kind)  # refuse before reading anything if at capacity
     message = _message_of(await _read_json(request, state.settings.max_body_bytes))
     key = request.headers.get("idempotency-key")
     if "text/event-stream" in request.headers.get("accept", ""):
         return MessageStream(state, address, message, key)
     timing = EventTiming()
-    replies = await state.host.send(address, message, idempotency_key=key, timing=timing)
+    replies = await state.host.send(
+        address, message, idempotency_key=key, timing=timing, admitted=True
+    )  # admitted (or refused) before its body was read: _ShedOverload
     return _json(
         {"replies": replies, "agent": await agent_json(state, address)},
         headers={"Server-Timing": _server_timing(timing)},
@@ -556,7 +557,9 @@ async def _socket_message(
     try:
         state.host.check_admission(address.kind)
         body = from_json(text, what="frame")
-        await state.host.send(address, _message_of(body), on_reply=on_reply, on_token=on_token)
+        await state.host.send(
+            address, _message_of(body), on_reply=on_reply, on_token=on_token, admitted=True
+        )
     except RoostError as exc:
         out.send_nowait(to_json({"type": "error", **error_body(exc), "status": error_status(exc)}))
     else:

@@ -99,7 +99,7 @@ class Registry:
     async def deliver(self, address: AgentAddress, kind: Kind, envelope: Envelope) -> list[Any]:
         """Admit the event, post it to the agent's actor (activating it if needed) and
         wait for its outcome: the replies, or the error that failed it."""
-        self.check_admission(address.kind)
+        self.check_admission()  # host-wide only: the kind's queue is checked at the edge
         self._check_fence(address)
         cooling = self._cooling.get(address)
         if cooling is not None:

@@ -485,6 +485,7 @@ async def _agent_message(console: ConsoleState, request: Request) -> Response:
     if not isinstance(parsed, dict) or set(parsed) != {"message"}:
         raise InvalidMessage('expected a JSON object {"message": ...}')
     console.host.manifest(address.kind)  # an unknown kind is refused before streaming
+    console.host.check_admission(address.kind)  # the stream sends it as admitted
     return MessageStream(console.api, address, parsed["message"], None)
 
 
