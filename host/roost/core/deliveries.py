@@ -8,7 +8,9 @@ was read (``Handled.due_at``), so each occurrence is handled once even if it is 
 Rows being handled by this host right now (a message whose handler spans turns sits in
 the inbox meanwhile) are left alone.
 
-A delivery whose handler fails is retried with exponential back-off (1 s, 2 s, ... capped
+While a kind's events queue past its target (``core/admission.py``), its due deliveries
+are put off in memory like any transient refusal, not shed: a timer storm slows itself
+down. A delivery whose handler fails is retried with exponential back-off (1 s, 2 s, ... capped
 at a minute); the attempts are counted in the row, and after ``max_attempts`` the delivery
 moves to the agent's dead letters. Deliveries for kinds not deployed (yet) wait for the
 deployment, without counting attempts. Recurring timers that fell behind (the host was
@@ -168,6 +170,12 @@ class DeliveryLoop:
             await self._reschedule(delivery, None)
             return
         address = delivery.address
+        if not self._services.queue_delay.admit(address.kind):
+            # The kind's events queue: put this one off (retried, never dropped), as a new
+            # event from outside would be refused. A timer storm slows itself down.
+            raise Overloaded(
+                f"kind {address.kind!r} is at capacity (queue_target_ms)", retry_after_s=1.0
+            )
         await self._dispatcher.deliver(
             address,
             delivery.event_kind,
