@@ -19,6 +19,7 @@ import httpx
 import trio
 
 from ._lifetime import open_service_nursery
+from ._outbound import ShardedTransport
 from ._tracebacks import with_source_paths
 from .address import AgentAddress, validate_agent_id, validate_kind_name
 from .capabilities import HostServices, bind_capabilities, link_table
@@ -185,7 +186,7 @@ async def open_host(
             httpx.AsyncClient(
                 timeout=httpx.Timeout(60.0, connect=10.0),
                 follow_redirects=False,
-                transport=http_transport,
+                transport=http_transport or ShardedTransport(),
             )
         )
         async with open_service_nursery() as nursery:
