@@ -283,6 +283,8 @@ class TurnRunner:
                     executed = self._execute(call, turn, envelope, event_id, completion)
                     if executed[1] is not None:
                         services.store.commit(executed[1])
+                    if envelope.after_commit is not None and event_id in executed[0].done:
+                        envelope.after_commit()
                     return executed
 
                 output, commit, replies = await services.workers.run(
