@@ -439,10 +439,26 @@ def _settle_collector() -> None:
     walks. Objects of requests in flight (about 0.2 s each) that a middle-generation pass
     finds alive are promoted to the old generation and, once dead there, trigger the next
     full pass: middle passes every 50 young ones instead of 10, and a full pass at most
-    every 100 middle ones, make full passes minutes apart instead of seconds."""
+    every 100 middle ones, make full passes minutes apart instead of seconds.
+
+    What a full pass finds alive is frozen right after it: resident agents (about 55 tracked
+    objects each, mostly their actor's idle task) then cost the next full passes nothing, so
+    a pass walks only what was made since the last one (a few ms) instead of every resident
+    agent (about 0.5 s over 10,000). Frozen objects that die are still freed by their
+    reference counts; only a reference cycle among them would stay. A hibernating agent
+    leaves none: unfreezing and collecting after 10,000 agents hibernated found no cyclic
+    garbage."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(700, 50, 100)
+    if _freeze_after_full_pass not in gc.callbacks:
+        gc.callbacks.append(_freeze_after_full_pass)
+
+
+def _freeze_after_full_pass(phase: str, info: dict[str, int]) -> None:
+    """A ``gc`` callback: after a full pass, freeze what it found alive."""
+    if phase == "stop" and info.get("generation") == 2:
+        gc.freeze()
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
