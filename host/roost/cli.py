@@ -11,6 +11,7 @@
     roost token KIND ID [--ttl S] [--data-dir D]
     roost bench footprint|wake --agents N [--manifest M] [--json]
     roost bench telemetry [--turns N] [--rounds N] [--json]
+    roost bench density [--steps N,N] [--native-steps N,N | --python-only] [--step-s S] [--smoke]
     roost capacity [--json] [--plot FILE.png] [--density report.json [--force]] [inputs...]
     roost version
 
@@ -241,7 +242,17 @@ def _parser() -> argparse.ArgumentParser:
         "--steps",
         type=_step_list,
         metavar="N,N,...",
-        help="density: sessions per step (default 500,1000,1500,2000,2500,3000,4000)",
+        help="density: sessions per step of the Python tier (default 2000,3000,4000,5000,6000)",
+    )
+    bench.add_argument(
+        "--native-steps",
+        type=_step_list,
+        metavar="N,N,...",
+        help="density: sessions per step of the native tier (examples/chat_c; default "
+        "5000,10000,12500,15000)",
+    )
+    bench.add_argument(
+        "--python-only", action="store_true", help="density: leave the native tier out"
     )
     bench.add_argument(
         "--step-s", type=float, metavar="S", help="density: seconds measured per step"
@@ -683,6 +694,10 @@ def _cmd_density(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.steps:
         overrides["steps"] = args.steps
+    if args.native_steps:
+        overrides["native_steps"] = args.native_steps
+    if args.python_only:
+        overrides["native_steps"] = ()
     if args.step_s:
         overrides["step_s"] = args.step_s
     if args.manifest:
