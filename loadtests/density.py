@@ -261,19 +261,10 @@ def measure_wake(manifest: Path, agents: int) -> dict[str, Any]:
     if out.returncode != 0:
         raise RuntimeError(f"roost bench wake failed:\n{out.stderr.decode()[-2000:]}")
     figures = json.loads(out.stdout)
-    keys = (
-        "wake_us_p50",
-        "wake_us_p99",
-        "wake_instantiate_us_p50",
-        "first_turn_us_p50",
-        "instantiate_us_p50",
-        "turn_us_p50",
-        "pss_per_resident_agent_bytes",
-    )
     return {
         "agents": agents,
-        "manifest": str(manifest.relative_to(ROOT)),
-        **{k: figures[k] for k in keys if k in figures},
+        "manifest": _shown(manifest),
+        **{k: v for k, v in figures.items() if isinstance(v, int | float) and k != "agents"},
     }
 
 
@@ -591,6 +582,13 @@ def _read_line(stream: IO[str] | None) -> str:
 # -- report ---------------------------------------------------------------------------------
 
 
+def _shown(path: Path) -> str:
+    """A path as the report shows it: relative to the checkout, else its name (a report
+    says nothing about the machine's directories)."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+
+
 def _tier_report(tier: Tier, kind: str, steps: list[Step], wake: dict[str, Any]) -> dict[str, Any]:
     good = [s for s in steps if s.slo_met]
     last_good = good[-1] if good else None
@@ -598,9 +596,7 @@ def _tier_report(tier: Tier, kind: str, steps: list[Step], wake: dict[str, Any])
     return {
         "tier": tier.name,
         "kind": kind,
-        "manifest": str(
-            tier.manifest.relative_to(ROOT) if tier.manifest.is_relative_to(ROOT) else tier.manifest
-        ),
+        "manifest": _shown(tier.manifest),
         "sessions_per_core": last_good.sessions if last_good else 0,
         "rss_per_session_bytes": (
             max(
@@ -659,7 +655,7 @@ def _report(
             },
         },
         "settings": {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()
+            k: (_shown(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()
         },
         "machine": {
             "cpu_count": os.cpu_count(),
@@ -748,13 +744,12 @@ def _write_outputs(out_dir: Path, report: dict[str, Any]) -> None:
                 f"{'yes' if s['slo_met'] else 'no'} |"
             )
         wake = t["wake"]
+        shown = ("wake_us_p50", "wake_us_p99", "wake_instantiate_us_p50", "turn_us_p50")
         lines += [
             "",
             f"Wake ({wake['agents']} hibernated agents, one at a time): "
             + f"`{wake['manifest']}`, "
-            + ", ".join(
-                f"{k} {v:,.0f}" for k, v in wake.items() if k not in ("agents", "manifest")
-            ),
+            + ", ".join(f"{k} {wake[k]:,.0f}" for k in shown if k in wake),
         ]
     b = report["baseline"]
     lines += [
