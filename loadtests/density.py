@@ -1,18 +1,22 @@
 """``roost bench density``: sessions per core at the latency SLO, measured.
 
-The harness starts the *simulated* LLM and a ``roost serve`` host pinned to one core, then
-ramps chat sessions in steps with locust (headless) pinned to the other core. Each session
-owns one agent, sends a message, waits for the reply and thinks at human pace. At each step
-it records throughput, host-added latency (each reply's time minus the time its agent
-waited on the simulated LLM, from the host's ``Server-Timing`` header), errors, the host's
-CPU share and memory, and resident/hibernated agents. It stops at the first step that
-breaks the SLO (p99 host-added latency over 100 ms, or any error) and
-reports the last good step as sessions per core.
+The harness starts the *simulated* LLM, then for each guest tier (the Python chat agent and
+a native one in C) ramps chat sessions in steps with locust (headless) pinned to one core,
+against a fresh ``roost serve`` host pinned to the other (one host per step, so a step's
+memory is its own sessions'). Each session owns one agent, sends a message, waits for the
+reply and thinks at human pace. At each step it records throughput, host-added latency
+(each reply's time minus the time its agent waited on the simulated LLM, from the host's
+``Server-Timing`` header), errors, the host's CPU share, CPU per message and memory, full
+garbage-collector pauses, and resident/hibernated agents. A tier stops at its first step
+that breaks the SLO (p99 host-added latency over 100 ms, or any error) and reports its last
+good step as sessions per core. Each tier's wake latency is ``roost bench wake``'s, on the
+host's core.
 
 In the same run it measures the baseline: the same agent logic as one OS process per
 session, for memory per session and start time, so the report gives ratios.
 
-Outputs: ``density.json`` (the report ``roost capacity --density`` reads), ``density.md``
+Outputs: ``density.json`` (the report ``roost capacity --density`` reads: its top-level
+figures are the first tier's, the Python one; ``tiers`` holds every tier's), ``density.md``
 and ``density.png`` in the output directory.
 """
 
@@ -42,17 +46,40 @@ from roost.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = ROOT / "loadtests" / "agents" / "chat" / "agent.toml"
+NATIVE_MANIFEST = ROOT / "examples" / "chat_c" / "agent.toml"
+WAKE_MANIFESTS = {
+    "python": ROOT / "examples" / "echo" / "agent.toml",
+    "native": ROOT / "examples" / "echo_c" / "agent.toml",
+}
+"""The agents whose wake latency is reported per tier: the echo examples, whose turn is
+trivial and calls no model, so a wake is the host's own cost (loading the state,
+instantiating, the guest's init, one turn, its commit)."""
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 SLO_P99_MS = 100.0
-FULL_STEPS = (500, 1000, 1500, 2000, 2500, 3000, 4000)
+FULL_STEPS = (2000, 3000, 4000, 5000, 6000)
+NATIVE_STEPS = (5000, 10000, 12500, 15000)
 SMOKE_STEPS = (10, 20)
 HOST_CORE = 0
 LOAD_CORE = 1
+WAKE_AGENTS = 1000
+"""Agents ``roost bench wake`` wakes one at a time for each tier's wake latency."""
+
+
+@dataclass(frozen=True)
+class Tier:
+    """One guest tier: its chat agent and the session counts to step through."""
+
+    name: str
+    manifest: Path
+    steps: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class DensitySettings:
     steps: tuple[int, ...] = FULL_STEPS
+    """Steps of the Python tier (the first)."""
+    native_steps: tuple[int, ...] = NATIVE_STEPS
+    """Steps of the native tier; empty leaves it out."""
     step_s: float = 90.0
     """Measured time per step, after the ramp."""
     ramp_s: float = 30.0
@@ -64,11 +91,29 @@ class DensitySettings:
     """p99 host-added latency a step must stay under (the smoke run only checks plumbing,
     on whatever machine runs it, so it uses a loose one)."""
     manifest: Path = DEFAULT_MANIFEST
+    """The first tier's agent (the Python chat agent unless given)."""
+    native_manifest: Path = NATIVE_MANIFEST
+    wake_agents: int = WAKE_AGENTS
     out_dir: Path = Path("density-report")
+
+    @property
+    def tiers(self) -> tuple[Tier, ...]:
+        first = Tier(_tier_of(self.manifest), self.manifest, self.steps)
+        if not self.native_steps:
+            return (first,)
+        return (first, Tier("native", self.native_manifest, self.native_steps))
+
+
+def _tier_of(manifest: Path) -> str:
+    source = load_manifest(manifest).source
+    return "python" if source is None or source.suffix == ".py" else "native"
 
 
 SMOKE = DensitySettings(
     steps=SMOKE_STEPS,
+    native_steps=SMOKE_STEPS,
+    wake_agents=20,
+    slo_p99_ms=5000.0,
     step_s=8.0,
     ramp_s=3.0,
     think_min_s=0.5,
@@ -101,8 +146,14 @@ class Step:
     """Full passes of the host's garbage collector during the measured window..."""
     full_gc_pause_s: float
     """...and the seconds they paused it (every request in flight waits)."""
+    host_cpu_ms_per_message: float
+    """Host CPU time per message handled (request, both turns, the LLM call, commits)."""
     host_rss_bytes: int
     host_pss_bytes: int
+    host_idle_rss_bytes: int
+    """The host's RSS before the step's sessions started (kind deployed, no agent)..."""
+    host_idle_pss_bytes: int
+    """...and its PSS: memory per session is the growth over these, per session."""
     resident_agents: int
     hibernated_agents: int
     slo_met: bool
@@ -116,8 +167,7 @@ def run_density(settings: DensitySettings, progress: Progress) -> dict[str, Any]
     """Run the whole measurement; returns the report (also written to ``out_dir``)."""
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     config = load_config()
-    manifest = ensure_component(load_manifest(settings.manifest), cache_dir=config.cache_dir)
-    progress(f"built {manifest.name}; starting the simulated LLM and the host")
+    tiers: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="roost-density-") as tmp:
         work = Path(tmp)
         llm_proc, llm_url = _start(
@@ -135,44 +185,87 @@ def run_density(settings: DensitySettings, progress: Progress) -> dict[str, Any]
             log=work / "llm.log",
         )
         try:
-            env = {
-                "ROOST_LLM_BASE_URL": f"{llm_url}/v1",
-                "ROOST_MAX_RESIDENT_AGENTS": str(max(settings.steps) * 2),
-                "ROOST_MAX_IN_FLIGHT": "100000",
-                "ROOST_MAX_ACTIVATIONS_PER_S": "100000",
-                "ROOST_CACHE_DIR": str(config.cache_dir),
-            }
-            host_proc, host_url = _start(
-                [
-                    sys.executable,
-                    "-m",
-                    "roost.cli",
-                    "serve",
-                    "--dev",
-                    "--port",
-                    "0",
-                    "--data-dir",
-                    str(work / "data"),
-                    "--deploy",
-                    str(settings.manifest),
-                ],
-                "listening on ",
-                core=HOST_CORE,
-                env=env,
-                log=work / "host.log",
-            )
-            try:
-                steps = _ramp(settings, manifest.name, host_proc, host_url, work, progress)
-            finally:
-                _stop(host_proc)
+            for tier in settings.tiers:
+                manifest = ensure_component(
+                    load_manifest(tier.manifest), cache_dir=config.cache_dir
+                )
+                progress(f"{tier.name} tier: built {manifest.name}")
+                steps = _ramp(settings, tier, manifest.name, llm_url, work, progress)
+                progress(f"{tier.name} tier: waking {settings.wake_agents} agents one at a time")
+                wake = measure_wake(WAKE_MANIFESTS[tier.name], settings.wake_agents)
+                tiers.append(_tier_report(tier, manifest.name, steps, wake))
         finally:
             _stop(llm_proc)
     progress("measuring the process-per-session baseline")
     baseline = measure_baseline(settings.baseline_sessions)
-    report = _report(settings, steps, baseline)
+    report = _report(settings, tiers, baseline)
     _write_outputs(settings.out_dir, report)
     progress(f"wrote {settings.out_dir / 'density.json'}, density.md and density.png")
     return report
+
+
+def _start_host(
+    settings: DensitySettings, tier: Tier, sessions: int, llm_url: str, work: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    config = load_config()
+    env = {
+        "ROOST_LLM_BASE_URL": f"{llm_url}/v1",
+        "ROOST_MAX_RESIDENT_AGENTS": str(sessions * 2),
+        "ROOST_MAX_IN_FLIGHT": "100000",
+        "ROOST_MAX_ACTIVATIONS_PER_S": "100000",
+        "ROOST_CACHE_DIR": str(config.cache_dir),
+    }
+    data = work / f"data-{tier.name}-{sessions}"
+    return _start(
+        [
+            sys.executable,
+            "-m",
+            "roost.cli",
+            "serve",
+            "--dev",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data),
+            "--deploy",
+            str(tier.manifest),
+        ],
+        "listening on ",
+        core=HOST_CORE,
+        env=env,
+        log=work / f"host-{tier.name}-{sessions}.log",
+    )
+
+
+def measure_wake(manifest: Path, agents: int) -> dict[str, Any]:
+    """``roost bench wake`` for ``manifest`` on the host's core: activation and wake
+    latencies, one agent at a time."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "roost.cli",
+            "bench",
+            "wake",
+            "--agents",
+            str(agents),
+            "--manifest",
+            str(manifest),
+            "--json",
+        ],
+        capture_output=True,
+        preexec_fn=_pin(HOST_CORE),
+        cwd=ROOT,
+        timeout=1800,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"roost bench wake failed:\n{out.stderr.decode()[-2000:]}")
+    figures = json.loads(out.stdout)
+    return {
+        "agents": agents,
+        "manifest": _shown(manifest),
+        **{k: v for k, v in figures.items() if isinstance(v, int | float) and k != "agents"},
+    }
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -227,28 +320,32 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def _ramp(
     settings: DensitySettings,
+    tier: Tier,
     kind: str,
-    host_proc: subprocess.Popen[bytes],
-    url: str,
+    llm_url: str,
     work: Path,
     progress: Progress,
 ) -> list[Step]:
-    host = psutil.Process(host_proc.pid)
     steps: list[Step] = []
-    offset = 0
-    for sessions in settings.steps:
+    for sessions in tier.steps:
         progress(
             f"step: {sessions} sessions (ramp {settings.ramp_s:.0f}s, "
             f"measure {settings.step_s:.0f}s)"
         )
-        step = _run_step(settings, kind, sessions, offset, host, url, work)
-        offset += sessions  # fresh agents each step: every step pays its activations
+        # A fresh host for every step: its sessions' agents are all it holds.
+        host_proc, url = _start_host(settings, tier, sessions, llm_url, work)
+        try:
+            host = psutil.Process(host_proc.pid)
+            step = _run_step(settings, kind, sessions, 0, host, url, work)
+        finally:
+            _stop(host_proc)
         steps.append(step)
         progress(
             f"  {step.throughput_rps:.1f} req/s, host-added p50 {step.host_added_p50_ms:.0f} ms "
             f"p99 {step.host_added_p99_ms:.0f} ms, errors {step.errors}, host CPU "
             f"{step.host_cpu_share:.0%}, load core {step.load_core_busy:.0%}, "
             f"first message p50 {step.first_message_p50_ms:.0f} ms, "
+            f"{step.host_cpu_ms_per_message:.2f} ms CPU per message, "
             f"full GC {step.full_gc_pauses} ({step.full_gc_pause_s * 1000:.0f} ms), "
             f"PSS {step.host_pss_bytes / 2**20:.0f} MiB"
             + ("" if step.slo_met else "  <- breaks the SLO")
@@ -267,7 +364,7 @@ def _run_step(
     url: str,
     work: Path,
 ) -> Step:
-    prefix = work / f"step-{sessions}"
+    prefix = work / f"step-{kind}-{sessions}"
     env = {
         **os.environ,
         "ROOST_LOAD_KIND": kind,
@@ -276,6 +373,7 @@ def _run_step(
         "ROOST_LOAD_USER_OFFSET": str(offset),
     }
     run_time = settings.ramp_s + settings.think_max_s + settings.step_s
+    idle = host.memory_full_info()
     cmd = [
         sys.executable,
         "-m",
@@ -300,7 +398,7 @@ def _run_step(
         "--loglevel",
         "WARNING",
     ]
-    with (work / f"locust-{sessions}.log").open("wb") as log:
+    with (work / f"locust-{kind}-{sessions}.log").open("wb") as log:
         locust = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_pin(LOAD_CORE), cwd=ROOT
         )
@@ -322,6 +420,7 @@ def _run_step(
         host_p50, host_p99 = max(0.0, p50 - sim_ms), max(0.0, p99 - sim_ms)
         host_added_from = "set latency"
     notes = _failure_samples(prefix)
+    cpu_share = (cpu_after - cpu_before) / max(wall_after - wall_before, 1e-9)
     if locust.returncode not in (0, 1):
         notes.append(f"locust exited with {locust.returncode}")
     return Step(
@@ -335,12 +434,17 @@ def _run_step(
         host_added_p99_ms=host_p99,
         host_added_from=host_added_from,
         first_message_p50_ms=stats["first_p50_ms"],
-        host_cpu_share=(cpu_after - cpu_before) / max(wall_after - wall_before, 1e-9),
+        host_cpu_share=cpu_share,
+        host_cpu_ms_per_message=(
+            round(cpu_share / stats["rps"] * 1000, 3) if stats["rps"] else 0.0
+        ),
         load_core_busy=_busy_share(load_before, load_after),
         full_gc_pauses=int(_delta(metrics, gc_before, "roost_gc_pause_seconds_count")),
         full_gc_pause_s=_delta(metrics, gc_before, "roost_gc_pause_seconds_sum"),
         host_rss_bytes=int(memory.rss),
         host_pss_bytes=int(getattr(memory, "pss", memory.rss)),
+        host_idle_rss_bytes=int(idle.rss),
+        host_idle_pss_bytes=int(getattr(idle, "pss", idle.rss)),
         resident_agents=int(metrics.get("roost_agents_resident", 0)),
         hibernated_agents=int(metrics.get("roost_agents_hibernated", 0)),
         slo_met=stats["failures"] == 0
@@ -478,25 +582,62 @@ def _read_line(stream: IO[str] | None) -> str:
 # -- report ---------------------------------------------------------------------------------
 
 
-def _report(
-    settings: DensitySettings, steps: list[Step], baseline: dict[str, Any]
-) -> dict[str, Any]:
+def _shown(path: Path) -> str:
+    """A path as the report shows it: relative to the checkout, else its name (a report
+    says nothing about the machine's directories)."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+
+
+def _tier_report(tier: Tier, kind: str, steps: list[Step], wake: dict[str, Any]) -> dict[str, Any]:
     good = [s for s in steps if s.slo_met]
     last_good = good[-1] if good else None
-    sessions_per_core = last_good.sessions if last_good else 0
-    pss_per_session = round(last_good.host_pss_bytes / last_good.sessions) if last_good else None
-    rss_per_session = round(last_good.host_rss_bytes / last_good.sessions) if last_good else None
     broken = next((s for s in steps if not s.slo_met), None)
     return {
-        "sessions_per_core": sessions_per_core,
-        "rss_per_session_bytes": rss_per_session,
-        "pss_per_session_bytes": pss_per_session,
+        "tier": tier.name,
+        "kind": kind,
+        "manifest": _shown(tier.manifest),
+        "sessions_per_core": last_good.sessions if last_good else 0,
+        "rss_per_session_bytes": (
+            max(
+                1,
+                round(
+                    (last_good.host_rss_bytes - last_good.host_idle_rss_bytes) / last_good.sessions
+                ),
+            )
+            if last_good
+            else None
+        ),
+        "pss_per_session_bytes": (
+            max(
+                1,
+                round(
+                    (last_good.host_pss_bytes - last_good.host_idle_pss_bytes) / last_good.sessions
+                ),
+            )
+            if last_good
+            else None
+        ),
         "events_per_session_per_s": (
             round(last_good.throughput_rps / last_good.sessions, 4) if last_good else None
         ),
-        "slo": {"host_added_p99_ms": settings.slo_p99_ms, "errors": 0},
+        "host_cpu_ms_per_message": last_good.host_cpu_ms_per_message if last_good else None,
         "limit": _limit_reason(broken, steps),
+        "wake": wake,
         "steps": [asdict(s) for s in steps],
+    }
+
+
+def _report(
+    settings: DensitySettings, tiers: list[dict[str, Any]], baseline: dict[str, Any]
+) -> dict[str, Any]:
+    first = tiers[0]
+    pss_per_session = first["pss_per_session_bytes"]
+    return {
+        # The first (Python) tier's figures, for roost capacity --density.
+        **{k: v for k, v in first.items() if k not in ("wake",)},
+        "slo": {"host_added_p99_ms": settings.slo_p99_ms, "errors": 0},
+        "tiers": tiers,
         "baseline": baseline,
         "ratios": {
             "memory_per_session": (
@@ -504,9 +645,17 @@ def _report(
                 if pss_per_session
                 else None
             ),
+            **{
+                f"memory_per_session_{t['tier']}": (
+                    round(baseline["pss_per_session_bytes"] / t["pss_per_session_bytes"], 1)
+                    if t["pss_per_session_bytes"]
+                    else None
+                )
+                for t in tiers
+            },
         },
         "settings": {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()
+            k: (_shown(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()
         },
         "machine": {
             "cpu_count": os.cpu_count(),
@@ -552,35 +701,67 @@ def _limit_reason(broken: Step | None, steps: list[Step]) -> str:
 
 def _write_outputs(out_dir: Path, report: dict[str, Any]) -> None:
     (out_dir / "density.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [
-        "# Density report",
+    slo = report["slo"]["host_added_p99_ms"]
+    lines = ["# Density report", ""]
+    if report["smoke"]:
+        lines += ["**Smoke run**: checks the harness works; it measures no capacity.", ""]
+    lines += [
+        f"Sessions per core at the SLO (p99 host-added <= {slo:.0f} ms, no errors), one host "
+        "pinned to one core:",
         "",
-        f"Sessions per core at the SLO (p99 host-added <= "
-        f"{report['slo']['host_added_p99_ms']:.0f} ms, no errors): "
-        f"**{report['sessions_per_core']}**",
-        f"Limit: {report['limit']}",
-        "",
-        "| sessions | req/s | p50 host-added ms | p99 host-added ms | errors | host CPU | "
-        "load core | first message p50 ms | full GC pauses | host PSS MiB | resident | "
-        "within SLO |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| tier | agent | sessions per core | CPU per message | PSS per session | wake p50 | "
+        "limit |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for s in report["steps"]:
+    for t in report["tiers"]:
+        cpu = t["host_cpu_ms_per_message"]
+        pss = t["pss_per_session_bytes"]
+        wake = t["wake"].get("wake_us_p50")
         lines.append(
-            f"| {s['sessions']} | {s['throughput_rps']:.1f} | {s['host_added_p50_ms']:.0f} | "
-            f"{s['host_added_p99_ms']:.0f} | {s['errors']} | {s['host_cpu_share']:.0%} | "
-            f"{s['load_core_busy']:.0%} | {s['first_message_p50_ms']:.0f} | "
-            f"{s['full_gc_pauses']} ({s['full_gc_pause_s'] * 1000:.0f} ms) | "
-            f"{s['host_pss_bytes'] / 2**20:.0f} | {s['resident_agents']} | "
-            f"{'yes' if s['slo_met'] else 'no'} |"
+            f"| {t['tier']} | `{t['manifest']}` | **{t['sessions_per_core']}** | "
+            f"{'-' if cpu is None else f'{cpu:.2f} ms'} | "
+            f"{'-' if pss is None else f'{pss / 2**20:.2f} MiB'} | "
+            f"{'-' if wake is None else f'{wake:,.0f} us'} | {t['limit']} |"
         )
+    for t in report["tiers"]:
+        lines += [
+            "",
+            f"## {t['tier']} tier (`{t['manifest']}`)",
+            "",
+            "| sessions | req/s | p50 host-added ms | p99 host-added ms | errors | host CPU | "
+            "CPU ms per message | load core | first message p50 ms | full GC pauses | "
+            "host PSS MiB | resident | within SLO |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for s in t["steps"]:
+            lines.append(
+                f"| {s['sessions']} | {s['throughput_rps']:.1f} | {s['host_added_p50_ms']:.0f} | "
+                f"{s['host_added_p99_ms']:.0f} | {s['errors']} | {s['host_cpu_share']:.0%} | "
+                f"{s['host_cpu_ms_per_message']:.2f} | {s['load_core_busy']:.0%} | "
+                f"{s['first_message_p50_ms']:.0f} | "
+                f"{s['full_gc_pauses']} ({s['full_gc_pause_s'] * 1000:.0f} ms) | "
+                f"{s['host_pss_bytes'] / 2**20:.0f} | {s['resident_agents']} | "
+                f"{'yes' if s['slo_met'] else 'no'} |"
+            )
+        wake = t["wake"]
+        shown = ("wake_us_p50", "wake_us_p99", "wake_instantiate_us_p50", "turn_us_p50")
+        lines += [
+            "",
+            f"Wake ({wake['agents']} hibernated agents, one at a time): "
+            + f"`{wake['manifest']}`, "
+            + ", ".join(f"{k} {wake[k]:,.0f}" for k in shown if k in wake),
+        ]
     b = report["baseline"]
     lines += [
         "",
         f"Baseline ({b['model']}, {b['sessions']} sessions): "
         f"{b['pss_per_session_bytes'] / 2**20:.1f} MiB PSS per session, "
         f"start {b['start_ms']} ms.",
-        f"Memory ratio (baseline / host, per session): {report['ratios']['memory_per_session']}",
+        "Memory ratio (baseline / host, per session): "
+        + ", ".join(
+            f"{t['tier']} {report['ratios'].get('memory_per_session_' + t['tier'])}"
+            for t in report["tiers"]
+        ),
     ]
     (out_dir / "density.md").write_text("\n".join(lines) + "\n")
     _plot(out_dir / "density.png", report)
@@ -592,25 +773,57 @@ def _plot(path: Path, report: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = report["steps"]
-    sessions = [s["sessions"] for s in steps]
-    fig, left = plt.subplots(figsize=(7, 4))
-    left.plot(sessions, [s["host_added_p99_ms"] for s in steps], "o-", label="p99 host-added ms")
-    left.plot(sessions, [s["host_added_p50_ms"] for s in steps], "o--", label="p50 host-added ms")
-    left.axhline(report["slo"]["host_added_p99_ms"], color="red", linewidth=0.8, label="SLO")
-    left.set_xlabel("sessions (one core)")
-    left.set_ylabel("latency added by the host (ms)")
+    fig, left = plt.subplots(figsize=(9, 5))
     right = left.twinx()
-    right.plot(
-        sessions,
-        [s["host_pss_bytes"] / 2**20 for s in steps],
-        "s:",
-        color="gray",
-        label="host PSS MiB",
-    )
+    colours = {"python": "tab:blue", "native": "tab:orange"}
+    for t in report["tiers"]:
+        steps = t["steps"]
+        sessions = [s["sessions"] for s in steps]
+        colour = colours.get(t["tier"], "tab:green")
+        left.plot(
+            sessions,
+            [s["host_added_p99_ms"] for s in steps],
+            "o-",
+            color=colour,
+            label=f"{t['tier']}: p99 host-added (ms)",
+        )
+        left.plot(
+            sessions,
+            [s["host_added_p50_ms"] for s in steps],
+            "o--",
+            color=colour,
+            alpha=0.6,
+            label=f"{t['tier']}: p50 host-added (ms)",
+        )
+        right.plot(
+            sessions,
+            [s["host_pss_bytes"] / 2**20 for s in steps],
+            "s:",
+            color=colour,
+            alpha=0.6,
+            label=f"{t['tier']}: host memory (PSS, MiB)",
+        )
+    slo = report["slo"]["host_added_p99_ms"]
+    left.axhline(slo, color="red", linewidth=1, label=f"SLO: p99 host-added <= {slo:.0f} ms")
+    left.set_yscale("log")
+    left.set_xlabel("concurrent chat sessions on one core")
+    left.set_ylabel("latency added by the host (ms, log scale)")
     right.set_ylabel("host memory (MiB, PSS)")
-    left.legend(loc="upper left")
-    left.set_title("Roost density: latency and memory against sessions")
+    b = report["baseline"]
+    handles, labels = left.get_legend_handles_labels()
+    more_handles, more_labels = right.get_legend_handles_labels()
+    left.legend(
+        handles + more_handles,
+        labels + more_labels,
+        loc="upper left",
+        fontsize=7,
+        title=f"process per session: {b['pss_per_session_bytes'] / 2**20:.1f} MiB each",
+        title_fontsize=7,
+    )
+    title = "Roost density: host-added latency and memory against sessions per core"
+    if report["smoke"]:
+        title = "SMOKE RUN (checks the harness, measures no capacity)\n" + title
+    left.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -254,3 +255,21 @@ def test_a_test_file_beside_an_agent_does_not_rebuild_it(
     assert code == 0
     # The echo example was built already; a test file beside a copy of it changes nothing.
     assert capsys.readouterr().out == f"built {tmp_path / 'echo.wasm'} (cached)\n"
+
+
+def test_serving_freezes_what_each_full_collection_finds_alive() -> None:
+    from roost import cli
+
+    threshold = gc.get_threshold()
+    cli._settle_collector()
+    try:
+        kept = [[n] for n in range(1000)]  # tracked objects that outlive the next pass
+        frozen = gc.get_freeze_count()
+        gc.collect()  # a full pass: what it found alive is frozen after it
+        assert gc.get_freeze_count() >= frozen + len(kept)
+        gc.collect(1)  # a younger pass does not freeze
+        assert cli._freeze_after_full_pass in gc.callbacks
+    finally:
+        gc.callbacks.remove(cli._freeze_after_full_pass)
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

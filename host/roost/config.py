@@ -265,6 +265,10 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_TOKEN_TTL_S = 24 * 3600
 DEFAULT_GRACEFUL_TIMEOUT_S = 30.0
 DEFAULT_SSE_KEEPALIVE_S = 15.0
+DEFAULT_KEEP_ALIVE_TIMEOUT_S = 75.0
+"""Longer than a chat user's pause between messages (the density load test thinks 10 to
+30 s), as nginx's default (75 s): a session's messages share one connection instead of
+each paying a new one (hypercorn's own default, 5 s, closed nearly every one)."""
 
 
 class ServerConfig(BaseSettings):
@@ -286,6 +290,8 @@ class ServerConfig(BaseSettings):
     """Largest request body accepted (413 past it); deploy uploads may be 64x larger."""
     graceful_timeout_s: float = Field(DEFAULT_GRACEFUL_TIMEOUT_S, ge=0)
     """How long shutdown waits for in-flight requests after the first signal."""
+    keep_alive_timeout_s: float = Field(DEFAULT_KEEP_ALIVE_TIMEOUT_S, gt=0)
+    """How long an idle client connection is kept open for its next request."""
     default_token_ttl_s: int = Field(DEFAULT_TOKEN_TTL_S, ge=1)
     sse_keepalive_s: float = Field(DEFAULT_SSE_KEEPALIVE_S, gt=0)
     """A message's event stream sends a ``: keep-alive`` comment when it had nothing to

@@ -19,6 +19,7 @@ import httpx
 import trio
 
 from ._lifetime import open_service_nursery
+from ._outbound import ShardedTransport
 from ._tracebacks import with_source_paths
 from .address import AgentAddress, validate_agent_id, validate_kind_name
 from .capabilities import HostServices, bind_capabilities, link_table
@@ -185,7 +186,7 @@ async def open_host(
             httpx.AsyncClient(
                 timeout=httpx.Timeout(60.0, connect=10.0),
                 follow_redirects=False,
-                transport=http_transport,
+                transport=http_transport or ShardedTransport(),
             )
         )
         async with open_service_nursery() as nursery:
@@ -439,14 +440,55 @@ class Host:
         if source is not None and exc.guest_traceback:
             exc.guest_traceback = with_source_paths(exc.guest_traceback, source.parent)
 
+    async def send_with_status(
+        self,
+        address: AgentAddress | str,
+        message: Any,
+        *,
+        idempotency_key: str | None = None,
+        timing: EventTiming | None = None,
+        admitted: bool = False,
+    ) -> tuple[list[Any], AgentStatus]:
+        """:meth:`send` (``admitted`` as there), then :meth:`agent_status` as the handler
+        left it. The status is read on the thread of the handler's final commit, right after
+        it, when that is where it committed (one worker-thread trip fewer per message)."""
+        address = _address(address)
+        if not admitted:
+            self._registry.check_admission(address.kind)
+        day = utc_day(self._services.clock.now())  # on the loop: the clock may be trio's
+        read: list[_StoredStatus] = []
+
+        def after_commit() -> None:
+            try:
+                read.append(self._read_status(address, day))
+            except Exception:  # the commit stands: read it again below
+                logger.debug("status read after the commit failed", exc_info=True)
+
+        try:
+            replies = await self._dispatcher.deliver(
+                address,
+                "message",
+                message,
+                idempotency_key=idempotency_key,
+                timing=timing,
+                after_commit=after_commit,
+            )
+        except GuestError as exc:
+            self._point_home(address, exc)
+            raise
+        if not read:
+            return replies, await self.agent_status(address)
+        return replies, self._status(address, read[-1])
+
     async def agent_status(self, address: AgentAddress | str) -> AgentStatus:
         """What the host keeps about one agent. Agents are virtual: one that never handled
         an event has zero turns."""
         address = _address(address)
         day = utc_day(self._services.clock.now())
-        record, usage, deliveries, dead, approvals = await self._stores.run(
-            self._read_status, address, day
-        )
+        return self._status(address, await self._stores.run(self._read_status, address, day))
+
+    def _status(self, address: AgentAddress, stored: _StoredStatus) -> AgentStatus:
+        record, usage, deliveries, dead, approvals = stored
         actor = self._registry.actor(address)
         return AgentStatus(
             address=str(address),
@@ -467,9 +509,7 @@ class Host:
             approvals=tuple(ApprovalInfo.of(a) for a in approvals if a.decision is None),
         )
 
-    def _read_status(
-        self, address: AgentAddress, day: str
-    ) -> tuple[AgentRecord | None, Usage, list[Delivery], int, list[Approval]]:
+    def _read_status(self, address: AgentAddress, day: str) -> _StoredStatus:
         """The agent's record, its usage on ``day``, its deliveries, how many dead letters
         it has and its approvals, in one worker-thread trip."""
         store = self.store
@@ -760,6 +800,9 @@ _SHARED_RECHECK_S = 1.0
 second (one indexed query per host)."""
 
 T = TypeVar("T")
+_StoredStatus = tuple[AgentRecord | None, Usage, list[Delivery], int, list[Approval]]
+"""What the store holds about an agent for its status: record, usage today, deliveries,
+dead letters, approvals."""
 
 
 def _check_host_maxima(manifest: Manifest, config: HostConfig) -> None:

@@ -146,3 +146,24 @@ async def test_a_thousand_pending_llm_calls_do_not_hold_threads(
                 nursery.start_soon(chat, i)
         assert done == 1_000
         assert peak_threads < 64
+
+
+async def test_send_with_status_reads_the_status_the_final_commit_left(
+    host_config: Callable[..., HostConfig], caller_manifest: Manifest
+) -> None:
+    # The status is read on the worker thread of the handler's final commit (one trip fewer
+    # per message than send, then agent_status); it says what agent_status says after it.
+    async with (
+        sim_llm(completion_tokens=3) as server,
+        caller_host(host_config, caller_manifest, llm_base_url=server.url) as host,
+    ):
+        for turns in (2, 4):
+            replies, status = await host.send_with_status(
+                "caller/a", {"op": "chat", "text": "hello"}
+            )
+            assert len(replies) == 1
+            assert status == await host.agent_status("caller/a")
+            assert status.turns == turns  # the message's turn and the llm result's
+            assert status.resident
+            assert status.inbox == 0  # the final commit took the message out of the inbox
+            assert status.usage_today.llm_output_tokens == 3 * turns // 2

@@ -150,8 +150,9 @@ def test_bounds_follow_their_formulas() -> None:
 @pytest.mark.parametrize(
     ("changes", "binding"),
     [
-        ({}, "memory"),
-        ({"resident_share": 0.1}, "cpu"),
+        ({}, "store"),  # the measured SQLite rate, one store per machine
+        ({"store_write_iops": 1e6}, "memory"),
+        ({"resident_share": 0.1, "store_write_iops": 1e6}, "cpu"),
         ({"cpu_ms_per_event": 20.0}, "cpu"),
         ({"store_write_iops": 5_000}, "store"),
         ({"resident_share": 0.1, "writes_per_event": 10.0}, "store"),
@@ -168,7 +169,7 @@ def test_bottleneck_switches_with_the_inputs(changes: dict[str, Any], binding: s
 def test_the_table_prints_all_three_bounds_and_marks_the_binding_one(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code, out, _ = _run(capsys, "--resident-share", "10%")
+    code, out, _ = _run(capsys, "--resident-share", "10%", "--store-write-iops", "1000000")
     assert code == 0
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
     assert set(lines) >= {"memory", "cpu", "store"}

@@ -17,14 +17,20 @@ from roost.capacity import parse_density_report, smoke_reason
 def test_density_smoke_run_produces_a_report_capacity_reads(tmp_path: Path) -> None:
     lines: list[str] = []
     report = run_density(dataclasses.replace(SMOKE, out_dir=tmp_path), lines.append)
-    assert [s["sessions"] for s in report["steps"]] == list(SMOKE.steps), report["steps"]
-    for step in report["steps"]:
-        assert step["requests"] > 0
-        assert step["errors"] == 0, step["notes"]
-        assert step["resident_agents"] >= step["sessions"]
-        assert step["host_added_from"] == "server-timing"
-        assert step["host_added_p99_ms"] <= step["p99_ms"]
-        assert 0 < step["load_core_busy"] <= 1
+    assert [t["tier"] for t in report["tiers"]] == ["python", "native"]
+    for tier in report["tiers"]:
+        assert [s["sessions"] for s in tier["steps"]] == list(SMOKE.steps), tier["steps"]
+        for step in tier["steps"]:
+            assert step["requests"] > 0
+            assert step["errors"] == 0, step["notes"]
+            assert step["resident_agents"] >= step["sessions"]
+            assert step["host_added_from"] == "server-timing"
+            assert step["host_added_p99_ms"] <= step["p99_ms"]
+            assert 0 < step["load_core_busy"] <= 1
+            assert step["host_cpu_ms_per_message"] > 0
+        assert tier["sessions_per_core"] == SMOKE.steps[-1]
+        assert tier["wake"]["wake_us_p50"] > 0
+    assert report["steps"] == report["tiers"][0]["steps"]  # the top level is the Python tier
     assert report["sessions_per_core"] == SMOKE.steps[-1]
     assert report["pss_per_session_bytes"] > 0
     assert report["baseline"]["pss_per_session_bytes"] > 0

@@ -330,11 +330,11 @@ async def _post_message(state: ApiState, request: Request) -> Response:
     if "text/event-stream" in request.headers.get("accept", ""):
         return MessageStream(state, address, message, key)
     timing = EventTiming()
-    replies = await state.host.send(
+    replies, status = await state.host.send_with_status(
         address, message, idempotency_key=key, timing=timing, admitted=True
     )  # admitted (or refused) before its body was read: _ShedOverload
     return _json(
-        {"replies": replies, "agent": await agent_json(state, address)},
+        {"replies": replies, "agent": asdict(status)},
         headers={"Server-Timing": _server_timing(timing)},
     )
 

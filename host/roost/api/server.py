@@ -173,6 +173,7 @@ async def _serve_host(
     # Hypercorn waits a little longer than the grace period, so that requests cut short
     # at its end can still answer 503 (see ApiState.expire_requests).
     config.graceful_timeout = settings.graceful_timeout_s + _ANSWER_GRACE_S
+    config.keep_alive_timeout = settings.keep_alive_timeout_s
     config.accesslog = None
     config.errorlog = logging.getLogger("roost.http")
     config.websocket_max_message_size = settings.max_body_bytes

@@ -129,20 +129,21 @@ class MeasuredFigures(BaseModel):
 
 MEASURED = MeasuredFigures(
     # pss_per_resident_agent_bytes: physical memory per resident echo agent, shared pages of
-    # the kind's memory image counted once (RSS growth was 7,346,979 B per agent).
-    resident_bytes_per_session=1_385_628,
+    # the kind's memory image counted once (RSS growth was 7,540,138 B per agent).
+    resident_bytes_per_session=1_357_429,
     # store_bytes_per_hibernated_agent: the SQLite file per hibernated agent, schema included;
     # taken as its RAM cost if the store's pages stay in the page cache.
-    hibernated_bytes_per_session=172,
+    hibernated_bytes_per_session=197,
     # turn_us_p50: send to reply for a warm agent's trivial turn, commit included.
-    cpu_ms_per_event=0.5577,
+    cpu_ms_per_event=0.4661,
     # wake_us_p50: send to reply for an event that wakes a hibernated agent.
-    wake_cpu_ms=2.753,
-    # turn_commits_per_s of the SQLite store (synchronous=NORMAL, 256 concurrent writers).
-    store_write_iops=62_322,
+    wake_cpu_ms=2.759,
+    # turn_commits_per_s of the SQLite store (synchronous=NORMAL, 256 writers committing
+    # from 4 worker threads, as a host's turns do).
+    store_write_iops=8_670,
     # rss_before_bytes: one host process with the kind deployed and one agent warm.
-    host_process_bytes=86_298_624,
-    measured_on="2026-11-22",
+    host_process_bytes=108_335_104,
+    measured_on="2026-11-30",
     commands=(
         "roost bench footprint --agents 500 --json",
         "python -m loadtests.store_rate --commits 100000 --json",

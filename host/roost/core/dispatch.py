@@ -93,6 +93,7 @@ class Dispatcher:
         chain: tuple[str, ...] = (),
         handled: Handled | None = None,
         timing: EventTiming | None = None,
+        after_commit: Callable[[], None] | None = None,
         forward: bool = True,
     ) -> list[Any]:
         """Deliver one event and return the replies of its whole handler (see
@@ -114,6 +115,7 @@ class Dispatcher:
             handled=handled,
             trace_context=self._services.telemetry.current_context(),
             timing=timing,
+            after_commit=after_commit,
         )
         if idempotency_key is None:
             return await self._post(address, kind, envelope, forward)

@@ -49,6 +49,10 @@ class Envelope:
     trace_context: Any = None
     """The trace context the event was sent from (tracing on): parent of its turns."""
     timing: EventTiming | None = None
+    after_commit: Callable[[], None] | None = None
+    """Called on the worker thread of the handler's final commit, right after it (a read of
+    what the commit left, in the same thread trip); not called when that commit ran on the
+    event loop or the handler failed."""
     admitted_at: float = 0.0
     """When the registry admitted it (``time.perf_counter``); 0 once its handler started."""
     replies: list[Any] = field(default_factory=list)

@@ -283,6 +283,8 @@ class TurnRunner:
                     executed = self._execute(call, turn, envelope, event_id, completion)
                     if executed[1] is not None:
                         services.store.commit(executed[1])
+                    if envelope.after_commit is not None and event_id in executed[0].done:
+                        envelope.after_commit()
                     return executed
 
                 output, commit, replies = await services.workers.run(
@@ -309,7 +311,11 @@ class TurnRunner:
         if turn.trace is not None:
             turn.trace.end(None, self._attributes(turn, output))
         if commit is not None:
-            if commit.deliveries:
+            if any(d.delivery_id != handling.message_id for d in commit.deliveries):
+                # Timers and messages for other agents wake the delivery loop; the inbox
+                # copy of the message this agent is handling now does not (the loop would
+                # read every message in flight only to skip them: it finds the copy by its
+                # periodic recheck if this host stops before the handler ends).
                 services.deliveries_due.ring()
             if final and commit.state is not None:
                 self.state_bytes = len(commit.state)
