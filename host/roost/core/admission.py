@@ -6,8 +6,9 @@ to the start of its handler's first turn on a worker (the wait in the agent's ma
 for a thread). A controller after PIE (RFC 8033, "Proportional Integral controller
 Enhanced") turns the delay into a probability of refusing each new event: every update
 interval it moves the probability up in proportion to how far the delay is over the target
-and how fast it grows, and down as the delay falls under it. A burst passes (one interval
-of long waits moves the probability a little); a standing queue is shed smoothly, with the
+and how fast it grows, and down as the delay falls under it. A burst passes: after a quiet
+spell nothing is refused for the first 150 ms of long waits (RFC 8033's burst allowance);
+a standing queue is shed smoothly, with the
 workers kept busy: refusing every event for a while, then none, would leave them idle in
 between and halve the goodput. Refusing at admission, before any work is spent on an event,
 keeps a rejection cheap.
@@ -44,6 +45,7 @@ class QueueDelay:
         self._window_sum = 0.0
         self._window_count = 0
         self._delay = 0.0
+        self._burst_allowance_s = _MAX_BURST_S
         self._random = random.Random(seed).random
 
     def observe(self, sojourn_s: float) -> None:
@@ -55,6 +57,8 @@ class QueueDelay:
     def admit(self) -> bool:
         """Whether a new event may be admitted now."""
         self._roll(time.perf_counter())
+        if self._burst_allowance_s > 0:
+            return True
         if self.probability and self._random() < self.probability:
             self.refused += 1
             return False
@@ -62,7 +66,8 @@ class QueueDelay:
 
     @property
     def overloaded(self) -> bool:
-        return self.probability > 0
+        """Whether new events are being refused (some share of them)."""
+        return self.probability > 0 and self._burst_allowance_s == 0
 
     @property
     def delay_s(self) -> float:
@@ -89,12 +94,19 @@ class QueueDelay:
         self.probability = min(max(probability, 0.0), 1.0)
         if self.probability < 1e-4 and delay < self.target_s:
             self.probability = 0.0
+        if self.probability == 0 and delay < self.target_s / 2 and self._delay < self.target_s / 2:
+            self._burst_allowance_s = _MAX_BURST_S
+        else:
+            self._burst_allowance_s = max(0.0, self._burst_allowance_s - elapsed)
         self._delay = delay
         self._window_started = now
         self._window_sum = 0.0
         self._window_count = 0
 
 
+_MAX_BURST_S = 0.15
+"""Long waits let through after a quiet spell before any event is refused (RFC 8033's
+MAX_BURST)."""
 _CLEARED_DECAY = 0.9
 """Per update, while the delay stays under half the target."""
 
