@@ -4,7 +4,7 @@ enabled for debug) is also a log record carrying the turn's trace and span ids.
 
 A line is one line: control characters (newlines among them) are written escaped, so a
 guest cannot forge a line of the host's. A handler may log ``max_bytes_per_turn``; past it
-its lines are dropped, and one warning says how many."""
+its lines are dropped, and one warning, at the first line dropped, says so."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field
 
-from ._base import BaseGrant, Capability, TurnEffects, TurnView, host_call
+from ._base import BaseGrant, Capability, TurnView, host_call
 
 logger = logging.getLogger("roost.guest")
 
@@ -58,14 +58,6 @@ class Log(Capability[LogTurn]):
     def begin_turn(self, turn: TurnView) -> LogTurn:
         return LogTurn()
 
-    def add_effects(self, state: LogTurn, effects: TurnEffects) -> None:
-        if state.dropped:
-            logger.warning(
-                "agent log lines dropped: %d past the log grant's max_bytes_per_turn = %d",
-                state.dropped,
-                self.grant.max_bytes_per_turn,
-            )
-
     @host_call("write", fallback=None)
     def write(self, turn: TurnView, level: Any, message: str) -> None:
         name = getattr(level, "name", str(level)).lower()
@@ -76,6 +68,13 @@ class Log(Capability[LogTurn]):
         state.written += len(message)
         if state.written > self.grant.max_bytes_per_turn:
             state.dropped += 1
+            if state.dropped == 1:  # said at once: a turn that fails later has no commit
+                logger.warning(
+                    "%s: agent log lines dropped: past the log grant's max_bytes_per_turn = "
+                    "%d, the rest of this turn's lines are not written",
+                    turn.address,
+                    self.grant.max_bytes_per_turn,
+                )
             return
         logger.log(
             _LEVELS.get(name, logging.INFO),
