@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import struct
@@ -12,6 +13,7 @@ import pytest
 
 from roost.capacity import (
     GIB,
+    IDLE_TIMEOUTS_S,
     MIB,
     PUBLISHED,
     CapacityInputs,
@@ -20,12 +22,15 @@ from roost.capacity import (
     apply_density,
     bottleneck,
     cpus_against_concurrency,
+    idle_timeout_trade,
     model_capacity,
     parse_bytes,
     parse_count,
     parse_density_report,
     parse_range,
     parse_share,
+    resident_share,
+    resident_share_after,
     smoke_reason,
 )
 from roost.cli import main
@@ -187,6 +192,197 @@ def test_a_machine_too_small_for_one_session_is_a_clear_error(
     assert "holds no session" in err and "memory bound" in err
 
 
+# -- hibernation: the resident share from an idle timeout -------------------------------
+
+
+def test_resident_share_from_an_idle_timeout() -> None:
+    # One event every 20 s, hibernating after 60 s idle: lambda x T = 3.
+    assert resident_share_after(60, 0.05) == pytest.approx(1 - math.exp(-3))
+    assert resident_share_after(60, 0.05) == pytest.approx(0.950213, abs=1e-6)
+    # E[min(G, T)] / E[G] for exponential gaps, by the midpoint rule: the same share.
+    rate, timeout, steps = 0.05, 60.0, 60_000
+    dt = timeout / steps
+    resident_time = sum(math.exp(-rate * (i + 0.5) * dt) * dt for i in range(steps))
+    assert resident_time / (1 / rate) == pytest.approx(resident_share_after(timeout, rate))
+    assert resident_share_after(1e6, 0.05) == 1.0
+    assert resident_share_after(0.01, 0.05) == pytest.approx(0.05 * 0.01, rel=1e-3)
+
+    inputs = CapacityInputs(
+        machine=SMALL_MACHINE,
+        resident_bytes_per_session=1 * MIB,
+        hibernated_bytes_per_session=1024,
+        events_per_session_per_s=0.05,
+        idle_timeout_s=60,
+        cpu_ms_per_event=2.0,
+        wake_cpu_ms=4.0,
+    )
+    share = resident_share(inputs)
+    assert (share.source, share.idle_timeout_s, share.events_per_session_per_s) == (
+        "idle_timeout",
+        60,
+        0.05,
+    )
+    a = 1 - math.exp(-3)
+    neck = bottleneck(inputs)
+    assert neck.resident_share == pytest.approx(a)
+    bounds = {b.name: b.sessions_per_host for b in neck.bounds}
+    # The same a in both bounds: resident for a of the time, a wake for 1 - a of events.
+    assert bounds["memory"] == math.floor(10 * GIB / (a * MIB + (1 - a) * 1024))
+    assert bounds["cpu"] == math.floor(4 * 1000 / (0.05 * (a * 2.0 + (1 - a) * 4.0)))
+    # The same figures as the share given outright.
+    given = bottleneck(inputs.model_copy(update={"idle_timeout_s": None, "resident_share": a}))
+    assert [b.sessions_per_host for b in given.bounds] == list(bounds.values())
+
+
+def test_where_the_resident_share_came_from() -> None:
+    assert resident_share(CapacityInputs()).model_dump() == {
+        "value": 1.0,
+        "source": "default",
+        "idle_timeout_s": None,
+        "events_per_session_per_s": None,
+        "explanation": "default: every session resident",
+    }
+    given = resident_share(CapacityInputs(resident_share=0.25))
+    assert (given.value, given.source) == (0.25, "given")
+    derived = resident_share(CapacityInputs(idle_timeout_s=30))
+    assert derived.source == "idle_timeout"
+    assert derived.explanation.startswith("1 - exp(-0.1 events/s x 30 s idle timeout)")
+
+
+def test_the_idle_timeout_trade_runs_memory_against_wake_cpu() -> None:
+    inputs = CapacityInputs(
+        machine=SMALL_MACHINE,
+        events_per_session_per_s=0.02,
+        idle_timeout_s=45,
+        cpu_ms_per_event=2.0,
+        wake_cpu_ms=20.0,
+        store_write_iops=1e9,
+    )
+    points = idle_timeout_trade(inputs)
+    assert [p.idle_timeout_s for p in points] == sorted([*IDLE_TIMEOUTS_S, 45])
+    assert [p.idle_timeout_s for p in points if p.given] == [45]
+    for shorter, longer in itertools.pairwise(points):
+        assert longer.resident_share > shorter.resident_share
+        assert longer.memory_per_session_bytes > shorter.memory_per_session_bytes
+        assert longer.cpu_ms_per_event < shorter.cpu_ms_per_event
+        assert longer.bound_sessions_per_host["memory"] <= shorter.bound_sessions_per_host["memory"]
+        assert longer.bound_sessions_per_host["cpu"] >= shorter.bound_sessions_per_host["cpu"]
+    for point in points:
+        assert point.sessions_per_host == min(point.bound_sessions_per_host.values())
+        assert point.bound_sessions_per_host[point.binding] == point.sessions_per_host
+    # The given timeout's row is the report's own bottleneck.
+    report = model_capacity(inputs)
+    assert report.idle_timeouts == points
+    [given] = [p for p in points if p.given]
+    assert given.sessions_per_host == report.bottleneck.sessions_per_host
+    assert given.memory_per_session_bytes == report.bottleneck.memory_per_session_bytes
+    # Short timeouts spend CPU on wakes, long ones memory on idle agents.
+    assert (points[0].binding, points[-1].binding) == ("cpu", "memory")
+
+
+def test_the_trade_shows_a_timeout_whose_machine_holds_no_session() -> None:
+    tiny = MachineShape(cores=1, memory_bytes=1 * MIB, reserved_memory_bytes=0)
+    inputs = CapacityInputs(
+        machine=tiny,
+        resident_bytes_per_session=2 * MIB,
+        hibernated_bytes_per_session=0,
+        events_per_session_per_s=0.01,
+        idle_timeout_s=10,
+    )
+    points = model_capacity(inputs).idle_timeouts
+    assert points[0].sessions_per_host == 5  # 1 MiB / ((1 - e^-0.1) x 2 MiB)
+    assert points[-1].sessions_per_host == 0
+
+
+def test_resident_share_and_idle_timeout_are_exclusive(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["capacity", "--resident-share", "50%", "--idle-timeout", "60"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--idle-timeout" in err and "--resident-share" in err
+    with pytest.raises(ValueError, match=r"--resident-share.*--idle-timeout"):
+        CapacityInputs(resident_share=0.5, idle_timeout_s=60)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["capacity", "--idle-timeout", "0"])
+    assert exit_info.value.code == 2
+    assert "above 0" in capsys.readouterr().err
+
+
+def test_idle_timeout_in_the_json_report(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "--json", "--idle-timeout", "60", "--events-per-s", "0.05")
+    assert code == 0
+    report = json.loads(out)
+    assert report["inputs"]["idle_timeout_s"] == 60
+    assert report["inputs"]["resident_share"] is None
+    share = report["resident_share"]
+    assert set(share) == {
+        "value",
+        "source",
+        "idle_timeout_s",
+        "events_per_session_per_s",
+        "explanation",
+    }
+    assert share["value"] == pytest.approx(0.9502, abs=1e-4)
+    assert (share["source"], share["idle_timeout_s"], share["events_per_session_per_s"]) == (
+        "idle_timeout",
+        60,
+        0.05,
+    )
+    assert report["bottleneck"]["resident_share"] == share["value"]
+    points = report["idle_timeouts"]
+    assert [p["idle_timeout_s"] for p in points] == list(IDLE_TIMEOUTS_S)  # 60 s is one
+    for point in points:
+        assert set(point) == {
+            "idle_timeout_s",
+            "resident_share",
+            "memory_per_session_bytes",
+            "cpu_ms_per_event",
+            "bound_sessions_per_host",
+            "sessions_per_host",
+            "binding",
+            "given",
+        }
+        assert set(point["bound_sessions_per_host"]) == {"memory", "cpu", "store"}
+    assert [p["given"] for p in points] == [p["idle_timeout_s"] == 60 for p in points]
+
+    code, out, _ = _run(capsys, "--json", "--resident-share", "25%")
+    report = json.loads(out)
+    assert (report["resident_share"]["source"], report["resident_share"]["value"]) == (
+        "given",
+        0.25,
+    )
+    assert report["idle_timeouts"] == []
+    code, out, _ = _run(capsys, "--json")
+    assert json.loads(out)["resident_share"]["source"] == "default"
+
+
+def test_idle_timeout_in_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "--idle-timeout", "60", "--events-per-s", "0.05")
+    assert code == 0
+    assert "resident share: 95.0% (1 - exp(-0.05 events/s x 60 s idle timeout)" in out
+    rows = {
+        line.split()[0]: line
+        for line in out.splitlines()
+        if line.startswith("  ") and line.split()[1:2] == ["s"]
+    }
+    assert list(rows) == ["10", "30", "60", "120", "300", "600"]
+    assert rows["60"].endswith("<- given")
+    assert "95.0%" in rows["60"]
+    code, out, _ = _run(capsys, "--resident-share", "25%")
+    assert "resident share: 25.0% (given)" in out
+    assert "Idle timeouts" not in out
+
+
+def test_a_measured_figure_leaves_the_resident_share_out() -> None:
+    report = DensityReport.model_validate(_density_report())
+    inputs = apply_density(CapacityInputs(idle_timeout_s=60), report)
+    notes = " ".join(model_capacity(inputs).notes)
+    assert "does not enter the memory and CPU bounds" in notes
+    assert "does not enter" not in " ".join(model_capacity(CapacityInputs()).notes)
+
+
 # -- density reports -------------------------------------------------------------------------
 
 
@@ -318,6 +514,8 @@ def test_json_with_no_arguments_is_the_published_scenario(
         "binding",
         "readings",
         "bottleneck",
+        "resident_share",
+        "idle_timeouts",
         "published",
         "notes",
         "inputs",

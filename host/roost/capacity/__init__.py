@@ -15,11 +15,19 @@ The container figure divides sessions by a sessions-per-CPU range (the published
 Roost figure comes from sessions per host, the minimum of three bounds on one machine:
 
 * memory: ``RAM / (a x resident bytes + (1 - a) x hibernated bytes)``, ``a`` the resident
-  share;
+  share (given, or derived from an idle timeout: below);
 * CPU: ``cores x 1000 / (events per second per session x CPU ms per event)``, where an event
   that finds its agent hibernated costs a wake, so CPU ms per event is
   ``a x turn ms + (1 - a) x wake ms``;
 * store: ``write IOPS / (events per second per session x writes per event)``.
+
+An agent hibernates after its kind's idle timeout ``T`` without an event. Taking a session's
+events as Poisson arrivals at ``λ`` per second, the gap ``G`` before an event is exponential
+with mean ``1/λ``: the share of time the agent is resident is ``E[min(G, T)] / E[G] =
+1 - exp(-λT)``, and the share of events that find it hibernated (and pay a wake) is
+``P(G > T) = exp(-λT)``. So ``a = 1 - exp(-λT)`` serves both bounds above
+(:func:`resident_share_after`), and :func:`idle_timeout_trade` shows what other timeouts
+would give.
 
 A density report from the load test (:class:`DensityReport`) replaces the per-session memory
 and the CPU bound with measured figures (sessions per core at the latency SLO).
@@ -29,14 +37,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import ConfigError
+from ._density import DensityBaseline as DensityBaseline
+from ._density import DensityMachine as DensityMachine
+from ._density import DensityReport as DensityReport
+from ._density import DensityStep as DensityStep
+from ._density import apply_density as apply_density
+from ._density import parse_density_report as parse_density_report
+from ._density import smoke_reason as smoke_reason
+from ._quantities import GIB as GIB
+from ._quantities import MIB as MIB
+from ._quantities import format_bytes as format_bytes
+from ._quantities import format_count as format_count
+from ._quantities import parse_bytes as parse_bytes
+from ._quantities import parse_count as parse_count
+from ._quantities import parse_range as parse_range
+from ._quantities import parse_share as parse_share
 
 __all__ = [
     "GIB",
+    "IDLE_TIMEOUTS_S",
     "MEASURED",
     "MIB",
     "OS_RESERVED_BYTES",
@@ -53,24 +77,27 @@ __all__ = [
     "DensityReport",
     "DensityStep",
     "Footprint",
+    "IdleTimeoutPoint",
     "MachineShape",
     "MeasuredFigures",
     "PublishedScenario",
     "Ratio",
     "Reading",
+    "ResidentShare",
+    "ResidentShareSource",
     "apply_density",
     "bottleneck",
     "cpus_against_concurrency",
+    "idle_timeout_trade",
     "model_capacity",
     "parse_bytes",
     "parse_count",
     "parse_density_report",
     "parse_range",
     "parse_share",
+    "resident_share",
+    "resident_share_after",
 ]
-
-GIB = 1024**3
-MIB = 1024**2
 
 
 # -- the published scenario and this host's measured figures --------------------------------
@@ -216,8 +243,13 @@ class CapacityInputs(BaseModel):
     # This host, per session.
     resident_bytes_per_session: int = Field(default=MEASURED.resident_bytes_per_session, gt=0)
     hibernated_bytes_per_session: int = Field(default=MEASURED.hibernated_bytes_per_session, ge=0)
-    resident_share: float = Field(default=1.0, ge=0, le=1)
-    """Share of simultaneous sessions whose agent is resident (the rest are hibernated)."""
+    resident_share: float | None = Field(default=None, ge=0, le=1)
+    """Share of simultaneous sessions whose agent is resident (the rest are hibernated).
+    None: derived from ``idle_timeout_s`` if that is set, else 1 (every session resident)."""
+    idle_timeout_s: float | None = Field(default=None, gt=0)
+    """Seconds without an event before an agent hibernates (a kind's
+    ``limits.idle_timeout_s``); when set, the resident share is derived from it and the event
+    rate (:func:`resident_share_after`). Not with ``resident_share``."""
     memory_per_session_bytes: int | None = Field(default=None, gt=0)
     """A measured mean memory per session (hibernation included) that replaces the
     resident/hibernated mix in the memory bound; set from a density report."""
@@ -241,127 +273,14 @@ class CapacityInputs(BaseModel):
             raise ValueError("container sessions per CPU: low is above high")
         return self
 
-
-# -- the density report of the load test ---------------------------------------------------
-
-
-class DensityStep(BaseModel):
-    """One step of the density ramp: a number of simulated sessions held for a while."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    sessions: int = Field(ge=0)
-    throughput_rps: float = Field(ge=0)
-    """Messages answered per second."""
-    host_added_p50_ms: float = Field(ge=0)
-    """Reply time minus the simulated LLM's time, median."""
-    host_added_p99_ms: float = Field(ge=0)
-    errors: int = Field(ge=0)
-    host_cpu_share: float = Field(ge=0)
-    """CPU time of the host process / wall time (1.0 = one core busy)."""
-    host_rss_bytes: int = Field(ge=0)
-    resident_agents: int = Field(ge=0)
-    hibernated_agents: int = Field(ge=0)
-    slo_met: bool
-
-
-class DensityMachine(BaseModel):
-    """The machine the density run measured."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    cpu_count: int = Field(ge=1)
-    memory_bytes: int = Field(ge=1)
-    platform: str
-    python: str | None = None
-    cpu_model: str | None = None
-
-
-class DensityBaseline(BaseModel):
-    """The same agent logic as one OS process per session, measured in the same run."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    rss_per_session_bytes: int = Field(gt=0)
-    start_ms: float = Field(ge=0)
-
-
-class DensityReport(BaseModel):
-    """What the load test's density harness writes and ``roost capacity --density`` reads."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    sessions_per_core: float = Field(gt=0)
-    """Sessions of the last step that met the SLO, per core the host was pinned to."""
-    rss_per_session_bytes: int = Field(gt=0)
-    """Host RSS growth over its idle baseline at that step, divided by its sessions."""
-    pss_per_session_bytes: int | None = Field(default=None, gt=0)
-    """The same with PSS (pages shared by instances counted once), where the OS reports it."""
-    events_per_session_per_s: float | None = Field(default=None, gt=0)
-    """The load each session offered (events per second), if the harness records it."""
-    steps: list[DensityStep]
-    machine: DensityMachine
-    baseline: DensityBaseline | None = None
-    measured_on: str | None = None
-    smoke: bool = False
-    """Written by ``roost bench density --smoke``: a run that checks the harness works."""
-    settings: dict[str, Any] | None = None
-    """The harness's settings (steps, seconds per step, ...)."""
-
-
-SMOKE_MAX_SESSIONS = 100
-"""A report whose largest step has fewer sessions than this measured no capacity."""
-SMOKE_MAX_STEP_S = 30.0
-"""...nor one whose steps lasted less than this."""
-
-
-def smoke_reason(report: DensityReport) -> str | None:
-    """Why ``report`` is a smoke run's and no measure of capacity, or None if it is not."""
-    largest = max((s.sessions for s in report.steps), default=0)
-    step_s = (report.settings or {}).get("step_s")
-    if report.smoke:
-        why = "it is a smoke run's report (roost bench density --smoke)"
-    elif largest < SMOKE_MAX_SESSIONS:
-        why = f"its largest step held {largest} sessions (a full run goes to thousands)"
-    elif isinstance(step_s, int | float) and step_s < SMOKE_MAX_STEP_S:
-        why = f"its steps lasted {step_s:g} s (a full run measures each for 90 s)"
-    else:
-        return None
-    if not any(not s.slo_met for s in report.steps):
-        why += f", and no step broke the SLO: {largest} sessions per core is a floor, not a limit"
-    return why
-
-
-def parse_density_report(text: str) -> DensityReport:
-    """A density report from its JSON text; ConfigError naming the field if it is invalid."""
-    try:
-        return DensityReport.model_validate_json(text)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'report'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid density report: {problems}") from None
-
-
-def apply_density(
-    inputs: CapacityInputs, report: DensityReport, *, name: str = "density report"
-) -> CapacityInputs:
-    """``inputs`` with the Roost figures the report measured: sessions per core (the CPU
-    bound), memory per session (PSS if present, else RSS), the offered event rate, and the
-    process-per-session baseline's memory for the container figure."""
-    update: dict[str, object] = {
-        "sessions_per_core": report.sessions_per_core,
-        "memory_per_session_bytes": report.pss_per_session_bytes or report.rss_per_session_bytes,
-        "roost_figures": f"{name}: {report.sessions_per_core:g} sessions per core measured on "
-        f"{report.machine.cpu_count} cores ({report.machine.platform})"
-        + (f", {report.measured_on}" if report.measured_on else ""),
-    }
-    if report.events_per_session_per_s is not None:
-        update["events_per_session_per_s"] = report.events_per_session_per_s
-    if report.baseline is not None:
-        update["container_memory_per_session_bytes"] = report.baseline.rss_per_session_bytes
-    return inputs.model_copy(update=update)
+    @model_validator(mode="after")
+    def _one_resident_share(self) -> CapacityInputs:
+        if self.resident_share is not None and self.idle_timeout_s is not None:
+            raise ValueError(
+                "give the resident share (--resident-share) or the idle timeout it follows "
+                "from (--idle-timeout), not both"
+            )
+        return self
 
 
 # -- outputs -------------------------------------------------------------------------------
@@ -391,8 +310,48 @@ class Bottleneck(BaseModel):
     binding: BoundName
     sessions_per_host: int
     sessions_per_cpu: float
+    resident_share: float
+    """The share ``a`` of sessions resident that the bounds used."""
     memory_per_session_bytes: float
     cpu_ms_per_event: float
+
+
+ResidentShareSource = Literal["given", "idle_timeout", "default"]
+
+
+class ResidentShare(BaseModel):
+    """The resident share the model used, and where it came from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    value: float
+    source: ResidentShareSource
+    """``given`` (``resident_share``), ``idle_timeout`` (derived from ``idle_timeout_s`` and
+    the event rate), or ``default`` (every session resident)."""
+    idle_timeout_s: float | None
+    events_per_session_per_s: float | None
+    """The event rate it was derived at (``idle_timeout`` only)."""
+    explanation: str
+    """How it was found, with this run's figures."""
+
+
+class IdleTimeoutPoint(BaseModel):
+    """Sessions per host at one idle timeout: a longer one keeps more agents resident (more
+    memory per session) and wakes fewer (less CPU per event)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    idle_timeout_s: float
+    resident_share: float
+    memory_per_session_bytes: float
+    cpu_ms_per_event: float
+    bound_sessions_per_host: dict[BoundName, int]
+    """Each bound's sessions per host at this timeout."""
+    sessions_per_host: int
+    """The smallest bound at this timeout (0: the machine holds no session)."""
+    binding: BoundName
+    given: bool
+    """True for the idle timeout of the inputs."""
 
 
 class Footprint(BaseModel):
@@ -457,6 +416,10 @@ class CapacityReport(BaseModel):
     binding: BoundName
     readings: list[Reading]
     bottleneck: Bottleneck
+    resident_share: ResidentShare
+    idle_timeouts: list[IdleTimeoutPoint]
+    """What other idle timeouts would give (:data:`IDLE_TIMEOUTS_S` and the given one); empty
+    unless the inputs set ``idle_timeout_s``."""
     published: PublishedScenario | None
     """The published figures, when the inputs are the published scenario."""
     notes: list[str]
@@ -478,10 +441,64 @@ class CurvePoint(BaseModel):
 # -- the model -----------------------------------------------------------------------------
 
 
+IDLE_TIMEOUTS_S = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+"""The idle timeouts :func:`idle_timeout_trade` compares (the given one is added)."""
+
+
+def resident_share_after(idle_timeout_s: float, events_per_s: float) -> float:
+    """The resident share of sessions whose agents hibernate after ``idle_timeout_s`` without
+    an event, events arriving as a Poisson process at ``events_per_s`` per session:
+    ``1 - exp(-events_per_s x idle_timeout_s)``, both the share of time an agent is resident
+    and the share of events that find it so."""
+    return -math.expm1(-events_per_s * idle_timeout_s)
+
+
+def resident_share(inputs: CapacityInputs) -> ResidentShare:
+    """The resident share the bounds use: given, derived from the idle timeout, or 1."""
+    if inputs.resident_share is not None:
+        return ResidentShare(
+            value=inputs.resident_share,
+            source="given",
+            idle_timeout_s=None,
+            events_per_session_per_s=None,
+            explanation="given",
+        )
+    if inputs.idle_timeout_s is not None:
+        rate, timeout = inputs.events_per_session_per_s, inputs.idle_timeout_s
+        return ResidentShare(
+            value=resident_share_after(timeout, rate),
+            source="idle_timeout",
+            idle_timeout_s=timeout,
+            events_per_session_per_s=rate,
+            explanation=f"1 - exp(-{rate:g} events/s x {timeout:g} s idle timeout), "
+            "events as Poisson arrivals",
+        )
+    return ResidentShare(
+        value=1.0,
+        source="default",
+        idle_timeout_s=None,
+        events_per_session_per_s=None,
+        explanation="default: every session resident",
+    )
+
+
 def bottleneck(inputs: CapacityInputs) -> Bottleneck:
-    """Sessions per host from its memory, CPU and store bounds; the smallest binds."""
+    """Sessions per host from its memory, CPU and store bounds; the smallest binds.
+    ConfigError if the machine holds no session."""
+    neck = _bottleneck(inputs)
+    if neck.sessions_per_host < 1:
+        machine = inputs.machine
+        [binding] = [b for b in neck.bounds if b.name == neck.binding]
+        raise ConfigError(
+            f"a {machine.cores}-core machine with {format_bytes(machine.memory_bytes)} holds no "
+            f"session ({binding.name} bound: {binding.formula})"
+        )
+    return neck
+
+
+def _bottleneck(inputs: CapacityInputs) -> Bottleneck:
     machine = inputs.machine
-    a = inputs.resident_share
+    a = resident_share(inputs).value
     total, reserved = format_bytes(machine.memory_bytes), format_bytes(machine.reserved_bytes)
     ram = f"({total} - {reserved} reserved) RAM" if machine.reserved_bytes else f"{total} RAM"
     if inputs.memory_per_session_bytes is not None:
@@ -492,8 +509,8 @@ def bottleneck(inputs: CapacityInputs) -> Bottleneck:
             a * inputs.resident_bytes_per_session + (1 - a) * inputs.hibernated_bytes_per_session
         )
         memory_formula = (
-            f"{ram} / ({a:g} x "
-            f"{format_bytes(inputs.resident_bytes_per_session)} resident + {1 - a:g} x "
+            f"{ram} / ({a:.3g} x "
+            f"{format_bytes(inputs.resident_bytes_per_session)} resident + {1 - a:.3g} x "
             f"{format_bytes(inputs.hibernated_bytes_per_session)} hibernated)"
         )
     memory = Bound(
@@ -519,7 +536,7 @@ def bottleneck(inputs: CapacityInputs) -> Bottleneck:
         )
         if a < 1:
             cpu_formula += (
-                f"; ms per event = {a:g} x {inputs.cpu_ms_per_event:g} turn + {1 - a:g} x "
+                f"; ms per event = {a:.3g} x {inputs.cpu_ms_per_event:g} turn + {1 - a:.3g} x "
                 f"{inputs.wake_cpu_ms:g} wake"
             )
         cpu = Bound(
@@ -543,16 +560,12 @@ def bottleneck(inputs: CapacityInputs) -> Bottleneck:
 
     bounds = [memory, cpu, store]
     binding = min(bounds, key=lambda b: b.sessions_per_host)
-    if binding.sessions_per_host < 1:
-        raise ConfigError(
-            f"a {machine.cores}-core machine with {format_bytes(machine.memory_bytes)} holds no "
-            f"session ({binding.name} bound: {binding.formula})"
-        )
     return Bottleneck(
         bounds=bounds,
         binding=binding.name,
         sessions_per_host=binding.sessions_per_host,
         sessions_per_cpu=binding.sessions_per_host / machine.cores,
+        resident_share=a,
         memory_per_session_bytes=per_session,
         cpu_ms_per_event=cpu_ms,
     )
@@ -560,6 +573,32 @@ def bottleneck(inputs: CapacityInputs) -> Bottleneck:
 
 UNBOUNDED = 10**15
 """Sessions per host of a bound that does not apply (no store writes)."""
+
+
+def idle_timeout_trade(
+    inputs: CapacityInputs, timeouts: Sequence[float] = IDLE_TIMEOUTS_S
+) -> list[IdleTimeoutPoint]:
+    """Sessions per host at each idle timeout (and at the inputs' own, if set), the resident
+    share derived from each: what a longer timeout costs in memory and saves in wake CPU."""
+    given = inputs.idle_timeout_s
+    points = []
+    for timeout in sorted({*timeouts, *([given] if given is not None else [])}):
+        neck = _bottleneck(
+            inputs.model_copy(update={"resident_share": None, "idle_timeout_s": timeout})
+        )
+        points.append(
+            IdleTimeoutPoint(
+                idle_timeout_s=timeout,
+                resident_share=neck.resident_share,
+                memory_per_session_bytes=neck.memory_per_session_bytes,
+                cpu_ms_per_event=neck.cpu_ms_per_event,
+                bound_sessions_per_host={b.name: b.sessions_per_host for b in neck.bounds},
+                sessions_per_host=neck.sessions_per_host,
+                binding=neck.binding,
+                given=timeout == given,
+            )
+        )
+    return points
 
 
 def _footprint(
@@ -631,6 +670,7 @@ def model_capacity(inputs: CapacityInputs | None = None) -> CapacityReport:
     measured figures."""
     inputs = inputs or CapacityInputs()
     neck = bottleneck(inputs)
+    residency = resident_share(inputs)
     per_person = inputs.concurrency * inputs.agents_per_person
     computed = inputs.population * per_person
     published = PUBLISHED if _is_published(inputs) else None
@@ -673,6 +713,20 @@ def model_capacity(inputs: CapacityInputs | None = None) -> CapacityReport:
             f"{first.container_best.cpus:,} and {first.sessions:,} / "
             f"{published.sessions_per_cpu_low:g} = {first.container_worst.cpus:,}, rounded."
         )
+    measured = " and ".join(
+        bound
+        for bound, figure in (
+            ("memory", inputs.memory_per_session_bytes),
+            ("CPU", inputs.sessions_per_core),
+        )
+        if figure is not None
+    )
+    if residency.source != "default" and measured:
+        notes.append(
+            f"The resident share ({residency.value:.1%}) does not enter the {measured} "
+            f"bound{'s' if ' and ' in measured else ''}: a measured figure replaces it, and "
+            "already counts the measured run's own hibernation."
+        )
     first = readings[0]
     return CapacityReport(
         sessions=first.sessions,
@@ -685,6 +739,8 @@ def model_capacity(inputs: CapacityInputs | None = None) -> CapacityReport:
         binding=neck.binding,
         readings=readings,
         bottleneck=neck,
+        resident_share=residency,
+        idle_timeouts=idle_timeout_trade(inputs) if inputs.idle_timeout_s is not None else [],
         published=published,
         notes=notes,
         inputs=inputs,
@@ -709,94 +765,3 @@ def cpus_against_concurrency(
             )
         )
     return points
-
-
-# -- parsing quantities (the CLI's flags) --------------------------------------------------
-
-_COUNT_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
-_BYTE_SUFFIXES = {
-    "b": 1,
-    "kb": 1e3,
-    "mb": 1e6,
-    "gb": 1e9,
-    "tb": 1e12,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
-
-
-def parse_count(text: str) -> float:
-    """``"100M"``, ``"1.5e8"``, ``"160_000_000"``, ``"24k"`` -> a number."""
-    cleaned = text.strip().replace("_", "").replace(",", "")
-    scale = _COUNT_SUFFIXES.get(cleaned[-1:].lower())
-    if scale is not None:
-        cleaned = cleaned[:-1]
-    try:
-        value = float(cleaned) * (scale or 1)
-    except ValueError:
-        raise ValueError(f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"not a non-negative number: {text!r}")
-    return value
-
-
-def parse_bytes(text: str) -> int:
-    """``"1.3MB"``, ``"128GiB"``, ``"512 MiB"``, ``"1365213"`` -> bytes."""
-    cleaned = text.strip().replace("_", "").replace(",", "").replace(" ", "").lower()
-    for suffix in sorted(_BYTE_SUFFIXES, key=len, reverse=True):
-        if cleaned.endswith(suffix):
-            number, scale = cleaned[: -len(suffix)], _BYTE_SUFFIXES[suffix]
-            break
-    else:
-        number, scale = cleaned, 1
-    try:
-        value = float(number) * scale
-    except ValueError:
-        raise ValueError(f"not a size: {text!r} (try 1.3MB, 128GiB or a number of bytes)") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"not a non-negative size: {text!r}")
-    return round(value)
-
-
-def parse_share(text: str) -> float:
-    """``"15%"`` or ``"0.15"`` -> 0.15."""
-    cleaned = text.strip()
-    try:
-        value = float(cleaned[:-1]) / 100 if cleaned.endswith("%") else float(cleaned)
-    except ValueError:
-        raise ValueError(f"not a share: {text!r} (try 15% or 0.15)") from None
-    if not 0 <= value <= 1:
-        raise ValueError(f"a share is between 0 and 1 (0% and 100%): {text!r}")
-    return value
-
-
-def parse_range(text: str) -> tuple[float, float]:
-    """``"25-50"`` -> (25, 50); ``"40"`` -> (40, 40)."""
-    low_text, sep, high_text = text.strip().partition("-")
-    low = parse_count(low_text)
-    high = parse_count(high_text) if sep else low
-    if low <= 0 or high < low:
-        raise ValueError(f"not a range LOW-HIGH of positive numbers: {text!r}")
-    return low, high
-
-
-# -- formatting ----------------------------------------------------------------------------
-
-
-def format_count(value: float) -> str:
-    """A count as people say it: 24 M, 480 K, 160 M."""
-    for scale, suffix in ((1e9, " B"), (1e6, " M"), (1e3, " K")):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{suffix}"
-    return f"{value:.3g}"
-
-
-def format_bytes(value: float) -> str:
-    for scale, unit in ((1024**5, "PiB"), (1024**4, "TiB"), (GIB, "GiB"), (MIB, "MiB")):
-        if value >= scale:
-            return f"{value / scale:.3g} {unit}"
-    if value >= 1024:
-        return f"{value / 1024:.3g} KiB"
-    return f"{value:.0f} B"

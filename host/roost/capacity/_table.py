@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import GIB, UNBOUNDED, CapacityReport, format_bytes, format_count
+from . import GIB, UNBOUNDED, CapacityReport, IdleTimeoutPoint, format_bytes, format_count
 
 
 def format_report(report: CapacityReport) -> str:
@@ -33,6 +33,8 @@ def format_report(report: CapacityReport) -> str:
         f"{format_bytes(machine.memory_bytes)} machine"
     )
     lines.append(f"  figures: {inputs.roost_figures}")
+    share = report.resident_share
+    lines.append(f"  resident share: {share.value:.1%} ({share.explanation})")
     for bound in neck.bounds:
         mark = "  <- binds" if bound.name == neck.binding else ""
         shown = (
@@ -43,6 +45,9 @@ def format_report(report: CapacityReport) -> str:
         f"  => {neck.sessions_per_host:,} sessions per host, {neck.sessions_per_cpu:,.0f} per "
         f"CPU: the {neck.binding} bound binds"
     )
+    if report.idle_timeouts:
+        lines.append("")
+        lines += _idle_timeout_table(report.idle_timeouts, inputs.events_per_session_per_s)
     for reading in report.readings:
         best, worst, roost, ratio = (
             reading.container_best,
@@ -105,6 +110,38 @@ def format_report(report: CapacityReport) -> str:
         f"= ${machine.usd_per_month:,.0f} per month"
     )
     return "\n".join(lines)
+
+
+def _idle_timeout_table(points: list[IdleTimeoutPoint], events_per_s: float) -> list[str]:
+    """What a longer idle timeout costs in memory per session and saves in wake CPU."""
+    lines = [
+        f"Idle timeouts at {events_per_s:g} events/s per session (Poisson arrivals): a longer "
+        "one keeps more agents resident and wakes fewer"
+    ]
+    widths = (12, 10, 16, 14, 14, 12, 24)
+    header = (
+        "idle timeout",
+        "resident",
+        "memory/session",
+        "CPU ms/event",
+        "memory bound",
+        "CPU bound",
+        "sessions/host",
+    )
+    lines.append("  " + "".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
+    for point in points:
+        cells = (
+            f"{point.idle_timeout_s:g} s",
+            f"{point.resident_share:.1%}",
+            format_bytes(point.memory_per_session_bytes),
+            f"{point.cpu_ms_per_event:.3f}",
+            f"{point.bound_sessions_per_host['memory']:,}",
+            f"{point.bound_sessions_per_host['cpu']:,}",
+            f"{point.sessions_per_host:,} ({point.binding})",
+        )
+        mark = "  <- given" if point.given else ""
+        lines.append("  " + "".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)) + mark)
+    return lines
 
 
 def _span(low: float, high: float) -> str:
