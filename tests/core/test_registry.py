@@ -94,24 +94,31 @@ async def test_over_the_memory_cap_the_kind_that_fills_it_is_refused_not_its_nei
             hog, small = ScriptedFactory(counter_or_sleep), ScriptedFactory(counter_or_sleep)
             core.deploy(manifest("hog"), hog)
             core.deploy(manifest("small"), small)
-            assert await core.send("small/idle", "count") == [1]  # idle: may be hibernated
+            assert await core.send("small/idle", "count") == [1]  # idle between events
             async with trio.open_nursery() as nursery:
                 for name in ("a", "b", "c"):
                     nursery.start_soon(core.send, f"hog/{name}", "sleep 100")
+                assert await core.send("hog/done", "count") == [1]  # idle too
                 await wait_all_tasks_blocked()
                 used[0] = 200  # over the cap from now on
-                # Over the cap, the idle agent is hibernated to make room for one more hog.
+                # Over the cap, the hog kind's idle agent is hibernated to make room for
+                # one more hog; the small kind's idle agent is not.
                 nursery.start_soon(core.send, "hog/d", "sleep 100")
                 await wait_all_tasks_blocked()
-                assert resident(core, "idle", kind="small") == [False]
+                assert resident(core, "done", kind="hog") == [False]
+                assert resident(core, "idle", kind="small") == [True]
                 # The hog kind, with the most agents resident and none idle, is refused...
                 with pytest.raises(Overloaded, match="max_host_memory_bytes") as raised:
                     await core.send("hog/e", "count")
                 assert "'hog'" in str(raised.value)
-                # ...not the kind beside it, whose agent comes back.
+                assert resident(core, "idle", kind="small") == [True]
+                # ...not the kind beside it: its agent answers, its new agent starts, making
+                # room from the small kind's own idle agents.
                 assert await core.send("small/idle", "count") == [2]
+                await wait_all_tasks_blocked()
                 assert await core.send("small/new", "count") == [1]
-            assert hog.instantiations == 4
+                assert resident(core, "idle", "new", kind="small") == [False, True]
+            assert hog.instantiations == 5
 
 
 async def test_max_in_flight_reached_is_overloaded(clock: MockClock, store: SqliteStore) -> None:

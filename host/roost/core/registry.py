@@ -3,9 +3,9 @@ and fencing (hold an agent's events off while its stored data changes underneath
 
 Admission refuses early and cheaply what the host cannot take: events while shutting
 down, events for an agent cooling down after running past its CPU deadline, new instances
-of a kind past its activation rate, new instances past the host's memory cap (after
-hibernating idle agents), and everything once events wait too long to start (queueing
-delay, see :class:`QueueDelay`).
+of a kind past its activation rate, new instances of the kind that fills the host's memory
+cap (after hibernating its idle agents, not its neighbours'), and everything once events
+wait too long to start (queueing delay, see :class:`QueueDelay`).
 
 Before an agent is activated, the host takes its lease (``core/leases.py``): the actor's
 commits carry the lease's fencing token, and an agent another live host holds is not
@@ -193,30 +193,37 @@ class Registry:
                     retry_after_s=wait_s,
                 )
         cap = self._memory_cap_bytes
-        if (
-            cap is not None
-            and self._memory.resident_bytes() > cap
-            and not self._evict_one()
-            and self._holds_most(kind.name)
-        ):
+        if cap is None or self._memory.resident_bytes() <= cap:
+            return
+        # Over the cap, room is made by the kind that fills it (the most agents resident):
+        # an idle agent of its is hibernated, or its new instance refused. The agents of the
+        # kinds beside it, idle between their events, are not hibernated for its growth.
+        largest = self._largest_kind(kind.name)
+        if self._evict_one(largest):
+            return
+        if kind.name == largest:
             raise Overloaded(
                 f"the host uses {self._memory.resident_bytes() / 2**20:.0f} MiB, over its "
-                f"max_host_memory_bytes ({cap / 2**20:.0f} MiB), no agent is idle, and kind "
-                f"{kind.name!r} has the most agents resident",
+                f"max_host_memory_bytes ({cap / 2**20:.0f} MiB), and kind {kind.name!r}, "
+                "with the most agents resident, has none idle",
                 retry_after_s=1.0,
             )
+        self._evict_one(kind.name)  # a smaller kind makes room from its own agents, if idle
 
-    def _holds_most(self, kind: str) -> bool:
-        """Whether ``kind`` has as many resident agents as any other kind: over the memory
-        cap, the kind that fills it is refused, not a kind beside it with a few agents
-        (which may well be the ones just hibernated to make room)."""
+    def _largest_kind(self, activating: str) -> str:
+        """The kind with the most agents resident: ``activating`` if it has as many as
+        any other."""
         counts = Counter(address.kind for address in self._actors)
-        return counts[kind] >= max(counts.values(), default=0)
+        most = max(counts.values(), default=0)
+        if counts[activating] >= most:
+            return activating
+        return next(kind for kind, count in counts.items() if count == most)
 
-    def _evict_one(self) -> bool:
-        """Hibernate the least recently used idle agent; False if none is idle."""
+    def _evict_one(self, kind: str | None = None) -> bool:
+        """Hibernate the least recently used idle agent (of ``kind``, when given); False
+        if none is idle."""
         for address, actor in self._actors.items():
-            if actor.hibernate_now():
+            if (kind is None or address.kind == kind) and actor.hibernate_now():
                 del self._actors[address]
                 return True
         return False
