@@ -226,8 +226,13 @@ class Host:
         self.telemetry = telemetry or Telemetry.off()
         self.store = store
         # Store calls from the loop share a few threads: many concurrent requests queue here
-        # instead of piling threads (and read connections) onto the store.
-        self._stores = AsyncStore(store, limiter=trio.CapacityLimiter(_STORE_THREADS))
+        # instead of piling threads (and read connections) onto the store. Commits have
+        # threads of their own.
+        self._stores = AsyncStore(
+            store,
+            limiter=trio.CapacityLimiter(_STORE_THREADS),
+            commit_limiter=trio.CapacityLimiter(_STORE_THREADS),
+        )
         self._leases = LeaseKeeper(
             self._stores, owner=incarnation(config.host_id), ttl_s=config.lease_ttl_s
         )

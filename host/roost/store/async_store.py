@@ -21,17 +21,23 @@ _T = TypeVar("_T")
 
 class AsyncStore:
     """``store``, for the event loop. ``inline=True`` calls it on the loop itself (for a
-    store whose calls never wait long, and for tests that drive a virtual clock)."""
+    store whose calls never wait long, and for tests that drive a virtual clock).
+
+    ``limiter`` bounds the threads of other calls, ``commit_limiter`` those of commits: a
+    lane of their own, so that a turn's commit never queues behind a flood of reads (an ask
+    storm reads the store for every ask it sends)."""
 
     def __init__(
         self,
         store: StateStore,
         *,
         limiter: trio.CapacityLimiter | None = None,
+        commit_limiter: trio.CapacityLimiter | None = None,
         inline: bool = False,
     ) -> None:
         self.store = store
         self._limiter = limiter
+        self._commit_limiter = commit_limiter or limiter
         self._inline = inline
         self.calls_running = 0
         """Store calls on (or waiting for) a worker thread now."""
@@ -51,11 +57,15 @@ class AsyncStore:
         if self._inline:
             await self.run(self.store.commit, commit)
         elif not self.store.commit(commit, wait=False):
-            await self._on_thread(functools.partial(self.store.commit, commit))
+            await self._on_thread(
+                functools.partial(self.store.commit, commit), self._commit_limiter
+            )
 
-    async def _on_thread(self, call: Callable[[], _T]) -> _T:
+    async def _on_thread(
+        self, call: Callable[[], _T], limiter: trio.CapacityLimiter | None = None
+    ) -> _T:
         self.calls_running += 1
         try:
-            return await trio.to_thread.run_sync(call, limiter=self._limiter)
+            return await trio.to_thread.run_sync(call, limiter=limiter or self._limiter)
         finally:
             self.calls_running -= 1
