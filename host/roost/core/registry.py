@@ -69,6 +69,7 @@ class Registry:
         self._max_resident = max_resident
         self._max_in_flight = max_in_flight
         self._actors: OrderedDict[AgentAddress, AgentActor] = OrderedDict()
+        self._resident_by_kind: Counter[str] = Counter()
         self._fenced: set[AgentAddress] = set()
         self._cooling: dict[AgentAddress, tuple[float, int]] = {}
         """Agents that ran past their CPU deadline: (refused until, strikes)."""
@@ -153,7 +154,7 @@ class Registry:
             return actor
         if actor is not None:
             # Hibernating: it has no events left; the next one starts a new actor.
-            del self._actors[address]
+            self._forget(address)
         self._admit_activation(kind)
         if len(self._actors) >= self._max_resident and not self._evict_one():
             raise Overloaded(
@@ -173,6 +174,7 @@ class Registry:
             fence=fence,
         )
         self._actors[address] = actor
+        self._resident_by_kind[address.kind] += 1
         if self._services.telemetry.tracing:
             # Not the trace context of whoever happened to wake the agent: each turn gets
             # its parent from its own event.
@@ -213,24 +215,30 @@ class Registry:
     def _largest_kind(self, activating: str) -> str:
         """The kind with the most agents resident: ``activating`` if it has as many as
         any other."""
-        counts = Counter(address.kind for address in self._actors)
+        counts = self._resident_by_kind
         most = max(counts.values(), default=0)
         if counts[activating] >= most:
             return activating
         return next(kind for kind, count in counts.items() if count == most)
+
+    def _forget(self, address: AgentAddress) -> None:
+        del self._actors[address]
+        self._resident_by_kind[address.kind] -= 1
+        if not self._resident_by_kind[address.kind]:
+            del self._resident_by_kind[address.kind]
 
     def _evict_one(self, kind: str | None = None) -> bool:
         """Hibernate the least recently used idle agent (of ``kind``, when given); False
         if none is idle."""
         for address, actor in self._actors.items():
             if (kind is None or address.kind == kind) and actor.hibernate_now():
-                del self._actors[address]
+                self._forget(address)
                 return True
         return False
 
     def _stopped(self, actor: AgentActor) -> None:
         if self._actors.get(actor.address) is actor:
-            del self._actors[actor.address]
+            self._forget(actor.address)
         self._leases.unhold(actor.address)
 
     def _lease_lost(self, address: AgentAddress) -> None:
