@@ -85,6 +85,9 @@ class InlineWorkers:
         self.calls += 1
         return call()
 
+    def dispose(self, close: Callable[[], None]) -> None:
+        close()
+
 
 # -- the scripted guest ---------------------------------------------------------------------
 

@@ -207,3 +207,23 @@ async def test_a_kind_that_runs_long_runs_at_a_lower_cpu_priority() -> None:
             assert _nice() == base  # the event loop's thread is untouched
     finally:
         pool.close()
+
+
+def test_disposing_runs_off_the_calling_thread_and_inline_once_let_go() -> None:
+    background = BackgroundThreads(1)
+    pool = WorkerPool(2, background=background)
+    ran_on: list[str] = []
+    done = threading.Event()
+
+    def close() -> None:
+        ran_on.append(threading.current_thread().name)
+        done.set()
+
+    pool.dispose(close)
+    assert done.wait(10)
+    assert ran_on[0].startswith("roost-dispose")
+    pool.close()
+    pool.dispose(close)  # the threads are gone: right here
+    assert ran_on[1] == threading.current_thread().name
+    WorkerPool(2).dispose(close)  # no background threads: right here
+    assert ran_on[2] == threading.current_thread().name

@@ -228,7 +228,8 @@ class AgentActor:
 
     def _drop_instance(self) -> None:
         if self._sandbox is not None:
-            self._sandbox.close()
+            # Freeing a large linear memory takes a while: not on the event loop.
+            self._services.workers.dispose(self._sandbox.close)
             self._sandbox = None
 
     # -- one event ----------------------------------------------------------------------

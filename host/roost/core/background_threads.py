@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import os
 import sys
 import threading
@@ -21,6 +22,8 @@ from typing import TypeVar
 import trio
 
 T = TypeVar("T")
+
+logger = logging.getLogger("roost.workers")
 
 BACKGROUND_NICE = 10
 """How much lower the background threads' priority is (Linux CFS: a nice 10 thread gets
@@ -35,6 +38,10 @@ class BackgroundThreads:
         self._executor = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="roost-background", initializer=self._lower
         )
+        self._soon = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="roost-dispose", initializer=self._lower
+        )
+        """A thread of its own for :meth:`run_soon`: never queued behind long turns."""
 
     def _lower(self) -> None:
         if sys.platform == "linux" and self._nice:
@@ -63,5 +70,21 @@ class BackgroundThreads:
             await done.wait()
         return future.result()
 
+    def run_soon(self, call: Callable[[], None]) -> None:
+        """Run ``call`` on a background thread, not waiting for it; an exception it raises
+        is logged. Once the threads are let go, ``call`` runs right here."""
+        try:
+            future = self._soon.submit(call)
+        except RuntimeError:  # shut down
+            call()
+            return
+        future.add_done_callback(_log_failure)
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._soon.shutdown(wait=False)
+
+
+def _log_failure(future: Future[None]) -> None:
+    if not future.cancelled() and (error := future.exception()) is not None:
+        logger.error("background call failed", exc_info=error)

@@ -71,6 +71,11 @@ class Workers(Protocol):
         """Calls running now."""
         ...
 
+    def dispose(self, close: Callable[[], None]) -> None:
+        """Run ``close`` (freeing an instance: its memory is the guest's to size) off the
+        event loop, not waiting for it."""
+        ...
+
 
 class WorkerPool:
     """The threads that run guest code, shared fairly between kinds (implements
@@ -159,6 +164,12 @@ class WorkerPool:
             else:
                 self._short.add(owner)
             self._release(owner)
+
+    def dispose(self, close: Callable[[], None]) -> None:
+        if self._background is None:
+            close()
+        else:
+            self._background.run_soon(close)
 
     def close(self) -> None:
         """Let the background threads go (once no call runs)."""
