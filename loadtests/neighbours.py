@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import gc
 import itertools
 import json
 import math
@@ -166,6 +167,10 @@ async def run_neighbours(
                 run = _PatternRun(settings, pattern, work, pinned, sink, llm, deployable)
                 report[name] = await run.run()
                 progress(f"  {_one_line(report[name])}")
+                # Requests cut off at the end of an attack leave httpx's body iterators
+                # suspended in reference cycles: collected here, trio closes them.
+                gc.collect()
+                await trio.sleep(0)
             nursery.cancel_scope.cancel()
     met = [name for name, r in report.items() if r["target_met"]]
     return {
@@ -751,11 +756,13 @@ async def timer_storm_report(attack: Attack) -> None:
     pending = []
     with trio.move_on_after(20):
         for i in range(_TIMER_AGENTS):
-            while True:  # refused (503, 429) while the storm goes on: ask again
+            while True:
+                # Refused (503, 429) while the storm goes on, or asked before the agent's
+                # first timer fired (a loaded machine may take a while): ask again.
                 outcome, replies = await _post(
                     attack.client, "abuse-storm", f"timers{i}", {"op": "timer_stats"}
                 )
-                if outcome == "200":
+                if outcome == "200" and any(int(r.get("fired", 0)) for r in replies or []):
                     break
                 await trio.sleep(0.2)
             for reply in replies or []:
