@@ -618,6 +618,17 @@ def _tier_report(tier: Tier, kind: str, steps: list[Step], wake: dict[str, Any])
             if last_good
             else None
         ),
+        # Of the sessions' agents, the share resident (the rest hibernated) at the last step
+        # within the SLO: memory per session counts both.
+        "resident_share": (
+            round(
+                last_good.resident_agents
+                / max(1, last_good.resident_agents + last_good.hibernated_agents),
+                3,
+            )
+            if last_good
+            else None
+        ),
         "events_per_session_per_s": (
             round(last_good.throughput_rps / last_good.sessions, 4) if last_good else None
         ),
@@ -709,18 +720,20 @@ def _write_outputs(out_dir: Path, report: dict[str, Any]) -> None:
         f"Sessions per core at the SLO (p99 host-added <= {slo:.0f} ms, no errors), one host "
         "pinned to one core:",
         "",
-        "| tier | agent | sessions per core | CPU per message | PSS per session | wake p50 | "
-        "limit |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| tier | agent | sessions per core | CPU per message | PSS per session | resident "
+        "share | wake p50 | limit |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for t in report["tiers"]:
         cpu = t["host_cpu_ms_per_message"]
         pss = t["pss_per_session_bytes"]
+        share = t.get("resident_share")
         wake = t["wake"].get("wake_us_p50")
         lines.append(
             f"| {t['tier']} | `{t['manifest']}` | **{t['sessions_per_core']}** | "
             f"{'-' if cpu is None else f'{cpu:.2f} ms'} | "
             f"{'-' if pss is None else f'{pss / 2**20:.2f} MiB'} | "
+            f"{'-' if share is None else f'{share:.0%}'} | "
             f"{'-' if wake is None else f'{wake:,.0f} us'} | {t['limit']} |"
         )
     for t in report["tiers"]:

@@ -33,6 +33,8 @@ def test_density_smoke_run_produces_a_report_capacity_reads(tmp_path: Path) -> N
     assert report["steps"] == report["tiers"][0]["steps"]  # the top level is the Python tier
     assert report["sessions_per_core"] == SMOKE.steps[-1]
     assert report["pss_per_session_bytes"] > 0
+    for tier in report["tiers"]:
+        assert 0 < tier["resident_share"] <= 1
     assert report["baseline"]["pss_per_session_bytes"] > 0
     assert any(line.startswith("step: 10 sessions") for line in lines)  # progress shown
     saved = json.loads((tmp_path / "density.json").read_text())
