@@ -30,6 +30,8 @@ from roost.store import (
     StateStore,
     Usage,
     _schema,
+    _sql,
+    _sql_store,
     open_sqlite_store,
 )
 from roost.store import sqlite as sqlite_mod
@@ -197,7 +199,7 @@ async def test_open_errors_name_the_path(tmp_path: Path) -> None:
     ],
 )
 def test_prefix_upper_bound(prefix: str, upper: str | None) -> None:
-    assert sqlite_mod._prefix_upper_bound(prefix) == upper
+    assert _sql.prefix_upper_bound(prefix) == upper
 
 
 async def test_export_reports_kv_without_a_record(db_path: Path) -> None:
@@ -752,7 +754,7 @@ async def test_failing_delete_in_batch_fails_only_its_caller(
 ) -> None:
     gate = _Gate()
     gate.install(monkeypatch)
-    real_delete = sqlite_mod._apply_delete
+    real_delete = _sql_store.delete_rows
 
     def failing_delete(conn: sqlite3.Connection, address: AgentAddress) -> bool:
         real_delete(conn, address)  # the rows go, then the transaction fails
@@ -760,7 +762,7 @@ async def test_failing_delete_in_batch_fails_only_its_caller(
             raise sqlite3.OperationalError("simulated delete failure")
         return True
 
-    monkeypatch.setattr(sqlite_mod, "_apply_delete", failing_delete)
+    monkeypatch.setattr(_sql_store, "delete_rows", failing_delete)
     outcomes: dict[str, object] = {}
     async with open_sqlite_store(db_path) as store:
         for address in (ALICE, BOB):
