@@ -170,7 +170,7 @@ async def run_neighbours(
                 # Requests cut off at the end of an attack leave httpx's body iterators
                 # suspended in reference cycles: collected here, trio closes them.
                 gc.collect()
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
             nursery.cancel_scope.cancel()
     met = [name for name, r in report.items() if r["target_met"]]
     return {
