@@ -135,33 +135,3 @@ async def test_an_agent_past_its_cpu_deadline_is_cooled_down_doubling(
         assert refused.value.retry_after_s == pytest.approx(10.0)
         assert core.services.metrics.cool_downs() == {"k": 3}
         assert trio.current_time() - t0 == 30
-
-
-def _asks_and_replies_the_outcome(call: Call) -> None:
-    if call.export == "on-event":
-        call.ask("busy/x", "hello")
-        return
-    call.reply({"ok": call.ok, "value": call.value if isinstance(call.value, str) else None})
-    call.finish()
-
-
-async def test_asks_to_a_kind_whose_events_queue_are_refused_like_events_from_outside(
-    clock: MockClock, store: SqliteStore
-) -> None:
-    with trio.fail_after(300):
-        async with open_core(store) as core:
-            busy = ScriptedFactory(counter)
-            core.deploy(
-                manifest("asker", capabilities={"agents": {"kinds": ["busy"]}}),
-                ScriptedFactory(_asks_and_replies_the_outcome),
-            )
-            core.deploy(manifest("busy"), busy)
-            assert await core.send("asker/a", "go") == [{"ok": True, "value": None}]
-            assert busy.instantiations == 1
-            # The busy kind's events now wait far past the target: its queue refuses all.
-            queue = core.services.queue_delay.of("busy")
-            queue.probability, queue._burst_allowance_s = 1.0, 0.0
-            [outcome] = await core.send("asker/b", "go")
-            assert outcome["ok"] is False
-            assert "queue_target_ms" in outcome["value"] and "'busy'" in outcome["value"]
-            assert len(busy.calls) == 1  # the refused ask never reached it

@@ -226,10 +226,7 @@ class Dispatcher:
     ) -> list[Any]:
         """An ``agent`` event from ``sender``, and the target's replies (the agents
         capability's ``ask``). An ask op run again after a crash carries the same key, and
-        the target handles it once. An ask is admitted like an event from outside: to a
-        kind whose events queue, some are refused (Overloaded, the asking handler's op
-        fails), so asks fanning out cannot fill the event loop."""
-        self._registry.check_admission(target.kind)
+        the target handles it once."""
         key = None
         if idempotency_key is not None:
             digest = hashlib.sha256(f"{sender}\0{idempotency_key}".encode()).hexdigest()
