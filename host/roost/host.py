@@ -389,10 +389,12 @@ class Host:
         on_token: Callable[[str], None] | None = None,
         timing: EventTiming | None = None,
         admitted: bool = False,
+        after_commit: Callable[[], None] | None = None,
     ) -> list[Any]:
         """Deliver any event kind (``message``, ``timer``, ``agent``, ``continuation``) from
         outside the host: refused (Overloaded) while the kind's events queue, unless
-        ``admitted`` (the caller ran :meth:`check_admission`). Events the host's agents
+        ``admitted`` (the caller ran :meth:`check_admission`). ``after_commit`` runs on the
+        thread of the handler's final commit, right after it. Events the host's agents
         cause (asks, messages between agents, timers) are work already accepted: they are
         not shed this way.
 
@@ -410,6 +412,7 @@ class Host:
                 on_reply=on_reply,
                 on_token=on_token,
                 timing=timing,
+                after_commit=after_commit,
             )
         except GuestError as exc:
             self._point_home(address, exc)
@@ -458,8 +461,6 @@ class Host:
         left it. The status is read on the thread of the handler's final commit, right after
         it, when that is where it committed (one worker-thread trip fewer per message)."""
         address = _address(address)
-        if not admitted:
-            self._registry.check_admission(address.kind)
         day = utc_day(self._services.clock.now())  # on the loop: the clock may be trio's
         read: list[_StoredStatus] = []
 
@@ -469,18 +470,15 @@ class Host:
             except Exception:  # the commit stands: read it again below
                 logger.debug("status read after the commit failed", exc_info=True)
 
-        try:
-            replies = await self._dispatcher.deliver(
-                address,
-                "message",
-                message,
-                idempotency_key=idempotency_key,
-                timing=timing,
-                after_commit=after_commit,
-            )
-        except GuestError as exc:
-            self._point_home(address, exc)
-            raise
+        replies = await self.deliver(
+            address,
+            "message",
+            message,
+            idempotency_key=idempotency_key,
+            timing=timing,
+            admitted=admitted,
+            after_commit=after_commit,
+        )
         if not read:
             return replies, await self.agent_status(address)
         return replies, self._status(address, read[-1])
