@@ -591,52 +591,43 @@ def _shown(path: Path) -> str:
 
 def _tier_report(tier: Tier, kind: str, steps: list[Step], wake: dict[str, Any]) -> dict[str, Any]:
     good = [s for s in steps if s.slo_met]
-    last_good = good[-1] if good else None
     broken = next((s for s in steps if not s.slo_met), None)
     return {
         "tier": tier.name,
         "kind": kind,
         "manifest": _shown(tier.manifest),
-        "sessions_per_core": last_good.sessions if last_good else 0,
-        "rss_per_session_bytes": (
-            max(
-                1,
-                round(
-                    (last_good.host_rss_bytes - last_good.host_idle_rss_bytes) / last_good.sessions
-                ),
-            )
-            if last_good
-            else None
-        ),
-        "pss_per_session_bytes": (
-            max(
-                1,
-                round(
-                    (last_good.host_pss_bytes - last_good.host_idle_pss_bytes) / last_good.sessions
-                ),
-            )
-            if last_good
-            else None
-        ),
-        # Of the sessions' agents, the share resident (the rest hibernated) at the last step
-        # within the SLO: memory per session counts both.
-        "resident_share": (
-            round(
-                last_good.resident_agents
-                / max(1, last_good.resident_agents + last_good.hibernated_agents),
-                3,
-            )
-            if last_good
-            else None
-        ),
-        "events_per_session_per_s": (
-            round(last_good.throughput_rps / last_good.sessions, 4) if last_good else None
-        ),
-        "host_cpu_ms_per_message": last_good.host_cpu_ms_per_message if last_good else None,
+        "sessions_per_core": good[-1].sessions if good else 0,
+        **_per_session(good[-1] if good else None),
         "limit": _limit_reason(broken, steps),
         "wake": wake,
         "steps": [asdict(s) for s in steps],
     }
+
+
+def _per_session(step: Step | None) -> dict[str, Any]:
+    """The per-session figures of a tier's last step within the SLO (None without one):
+    memory growth over the idle host, the share of the sessions' agents resident (the rest
+    hibernated; memory per session counts both), events and host CPU."""
+    if step is None:
+        return dict.fromkeys(_PER_SESSION_KEYS)
+    agents = step.resident_agents + step.hibernated_agents
+    figures = (
+        max(1, round((step.host_rss_bytes - step.host_idle_rss_bytes) / step.sessions)),
+        max(1, round((step.host_pss_bytes - step.host_idle_pss_bytes) / step.sessions)),
+        round(step.resident_agents / max(1, agents), 3),
+        round(step.throughput_rps / step.sessions, 4),
+        step.host_cpu_ms_per_message,
+    )
+    return dict(zip(_PER_SESSION_KEYS, figures, strict=True))
+
+
+_PER_SESSION_KEYS = (
+    "rss_per_session_bytes",
+    "pss_per_session_bytes",
+    "resident_share",
+    "events_per_session_per_s",
+    "host_cpu_ms_per_message",
+)
 
 
 def _report(
