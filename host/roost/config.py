@@ -27,6 +27,7 @@ DEFAULT_MAX_IN_FLIGHT = 10_000
 DEFAULT_MAX_CPU_DEADLINE_MS = 5_000
 DEFAULT_MAX_INSTANCE_MEMORY_BYTES = 1024 * 1024 * 1024
 DEFAULT_MAX_ACTIVATIONS_PER_S = 500.0
+DEFAULT_MAX_ASKS_IN_FLIGHT = 8
 DEFAULT_QUEUE_TARGET_MS = 50.0
 DEFAULT_DEADLINE_COOL_DOWN_S = 10.0
 DEFAULT_IDEMPOTENCY_RETENTION_S = 24 * 3600.0
@@ -141,6 +142,11 @@ class HostConfig(BaseSettings):
     max_activations_per_s: float = Field(DEFAULT_MAX_ACTIVATIONS_PER_S, gt=0)
     """New instances of one kind per second (a burst of as many is allowed); past it
     events for agents of that kind that are not resident get Overloaded."""
+    max_asks_in_flight: int = Field(DEFAULT_MAX_ASKS_IN_FLIGHT, ge=1)
+    """Asks running at once at each depth of the chains of asks one agent began (its asks,
+    the asks of the agents it asked, ...); more wait for a slot, first come first served,
+    within their timeout. Asks are never refused for load: this keeps one agent's asks,
+    fanning out and asking again, from flooding the host with activations and turns."""
     deadline_cool_down_s: float = Field(DEFAULT_DEADLINE_COOL_DOWN_S, ge=0)
     """An agent whose turn ran past its CPU deadline has its events refused (429 with
     Retry-After) for this long, doubling each time it does it again. 0: never (``roost

@@ -272,7 +272,12 @@ class Host:
             or machine_memory_bytes() * 3 // 4
             or None,
         )
-        self._dispatcher = Dispatcher(self._services, self._kinds, self._registry)
+        self._dispatcher = Dispatcher(
+            self._services,
+            self._kinds,
+            self._registry,
+            max_asks_in_flight=config.max_asks_in_flight,
+        )
         self._pushes = Pushes()
         self._deliveries = DeliveryLoop(
             self._services,

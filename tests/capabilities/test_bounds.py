@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 
 import pytest
+import trio
 
 from roost import HostConfig, Manifest
 
@@ -76,3 +77,46 @@ async def test_guest_log_lines_are_escaped_and_bounded_per_handler(
         assert line.endswith("ok\\nERROR roost.host: the host is on fire\\r\\x1b[31m")
     assert len(lines) == 1000 // len(forged.encode("unicode_escape")) or len(lines) < 50
     assert any("dropped" in line and "max_bytes_per_turn" in line for line in guest)
+
+
+async def test_asks_past_the_bound_in_flight_wait_for_a_slot_and_nested_asks_still_run(
+    host_config: Callable[..., HostConfig], caller_manifest: Manifest
+) -> None:
+    # Two agents each ask four agents at once, which each ask one more: of one agent's
+    # asks, two of each depth run at once and the rest wait; none fails, asks holding a
+    # slot never wait on their own nested asks, and one agent's waits hold up no other's.
+    async with caller_host(host_config, caller_manifest, max_asks_in_flight=2) as host:
+        slots = host._dispatcher._ask_slots
+        most: dict[tuple[str, int], int] = {}
+        most_at_depth_1 = waited = 0
+
+        async def watch() -> None:
+            nonlocal most_at_depth_1, waited
+            while True:
+                at_depth_1 = 0
+                for slot, limiter in list(slots.items()):
+                    stats = limiter.statistics()
+                    most[slot] = max(most.get(slot, 0), stats.borrowed_tokens)
+                    waited = max(waited, stats.tasks_waiting)
+                    at_depth_1 += stats.borrowed_tokens if slot[1] == 1 else 0
+                most_at_depth_1 = max(most_at_depth_1, at_depth_1)
+                await trio.sleep(0.005)
+
+        replies: dict[str, list[object]] = {}
+
+        async def ask_all(agent: str) -> None:
+            message = {"op": "ask_all", "n": 4, "timeout": 20}
+            [replies[agent]] = await host.send(f"caller/{agent}", message)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            with trio.fail_after(30):
+                async with trio.open_nursery() as senders:
+                    senders.start_soon(ask_all, "a")
+                    senders.start_soon(ask_all, "b")
+            nursery.cancel_scope.cancel()
+    assert replies == {"a": [[["slept"]]] * 4, "b": [[["slept"]]] * 4}
+    assert most == {("caller/a", 1): 2, ("caller/a", 2): 2, ("caller/b", 1): 2, ("caller/b", 2): 2}
+    assert most_at_depth_1 == 4  # both agents' asks ran side by side
+    assert waited > 0
+    assert not slots  # slots of no ask in flight are forgotten

@@ -438,6 +438,7 @@ async def open_core(
     wall_clock: WallClock | None = None,
     cool_down_s: float = 10.0,
     memory_cap_bytes: int | None = None,
+    max_asks_in_flight: int = 8,
 ) -> AsyncIterator[Core]:
     """The core on ``store``, with its delivery loop running; cancelled on exit.
 
@@ -473,7 +474,7 @@ async def open_core(
             cool_down_s=cool_down_s,
             memory_cap_bytes=memory_cap_bytes,
         )
-        dispatcher = Dispatcher(services, kinds, registry)
+        dispatcher = Dispatcher(services, kinds, registry, max_asks_in_flight=max_asks_in_flight)
         pushes = Pushes()
         deliveries = DeliveryLoop(
             services, kinds, dispatcher, pushes, max_attempts=max_delivery_attempts

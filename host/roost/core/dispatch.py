@@ -53,10 +53,20 @@ _PUSH_BUFFER = 256
 class Dispatcher:
     """Delivers events to agents through the registry."""
 
-    def __init__(self, services: CoreServices, kinds: KindTable, registry: Registry) -> None:
+    def __init__(
+        self,
+        services: CoreServices,
+        kinds: KindTable,
+        registry: Registry,
+        *,
+        max_asks_in_flight: int,
+    ) -> None:
         self._services = services
         self._kinds = kinds
         self._registry = registry
+        self._max_asks_in_flight = max_asks_in_flight
+        self._ask_slots: dict[tuple[str, int], trio.CapacityLimiter] = {}
+        """Asks running, by the chain's first agent and the depth of the chain of asks."""
         self._idempotent_in_flight: dict[tuple[AgentAddress, str], trio.Event] = {}
         self._handling: set[tuple[AgentAddress, str]] = set()
         self._reads = 0
@@ -232,13 +242,35 @@ class Dispatcher:
             digest = hashlib.sha256(f"{sender}\0{idempotency_key}".encode()).hexdigest()
             key = f"ask-{digest[:40]}"
         with trio.fail_after(timeout_s):
-            return await self.deliver(
-                target,
-                "agent",
-                {"sender": str(sender), "message": message},
-                chain=chain,
-                idempotency_key=key,
-            )
+            async with self._ask_slot(chain[0], len(chain)):
+                return await self.deliver(
+                    target,
+                    "agent",
+                    {"sender": str(sender), "message": message},
+                    chain=chain,
+                    idempotency_key=key,
+                )
+
+    @asynccontextmanager
+    async def _ask_slot(self, root: str, depth: int) -> AsyncIterator[None]:
+        """One of the slots for asks at this depth of the chains of asks that agent
+        ``root`` began; past ``max_asks_in_flight`` an ask waits (within its timeout) for
+        one to free, first come first served. Asks are accepted work, never refused for
+        load; the bound keeps one agent's asks, fanning out and asking again, from
+        flooding the host with activations and turns at its neighbours' expense, while
+        the asks of other agents go on. Slots are per depth, so an ask holding one never
+        waits on a slot that only its own nested asks could free."""
+        slot = (root, depth)
+        limiter = self._ask_slots.get(slot)
+        if limiter is None:
+            limiter = self._ask_slots[slot] = trio.CapacityLimiter(self._max_asks_in_flight)
+        try:
+            async with limiter:
+                yield
+        finally:
+            stats = limiter.statistics()
+            if not stats.borrowed_tokens and not stats.tasks_waiting:
+                self._ask_slots.pop(slot, None)
 
 
 _BOOT = secrets.token_hex(8)

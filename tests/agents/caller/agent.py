@@ -139,6 +139,17 @@ class Caller(Agent):
                 ctx.reply({"started": started, "error": str(exc)})
                 return
             ctx.reply({"started": started})
+        elif op == "ask_all":  # ask n peers at once, each relaying to a peer of its own
+            asks = [
+                ctx.ask(
+                    "caller",
+                    f"{ctx.agent_id}-peer-{i}",
+                    {"relay": f"{ctx.agent_id}-leaf-{i}"},
+                    timeout=msg["timeout"],
+                )
+                for i in range(msg["n"])
+            ]
+            ctx.reply([await ask for ask in asks])
         elif op == "schedule_many":
             scheduled = 0
             try:
@@ -176,6 +187,8 @@ class Caller(Agent):
         if isinstance(msg, dict) and "sleep" in msg:
             await ctx.sleep(msg["sleep"])
             ctx.reply("slept")
+        elif isinstance(msg, dict) and "relay" in msg:
+            ctx.reply(await ctx.ask("caller", msg["relay"], {"sleep": 0.2}))
         elif isinstance(msg, dict) and msg.get("ask_back"):
             kind, agent_id = sender.split("/")
             try:
