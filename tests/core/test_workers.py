@@ -209,6 +209,39 @@ async def test_a_kind_that_runs_long_runs_at_a_lower_cpu_priority() -> None:
         pool.close()
 
 
+async def test_a_heavy_kinds_calls_never_hold_up_another_kinds_wakes() -> None:
+    pool = WorkerPool(3, background=BackgroundThreads(1))
+    release = threading.Event()
+
+    def thread_name() -> str:
+        return threading.current_thread().name
+
+    def heavy() -> str:
+        assert release.wait(10)
+        return thread_name()
+
+    try:
+        with trio.fail_after(30):
+            await pool.run(lambda: None, owner="quick")  # a call that ends short
+            async with trio.open_nursery() as nursery:
+                names: list[str] = []
+
+                async def run_heavy() -> None:
+                    names.append(await pool.run(heavy, owner="heavy"))
+
+                nursery.start_soon(run_heavy)
+                await until(lambda: pool.holding().get("heavy") == 1)
+                # The one background thread of the heavy lane is taken; a wake still runs.
+                waking = await pool.run(thread_name, owner="quick", background=True)
+                assert waking.startswith("roost-wake")
+                assert not names
+                release.set()
+            assert names[0].startswith("roost-background")
+    finally:
+        release.set()
+        pool.close()
+
+
 def test_disposing_runs_off_the_calling_thread_and_inline_once_let_go() -> None:
     background = BackgroundThreads(1)
     pool = WorkerPool(2, background=background)

@@ -1,10 +1,19 @@
-"""Worker threads at a lower CPU priority, for the turns of kinds that run long.
+"""Worker threads at a lower CPU priority, for turns that wake agents and for the turns of
+kinds that run long.
 
 On Linux a thread's nice value is its own: these threads raise theirs once, when they
-start, and run nothing else. When a long-running kind's turns and the event loop (or the
-short turns of other kinds) want the same core, the scheduler gives the loop and the short
-turns most of it, and the long ones what is left. Elsewhere the threads run at normal
-priority.
+start, and run nothing else. When background turns and the event loop (or the short turns
+of agents already awake) want the same core, the scheduler gives the loop and the short
+turns most of it, and the background ones what is left. Elsewhere the threads run at
+normal priority.
+
+Two lanes, each of at most as many threads as the process has cores: wakes, and the calls
+of heavy kinds (a looping kind's second-long calls never hold up another kind's wakes).
+More low-priority threads than cores buy no throughput and cost the loop: each is weighed
+on its own by the scheduler, and one of them holding the GIL when preempted stalls
+everything until the scheduler gets back to it (in the neighbour benchmark, four wake
+threads on one core tripled the neighbours' p99 under a storm of activations; one kept
+it within 1.5x).
 """
 
 from __future__ import annotations
@@ -35,7 +44,11 @@ class BackgroundThreads:
 
     def __init__(self, threads: int, *, nice: int = BACKGROUND_NICE) -> None:
         self._nice = nice
-        self._executor = ThreadPoolExecutor(
+        threads = max(1, min(threads, available_cores()))
+        self._wakes = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="roost-wake", initializer=self._lower
+        )
+        self._heavy = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="roost-background", initializer=self._lower
         )
         self._soon = ThreadPoolExecutor(
@@ -53,10 +66,11 @@ class BackgroundThreads:
             except OSError:  # not permitted here: run at normal priority
                 pass
 
-    async def run(self, call: Callable[[], T]) -> T:
+    async def run(self, call: Callable[[], T], *, heavy: bool = False) -> T:
         """Run ``call`` on a background thread (with this task's context variables) and
-        return its result. Like ``trio.to_thread.run_sync``, it is not cancellable: a
-        call that started runs to its end."""
+        return its result: of the heavy kinds' lane if ``heavy``, else of the wakes'. Like
+        ``trio.to_thread.run_sync``, it is not cancellable: a call that started runs to
+        its end."""
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
 
@@ -64,7 +78,8 @@ class BackgroundThreads:
             with contextlib.suppress(trio.RunFinishedError):  # the host already stopped
                 token.run_sync_soon(done.set)
 
-        future = self._executor.submit(contextvars.copy_context().run, call)
+        executor = self._heavy if heavy else self._wakes
+        future = executor.submit(contextvars.copy_context().run, call)
         future.add_done_callback(finished)
         with trio.CancelScope(shield=True):
             await done.wait()
@@ -81,8 +96,16 @@ class BackgroundThreads:
         future.add_done_callback(_log_failure)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._wakes.shutdown(wait=False, cancel_futures=True)
+        self._heavy.shutdown(wait=False, cancel_futures=True)
         self._soon.shutdown(wait=False)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def _log_failure(future: Future[None]) -> None:

@@ -150,8 +150,9 @@ class WorkerPool:
                 cpu_s = time.thread_time() - began
 
         try:
-            if self._background is not None and (background or self._runs_heavy(owner)):
-                return await self._background.run(timed)
+            heavy = self._runs_heavy(owner)
+            if self._background is not None and (background or heavy):
+                return await self._background.run(timed, heavy=heavy)
             return await trio.to_thread.run_sync(timed, limiter=self._limiter)
         finally:
             now = time.perf_counter()
