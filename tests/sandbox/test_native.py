@@ -357,8 +357,7 @@ def echo_sandbox(cache_dir: Path, c_echo_manifest: Manifest) -> Sandbox:
 
 @settings(max_examples=60, deadline=None)
 @given(payload=st.binary(max_size=20_000), event_id=st.integers(1, 2**64 - 1))
-@example(payload=bytes(range(256)) * 16, event_id=1)  # large enough to be copied in place
-@example(payload=bytes(range(255, -1, -1)) * 70, event_id=2**64 - 1)
+@example(payload=bytes(range(255, -1, -1)) * 70, event_id=2**64 - 1)  # copied in two chunks
 def test_bytes_cross_the_abi_intact(echo_sandbox: Sandbox, payload: bytes, event_id: int) -> None:
     """Lowering and lifting by hand: any bytes, any event id, both ways."""
     sandbox = echo_sandbox
