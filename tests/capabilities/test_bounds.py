@@ -120,3 +120,22 @@ async def test_asks_past_the_bound_in_flight_wait_for_a_slot_and_nested_asks_sti
     assert most_at_depth_1 == 4  # both agents' asks ran side by side
     assert waited > 0
     assert not slots  # slots of no ask in flight are forgotten
+
+
+async def test_a_guest_refused_again_and_again_logs_one_warning_per_turn(
+    host_config: Callable[..., HostConfig],
+    caller_manifest: Manifest,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="roost.capabilities"):
+        async with caller_host(host_config, caller_manifest) as host:
+            for _ in range(2):
+                [reply] = await host.send("caller/a", {"op": "refused_many", "n": 500})
+                assert reply == {"refused": 500}
+            statistics = await host.statistics()
+    refusals = [r for r in caplog.records if "agents.ask refused" in r.getMessage()]
+    warnings = [r for r in refusals if r.levelno == logging.WARNING]
+    assert len(warnings) == 2  # the first of each turn
+    assert "further refusals" in warnings[0].getMessage()
+    assert len(refusals) == 1000  # the others at debug level
+    assert statistics.denied["caller/agents"] == 1000  # roost_capability_denials_total

@@ -226,6 +226,10 @@ class TurnView(Protocol):
         """Record a host-side fault; the first one wins and fails the turn."""
         ...
 
+    def note_denial(self, capability: str) -> int:
+        """Count a refused host call of ``capability``: how many this turn has had."""
+        ...
+
     def start_op(
         self,
         capability: str,
@@ -388,14 +392,22 @@ class Capability(Generic[S]):
         return HostCallError("host call failed") if spec.returns_error_text else spec.fallback
 
     def _record_denial(self, turn: TurnView, call: str, exc: CapabilityError) -> None:
+        """Count a refused call; log the first of each capability in a turn as a warning
+        and the others at debug level (a guest calling again and again cannot flood the
+        host's log: ``roost_capability_denials_total`` counts them all)."""
         with self._denied_lock:
             self._denied += 1
-        logger.warning(
-            "agent %s: %s.%s refused: %s",
+        first = turn.note_denial(self.name) == 1
+        logger.log(
+            logging.WARNING if first else logging.DEBUG,
+            "agent %s: %s.%s refused: %s%s",
             turn.address,
             self.name,
             call,
             exc,
+            " (further refusals of this capability in this turn are logged at debug level)"
+            if first
+            else "",
             extra={"agent_kind": turn.address.kind, "agent_id": turn.address.id},
         )
 

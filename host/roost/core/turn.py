@@ -111,11 +111,19 @@ class TurnContext:
     """Wall-clock time of the guest call."""
     ops: list[StartedOp] = field(default_factory=list)
     fault: RoostError | None = None
+    denials: dict[str, int] | None = None
+    """Host calls refused in this turn, by capability."""
 
     def fail(self, error: RoostError) -> None:
         """Record a host-side fault; the first one wins and fails the turn."""
         if self.fault is None:
             self.fault = error
+
+    def note_denial(self, capability: str) -> int:
+        if self.denials is None:
+            self.denials = {}
+        count = self.denials[capability] = self.denials.get(capability, 0) + 1
+        return count
 
     def start_op(
         self,

@@ -139,6 +139,14 @@ class Caller(Agent):
                 ctx.reply({"started": started, "error": str(exc)})
                 return
             ctx.reply({"started": started})
+        elif op == "refused_many":  # calls outside the grant, again and again
+            refused = 0
+            for i in range(msg["n"]):
+                try:
+                    ctx.ask("echo", f"e{i}", "hi")
+                except CapabilityError:
+                    refused += 1
+            ctx.reply({"refused": refused})
         elif op == "ask_all":  # ask n peers at once, each relaying to a peer of its own
             asks = [
                 ctx.ask(
