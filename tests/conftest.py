@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import sys
 import time
@@ -178,11 +179,14 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, Any]]
 
 async def until(predicate: Callable[[], bool], *, timeout_s: float = 30.0) -> None:
     """Let the loop run until ``predicate()`` holds. Bounded in real time, so it works
-    under a MockClock that never advances by itself."""
+    under a MockClock that never advances by itself. Each round lets go of the GIL for a
+    moment: the loop spinning here would otherwise hold it from the worker threads (at a
+    lower priority, on a busy machine) whose turns the predicate waits for."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
+        os.sched_yield()  # releases the GIL, and the core, for a moment
         await trio.lowlevel.checkpoint()
 
 
