@@ -21,37 +21,35 @@ from trio_websocket import open_websocket_url
 from loadtests.sim_llm import reply_words
 from roost import Host, HostConfig, Manifest, load_manifest, open_host
 from roost.api.server import manifests_to_deploy
-from roost.build import build_agent
 
 from .api import conftest as api_conftest
 from .api.conftest import Serve
-from .conftest import sim_llm, sse_events, until
+from .conftest import built, sim_llm, sse_events, until
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 serve_host = api_conftest.serve_host  # the fixture serving a host over real HTTP
 
 
-def _example(directory: Path, cache_dir: Path, out_dir: Path) -> Manifest:
-    manifest = load_manifest(directory / "agent.toml")
-    out = out_dir / f"{manifest.name}.wasm"
-    build_agent(directory / "agent.py", out, cache_dir=cache_dir)
-    return manifest.with_component(out)
-
-
 @pytest.fixture(scope="session")
 def assistant_manifest(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
-    return _example(EXAMPLES / "assistant", cache_dir, tmp_path_factory.mktemp("assistant"))
+    return built(
+        EXAMPLES / "assistant" / "agent.toml", tmp_path_factory.mktemp("assistant"), cache_dir
+    )
 
 
 @pytest.fixture(scope="session")
 def reminders_manifest(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
-    return _example(EXAMPLES / "reminders", cache_dir, tmp_path_factory.mktemp("reminders"))
+    return built(
+        EXAMPLES / "reminders" / "agent.toml", tmp_path_factory.mktemp("reminders"), cache_dir
+    )
 
 
 @pytest.fixture(scope="session")
 def researcher_manifest(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
-    return _example(EXAMPLES / "researcher", cache_dir, tmp_path_factory.mktemp("researcher"))
+    return built(
+        EXAMPLES / "researcher" / "agent.toml", tmp_path_factory.mktemp("researcher"), cache_dir
+    )
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +58,8 @@ def team_manifests(
 ) -> tuple[Manifest, Manifest]:
     out = tmp_path_factory.mktemp("team")
     return (
-        _example(EXAMPLES / "team", cache_dir, out),
-        _example(EXAMPLES / "team" / "worker", cache_dir, out),
+        built(EXAMPLES / "team" / "agent.toml", out, cache_dir),
+        built(EXAMPLES / "team" / "worker" / "agent.toml", out, cache_dir),
     )
 
 

@@ -24,39 +24,31 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from roost import Host, HostConfig, Manifest, load_manifest, open_host
-from roost.build import build_agent
+from roost import Host, HostConfig, Manifest, open_host
 from roost.payload import unpack
 
 from .api import conftest as api_conftest
 from .api.conftest import Serve
-from .conftest import mcp_server, sim_llm, until
+from .conftest import built, mcp_server, sim_llm, until
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 serve_host = api_conftest.serve_host
 
 
-def _example(directory: Path, cache_dir: Path, out_dir: Path) -> Manifest:
-    manifest = load_manifest(directory / "agent.toml")
-    out = out_dir / f"{manifest.name}.wasm"
-    build_agent(directory / "agent.py", out, cache_dir=cache_dir)
-    return manifest.with_component(out)
-
-
 @pytest.fixture(scope="session")
 def toolbox_manifest(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
-    return _example(EXAMPLES / "toolbox", cache_dir, tmp_path_factory.mktemp("toolbox"))
+    return built(EXAMPLES / "toolbox" / "agent.toml", tmp_path_factory.mktemp("toolbox"), cache_dir)
 
 
 @pytest.fixture(scope="session")
 def notes_manifest(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
-    return _example(EXAMPLES / "notes_mcp", cache_dir, tmp_path_factory.mktemp("notes"))
+    return built(EXAMPLES / "notes_mcp" / "agent.toml", tmp_path_factory.mktemp("notes"), cache_dir)
 
 
 @pytest.fixture(scope="session")
 def refunds_manifest(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Manifest:
-    return _example(EXAMPLES / "refunds", cache_dir, tmp_path_factory.mktemp("refunds"))
+    return built(EXAMPLES / "refunds" / "agent.toml", tmp_path_factory.mktemp("refunds"), cache_dir)
 
 
 def _with(manifest: Manifest, capabilities: dict[str, Any], config: dict[str, Any]) -> Manifest:
