@@ -33,7 +33,7 @@ from roost._lifetime import open_service_nursery
 from roost.abi import HostCallError, HostFunction, interface_name
 from roost.address import AgentAddress
 from roost.capabilities import HostServices, bind_capabilities, link_table
-from roost.config import HostConfig
+from roost.config import DEFAULT_MAX_ASKS_IN_FLIGHT, HostConfig
 from roost.core.admission import QueueDelays
 from roost.core.deliveries import DeliveryLoop
 from roost.core.dispatch import Dispatcher, Pushes
@@ -438,7 +438,7 @@ async def open_core(
     wall_clock: WallClock | None = None,
     cool_down_s: float = 10.0,
     memory_cap_bytes: int | None = None,
-    max_asks_in_flight: int = 8,
+    max_asks_in_flight: int = DEFAULT_MAX_ASKS_IN_FLIGHT,
 ) -> AsyncIterator[Core]:
     """The core on ``store``, with its delivery loop running; cancelled on exit.
 

@@ -44,7 +44,7 @@ class BackgroundThreads:
 
     def __init__(self, threads: int, *, nice: int = BACKGROUND_NICE) -> None:
         self._nice = nice
-        threads = max(1, min(threads, available_cores()))
+        threads = max(1, min(threads, _available_cores()))
         self._wakes = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="roost-wake", initializer=self._lower
         )
@@ -101,7 +101,7 @@ class BackgroundThreads:
         self._soon.shutdown(wait=False)
 
 
-def available_cores() -> int:
+def _available_cores() -> int:
     """The cores this process may run on (its CPU affinity, where the system has one)."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0)) or 1
