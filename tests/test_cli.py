@@ -15,6 +15,7 @@ import pytest
 import roost
 from roost.build import ensure_component
 from roost.cli import main
+from roost.cluster import haproxy_binary
 from roost.manifest import load_manifest
 
 REPO = Path(roost.__file__).resolve().parents[2]
@@ -229,6 +230,41 @@ def test_token_refuses_a_data_dir_without_the_server_secret(
         token, "the-server-secret-of-thirty-two-bytes", algorithms=["HS256"], issuer="roost"
     )
     assert claims["sub"] == "echo/alice"
+
+
+def test_cluster_proxy_config_prints_a_config_haproxy_accepts_with_one_server_per_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hosts = ["10.1.2.3:8471", "10.1.2.4:8471", "[fd00::5]:8471"]
+    args = ["cluster", "proxy-config", "--port", "9470"]
+    assert main([*args, *(f"--server={h}" for h in hosts)]) == 0
+    config = capsys.readouterr().out
+    assert "    bind 0.0.0.0:9470\n" in config
+    servers = [line.split() for line in config.splitlines() if line.startswith("    server ")]
+    assert servers == [["server", f"h{i}", h, "check"] for i, h in enumerate(hosts, 1)]
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(config)
+    checked = subprocess.run(
+        [haproxy_binary(), "-c", "-f", str(path)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize(
+    ("servers", "error"),
+    [
+        ([], "needs the hosts' addresses: --server HOST:PORT, once per host"),
+        (["--server", "10.1.2.3"], "--server '10.1.2.3' is not HOST:PORT"),
+        (["--server", "10.1.2.3:http"], "--server '10.1.2.3:http' is not HOST:PORT"),
+    ],
+)
+def test_cluster_proxy_config_names_a_missing_or_malformed_server(
+    servers: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["cluster", "proxy-config", *servers]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert error in captured.err
 
 
 def test_new_writes_an_agent_and_says_what_next(

@@ -8,6 +8,7 @@
     roost run [COMPONENT] --manifest agent.toml [--message TEXT] [--agent-id ID] [--data-dir D]
     roost serve [--deploy MANIFEST ...] [--dev] [--port P] [--data-dir D] [--store URL]
     roost cluster up --hosts N --store URL [--deploy MANIFEST ...] [--port P]
+    roost cluster proxy-config --server HOST:PORT [--server HOST:PORT ...] [--port P]
     roost token KIND ID [--ttl S] [--data-dir D]
     roost bench footprint|wake --agents N [--manifest M] [--json]
     roost bench telemetry [--turns N] [--rounds N] [--json]
@@ -319,9 +320,10 @@ def _parser() -> argparse.ArgumentParser:
         help="run several hosts on one PostgreSQL store behind HAProxy, on this machine",
         description="`roost cluster up` starts N `roost serve` hosts sharing the PostgreSQL "
         "store at --store, and HAProxy in front of them hashing requests on kind/id, until "
-        "Ctrl-C. To run hosts on many machines, see docs/cluster.md.",
+        "Ctrl-C. `roost cluster proxy-config --server HOST:PORT ...` prints the HAProxy "
+        "configuration for hosts on other machines (docs/cluster.md).",
     )
-    cluster.add_argument("action", choices=("up",))
+    cluster.add_argument("action", choices=("up", "proxy-config"))
     cluster.add_argument("--hosts", type=positive_int, default=3, metavar="N")
     cluster.add_argument(
         "--store",
@@ -341,7 +343,14 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=8470,
         metavar="P",
-        help="the proxy's port (default 8470); the hosts take the next N ports",
+        help="the proxy's port (default 8470); with `up`, the hosts take the next N ports",
+    )
+    cluster.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="proxy-config: a host's address, as the proxy reaches it; one per host",
     )
     cluster.add_argument(
         "--dir",
@@ -426,8 +435,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
-    from .cluster import ClusterSettings, run_cluster
+    from .cluster import ClusterSettings, haproxy_config, run_cluster
 
+    if args.action == "proxy-config":
+        if not args.server:
+            raise ConfigError(
+                "roost cluster proxy-config needs the hosts' addresses: "
+                "--server HOST:PORT, once per host"
+            )
+        servers = [(f"h{i}", _host_port(address)) for i, address in enumerate(args.server, 1)]
+        print(haproxy_config(f"0.0.0.0:{args.port}", servers), end="")
+        return 0
+    if args.server:
+        raise ConfigError("--server is for `roost cluster proxy-config`; `up` starts its hosts")
     store = args.store or load_config().store_url
     if not store:
         raise ConfigError("roost cluster up needs --store postgresql://... (or ROOST_STORE_URL)")
@@ -439,6 +459,13 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         directory=args.dir,
     )
     return run_cluster(settings, _info)
+
+
+def _host_port(address: str) -> str:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--server {address!r} is not HOST:PORT (e.g. 10.1.2.3:8470)")
+    return address
 
 
 def _settle_collector() -> None:
