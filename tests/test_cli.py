@@ -241,7 +241,11 @@ def test_cluster_proxy_config_prints_a_config_haproxy_accepts_with_one_server_pe
     config = capsys.readouterr().out
     assert "    bind 0.0.0.0:9470\n" in config
     servers = [line.split() for line in config.splitlines() if line.startswith("    server ")]
-    assert servers == [["server", f"h{i}", h, "check"] for i, h in enumerate(hosts, 1)]
+    named = list(enumerate(hosts, 1))
+    assert servers == [
+        *(["server", f"h{i}", h, "check"] for i, h in named),
+        *(["server", f"h{i}", h, "track", f"hosts/h{i}"] for i, h in named),
+    ]
     path = tmp_path / "haproxy.cfg"
     path.write_text(config)
     checked = subprocess.run(

@@ -52,6 +52,12 @@ defaults
 
 frontend roost
     bind {bind}
+    # A stream (a WebSocket, or a message answered as server-sent events) is open for as
+    # long as its client stays: a wait, not work. It goes to the same host by the same
+    # hash, but does not take one of the host's `maxconn` slots.
+    acl stream hdr(upgrade) -i websocket
+    acl stream req.hdr(accept) -m sub text/event-stream
+    use_backend streams if stream
     default_backend hosts
 
 backend hosts
@@ -61,6 +67,11 @@ backend hosts
     http-check expect status 200
     default-server inter 500ms fall 2 rise 2 maxconn {maxconn}
 {servers}
+
+backend streams
+    balance hash path,field(4,/,2)
+    hash-type consistent
+{tracking}
 """
 
 
@@ -88,9 +99,13 @@ def haproxy_config(
     host gets at most ``maxconn`` requests at once; one that waits in the proxy's queue
     longer than ``queue_timeout_ms`` is answered 503."""
     lines = "\n".join(f"    server {name} {address} check" for name, address in servers)
+    tracking = "\n".join(
+        f"    server {name} {address} track hosts/{name}" for name, address in servers
+    )
     return HAPROXY_TEMPLATE.format(
         bind=bind,
         servers=lines,
+        tracking=tracking,
         http_error=_HTTP_ERROR,
         maxconn=maxconn,
         queue_timeout_ms=queue_timeout_ms,

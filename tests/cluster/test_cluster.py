@@ -4,6 +4,7 @@ the session's throwaway PostgreSQL server and, where it says so, HAProxy in fron
 
 from __future__ import annotations
 
+import json
 import signal
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -13,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from trio_websocket import open_websocket_url
 
-from loadtests.crash import CrashSettings, run_crash
+from loadtests.crash import ADMIN_TOKEN, CrashSettings, run_crash
 from loadtests.failover import FailoverSettings, run_failover
 
 from .conftest import Cluster, ClusterFactory
@@ -102,6 +104,37 @@ async def test_the_proxy_sheds_what_a_host_cannot_take_in_the_json_error_shape(
             assert [f"/v1/agents/ledger/{i}/messages" for i in ids] == [answered.url.path]
             # Once the host is free, the proxy passes requests again.
             assert (await _post(client, proxy_url, "echo/after", "hi")).status_code == 200
+
+
+async def test_open_streams_through_the_proxy_take_none_of_a_hosts_request_slots(
+    cluster: ClusterFactory,
+) -> None:
+    """With one request slot per host, an open WebSocket and a message answered as
+    server-sent events, still running, leave the slot to a plain message: a stream is a
+    wait, not work, and routed past the host's ``maxconn``."""
+    async with cluster(hosts=1, proxy=True, proxy_maxconn=1, proxy_queue_ms=200) as c:
+        assert c.proxy_url is not None
+        proxy_url = c.proxy_url
+        ws_url = proxy_url.replace("http://", "ws://") + "/v1/agents/echo/streamer/ws"
+        async with (
+            c.client() as client,
+            open_websocket_url(f"{ws_url}?token={ADMIN_TOKEN}") as ws,
+        ):
+            await ws.send_message(json.dumps({"message": "over the socket"}))
+            assert json.loads(await ws.get_message())["type"] == "reply"
+            held = {"id": 1, "via": "sleep", "seconds": 2.0}
+            async with client.stream(
+                "POST",
+                f"{proxy_url}/v1/agents/ledger/streamed/messages",
+                json={"message": held},
+                headers={"Accept": "text/event-stream"},
+            ) as streamed:
+                assert streamed.status_code == 200
+                plain = await _post(client, proxy_url, "echo/plain", "hi")
+                assert plain.status_code == 200, plain.text
+                events = (await streamed.aread()).decode()
+            assert "event: done" in events  # the stream was still open while the post ran
+            assert ws.closed is None
 
 
 async def test_a_paused_host_loses_its_lease_and_its_late_commit_is_refused(
