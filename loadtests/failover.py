@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 import trio
 
-from roost.cluster import haproxy_binary, haproxy_config
+from roost.cluster import ProxiedHost, haproxy_binary, haproxy_config
 
 from .crash import ADMIN_TOKEN, MANIFEST, SECRET, VIAS, _read_marks, _Run, _settle, _verdict
 from .pg_server import free_port, scratch_postgres
@@ -68,6 +68,8 @@ class HostProcess:
     port: int
     log: Path
     process: trio.Process | None = None
+    agent_port: int | None = None
+    """Where it answers the proxy's agent check, if it does."""
 
     @property
     def url(self) -> str:
@@ -98,6 +100,7 @@ async def start_host(
             *deploy,
             "--port",
             str(host.port),
+            *(() if host.agent_port is None else ("--proxy-agent-port", str(host.agent_port))),
         ],
         env={
             **env,
@@ -221,7 +224,8 @@ async def _run(
         config = tmp / "haproxy.cfg"
         config.write_text(
             haproxy_config(
-                f"127.0.0.1:{proxy_port}", [(h.name, f"127.0.0.1:{h.port}") for h in hosts]
+                f"127.0.0.1:{proxy_port}",
+                [ProxiedHost(h.name, f"127.0.0.1:{h.port}", h.agent_port) for h in hosts],
             )
         )
         with (tmp / "haproxy.log").open("wb") as proxy_log:

@@ -46,7 +46,8 @@ from typing import Any
 import httpx
 import trio
 
-from roost.cluster import haproxy_binary, haproxy_config
+from loadtests.pg_server import free_port
+from roost.cluster import ProxiedHost, haproxy_binary, haproxy_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "examples" / "echo" / "agent.toml"
@@ -187,12 +188,13 @@ async def run_overload(
     rng = random.Random(settings.seed)
     with tempfile.TemporaryDirectory(prefix="roost-overload-") as tmp:
         cache_dir = settings.cache_dir or Path(tmp) / "cache"
-        process, url = await _start_server(Path(tmp), cache_dir)
+        agent_port = free_port()
+        process, url = await _start_server(Path(tmp), cache_dir, agent_port)
         proxy: subprocess.Popen[bytes] | None = None
         try:
             host_port = url.removeprefix("http://")
             if settings.through == "proxy":
-                proxy, host_port = await _start_proxy(Path(tmp), host_port)
+                proxy, host_port = await _start_proxy(Path(tmp), host_port, agent_port)
             host, port = host_port.rsplit(":", 1)
             client = _Client(host, int(port), settings.max_connections)
             agents = [f"/v1/agents/echo/u{i}/messages" for i in range(settings.agents)]
@@ -230,14 +232,14 @@ async def run_overload(
     return _figures(settings, rate, capacity, baseline, overload, recovery)
 
 
-async def _start_proxy(tmp: Path, server: str) -> tuple[subprocess.Popen[bytes], str]:
+async def _start_proxy(
+    tmp: Path, server: str, agent_port: int
+) -> tuple[subprocess.Popen[bytes], str]:
     """HAProxy in front of ``server`` (on this process's core), as ``roost cluster up``
     configures it; returns the process and its ``host:port``."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     config = tmp / "haproxy.cfg"
-    config.write_text(haproxy_config(f"127.0.0.1:{port}", [("h1", server)]))
+    config.write_text(haproxy_config(f"127.0.0.1:{port}", [ProxiedHost("h1", server, agent_port)]))
     command = [haproxy_binary(), "-f", str(config), "-db"]
     if hasattr(os, "sched_getaffinity"):
         command = ["taskset", "-c", ",".join(map(str, os.sched_getaffinity(0))), *command]
@@ -255,7 +257,9 @@ async def _start_proxy(tmp: Path, server: str) -> tuple[subprocess.Popen[bytes],
     return process, f"127.0.0.1:{port}"
 
 
-async def _start_server(tmp: Path, cache_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+async def _start_server(
+    tmp: Path, cache_dir: Path, agent_port: int
+) -> tuple[subprocess.Popen[bytes], str]:
     env = {
         **os.environ,
         "ROOST_ADMIN_TOKEN": ADMIN_TOKEN,
@@ -266,7 +270,7 @@ async def _start_server(tmp: Path, cache_dir: Path) -> tuple[subprocess.Popen[by
     }
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     command = [sys.executable, "-m", "roost.cli", "serve", "--deploy", str(MANIFEST)]
-    command += ["--port", "0"]
+    command += ["--port", "0", "--proxy-agent-port", str(agent_port)]
     if len(cores) >= 2:  # the server on one core, this load generator on another
         command = ["taskset", "-c", str(cores[0]), *command]
         os.sched_setaffinity(0, {cores[1]})

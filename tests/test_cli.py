@@ -236,14 +236,15 @@ def test_cluster_proxy_config_prints_a_config_haproxy_accepts_with_one_server_pe
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     hosts = ["10.1.2.3:8471", "10.1.2.4:8471", "[fd00::5]:8471"]
-    args = ["cluster", "proxy-config", "--port", "9470"]
-    assert main([*args, *(f"--server={h}" for h in hosts)]) == 0
+    args = ["cluster", "proxy-config", "--port", "9470", "--server", f"{hosts[0]},9471"]
+    assert main([*args, *(f"--server={h}" for h in hosts[1:])]) == 0
     config = capsys.readouterr().out
     assert "    bind 0.0.0.0:9470\n" in config
     servers = [line.split() for line in config.splitlines() if line.startswith("    server ")]
     named = list(enumerate(hosts, 1))
     assert servers == [
-        *(["server", f"h{i}", h, "check"] for i, h in named),
+        ["server", "h1", hosts[0], "check", "agent-check", "agent-port", "9471"],
+        *(["server", f"h{i}", h, "check"] for i, h in named[1:]),
         *(["server", f"h{i}", h, "track", f"hosts/h{i}"] for i, h in named),
     ]
     path = tmp_path / "haproxy.cfg"
@@ -258,8 +259,9 @@ def test_cluster_proxy_config_prints_a_config_haproxy_accepts_with_one_server_pe
     ("servers", "error"),
     [
         ([], "needs the hosts' addresses: --server HOST:PORT, once per host"),
-        (["--server", "10.1.2.3"], "--server '10.1.2.3' is not HOST:PORT"),
+        (["--server", "10.1.2.3"], "--server '10.1.2.3' is not HOST:PORT[,AGENT_PORT]"),
         (["--server", "10.1.2.3:http"], "--server '10.1.2.3:http' is not HOST:PORT"),
+        (["--server", "10.1.2.3:8471,x"], "--server '10.1.2.3:8471,x' is not HOST:PORT"),
     ],
 )
 def test_cluster_proxy_config_names_a_missing_or_malformed_server(

@@ -7,8 +7,9 @@
     roost build AGENT.py -o OUT.wasm [--manifest M] [--capabilities a,b]
     roost run [COMPONENT] --manifest agent.toml [--message TEXT] [--agent-id ID] [--data-dir D]
     roost serve [--deploy MANIFEST ...] [--dev] [--port P] [--data-dir D] [--store URL]
+                [--proxy-agent-port P]
     roost cluster up --hosts N --store URL [--deploy MANIFEST ...] [--port P]
-    roost cluster proxy-config --server HOST:PORT [--server HOST:PORT ...] [--port P]
+    roost cluster proxy-config --server HOST:PORT[,AGENT_PORT] [--server ...] [--port P]
     roost token KIND ID [--ttl S] [--data-dir D]
     roost bench footprint|wake --agents N [--manifest M] [--json]
     roost bench telemetry [--turns N] [--rounds N] [--json]
@@ -35,7 +36,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -51,6 +52,9 @@ from .host import Host, open_host
 from .manifest import Manifest, load_manifest
 from .payload import to_json
 from .scaffold import LANGUAGES, TEMPLATES, new_agent
+
+if TYPE_CHECKING:
+    from .cluster import ProxiedHost
 
 DEFAULT_AGENT_ID = "local"
 _EXIT_FAILURE = 1
@@ -301,6 +305,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, metavar="P", help="port (default 8470; 0 = any free)")
     serve.add_argument("--data-dir", type=Path, metavar="D", help="state directory")
     serve.add_argument(
+        "--proxy-agent-port",
+        type=int,
+        metavar="P",
+        help="answer HAProxy's agent check on this port (docs/cluster.md; $ROOST_PROXY_AGENT_PORT)",
+    )
+    serve.add_argument(
         "--store",
         metavar="URL",
         help="keep state in PostgreSQL (postgresql://USER:PASS@HOST:PORT/DB), shared with "
@@ -343,14 +353,16 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=8470,
         metavar="P",
-        help="the proxy's port (default 8470); with `up`, the hosts take the next N ports",
+        help="the proxy's port (default 8470); with `up`, the hosts take the next N ports "
+        "and their proxy agents the N after",
     )
     cluster.add_argument(
         "--server",
         action="append",
         default=[],
-        metavar="HOST:PORT",
-        help="proxy-config: a host's address, as the proxy reaches it; one per host",
+        metavar="HOST:PORT[,AGENT_PORT]",
+        help="proxy-config: a host's address as the proxy reaches it, and the port of its "
+        "agent check (`roost serve --proxy-agent-port`); one per host",
     )
     cluster.add_argument(
         "--dir",
@@ -398,7 +410,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.store:
         overrides["store_url"] = args.store
     host_config = load_config(**overrides)
-    settings = load_server_config(bind_host=args.bind_host, port=args.port, dev=args.dev)
+    settings = load_server_config(
+        bind_host=args.bind_host,
+        port=args.port,
+        dev=args.dev,
+        proxy_agent_port=args.proxy_agent_port,
+    )
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
@@ -443,7 +460,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
                 "roost cluster proxy-config needs the hosts' addresses: "
                 "--server HOST:PORT, once per host"
             )
-        servers = [(f"h{i}", _host_port(address)) for i, address in enumerate(args.server, 1)]
+        servers = [_proxied_host(f"h{i}", given) for i, given in enumerate(args.server, 1)]
         print(haproxy_config(f"0.0.0.0:{args.port}", servers), end="")
         return 0
     if args.server:
@@ -461,11 +478,20 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     return run_cluster(settings, _info)
 
 
-def _host_port(address: str) -> str:
+def _proxied_host(name: str, given: str) -> ProxiedHost:
+    from .cluster import ProxiedHost
+
+    address, _, agent_port = given.partition(",")
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--server {address!r} is not HOST:PORT (e.g. 10.1.2.3:8470)")
-    return address
+    if not sep or not host or not _is_port(port) or not (agent_port == "" or _is_port(agent_port)):
+        raise ConfigError(
+            f"--server {given!r} is not HOST:PORT[,AGENT_PORT] (e.g. 10.1.2.3:8471,9471)"
+        )
+    return ProxiedHost(name, address, int(agent_port) if agent_port else None)
+
+
+def _is_port(text: str) -> bool:
+    return text.isdigit() and 0 < int(text) < 65536
 
 
 def _settle_collector() -> None:

@@ -2,9 +2,10 @@
 machine, for trying a cluster (docs/cluster.md says how to run one on many machines).
 
 Each host is a ``roost serve`` process of its own (``ROOST_HOST_ID=h1`` ... ``hN``, one
-data directory each, ports ``port+1`` ... ``port+N``); they share the store, the admin
-token and the token-signing secret. HAProxy listens on ``port`` and hashes each request on
-the agent's ``kind/id`` (consistent hashing), with health checks on ``/readyz``. The proxy
+data directory each, ports ``port+1`` ... ``port+N``, their agent checks on the N ports
+after); they share the store, the admin token and the token-signing secret. HAProxy
+listens on ``port`` and hashes each request on the agent's ``kind/id`` (consistent
+hashing), with health checks on ``/readyz``. The proxy
 only spreads the load: a host that gets a request for an agent another host serves
 forwards it there. A host that stops is restarted (it rejoins by itself).
 """
@@ -23,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import DEFAULT_PROXY_SLOTS
 from .errors import ConfigError
 
 HAPROXY_TEMPLATE = """\
@@ -65,7 +67,10 @@ backend hosts
     hash-type consistent
     option httpchk GET /readyz
     http-check expect status 200
-    default-server inter 500ms fall 2 rise 2 maxconn {maxconn}
+    # `maxconn` until a host's agent check answers; then what the host says it can take:
+    # its requests doing work plus those waiting on LLM calls and other ops
+    # (`roost serve --proxy-agent-port`).
+    default-server inter 500ms fall 2 rise 2 maxconn {maxconn} agent-inter 250ms
 {servers}
 
 backend streams
@@ -88,20 +93,29 @@ _HTTP_ERROR = (
 )
 
 
+@dataclass(frozen=True)
+class ProxiedHost:
+    """A host as the proxy sees it."""
+
+    name: str
+    address: str
+    """``ip:port`` of its HTTP API."""
+    agent_port: int | None = None
+    """The port of its agent check (``ServerConfig.proxy_agent_port``), if it answers one."""
+
+
 def haproxy_config(
     bind: str,
-    servers: Sequence[tuple[str, str]],
+    servers: Sequence[ProxiedHost],
     *,
-    maxconn: int = 32,
+    maxconn: int = DEFAULT_PROXY_SLOTS,
     queue_timeout_ms: int = 500,
 ) -> str:
-    """HAProxy's configuration for hosts ``(name, "ip:port")``, listening on ``bind``: each
-    host gets at most ``maxconn`` requests at once; one that waits in the proxy's queue
-    longer than ``queue_timeout_ms`` is answered 503."""
-    lines = "\n".join(f"    server {name} {address} check" for name, address in servers)
-    tracking = "\n".join(
-        f"    server {name} {address} track hosts/{name}" for name, address in servers
-    )
+    """HAProxy's configuration for ``servers``, listening on ``bind``: each host gets at most
+    ``maxconn`` requests at once, or what its agent check says; one that waits in the
+    proxy's queue longer than ``queue_timeout_ms`` is answered 503."""
+    lines = "\n".join(f"    server {h.name} {h.address} check{_agent(h)}" for h in servers)
+    tracking = "\n".join(f"    server {h.name} {h.address} track hosts/{h.name}" for h in servers)
     return HAPROXY_TEMPLATE.format(
         bind=bind,
         servers=lines,
@@ -110,6 +124,10 @@ def haproxy_config(
         maxconn=maxconn,
         queue_timeout_ms=queue_timeout_ms,
     )
+
+
+def _agent(host: ProxiedHost) -> str:
+    return "" if host.agent_port is None else f" agent-check agent-port {host.agent_port}"
 
 
 @dataclass
@@ -129,6 +147,7 @@ class ClusterSettings:
 class _Member:
     name: str
     port: int
+    agent_port: int
     log: Path
     process: subprocess.Popen[bytes] | None = None
 
@@ -158,6 +177,7 @@ def _start_host(settings: ClusterSettings, member: _Member, env: dict[str, str])
     data.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "roost.cli", "serve", "--port", str(member.port)]
     command += ["--host", settings.bind_host, "--data-dir", str(data)]
+    command += ["--proxy-agent-port", str(member.agent_port)]
     for manifest in settings.deploy:
         command += ["--deploy", str(manifest)]
     host_env = {
@@ -205,7 +225,9 @@ def run_cluster(
         "ROOST_SECRET": _shared_secret(directory / "secret", "ROOST_SECRET"),
     }
     members = [
-        _Member(f"h{i}", settings.port + i, directory / f"h{i}.log")
+        _Member(
+            f"h{i}", settings.port + i, settings.port + settings.hosts + i, directory / f"h{i}.log"
+        )
         for i in range(1, settings.hosts + 1)
     ]
     proxy: subprocess.Popen[bytes] | None = None
@@ -226,7 +248,10 @@ def run_cluster(
         config.write_text(
             haproxy_config(
                 f"{settings.bind_host}:{settings.port}",
-                [(m.name, f"{settings.bind_host}:{m.port}") for m in members],
+                [
+                    ProxiedHost(m.name, f"{settings.bind_host}:{m.port}", m.agent_port)
+                    for m in members
+                ],
             )
         )
         with (directory / "haproxy.log").open("ab") as log:

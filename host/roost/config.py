@@ -272,6 +272,8 @@ DEFAULT_TOKEN_TTL_S = 24 * 3600
 DEFAULT_GRACEFUL_TIMEOUT_S = 30.0
 DEFAULT_SSE_KEEPALIVE_S = 15.0
 DEFAULT_KEEP_ALIVE_TIMEOUT_S = 75.0
+DEFAULT_PROXY_SLOTS = 32
+"""Requests doing work that the proxy sends a host at once (HAProxy's ``maxconn``)."""
 """Longer than a chat user's pause between messages (the density load test thinks 10 to
 30 s), as nginx's default (75 s): a session's messages share one connection instead of
 each paying a new one (hypercorn's own default, 5 s, closed nearly every one)."""
@@ -302,6 +304,11 @@ class ServerConfig(BaseSettings):
     sse_keepalive_s: float = Field(DEFAULT_SSE_KEEPALIVE_S, gt=0)
     """A message's event stream sends a ``: keep-alive`` comment when it had nothing to
     send for this long (its handler waits on a model, a person), so proxies do not cut it."""
+    proxy_agent_port: int | None = Field(None, ge=0, le=65535)
+    """Where this host answers HAProxy's agent check (``roost.api.proxy_agent``); unset:
+    it does not."""
+    proxy_slots: int = Field(DEFAULT_PROXY_SLOTS, ge=1)
+    """Requests doing work the proxy may send at once; those waiting on ops come on top."""
 
 
 def load_server_config(**overrides: object) -> ServerConfig:

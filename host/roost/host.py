@@ -703,6 +703,12 @@ class Host:
         return self._workers.running
 
     @property
+    def waiting_on_ops(self) -> int:
+        """Handlers waiting on their async ops now (LLM and HTTP calls, asks, sleeps):
+        events in flight that take no CPU until an op completes."""
+        return self._services.counters.waiting_on_ops
+
+    @property
     def store_calls_running(self) -> int:
         """Store calls running on (or waiting for) a thread now."""
         return self._stores.calls_running

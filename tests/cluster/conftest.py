@@ -20,7 +20,7 @@ import trio
 from loadtests.crash import ADMIN_TOKEN, MANIFEST, SECRET
 from loadtests.failover import HostProcess, start_host, wait_ready
 from loadtests.pg_server import free_port
-from roost.cluster import haproxy_config
+from roost.cluster import ProxiedHost, haproxy_config
 
 from ..conftest import ECHO_DIR
 
@@ -97,6 +97,7 @@ def cluster(store_url: str, cache_dir: Path, tmp_path: Path) -> ClusterFactory:
         lease_ttl_s: float = 10.0,
         proxy_maxconn: int = 32,
         proxy_queue_ms: int = 500,
+        proxy_agent: bool = True,
     ) -> AsyncIterator[Cluster]:
         binary = haproxy()
         if proxy and binary is None:
@@ -112,7 +113,13 @@ def cluster(store_url: str, cache_dir: Path, tmp_path: Path) -> ClusterFactory:
             "ROOST_LLM_BASE_URL": "http://127.0.0.1:9/v1",
         }
         members = [
-            HostProcess(f"h{i}", free_port(), tmp_path / f"h{i}.log") for i in range(1, hosts + 1)
+            HostProcess(
+                f"h{i}",
+                free_port(),
+                tmp_path / f"h{i}.log",
+                agent_port=free_port() if proxy_agent else None,
+            )
+            for i in range(1, hosts + 1)
         ]
         manifests = (MANIFEST, ECHO_DIR / "agent.toml")
         proxy_process: subprocess.Popen[bytes] | None = None
@@ -131,7 +138,7 @@ def cluster(store_url: str, cache_dir: Path, tmp_path: Path) -> ClusterFactory:
                 config.write_text(
                     haproxy_config(
                         f"127.0.0.1:{port}",
-                        [(m.name, f"127.0.0.1:{m.port}") for m in members],
+                        [ProxiedHost(m.name, f"127.0.0.1:{m.port}", m.agent_port) for m in members],
                         maxconn=proxy_maxconn,
                         queue_timeout_ms=proxy_queue_ms,
                     )

@@ -75,10 +75,13 @@ async def test_two_hosts_and_a_proxy_never_split_an_agent(cluster: ClusterFactor
 async def test_the_proxy_sheds_what_a_host_cannot_take_in_the_json_error_shape(
     cluster: ClusterFactory,
 ) -> None:
-    """One request at a time per host, and at most 200 ms in the proxy's queue: of four
-    requests that each hold the host for a second, the proxy answers three with 503,
-    Retry-After and the API's error shape, without the host seeing them."""
-    async with cluster(hosts=1, proxy=True, proxy_maxconn=1, proxy_queue_ms=200) as c:
+    """One request at a time per host (no agent check to raise it), and at most 200 ms in
+    the proxy's queue: of four requests that each hold the host for a second, the proxy
+    answers three with 503, Retry-After and the API's error shape, without the host seeing
+    them."""
+    async with cluster(
+        hosts=1, proxy=True, proxy_maxconn=1, proxy_queue_ms=200, proxy_agent=False
+    ) as c:
         assert c.proxy_url is not None
         proxy_url = c.proxy_url
         responses: list[httpx.Response] = []
@@ -104,6 +107,28 @@ async def test_the_proxy_sheds_what_a_host_cannot_take_in_the_json_error_shape(
             assert [f"/v1/agents/ledger/{i}/messages" for i in ids] == [answered.url.path]
             # Once the host is free, the proxy passes requests again.
             assert (await _post(client, proxy_url, "echo/after", "hi")).status_code == 200
+
+
+async def test_requests_waiting_on_ops_do_not_hold_the_hosts_slots_at_the_proxy(
+    cluster: ClusterFactory,
+) -> None:
+    """The host's agent check tells the proxy to let in one more request for each handler
+    waiting on its ops: four messages that each wait a second on a sleep all get through a
+    proxy that starts with one slot for the host; without the agent check, two of the
+    four waited past the proxy's queue timeout and were answered 503."""
+    async with cluster(hosts=1, proxy=True, proxy_maxconn=1, proxy_queue_ms=1500) as c:
+        assert c.proxy_url is not None
+        proxy_url = c.proxy_url
+        statuses: list[int] = []
+
+        async def wait_a_second(client: httpx.AsyncClient, n: int) -> None:
+            message = {"id": n, "via": "sleep", "seconds": 1.0}
+            statuses.append((await _post(client, proxy_url, f"ledger/w-{n}", message)).status_code)
+
+        async with c.client() as client, trio.open_nursery() as nursery:
+            for n in range(4):
+                nursery.start_soon(wait_a_second, client, n)
+        assert statuses == [200, 200, 200, 200]
 
 
 async def test_open_streams_through_the_proxy_take_none_of_a_hosts_request_slots(

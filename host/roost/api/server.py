@@ -31,6 +31,7 @@ from ..manifest import Manifest, load_manifest
 from . import Credentials, create_app, load_credentials
 from ._saved_kinds import saved_kinds
 from .peers import HttpPeers
+from .proxy_agent import serve_proxy_agent
 
 logger = logging.getLogger("roost.server")
 
@@ -48,6 +49,8 @@ class Serving:
     """Where the server listens, e.g. ``http://127.0.0.1:8470``."""
     host: Host
     shutting_down: trio.Event
+    proxy_agent_port: int | None = None
+    """Where it answers the proxy's agent check, if it does."""
 
     def shut_down(self) -> None:
         """Start a graceful shutdown, as the first SIGTERM does."""
@@ -196,6 +199,16 @@ async def _serve_host(
             watchers.start_soon(_watch_signals, api.shutting_down)
         watchers.start_soon(expire_after_grace)
         await watchers.start(app.state.console.history.run)  # the console's charts
+        agent_port = None
+        if settings.proxy_agent_port is not None:
+            agent_port = await watchers.start(
+                serve_proxy_agent,
+                host,
+                settings.bind_host,
+                settings.proxy_agent_port,
+                settings.proxy_slots,
+            )
+            logger.info("answering the proxy's agent check on port %d", agent_port)
         async with trio.open_nursery() as server:
             urls = await server.start(
                 partial(
@@ -207,7 +220,7 @@ async def _serve_host(
             )
             if host.shared_store:
                 await host.advertise(host_config.advertise_url or urls[0])
-            task_status.started(Serving(urls, host, api.shutting_down))
+            task_status.started(Serving(urls, host, api.shutting_down, agent_port))
         # hypercorn stopped accepting and finished in-flight requests; now let the
         # agents finish and commit, with a second signal still exiting at once.
         await host.aclose()

@@ -339,7 +339,12 @@ class AgentActor:
                     address=str(self.address),
                 )
             waited_from = time.perf_counter()
-            completion = await completions.receive()
+            counters = self._services.counters
+            counters.waiting_on_ops += 1
+            try:
+                completion = await completions.receive()
+            finally:
+                counters.waiting_on_ops -= 1
             if envelope.timing is not None:
                 envelope.timing.ops_s += time.perf_counter() - waited_from
             outstanding -= 1

@@ -271,7 +271,7 @@ class Doorbell:
 
 @dataclass
 class CoreCounters:
-    """Counts since the host opened."""
+    """Counts since the host opened, and one count of now (``waiting_on_ops``)."""
 
     activations: int = 0
     """Instances created (first events and wakes from hibernation)."""
@@ -279,6 +279,9 @@ class CoreCounters:
     """Instances dropped after idling or eviction."""
     turns: int = 0
     """Turns committed."""
+    waiting_on_ops: int = 0
+    """Handlers waiting on their async ops right now (an LLM call, an ask, a sleep...):
+    events in flight that take no CPU until an op completes."""
 
 
 @dataclass(frozen=True, slots=True)
