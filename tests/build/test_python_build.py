@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,36 @@ def test_builds_are_cached(cache_dir: Path, tmp_path: Path) -> None:
     assert second.cached
     assert first.digest == second.digest
     assert (tmp_path / "a.wasm").read_bytes() == (tmp_path / "b.wasm").read_bytes()
+
+
+def test_a_reader_never_sees_a_part_of_an_output_being_written_again(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    """Hosts started side by side from one manifest each build it (from the cache) into
+    the same output while the others read it: a reader gets the whole component, never the
+    part a copy in progress has written."""
+    source = ECHO_DIR / "agent.py"
+    output = tmp_path / "echo.wasm"
+    whole = cache_dir / "build" / f"{build_agent(source, output, cache_dir=cache_dir).digest}.wasm"
+    expected = whole.read_bytes()
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.append(len(output.read_bytes()))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(20):
+            assert build_agent(source, output, cache_dir=cache_dir).cached
+    finally:
+        stop.set()
+        reader.join()
+    assert len(seen) > 20
+    assert set(seen) == {len(expected)}
+    assert output.read_bytes() == expected
 
 
 def test_syntax_error_names_file_and_line(tmp_path: Path, cache_dir: Path) -> None:

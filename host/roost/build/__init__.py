@@ -39,6 +39,7 @@ from ..abi import WIT_DIR
 from ..capabilities import registry
 from ..errors import BuildError
 from ..manifest import Manifest, load_manifest
+from ._files import copy_atomically
 from ._sources import AgentSources, agent_sources
 from .native import NATIVE_SUFFIXES, build_native
 
@@ -81,7 +82,7 @@ def build_agent(
     cached_path = cache_dir / "build" / f"{digest}.wasm"
     output.parent.mkdir(parents=True, exist_ok=True)
     if cached_path.is_file():
-        shutil.copyfile(cached_path, output)
+        copy_atomically(cached_path, output)
         return BuildResult(output, True, digest, caps)
 
     with tempfile.TemporaryDirectory(prefix="roost-build-") as tmp:
@@ -89,8 +90,8 @@ def build_agent(
         agent_dir = stage_sources(Path(tmp) / "agent", sources)
         tmp_out = Path(tmp) / "out.wasm"
         run_componentize(staged, [agent_dir], tmp_out, sources.root)
-        store_in_cache(tmp_out, cached_path)
-    shutil.copyfile(cached_path, output)
+        copy_atomically(tmp_out, cached_path)
+    copy_atomically(cached_path, output)
     return BuildResult(output, False, digest, caps)
 
 
@@ -188,13 +189,6 @@ def stage_sources(directory: Path, sources: AgentSources) -> Path:
         shutil.copyfile(path, target)
     directory.mkdir(parents=True, exist_ok=True)
     return directory
-
-
-def store_in_cache(built: Path, cached_path: Path) -> None:
-    cached_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = cached_path.with_suffix(f".{os.getpid()}.partial")
-    shutil.copyfile(built, partial)
-    os.replace(partial, cached_path)
 
 
 def capability_bindings(caps: Iterable[str]) -> str:

@@ -36,9 +36,9 @@ from . import (
     capability_bindings,
     preload,
     run_componentize,
-    store_in_cache,
     toolchain_digest,
 )
+from ._files import copy_atomically
 from ._sources import AgentSources, agent_sources
 
 __all__ = ["DEV_KEY", "DevBuild", "dev_build", "dev_runtime_path"]
@@ -162,4 +162,4 @@ def _build_runtime(caps: tuple[str, ...], sources: AgentSources, cached_path: Pa
         staged = _stage(Path(tmp), _entry_source(caps, _packages(sources)), caps)
         output = Path(tmp) / "out.wasm"
         run_componentize(staged, [], output, sources.root)
-        store_in_cache(output, cached_path)
+        copy_atomically(output, cached_path)

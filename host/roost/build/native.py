@@ -34,6 +34,7 @@ import roost_sdk
 
 from ..abi import WIT_DIR, interface_name
 from ..errors import BuildError
+from ._files import copy_atomically
 
 NATIVE_SUFFIXES: tuple[str, ...] = (".c", ".zig")
 """Source suffixes built by this module."""
@@ -92,7 +93,7 @@ def build_native(
     cached_path = cache_dir / "build" / f"{digest}.wasm"
     output.parent.mkdir(parents=True, exist_ok=True)
     if cached_path.is_file():
-        shutil.copyfile(cached_path, output)
+        copy_atomically(cached_path, output)
         return NativeBuild(digest, cached=True)
 
     with tempfile.TemporaryDirectory(prefix="roost-native-") as tmp:
@@ -101,11 +102,8 @@ def build_native(
         _compile(source, core, work, cache_dir / "zig")
         component = work / "component.wasm"
         _componentize(source, core, component, work, capabilities)
-        cached_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached_path.with_suffix(f".{os.getpid()}.partial")
-        shutil.copyfile(component, partial)
-        os.replace(partial, cached_path)
-    shutil.copyfile(cached_path, output)
+        copy_atomically(component, cached_path)
+    copy_atomically(cached_path, output)
     return NativeBuild(digest, cached=False)
 
 
