@@ -47,10 +47,15 @@ defaults
     # one that waits longer than this is answered 503 at once, at no cost to the host.
     timeout queue {queue_timeout_ms}ms
     # ... in the API's JSON error shape, with Retry-After.
-    {http_error}
+    {overloaded}
+    # A request is sent again (to another host once the health checks mark its host down)
+    # only if it never reached its host. One whose host failed after taking it may have
+    # been applied: it is answered 502, and the client retries it with its
+    # Idempotency-Key (the host answers a retry with the first outcome).
+    {host_failed}
     option redispatch
     retries 3
-    retry-on conn-failure empty-response
+    retry-on conn-failure
 
 frontend roost
     bind {bind}
@@ -87,10 +92,22 @@ _OVERLOADED = {
         "retryable": True,
     }
 }
-_HTTP_ERROR = (
-    "http-error status 503 content-type application/json hdr Retry-After 1 string "
-    + json.dumps(json.dumps(_OVERLOADED, separators=(",", ":")))
-)
+_HOST_FAILED = {
+    "error": {
+        "type": "HostFailed",
+        "message": "the host handling this request stopped before answering, and the "
+        "message may have been applied: retry it with its Idempotency-Key to get its outcome "
+        "(without one, a retry may apply it twice)",
+        "retryable": False,
+    }
+}
+
+
+def _http_error(status: int, body: dict[str, object], headers: str = "") -> str:
+    return (
+        f"http-error status {status} content-type application/json {headers}string "
+        + json.dumps(json.dumps(body, separators=(",", ":")))
+    )
 
 
 @dataclass(frozen=True)
@@ -120,7 +137,8 @@ def haproxy_config(
         bind=bind,
         servers=lines,
         tracking=tracking,
-        http_error=_HTTP_ERROR,
+        overloaded=_http_error(503, _OVERLOADED, "hdr Retry-After 1 "),
+        host_failed=_http_error(502, _HOST_FAILED),
         maxconn=maxconn,
         queue_timeout_ms=queue_timeout_ms,
     )

@@ -207,6 +207,85 @@ async def test_a_paused_host_loses_its_lease_and_its_late_commit_is_refused(
         assert sorted(exported["kv"]) == ["n:1", "n:2"]
 
 
+async def test_a_message_whose_host_died_is_answered_502_and_applied_once(
+    cluster: ClusterFactory,
+) -> None:
+    """A host dies while it handles two messages: the proxy answers both 502 in the API's
+    error shape instead of sending them to another host (which would apply one sent
+    without an Idempotency-Key a second time). Each, accepted before the host died, is
+    applied once: the other host resumes it from the inbox, and a retry with the key gets
+    its outcome."""
+    async with cluster(hosts=2, proxy=True, lease_ttl_s=2.0) as c:
+        assert c.proxy_url is not None
+        proxy_url = c.proxy_url
+        responses: dict[int, httpx.Response] = {}
+        async with c.client() as client:
+
+            async def send(agent: str, n: int, headers: dict[str, str]) -> httpx.Response:
+                # Each on a new connection: a request on one the proxy had used for another
+                # (and on a server connection it reused) has its connection closed instead.
+                message = {"id": n, "via": "sleep", "seconds": 3}
+                async with c.client() as own:
+                    responses[n] = await own.post(
+                        f"{proxy_url}/v1/agents/ledger/{agent}/messages",
+                        json={"message": message},
+                        headers=headers,
+                    )
+                return responses[n]
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send, "keyless", 1, {})
+
+                async def handled() -> bool:
+                    return c.deliveries("ledger", "keyless") > 0
+
+                await _until(handled)
+                owner = c.owner("ledger", "keyless")
+                keyed = await _agent_served_by(c, client, proxy_url, owner)
+                nursery.start_soon(send, keyed, 2, {"Idempotency-Key": "k2"})
+
+                async def keyed_handled() -> bool:
+                    return c.deliveries("ledger", keyed) > 0
+
+                await _until(keyed_handled)
+                [dying] = [h for h in c.hosts if h.name == owner]
+                assert dying.process is not None
+                dying.process.kill()
+            for refused in responses.values():
+                assert refused.status_code == 502, refused.text
+                assert refused.json()["error"]["type"] == "HostFailed"
+                assert refused.json()["error"]["retryable"] is False
+
+            async def retried() -> bool:  # 502/503 until the other host took the agent over
+                return (await send(keyed, 2, {"Idempotency-Key": "k2"})).status_code == 200
+
+            await _until(retried)
+            assert responses[2].json()["replies"] == [{"id": 2}]
+        [survivor] = [h for h in c.hosts if h is not dying]
+        for agent, n in (("keyless", 1), (keyed, 2)):
+
+            async def applied(agent: str = agent, n: int = n) -> bool:
+                return n in await _marks(c, survivor.url, agent, "after")
+
+            await _until(applied)
+            state = (await c.export(survivor.url, "ledger", agent))["state"]
+            assert Counter(state["before"])[n] == 1, state
+            assert Counter(state["after"])[n] == 1, state
+
+
+async def _agent_served_by(
+    c: Cluster, client: httpx.AsyncClient, proxy_url: str, host: str | None
+) -> str:
+    """An agent the proxy sends to ``host`` (it hashes kind/id): found by trying."""
+    for i in range(64):
+        agent = f"probe-{i}"
+        response = await _post(client, proxy_url, f"ledger/{agent}", {"id": 0, "via": "none"})
+        assert response.status_code == 200, response.text
+        if c.owner("ledger", agent) == host:
+            return agent
+    raise AssertionError(f"no agent of 64 went to {host}")
+
+
 async def test_an_ask_and_a_timer_cross_hosts(cluster: ClusterFactory) -> None:
     async with cluster(hosts=2, lease_ttl_s=3.0) as c:
         h1, h2 = c.hosts
