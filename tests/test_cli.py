@@ -258,7 +258,7 @@ def test_cluster_proxy_config_prints_a_config_haproxy_accepts_with_one_server_pe
 @pytest.mark.parametrize(
     ("servers", "error"),
     [
-        ([], "needs the hosts' addresses: --server HOST:PORT, once per host"),
+        ([], "needs the hosts' addresses: --server HOST:PORT[,AGENT_PORT], once per host"),
         (["--server", "10.1.2.3"], "--server '10.1.2.3' is not HOST:PORT[,AGENT_PORT]"),
         (["--server", "10.1.2.3:http"], "--server '10.1.2.3:http' is not HOST:PORT"),
         (["--server", "10.1.2.3:8471,x"], "--server '10.1.2.3:8471,x' is not HOST:PORT"),

@@ -458,7 +458,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         if not args.server:
             raise ConfigError(
                 "roost cluster proxy-config needs the hosts' addresses: "
-                "--server HOST:PORT, once per host"
+                "--server HOST:PORT[,AGENT_PORT], once per host"
             )
         servers = [_proxied_host(f"h{i}", given) for i, given in enumerate(args.server, 1)]
         print(haproxy_config(f"0.0.0.0:{args.port}", servers), end="")
