@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,7 +103,7 @@ _HOST_FAILED = {
 }
 
 
-def _http_error(status: int, body: dict[str, object], headers: str = "") -> str:
+def _http_error(status: int, body: Mapping[str, object], headers: str = "") -> str:
     return (
         f"http-error status {status} content-type application/json {headers}string "
         + json.dumps(json.dumps(body, separators=(",", ":")))

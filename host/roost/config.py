@@ -272,11 +272,11 @@ DEFAULT_TOKEN_TTL_S = 24 * 3600
 DEFAULT_GRACEFUL_TIMEOUT_S = 30.0
 DEFAULT_SSE_KEEPALIVE_S = 15.0
 DEFAULT_KEEP_ALIVE_TIMEOUT_S = 75.0
-DEFAULT_PROXY_SLOTS = 32
-"""Requests doing work that the proxy sends a host at once (HAProxy's ``maxconn``)."""
 """Longer than a chat user's pause between messages (the density load test thinks 10 to
 30 s), as nginx's default (75 s): a session's messages share one connection instead of
 each paying a new one (hypercorn's own default, 5 s, closed nearly every one)."""
+DEFAULT_PROXY_SLOTS = 32
+"""Requests doing work that the proxy sends a host at once (HAProxy's ``maxconn``)."""
 
 
 class ServerConfig(BaseSettings):

@@ -18,7 +18,7 @@ import trio
 from ..host import Host
 
 
-def agent_line(slots: int, waiting_on_ops: int) -> bytes:
+def _agent_line(slots: int, waiting_on_ops: int) -> bytes:
     """The agent check's answer: HAProxy reads one line of words, here ``maxconn:N``."""
     return f"maxconn:{slots + waiting_on_ops}\n".encode()
 
@@ -36,7 +36,7 @@ async def serve_proxy_agent(
 
     async def answer(stream: trio.SocketStream) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.send_all(agent_line(slots, host.waiting_on_ops))
+            await stream.send_all(_agent_line(slots, host.waiting_on_ops))
         await stream.aclose()
 
     listeners = await trio.open_tcp_listeners(port, host=bind_host)
