@@ -114,9 +114,9 @@ async def test_requests_waiting_on_ops_do_not_hold_the_hosts_slots_at_the_proxy(
 ) -> None:
     """The host's agent check tells the proxy to let in one more request for each handler
     waiting on its ops: four messages that each wait a second on a sleep all get through a
-    proxy that starts with one slot for the host; without the agent check, two of the
-    four waited past the proxy's queue timeout and were answered 503."""
-    async with cluster(hosts=1, proxy=True, proxy_maxconn=1, proxy_queue_ms=1500) as c:
+    proxy that starts with one slot for the host; without the agent check they pass one
+    at a time, and the last waits past the proxy's queue timeout and is answered 503."""
+    async with cluster(hosts=1, proxy=True, proxy_maxconn=1, proxy_queue_ms=2500) as c:
         assert c.proxy_url is not None
         proxy_url = c.proxy_url
         statuses: list[int] = []
