@@ -46,8 +46,9 @@ from typing import Any
 import httpx
 import trio
 
-from loadtests.pg_server import free_port
 from roost.cluster import ProxiedHost, haproxy_binary, haproxy_config
+
+from .pg_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "examples" / "echo" / "agent.toml"

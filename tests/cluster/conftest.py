@@ -21,6 +21,7 @@ from loadtests.crash import ADMIN_TOKEN, MANIFEST, SECRET
 from loadtests.failover import HostProcess, start_host, wait_ready
 from loadtests.pg_server import free_port
 from roost.cluster import ProxiedHost, haproxy_config
+from roost.config import DEFAULT_PROXY_SLOTS
 
 from ..conftest import ECHO_DIR
 
@@ -95,7 +96,7 @@ def cluster(store_url: str, cache_dir: Path, tmp_path: Path) -> ClusterFactory:
         *,
         proxy: bool = False,
         lease_ttl_s: float = 10.0,
-        proxy_maxconn: int = 32,
+        proxy_maxconn: int = DEFAULT_PROXY_SLOTS,
         proxy_queue_ms: int = 500,
         proxy_agent: bool = True,
     ) -> AsyncIterator[Cluster]:

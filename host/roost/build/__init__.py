@@ -80,7 +80,6 @@ def build_agent(
     sources = agent_sources(source)
     digest = _digest(sources, caps)
     cached_path = cache_dir / "build" / f"{digest}.wasm"
-    output.parent.mkdir(parents=True, exist_ok=True)
     if cached_path.is_file():
         copy_atomically(cached_path, output)
         return BuildResult(output, True, digest, caps)

@@ -91,7 +91,6 @@ def build_native(
         raise BuildError(f"{source}: native agents are .c or .zig files")
     digest = _digest(source, capabilities)
     cached_path = cache_dir / "build" / f"{digest}.wasm"
-    output.parent.mkdir(parents=True, exist_ok=True)
     if cached_path.is_file():
         copy_atomically(cached_path, output)
         return NativeBuild(digest, cached=True)
