@@ -31,7 +31,7 @@ from ..manifest import Manifest, load_manifest
 from . import Credentials, create_app, load_credentials
 from ._saved_kinds import saved_kinds
 from .peers import HttpPeers
-from .proxy_agent import serve_proxy_agent
+from .proxy_agent import WorkSlots, serve_proxy_agent
 
 logger = logging.getLogger("roost.server")
 
@@ -206,7 +206,11 @@ async def _serve_host(
                 host,
                 settings.bind_host,
                 settings.proxy_agent_port,
-                settings.proxy_slots,
+                WorkSlots(
+                    most=settings.proxy_slots,
+                    fewest=host.config.worker_threads,
+                    target_s=host.config.queue_target_ms / 1000,
+                ),
             )
             logger.info("answering the proxy's agent check on port %d", agent_port)
         async with trio.open_nursery() as server:
