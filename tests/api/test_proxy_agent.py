@@ -53,12 +53,16 @@ async def test_the_agent_check_offers_fewer_slots_once_events_take_long(
         port = served.serving.proxy_agent_port
         assert port is not None
         assert await _agent_says(port) == b"maxconn:32\n"  # nothing measured yet
+        metrics = (await served.client.get("/metrics")).text
+        assert "roost_proxy_work_slots 32.0" in metrics.splitlines()
         # 20 turns of tens of milliseconds of CPU each: past half the queue target (25 ms)
         # for even two of them, so the proxy may send only as many as the worker threads.
         for i in range(20):
             reply = await served.message(f"nprobe/u{i}", {"op": "spin", "count": 20_000_000})
             assert reply.status_code == 200
         assert await _agent_says(port) == b"maxconn:2\n"
+        metrics = (await served.client.get("/metrics")).text
+        assert "roost_proxy_work_slots 2.0" in metrics.splitlines()
 
 
 class _Clocks:
