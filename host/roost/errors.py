@@ -254,7 +254,9 @@ class StorageError(RoostError):
 
 class AlreadyHandled(StorageError):
     """Raised when a commit names a delivery as handled that is gone or was moved since it
-    was read: another commit handled that occurrence. Nothing of the commit was written."""
+    was read: another commit handled that occurrence; or names a continuation-form op as
+    finished whose pending row is gone: its result was handed over already. Nothing of
+    the commit was written."""
 
     retryable = False
 

@@ -1788,7 +1788,15 @@ async def test_pending_ops_oldest_first_until_finished(store: StateStore) -> Non
     store.commit(Commit(ALICE, at=5.0, turn=False, op_finished="m1/1", deliveries=[result]))
     assert store.pending_ops(10) == [bobs, second, third]
     assert store.read_deliveries(ALICE) == [result]
-    store.commit(Commit(ALICE, at=6.0, turn=False, op_finished="unknown"))
+    # The result handled (its delivery gone), the op run again (a stale read of the
+    # pending ops): its second result is refused whole, delivery included.
+    store.commit(Commit(ALICE, at=6.0, turn=False, cancelled=["c-m1/1"]))
+    again = _delivery(ALICE, "c-m1/1", 7.0, event_kind="continuation")
+    with pytest.raises(AlreadyHandled):
+        store.commit(Commit(ALICE, at=7.0, turn=False, op_finished="m1/1", deliveries=[again]))
+    assert store.read_deliveries(ALICE) == []
+    with pytest.raises(AlreadyHandled):
+        store.commit(Commit(ALICE, at=8.0, turn=False, op_finished="unknown"))
     assert store.pending_ops(10) == [bobs, second, third]
     record = store.read_agent(ALICE)
     assert record is not None and record.turns == 1

@@ -252,7 +252,7 @@ def approval(row: Sequence[Any]) -> Approval:
 
 # -- a commit's writes -----------------------------------------------------------------------
 
-Check = Literal["", "handled", "key"]
+Check = Literal["", "handled", "key", "op"]
 """What a write's row count must show: nothing (``""``); the handled delivery found as read,
 one row changed (``"handled"``); the idempotency record inserted, one row (``"key"``)."""
 
@@ -362,10 +362,13 @@ def commit_writes(commit: Commit, keys: Keys) -> list[Write]:
     if commit.journal:
         writes.append(Write(_PUT_JOURNAL, [_journal_row(commit, e, at) for e in commit.journal]))
     if commit.op_finished is not None:
+        # Checked: an op run twice (a stale read of the pending ops) must not hand its
+        # result to the agent twice.
         writes.append(
             Write(
                 "DELETE FROM pending_ops WHERE kind = ? AND id = ? AND op_key = ?",
                 [(kind, agent_id, commit.op_finished)],
+                "op",
             )
         )
     if commit.ops_started:
@@ -378,13 +381,16 @@ def commit_writes(commit: Commit, keys: Keys) -> list[Write]:
 
 def check_write(commit: Commit, check: Check, rowcount: int) -> None:
     """Raise unless a write of ``commit`` did what its ``check`` asks: AlreadyHandled when the
-    handled delivery was gone or moved, ValueError when the idempotency key was recorded
-    already (raising rolls the commit back)."""
+    handled delivery was gone or moved, or the finished op's pending row was gone (its result
+    was handed over already); ValueError when the idempotency key was recorded already
+    (raising rolls the commit back)."""
     if check == "handled" and rowcount != 1:
         assert commit.handled is not None
         raise AlreadyHandled(
             f"delivery {commit.handled.delivery_id!r} of {commit.address} was handled already"
         )
+    if check == "op" and rowcount != 1:
+        raise AlreadyHandled(f"op {commit.op_finished!r} of {commit.address} was finished already")
     if check == "key" and rowcount != 1:
         raise ValueError(f"idempotency key {commit.idempotency_key!r} is already recorded")
 
