@@ -157,7 +157,7 @@ class Continuations:
                 pending.capability,
             )
             self._nursery.start_soon(
-                self._deliver,
+                self._hand_over,
                 pending,
                 Completion(
                     StartedOp(0, 0, pending.capability, pending.call, pending.request),
@@ -217,12 +217,20 @@ class Continuations:
         op = StartedOp(0, 0, pending.capability, pending.call, pending.request)
         try:
             completion = await run_op(op, runner, pending.address)
-            await self._deliver(pending, completion)
-        except RoostError as exc:  # LeaseLost: the agent's new host runs the op again
-            logger.warning("agent %s: op %s not delivered: %s", pending.address, op, exc)
+            await self._hand_over(pending, completion)
         finally:
             self._running.discard((pending.address, pending.op_key))
             self._services.leases.unhold(pending.address)
+
+    async def _hand_over(self, pending: PendingOp, completion: Completion) -> None:
+        """:meth:`_deliver`, where a commit that cannot be made is logged, not raised: the
+        lease was lost (the agent's new host runs the op again), or the op was finished
+        already (``AlreadyHandled``: it ran twice, its result was handed over once)."""
+        try:
+            await self._deliver(pending, completion)
+        except RoostError as exc:
+            address, key = pending.address, pending.op_key
+            logger.warning("agent %s: result of op %s not handed over: %s", address, key, exc)
 
     async def _deliver(self, pending: PendingOp, completion: Completion) -> None:
         """Hand the result to the agent: a ``continuation`` delivery, committed with the

@@ -254,7 +254,8 @@ def approval(row: Sequence[Any]) -> Approval:
 
 Check = Literal["", "handled", "key", "op"]
 """What a write's row count must show: nothing (``""``); the handled delivery found as read,
-one row changed (``"handled"``); the idempotency record inserted, one row (``"key"``)."""
+one row changed (``"handled"``); the idempotency record inserted, one row (``"key"``); the
+finished op's pending row deleted, one row (``"op"``)."""
 
 
 class Write(NamedTuple):
