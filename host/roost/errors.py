@@ -34,7 +34,8 @@
     │   └── ProviderError        a model provider (or MCP server) failed; ``retryable`` says
     │                            whether the same call may succeed later
     ├── StorageError             the state store failed; the turn was not committed; retry helps
-    │   ├── AlreadyHandled       the delivery a commit handles was handled already
+    │   ├── AlreadyHandled       the delivery a commit handles was handled already, or the
+    │   │                        op whose result it hands over was finished already
     │   └── LeaseLost            the host no longer holds the agent's lease; nothing was written
     ├── Overloaded               the host is at capacity; retry after ``retry_after_s``
     └── AuthError                a request's credentials are missing, malformed or expired
