@@ -276,7 +276,8 @@ DEFAULT_KEEP_ALIVE_TIMEOUT_S = 75.0
 30 s), as nginx's default (75 s): a session's messages share one connection instead of
 each paying a new one (hypercorn's own default, 5 s, closed nearly every one)."""
 DEFAULT_PROXY_SLOTS = 32
-"""Requests doing work that the proxy sends a host at once (HAProxy's ``maxconn``)."""
+"""Requests doing work that the proxy sends a host at once (HAProxy's ``maxconn``); with
+the agent check, at most this many, fewer for events that take longer."""
 
 
 class ServerConfig(BaseSettings):
@@ -308,7 +309,9 @@ class ServerConfig(BaseSettings):
     """Where this host answers HAProxy's agent check (``roost.api.proxy_agent``); unset:
     it does not."""
     proxy_slots: int = Field(DEFAULT_PROXY_SLOTS, ge=1)
-    """Requests doing work the proxy may send at once; those waiting on ops come on top."""
+    """Requests doing work the proxy may send at once: at most this many, fewer as the
+    host's CPU time per event grows (``roost.api.proxy_agent``); those waiting on ops come
+    on top."""
 
 
 def load_server_config(**overrides: object) -> ServerConfig:

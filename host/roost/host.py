@@ -709,6 +709,11 @@ class Host:
         return self._services.counters.waiting_on_ops
 
     @property
+    def events_handled(self) -> int:
+        """Events delivered to agents and answered since the host opened."""
+        return self._services.counters.events_handled
+
+    @property
     def store_calls_running(self) -> int:
         """Store calls running on (or waiting for) a thread now."""
         return self._stores.calls_running

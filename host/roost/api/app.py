@@ -50,15 +50,22 @@ from .auth import Credentials, bearer, require_admin, require_agent
 from .console import console_routes
 from .openapi import openapi_document
 from .peers import INTERNAL_EVENTS, pipe_websocket
+from .proxy_agent import WorkSlots
 
 _MAX_PAGE = 1000
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def create_app(host: Host, settings: ServerConfig, credentials: Credentials) -> Starlette:
-    """The ASGI app serving ``host``."""
-    state = ApiState(host, settings, credentials)
+def create_app(
+    host: Host,
+    settings: ServerConfig,
+    credentials: Credentials,
+    work_slots: WorkSlots | None = None,
+) -> Starlette:
+    """The ASGI app serving ``host``; ``work_slots``: what the proxy's agent check offers,
+    when it is served (shown in ``/metrics``)."""
+    state = ApiState(host, settings, credentials, work_slots)
 
     def route(
         path: str, handler: Callable[[ApiState, Request], Awaitable[Response]], methods: list[str]
@@ -279,8 +286,10 @@ async def _readyz(state: ApiState, request: Request) -> Response:
 
 async def _metrics(state: ApiState, request: Request) -> Response:
     stats = await state.host.statistics()
+    slots = state.work_slots.slots if state.work_slots is not None else None
     return PlainTextResponse(
-        state.metrics.render(stats), media_type="text/plain; version=0.0.4; charset=utf-8"
+        state.metrics.render(stats, work_slots=slots),
+        media_type="text/plain; version=0.0.4; charset=utf-8",
     )
 
 

@@ -30,9 +30,20 @@ class MetricsRecorder:
     def socket_closed(self) -> None:
         self._metrics.websockets_open -= 1
 
-    def render(self, stats: HostStatistics) -> bytes:
+    def render(self, stats: HostStatistics, *, work_slots: int | None = None) -> bytes:
+        """The metrics text; ``work_slots``: what the proxy's agent check offers for
+        requests doing work, when it is served."""
+        families = self._families(stats)
+        if work_slots is not None:
+            families.append(
+                GaugeMetricFamily(
+                    "roost_proxy_work_slots",
+                    "Requests doing work the agent check lets a proxy send at once.",
+                    value=work_slots,
+                )
+            )
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Snapshot(self._families(stats)))
+        registry.register(_Snapshot(families))
         return generate_latest(registry)
 
     def _families(self, stats: HostStatistics) -> list[Metric]:

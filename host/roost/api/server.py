@@ -31,7 +31,7 @@ from ..manifest import Manifest, load_manifest
 from . import Credentials, create_app, load_credentials
 from ._saved_kinds import saved_kinds
 from .peers import HttpPeers
-from .proxy_agent import serve_proxy_agent
+from .proxy_agent import WorkSlots, serve_proxy_agent
 
 logger = logging.getLogger("roost.server")
 
@@ -169,7 +169,14 @@ async def _serve_host(
     task_status: trio.TaskStatus[Serving],
 ) -> None:
     await deploy_all(host, manifests, show_progress=show_progress)
-    app = create_app(host, settings, credentials)
+    work_slots = None
+    if settings.proxy_agent_port is not None:
+        work_slots = WorkSlots(
+            most=settings.proxy_slots,
+            fewest=host.config.worker_threads,
+            target_s=host.config.queue_target_ms / 1000,
+        )
+    app = create_app(host, settings, credentials, work_slots)
     api = app.state.api
     config = HypercornConfig()
     config.bind = [f"{_bracketed(settings.bind_host)}:{settings.port}"]
@@ -200,13 +207,9 @@ async def _serve_host(
         watchers.start_soon(expire_after_grace)
         await watchers.start(app.state.console.history.run)  # the console's charts
         agent_port = None
-        if settings.proxy_agent_port is not None:
+        if settings.proxy_agent_port is not None and work_slots is not None:
             agent_port = await watchers.start(
-                serve_proxy_agent,
-                host,
-                settings.bind_host,
-                settings.proxy_agent_port,
-                settings.proxy_slots,
+                serve_proxy_agent, host, settings.bind_host, settings.proxy_agent_port, work_slots
             )
             logger.info("answering the proxy's agent check on port %d", agent_port)
         async with trio.open_nursery() as server:

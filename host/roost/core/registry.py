@@ -127,6 +127,7 @@ class Registry:
             return await envelope.outcome()
         finally:
             self.in_flight -= 1
+            self._services.counters.events_handled += 1
             if not self.accepting and self.in_flight == 0:
                 self._drained.set()
 

@@ -279,6 +279,9 @@ class CoreCounters:
     """Instances dropped after idling or eviction."""
     turns: int = 0
     """Turns committed."""
+    events_handled: int = 0
+    """Events delivered to agents (messages, asks, forwarded events) and answered, with
+    their replies or an error."""
     waiting_on_ops: int = 0
     """Handlers waiting on their async ops right now (an LLM call, an ask, a sleep...):
     events in flight that take no CPU until an op completes."""
