@@ -505,6 +505,41 @@ async def test_a_continuation_op_pending_at_a_crash_resumes_and_continues_once(
             assert (len(asking.calls), len(asked.calls)) == (1, 2)
 
 
+async def test_an_op_finished_since_the_pending_ops_were_read_is_not_run_again(
+    clock: MockClock,
+    store: SqliteStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``resume`` reads the pending ops, then takes each agent's lease: an op whose result
+    was handed over in between (a read of the pending ops gone stale) does not run again."""
+    with trio.fail_after(300):
+        async with host_that_crashes(store) as (core, _):
+            core.deploy(ASKER, ScriptedFactory(asker_then))
+            core.deploy(ANSWERER, ScriptedFactory(answerer))
+            assert await core.send("a/a", "hi") == ["asked"]
+            await trio.sleep(3)
+            wall = core.services.clock
+        (pending,) = stale = store.pending_ops(10)
+
+        async with open_core(store, wall_clock=wall) as core:
+            asking = ScriptedFactory(asker_then)
+            asked = ScriptedFactory(answerer)
+            core.deploy(ASKER, asking)
+            core.deploy(ANSWERER, asked)
+            await core.continuations.resume()
+            await asking.wait_calls(1)
+            await wait_all_tasks_blocked()
+            assert not store.op_pending(ASKING, pending.op_key)
+
+            monkeypatch.setattr(store, "pending_ops", lambda limit, owner=None: stale)
+            await core.continuations.resume()  # reads the finished op as pending
+            await trio.sleep(100)
+            assert (len(asking.calls), len(asked.calls)) == (1, 2)
+            assert "not handed over" not in caplog.text
+            assert store.read_deliveries(ASKING) == store.read_deliveries(ASKED) == []
+
+
 # -- timers -------------------------------------------------------------------------------------
 
 

@@ -1783,10 +1783,13 @@ async def test_pending_ops_oldest_first_until_finished(store: StateStore) -> Non
     assert store.pending_ops(10) == [first, bobs, second, third]
     assert store.pending_ops(2) == [first, bobs]
     assert store.pending_ops(0) == []
+    assert store.op_pending(ALICE, "m1/1") and store.op_pending(BOB, "m1/1")
     # The commit that delivers an op's result removes it: the agent's own only.
     result = _delivery(ALICE, "c-m1/1", 5.0, event_kind="continuation")
     store.commit(Commit(ALICE, at=5.0, turn=False, op_finished="m1/1", deliveries=[result]))
     assert store.pending_ops(10) == [bobs, second, third]
+    assert not store.op_pending(ALICE, "m1/1") and store.op_pending(BOB, "m1/1")
+    assert not store.op_pending(OTHER_ALICE, "m2/1")
     assert store.read_deliveries(ALICE) == [result]
     # The result handled (its delivery gone), the op run again (a stale read of the
     # pending ops): its second result is refused whole, delivery included.

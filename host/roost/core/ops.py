@@ -197,7 +197,7 @@ class Continuations:
                 except RoostError as exc:
                     logger.warning("taking the lease of %s failed: %s", pending.address, exc)
                     continue
-                self.start(pending)
+                await self._start_if_pending(pending)
             if not leases.shared:
                 return
             await trio.sleep(services.recheck_s)
@@ -211,7 +211,28 @@ class Continuations:
             await self._services.leases.acquire(pending.address)
         except RoostError:  # another host runs it (or will, once it can take the lease)
             return
-        self.start(pending)
+        await self._start_if_pending(pending)
+
+    async def _start_if_pending(self, pending: PendingOp) -> None:
+        """:meth:`start` an op read from the store a while ago, once its agent's lease is
+        held, only if it is still pending: a run that finished it since (on this host, or
+        on the host that held the lease before) must not be followed by a second run. Read
+        under the lease, the answer holds: no other host can finish the op meanwhile, and
+        the op is marked running here while it is read, so this host does not start it."""
+        key = (pending.address, pending.op_key)
+        if key in self._running:
+            return
+        stores = self._services.stores
+        self._running.add(key)
+        try:
+            still = await stores.run(stores.store.op_pending, pending.address, pending.op_key)
+        except RoostError as exc:  # run it: its hand-over is checked all the same
+            logger.warning("agent %s: reading op %s failed: %s", pending.address, key[1], exc)
+            still = True
+        finally:
+            self._running.discard(key)
+        if still:
+            self.start(pending)
 
     async def _run(self, pending: PendingOp, runner: OpRunner) -> None:
         op = StartedOp(0, 0, pending.capability, pending.call, pending.request)

@@ -48,6 +48,7 @@ _READ_JOURNAL = (
 _READ_RESPONSE = (
     "SELECT response, request_sha FROM idempotency WHERE kind = ? AND id = ? AND key = ?"
 )
+_OP_PENDING = "SELECT 1 FROM pending_ops WHERE kind = ? AND id = ? AND op_key = ?"
 _READ_RECORD = (
     "SELECT state, kv_bytes, turns, created_at, updated_at FROM agents WHERE kind = ? AND id = ?"
 )
@@ -174,6 +175,10 @@ class SqlStore:
         """What was committed with idempotency key ``key`` for the agent, if anything."""
         rows = self._of_agent("read_response", address, _READ_RESPONSE, key)
         return _sql.idempotency_record(rows[0]) if rows else None
+
+    def op_pending(self, address: AgentAddress, op_key: str) -> bool:
+        """Whether the agent's continuation-form op ``op_key`` is still in flight."""
+        return bool(self._of_agent("op_pending", address, _OP_PENDING, op_key))
 
     def read_dead_letters(self, address: AgentAddress) -> list[DeadLetter]:
         """The agent's dead letters, oldest first."""

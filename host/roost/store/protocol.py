@@ -400,6 +400,11 @@ class StateStore(TurnReads, Protocol):
         ``owner``, only those of agents whose lease ``owner`` holds or could take."""
         ...
 
+    def op_pending(self, address: AgentAddress, op_key: str) -> bool:
+        """Whether the agent's continuation-form op ``op_key`` is still in flight (its
+        result not handed over yet)."""
+        ...
+
     # -- leases ---------------------------------------------------------------------------
 
     def acquire_lease(self, address: AgentAddress, owner: str, ttl_s: float) -> Lease:
