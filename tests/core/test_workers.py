@@ -209,6 +209,55 @@ async def test_a_kind_that_runs_long_runs_at_a_lower_cpu_priority() -> None:
         pool.close()
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+async def test_a_kind_taking_more_than_its_share_of_the_cpu_runs_at_a_lower_priority() -> None:
+    pool = WorkerPool(2, background=BackgroundThreads(2, nice=5), share_window_s=0.3)
+    base = _nice()
+
+    async def next_window() -> None:
+        """Let the window run out; the next call that ends closes it."""
+        await trio.sleep(0.3)
+        await pool.run(lambda: None, owner="light")
+
+    try:
+        with trio.fail_after(30):
+            for kind in ("many", "light"):  # new kinds run in the background until quick
+                await pool.run(lambda: None, owner=kind)
+            assert await pool.run(_nice, owner="many") == base
+            # Many quick calls (10 ms of CPU each, far under background_call_s) against a
+            # few: 100 ms of 105, over 1.5 times an even share.
+            await next_window()
+            for _ in range(10):
+                await pool.run(lambda: _spin(0.01), owner="many")
+            await pool.run(lambda: _spin(0.005), owner="light")
+            await next_window()
+            assert await pool.run(_nice, owner="many") == base + 5
+            assert await pool.run(_nice, owner="light") == base
+            # Beside the wakes: its calls are quick, they wait behind no kind's long ones.
+            name = await pool.run(lambda: threading.current_thread().name, owner="many")
+            assert name.startswith("roost-wake")
+            # A window in which the kinds hardly ran (under a tenth of a core): no one's
+            # share is too much.
+            await next_window()
+            assert await pool.run(_nice, owner="many") == base
+            # A window in which one kind alone took the CPU: it has no one to share with.
+            for _ in range(10):
+                await pool.run(lambda: _spin(0.01), owner="many")
+            await trio.sleep(0.3)
+            await pool.run(lambda: None, owner="many")
+            assert await pool.run(_nice, owner="many") == base
+            # Even shares are fair shares, however busy.
+            await next_window()
+            for _ in range(5):
+                await pool.run(lambda: _spin(0.01), owner="many")
+                await pool.run(lambda: _spin(0.01), owner="light")
+            await next_window()
+            assert await pool.run(_nice, owner="many") == base
+            assert await pool.run(_nice, owner="light") == base
+    finally:
+        pool.close()
+
+
 async def test_a_heavy_kinds_calls_never_hold_up_another_kinds_wakes() -> None:
     pool = WorkerPool(3, background=BackgroundThreads(1))
     release = threading.Event()

@@ -1,5 +1,5 @@
-"""Worker threads at a lower CPU priority, for turns that wake agents and for the turns of
-kinds that run long.
+"""Worker threads at a lower CPU priority, for turns that wake agents, for the turns of
+kinds that run long, and for those of kinds taking more than their share of the CPU.
 
 On Linux a thread's nice value is its own: these threads raise theirs once, when they
 start, and run nothing else. When background turns and the event loop (or the short turns

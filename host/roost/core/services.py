@@ -32,6 +32,14 @@ DEFAULT_LONG_CALL_S = 0.25
 """A call on a worker thread this long is a long one (see :class:`WorkerPool`)."""
 DEFAULT_BACKGROUND_CALL_S = 0.05
 """A kind whose calls lately took this much CPU time runs them at background priority."""
+DEFAULT_SHARE_WINDOW_S = 1.0
+"""Over how long the worker threads' CPU time is shared out between kinds (see
+:class:`WorkerPool`)."""
+_BUSY_CORE_SHARE = 0.1
+"""The share of a core the turns of a window must take for the kinds to be weighed at all:
+under it, they hardly compete."""
+_OVER_EVEN_SHARE = 1.5
+"""How many times an even share of a busy window's CPU time makes a kind's share too much."""
 DEFAULT_LONG_MEMORY_S = 10.0
 """How long a kind that ran a long call holds at most one worker thread."""
 
@@ -95,7 +103,15 @@ class WorkerPool:
     background thread, at a lower CPU priority (:class:`BackgroundThreads`), when the pool
     has them, and so do calls that wake an agent (instantiating it is the heaviest work a
     turn does): under contention, the event loop and the quick turns of agents already
-    awake go first."""
+    awake go first.
+
+    So do the calls of a kind that takes more than its share of the CPU: every
+    ``share_window_s`` the CPU time of the calls that ended is shared out between the kinds
+    that made them, and when they took a tenth of a core or more, a kind that took over 1.5
+    times an even share runs in the background through the next window (beside the wakes:
+    its calls are quick, and wait behind no long ones). Many quick turns weigh like a few
+    long ones: a kind whose turns are cheap but many cannot double the latency of the
+    kinds beside it."""
 
     def __init__(
         self,
@@ -105,10 +121,17 @@ class WorkerPool:
         long_memory_s: float = DEFAULT_LONG_MEMORY_S,
         background: BackgroundThreads | None = None,
         background_call_s: float = DEFAULT_BACKGROUND_CALL_S,
+        share_window_s: float = DEFAULT_SHARE_WINDOW_S,
     ) -> None:
         self._threads = threads
         self._background = background
         self._background_call_s = background_call_s
+        self._share_window_s = share_window_s
+        self._window_started = time.perf_counter()
+        self._window_cpu: dict[str, float] = {}
+        """CPU time of the calls that ended in the current window, by kind."""
+        self._over_share: frozenset[str] = frozenset()
+        """Kinds that took more than their share of the last busy window's CPU time."""
         self._heavy_until: dict[str, float] = {}
         """Kinds that ran a call of ``background_call_s`` of CPU time lately: until when
         their calls run at background priority."""
@@ -151,7 +174,8 @@ class WorkerPool:
 
         try:
             heavy = self._runs_heavy(owner)
-            if self._background is not None and (background or heavy):
+            lowered = background or heavy or owner in self._over_share
+            if self._background is not None and lowered:
                 return await self._background.run(timed, heavy=heavy)
             return await trio.to_thread.run_sync(timed, limiter=self._limiter)
         finally:
@@ -159,6 +183,7 @@ class WorkerPool:
             took = now - started.pop(token)
             if cpu_s >= self._background_call_s:  # CPU, not wall time: a busy core is no sign
                 self._heavy_until[owner] = now + self._long_memory_s
+            self._count_cpu(owner, cpu_s, now)
             if took >= self._long_call_s:
                 self._long_until[owner] = now + self._long_memory_s
                 self._short.discard(owner)
@@ -188,9 +213,26 @@ class WorkerPool:
         )
 
     def _runs_heavy(self, owner: str) -> bool:
-        """Whether ``owner``'s calls run at background priority: it runs long, or a call of
-        it took ``background_call_s`` lately."""
+        """Whether ``owner``'s calls run in the heavy lane: it runs long, or a call of it took
+        ``background_call_s`` lately."""
         return self._heavy_until.get(owner, 0.0) > time.perf_counter() or self._runs_long(owner)
+
+    def _count_cpu(self, owner: str, cpu_s: float, now: float) -> None:
+        """Add a call's CPU time to its kind's in this window; when the window ends, weigh
+        the kinds' shares of it (see the class docstring)."""
+        spent = self._window_cpu
+        spent[owner] = spent.get(owner, 0.0) + cpu_s
+        took = now - self._window_started
+        if took < self._share_window_s:
+            return
+        total = sum(spent.values())
+        if total < _BUSY_CORE_SHARE * took:
+            self._over_share = frozenset()
+        else:
+            too_much = _OVER_EVEN_SHARE * total / len(spent)  # one kind alone: never
+            self._over_share = frozenset(kind for kind, cpu in spent.items() if cpu > too_much)
+        self._window_cpu = {}
+        self._window_started = now
 
     def _runs_long(self, owner: str) -> bool:
         if owner not in self._short:
