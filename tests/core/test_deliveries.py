@@ -138,3 +138,44 @@ async def test_a_recurring_timer_fires_every_period(clock: MockClock, store: Sql
             assert rearmed.delivery_id == "tick"
             assert rearmed.due_at == delivery.due_at + 3 * 10
             assert core.trio_time(rearmed.due_at) == t0 + 35
+
+
+async def test_a_crowd_of_deliveries_in_flight_is_not_read_again_as_each_one_ends(
+    clock: MockClock, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every delivery that ends rings the doorbell. While dozens are in flight, the loop
+    does not read them all again after each one: it pauses between such crowded passes."""
+    reads = 0
+    due_deliveries = store.due_deliveries
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return due_deliveries(*args, **kwargs)
+
+    monkeypatch.setattr(store, "due_deliveries", counted)
+
+    def handle(call: Call) -> None:
+        if call.export == "on-event":  # agent i's timer takes i ms: one ends every ms
+            call.sleep(int(call.message) / 1000)
+            return
+        call.finish()
+
+    with trio.fail_after(300):
+        async with open_core(store) as core:
+            factory = ScriptedFactory(handle)
+            core.deploy(manifest("k"), factory)
+            for i in range(100):
+                await core.commit_delivery(f"k/a{i}", "t", after_s=10, payload=i)
+            await trio.sleep(9)
+            reads = 0
+            await factory.wait_calls(200)
+            await wait_all_tasks_blocked()
+            await trio.sleep(1)
+
+            assert store.next_due_at() is None
+            records = [core.record(f"k/a{i}") for i in range(100)]
+            assert all(r is not None and r.turns == 2 for r in records)  # each handled once
+            # A read per delivery that ended is 100; crowded passes are 20 ms apart until
+            # fewer than 32 are in flight, then a read per delivery again.
+            assert reads < 50, reads
