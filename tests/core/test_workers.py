@@ -214,21 +214,24 @@ async def test_a_kind_taking_more_than_its_share_of_the_cpu_runs_at_a_lower_prio
     pool = WorkerPool(2, background=BackgroundThreads(2, nice=5), share_window_s=0.3)
     base = _nice()
 
-    async def next_window() -> None:
+    async def next_window(closed_by: str = "light") -> None:
         """Let the window run out; the next call that ends closes it."""
         await trio.sleep(0.3)
-        await pool.run(lambda: None, owner="light")
+        await pool.run(lambda: None, owner=closed_by)
+
+    async def busy(owner: str, calls: int) -> None:
+        """``calls`` quick calls of 10 ms of CPU each (far under background_call_s)."""
+        for _ in range(calls):
+            await pool.run(lambda: _spin(0.01), owner=owner)
 
     try:
         with trio.fail_after(30):
             for kind in ("many", "light"):  # new kinds run in the background until quick
                 await pool.run(lambda: None, owner=kind)
             assert await pool.run(_nice, owner="many") == base
-            # Many quick calls (10 ms of CPU each, far under background_call_s) against a
-            # few: 100 ms of 105, over 1.5 times an even share.
+            # Many quick calls against a few: 100 ms of 105, over 1.5 times an even share.
             await next_window()
-            for _ in range(10):
-                await pool.run(lambda: _spin(0.01), owner="many")
+            await busy("many", 10)
             await pool.run(lambda: _spin(0.005), owner="light")
             await next_window()
             assert await pool.run(_nice, owner="many") == base + 5
@@ -241,16 +244,13 @@ async def test_a_kind_taking_more_than_its_share_of_the_cpu_runs_at_a_lower_prio
             await next_window()
             assert await pool.run(_nice, owner="many") == base
             # A window in which one kind alone took the CPU: it has no one to share with.
-            for _ in range(10):
-                await pool.run(lambda: _spin(0.01), owner="many")
-            await trio.sleep(0.3)
-            await pool.run(lambda: None, owner="many")
+            await busy("many", 10)
+            await next_window(closed_by="many")
             assert await pool.run(_nice, owner="many") == base
             # Even shares are fair shares, however busy.
             await next_window()
-            for _ in range(5):
-                await pool.run(lambda: _spin(0.01), owner="many")
-                await pool.run(lambda: _spin(0.01), owner="light")
+            await busy("many", 5)
+            await busy("light", 5)
             await next_window()
             assert await pool.run(_nice, owner="many") == base
             assert await pool.run(_nice, owner="light") == base
